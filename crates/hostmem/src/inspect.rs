@@ -1,0 +1,209 @@
+//! What the kernel says about a mapping (DESIGN.md §5): VmFlags, resident and huge page
+//! bytes from /proc/self/smaps, pages per node and policy from /proc/self/numa_maps,
+//! and the VMA policy from get_mempolicy. Reports and tests use these, never our own
+//! bookkeeping.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+
+use crate::numa::{NodeSet, Policy};
+use crate::sys::RawMapping;
+
+/// The kernel's view of one address range (summed over the VMAs it spans).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KernelView {
+    /// VMAs covering the range (mbind or madvise on part of a range splits them).
+    pub vmas: usize,
+    /// VmFlags of the first VMA, two-letter codes (`rd wr mr mw me ac sd hg mg dd`).
+    pub vmflags: Vec<String>,
+    pub size: u64,
+    /// Resident bytes, huge TLB pages included.
+    pub resident: u64,
+    /// Transparent huge pages (AnonHugePages + ShmemPmdMapped + FilePmdMapped).
+    pub thp: u64,
+    /// hugetlbfs pages (Private_Hugetlb + Shared_Hugetlb).
+    pub hugetlb: u64,
+    /// Page size the kernel uses for the mapping (KernelPageSize).
+    pub page_size: u64,
+    /// Pages per node from numa_maps, in units of `numa_page_size`.
+    pub pages_per_node: BTreeMap<u32, u64>,
+    pub numa_page_size: u64,
+    /// The policy as numa_maps prints it (`bind:0`, `interleave:0-3`, `default`).
+    pub numa_policy: String,
+    /// get_mempolicy(MPOL_F_ADDR) at the start of the range: kernel mode and nodes.
+    pub mempolicy_mode: i32,
+    pub mempolicy_nodes: NodeSet,
+}
+
+impl KernelView {
+    pub fn has_flag(&self, flag: &str) -> bool {
+        self.vmflags.iter().any(|f| f == flag)
+    }
+
+    /// Bytes per node, from numa_maps.
+    pub fn bytes_per_node(&self) -> BTreeMap<u32, u64> {
+        self.pages_per_node.iter().map(|(&n, &p)| (n, p * self.numa_page_size)).collect()
+    }
+
+    /// The policy's kernel name (`bind`, `prefer (many)`, ...).
+    pub fn mempolicy_name(&self) -> &'static str {
+        Policy::kernel_mode_name(self.mempolicy_mode)
+    }
+}
+
+fn parse_range(head: &str) -> Option<(u64, u64)> {
+    let range = head.split_whitespace().next()?;
+    let (a, b) = range.split_once('-')?;
+    Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?))
+}
+
+fn kb(v: &str) -> u64 {
+    v.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0) * 1024
+}
+
+/// Folds the smaps entries overlapping [start, end) into `view`.
+pub fn parse_smaps(text: &str, start: u64, end: u64, view: &mut KernelView) {
+    let mut inside = false;
+    for line in text.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            inside = matches!(parse_range(line), Some((a, b)) if a < end && b > start);
+            if inside {
+                view.vmas += 1;
+            }
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        let Some((key, val)) = line.split_once(':') else { continue };
+        match key {
+            "Size" => view.size += kb(val),
+            "Rss" => view.resident += kb(val),
+            "AnonHugePages" | "ShmemPmdMapped" | "FilePmdMapped" => view.thp += kb(val),
+            "Private_Hugetlb" | "Shared_Hugetlb" => {
+                view.hugetlb += kb(val);
+                view.resident += kb(val);
+            }
+            "KernelPageSize" if view.page_size == 0 => view.page_size = kb(val),
+            "VmFlags" if view.vmflags.is_empty() => {
+                view.vmflags = val.split_whitespace().map(str::to_string).collect();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Folds the numa_maps lines whose VMA starts inside [start, end) into `view`.
+pub fn parse_numa_maps(text: &str, start: u64, end: u64, view: &mut KernelView) {
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let Some(addr) = words.next().and_then(|a| u64::from_str_radix(a, 16).ok()) else { continue };
+        if addr < start || addr >= end {
+            continue;
+        }
+        let policy = words.next().unwrap_or("");
+        if view.numa_policy.is_empty() {
+            view.numa_policy = policy.to_string();
+        }
+        for w in words {
+            if let Some(rest) = w.strip_prefix('N') {
+                if let Some((n, p)) = rest.split_once('=') {
+                    if let (Ok(n), Ok(p)) = (n.parse::<u32>(), p.parse::<u64>()) {
+                        *view.pages_per_node.entry(n).or_default() += p;
+                    }
+                }
+            } else if let Some(k) = w.strip_prefix("kernelpagesize_kB=") {
+                view.numa_page_size = k.parse::<u64>().unwrap_or(4) * 1024;
+            }
+        }
+    }
+}
+
+/// Reads the kernel's view of a whole mapping now.
+pub fn inspect(map: &RawMapping) -> io::Result<KernelView> {
+    let start = map.addr() as u64;
+    let end = start + map.len() as u64;
+    let mut view = KernelView::default();
+    parse_smaps(&fs::read_to_string("/proc/self/smaps")?, start, end, &mut view);
+    // numa_maps exists only on NUMA kernels; without it every page is on node 0.
+    match fs::read_to_string("/proc/self/numa_maps") {
+        Ok(text) => parse_numa_maps(&text, start, end, &mut view),
+        Err(_) => {
+            view.numa_page_size = view.page_size;
+            if let Some(pages) = view.resident.checked_div(view.page_size) {
+                view.pages_per_node.insert(0, pages);
+            }
+        }
+    }
+    if let Ok((mode, mask)) = map.mempolicy_at(0) {
+        view.mempolicy_mode = mode;
+        view.mempolicy_nodes = NodeSet::from_mask(&mask);
+    }
+    Ok(view)
+}
+
+/// Where each page of a mapping is, page by page (`move_pages`): pages per node, and
+/// the count of pages not present.
+pub fn page_nodes(map: &RawMapping, page_size: u64) -> io::Result<(BTreeMap<u32, u64>, u64)> {
+    let offsets: Vec<usize> = (0..map.len() as u64).step_by(page_size as usize).map(|o| o as usize).collect();
+    let status = map.node_of_pages(&offsets)?;
+    let mut per_node = BTreeMap::new();
+    let mut absent = 0;
+    for s in status {
+        if s >= 0 {
+            *per_node.entry(s as u32).or_default() += 1;
+        } else {
+            absent += 1;
+        }
+    }
+    Ok((per_node, absent))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMAPS: &str = "\
+7f0000000000-7f0000200000 rw-p 00000000 00:00 0
+Size:               2048 kB
+KernelPageSize:        4 kB
+Rss:                2048 kB
+AnonHugePages:      2048 kB
+Private_Hugetlb:       0 kB
+VmFlags: rd wr mr mw me ac hg mg
+7f0000200000-7f0000400000 rw-p 00000000 00:00 0
+Size:               2048 kB
+Rss:                   4 kB
+VmFlags: rd wr mr mw me ac
+7f0000400000-7f0000600000 rw-p 00000000 00:00 0
+Size:               2048 kB
+Rss:                2048 kB
+VmFlags: rd wr
+";
+
+    #[test]
+    fn smaps_sums_the_vmas_of_the_range_only() {
+        let mut v = KernelView::default();
+        parse_smaps(SMAPS, 0x7f00_0000_0000, 0x7f00_0040_0000, &mut v);
+        assert_eq!(v.vmas, 2);
+        assert_eq!(v.size, 4 << 20);
+        assert_eq!(v.resident, (2 << 20) + 4096);
+        assert_eq!(v.thp, 2 << 20);
+        assert!(v.has_flag("mg") && v.has_flag("hg"));
+    }
+
+    #[test]
+    fn numa_maps_pages_per_node() {
+        let text = "7f0000000000 bind:0-1 anon=512 dirty=512 N0=256 N1=256 kernelpagesize_kB=4\n\
+                    7f0000200000 bind:0-1 anon=2 N1=2 kernelpagesize_kB=4\n\
+                    7f0000400000 default anon=9 N0=9 kernelpagesize_kB=4\n";
+        let mut v = KernelView::default();
+        parse_numa_maps(text, 0x7f00_0000_0000, 0x7f00_0040_0000, &mut v);
+        assert_eq!(v.numa_policy, "bind:0-1");
+        assert_eq!(v.pages_per_node.get(&0), Some(&256));
+        assert_eq!(v.pages_per_node.get(&1), Some(&258));
+        assert_eq!(v.numa_page_size, 4096);
+    }
+}

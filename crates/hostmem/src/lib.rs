@@ -1,0 +1,41 @@
+//! hostmem: host memory backends for virtual machines.
+//!
+//! A backend is a VM's guest RAM on a Linux host: anonymous memory, a file, a memfd or
+//! hugetlbfs pages of a given size, placed on NUMA nodes by a policy, preallocated in
+//! parallel, marked for KSM merging or kept out of core dumps. The behaviour follows
+//! QEMU's `memory-backend-*` objects, and every claim about the memory can be read back
+//! from the kernel ([`inspect`]).
+//!
+//! ```no_run
+//! use hostmem::{Backend, Kind, NodeSet, Policy};
+//! let ram = Backend::builder(Kind::Ram, "ram0")
+//!     .size(1 << 30)
+//!     .policy(Policy::Bind)
+//!     .host_nodes(NodeSet::parse("0").unwrap())
+//!     .prealloc(true)
+//!     .create()?;
+//! let view = ram.inspect()?;
+//! assert_eq!(view.resident, 1 << 30);
+//! # Ok::<(), hostmem::Error>(())
+//! ```
+
+pub mod backend;
+pub mod error;
+pub mod inspect;
+pub mod kind;
+pub mod numa;
+pub mod objspec;
+pub mod prealloc;
+pub mod props;
+pub mod size;
+pub mod sys;
+#[cfg(feature = "vm-memory")]
+pub mod vmm;
+
+pub use backend::{Backend, Builder, InUse, RebindReport};
+pub use error::{Error, Result};
+pub use inspect::KernelView;
+pub use numa::{HostTopology, NodeSet, Policy};
+pub use objspec::ObjectSpec;
+pub use prealloc::Progress;
+pub use props::{Kind, MachineDefaults, PropInfo, PropType, PropValue};

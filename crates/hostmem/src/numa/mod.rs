@@ -1,0 +1,9 @@
+//! NUMA: node sets, policies and the host's topology.
+
+mod nodeset;
+mod policy;
+pub mod topology;
+
+pub use nodeset::{NodeListError, NodeSet, MAX_NODES};
+pub use policy::{Policy, UnknownPolicy};
+pub use topology::{Features, HostTopology, HugePool, NodeInfo};

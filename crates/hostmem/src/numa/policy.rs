@@ -1,0 +1,138 @@
+//! NUMA memory policies: QEMU's four (`HostMemPolicy`) plus the kernel's newer ones.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::sys::mpol;
+
+/// A backend's memory policy, by the names QEMU and hostmem accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Policy {
+    /// The process's policy (usually local allocation). Takes no nodes.
+    #[default]
+    Default,
+    /// Prefer the given node(s), fall back elsewhere. Several nodes mean
+    /// MPOL_PREFERRED_MANY where the kernel has it.
+    Preferred,
+    /// Only the given nodes; allocation fails rather than spill.
+    Bind,
+    /// Round-robin over the given nodes, page by page.
+    Interleave,
+    /// MPOL_PREFERRED_MANY by name (Linux 5.15+).
+    PreferredMany,
+    /// MPOL_WEIGHTED_INTERLEAVE (Linux 6.9+), weights from
+    /// /sys/kernel/mm/mempolicy/weighted_interleave.
+    WeightedInterleave,
+    /// MPOL_LOCAL: the node of the CPU that faults the page in. Takes no nodes.
+    Local,
+}
+
+impl Policy {
+    pub const ALL: [Policy; 7] = [
+        Policy::Default,
+        Policy::Preferred,
+        Policy::Bind,
+        Policy::Interleave,
+        Policy::PreferredMany,
+        Policy::WeightedInterleave,
+        Policy::Local,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Default => "default",
+            Policy::Preferred => "preferred",
+            Policy::Bind => "bind",
+            Policy::Interleave => "interleave",
+            Policy::PreferredMany => "preferred-many",
+            Policy::WeightedInterleave => "weighted-interleave",
+            Policy::Local => "local",
+        }
+    }
+
+    /// Whether the policy needs a node set (QEMU: all but default).
+    pub fn takes_nodes(self) -> bool {
+        !matches!(self, Policy::Default | Policy::Local)
+    }
+
+    /// Oldest kernel (major, minor) whose mbind accepts this policy.
+    pub fn min_kernel(self) -> (u32, u32) {
+        match self {
+            Policy::PreferredMany => (5, 15),
+            Policy::WeightedInterleave => (6, 9),
+            Policy::Local => (3, 8),
+            _ => (2, 6),
+        }
+    }
+
+    /// The mbind mode for this policy over `node_count` nodes on a kernel of `version`.
+    pub fn kernel_mode(self, node_count: usize, version: (u32, u32)) -> i32 {
+        match self {
+            Policy::Default => mpol::DEFAULT,
+            Policy::Preferred if node_count > 1 && version >= Policy::PreferredMany.min_kernel() => {
+                mpol::PREFERRED_MANY
+            }
+            Policy::Preferred => mpol::PREFERRED,
+            Policy::Bind => mpol::BIND,
+            Policy::Interleave => mpol::INTERLEAVE,
+            Policy::PreferredMany => mpol::PREFERRED_MANY,
+            Policy::WeightedInterleave => mpol::WEIGHTED_INTERLEAVE,
+            Policy::Local => mpol::LOCAL,
+        }
+    }
+
+    /// The kernel's name for a mode, as numa_maps prints it.
+    pub fn kernel_mode_name(mode: i32) -> &'static str {
+        match mode {
+            mpol::DEFAULT => "default",
+            mpol::PREFERRED => "prefer",
+            mpol::BIND => "bind",
+            mpol::INTERLEAVE => "interleave",
+            mpol::LOCAL => "local",
+            mpol::PREFERRED_MANY => "prefer (many)",
+            mpol::WEIGHTED_INTERLEAVE => "weighted interleave",
+            _ => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The name was not a policy; carries the name for QEMU's "does not accept value" text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownPolicy(pub String);
+
+impl FromStr for Policy {
+    type Err = UnknownPolicy;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Policy::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| UnknownPolicy(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preferred_with_several_nodes_is_preferred_many_on_new_kernels() {
+        assert_eq!(Policy::Preferred.kernel_mode(2, (6, 1)), mpol::PREFERRED_MANY);
+        assert_eq!(Policy::Preferred.kernel_mode(2, (5, 10)), mpol::PREFERRED);
+        assert_eq!(Policy::Preferred.kernel_mode(1, (6, 1)), mpol::PREFERRED);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for p in Policy::ALL {
+            assert_eq!(p.name().parse::<Policy>().unwrap(), p);
+        }
+        assert!("weird".parse::<Policy>().is_err());
+    }
+}

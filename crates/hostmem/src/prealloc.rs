@@ -1,0 +1,285 @@
+//! The parallel populate engine (DESIGN.md §4).
+//!
+//! Each job (one backend's memory) is split into contiguous chunks of whole pages, at
+//! least [`MIN_CHUNK`] each, one per thread. Every thread of every job is created before
+//! any of them starts: creating a thread maps its stack, which takes the mmap lock for
+//! writing and would stall the threads already faulting pages in. Then all run at once,
+//! so several backends preallocate concurrently. Faults go through MADV_POPULATE_WRITE,
+//! which returns an error where touching the memory would raise SIGBUS.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::sys::RawMapping;
+
+/// Smallest chunk worth a thread of its own.
+pub const MIN_CHUNK: u64 = 64 << 20;
+/// Work between progress updates and cancellation checks.
+const STEP: u64 = 16 << 20;
+
+/// Shared progress of a populate run: bytes done, bytes planned, and a cancel switch
+/// that another thread (a signal handler's thread, a QMP command) may flip.
+#[derive(Debug, Default)]
+pub struct Progress {
+    done: AtomicU64,
+    total: AtomicU64,
+    cancel: AtomicBool,
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Asks every thread to stop after its current step (at most [`STEP`] bytes).
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+/// How to fault in one job's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// MADV_POPULATE_WRITE (or _READ for read-only mappings).
+    Populate { write: bool },
+    /// Read and write back a byte per page: only for memory that cannot SIGBUS.
+    Touch,
+}
+
+/// One region to preallocate.
+#[derive(Debug)]
+pub struct Job<'a> {
+    pub map: &'a RawMapping,
+    pub page_size: u64,
+    pub threads: usize,
+    /// CPUs the threads may run on (the bound or preferred nodes' CPUs); empty = any.
+    pub cpus: Vec<usize>,
+    pub method: Method,
+}
+
+/// What a finished job did, for reports and tests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    pub bytes: u64,
+    pub threads: usize,
+    pub seconds: f64,
+    /// The CPUs the threads were seen running on (sched_getcpu inside each thread).
+    pub cpus_seen: Vec<usize>,
+}
+
+impl Stats {
+    pub fn gib_per_sec(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.bytes as f64 / (1u64 << 30) as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Why a job did not finish.
+#[derive(Debug)]
+pub enum Failure {
+    /// The populate call failed at `offset` (EFAULT: no huge page or SIGBUS-class fault;
+    /// ENOMEM: out of memory; EHWPOISON ...).
+    Fault { offset: u64, err: io::Error },
+    Cancelled,
+    /// Another job of the same run failed first, so this one was stopped.
+    Aborted,
+    /// The threads could not be created.
+    Spawn(io::Error),
+}
+
+/// Threads a job of `len` bytes gets when `requested` are allowed.
+pub fn plan_threads(len: u64, requested: usize) -> usize {
+    let by_size = len.div_ceil(MIN_CHUNK).max(1) as usize;
+    requested.clamp(1, by_size)
+}
+
+/// The page-aligned [start, end) of chunk `i` of `n` over `len` bytes.
+fn chunk(len: u64, page: u64, n: usize, i: usize) -> (u64, u64) {
+    let pages = len / page;
+    let lo = pages * i as u64 / n as u64;
+    let hi = pages * (i as u64 + 1) / n as u64;
+    (lo * page, hi * page)
+}
+
+/// A gate all threads wait at until every thread exists.
+struct Gate {
+    state: Mutex<Option<bool>>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn wait(&self) -> bool {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while g.is_none() {
+            g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        g.unwrap_or(false)
+    }
+
+    fn open(&self, go: bool) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(go);
+        self.cv.notify_all();
+    }
+}
+
+struct JobState {
+    error: Mutex<Option<(u64, io::Error)>>,
+    finished_at: Mutex<Option<Instant>>,
+    cpus_seen: Mutex<Vec<usize>>,
+}
+
+fn run_chunk(job: &Job<'_>, start: u64, end: u64, progress: &Progress, abort: &AtomicBool) -> Result<(), (u64, io::Error)> {
+    let step = STEP.max(job.page_size) / job.page_size * job.page_size;
+    let mut off = start;
+    while off < end {
+        if progress.is_cancelled() || abort.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let len = step.min(end - off);
+        let r = match job.method {
+            Method::Populate { write } => job.map.populate(off as usize, len as usize, write),
+            Method::Touch => job.map.touch_pages(off as usize, len as usize, job.page_size as usize),
+        };
+        r.map_err(|e| (off, e))?;
+        off += len;
+        progress.done.fetch_add(len, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Preallocates every job at once. Any fault stops all jobs (a batch of backends is
+/// created or undone as a whole); results come back in job order.
+pub fn populate(jobs: &[Job<'_>], progress: &Progress) -> Vec<Result<Stats, Failure>> {
+    let total: u64 = jobs.iter().map(|j| j.map.len() as u64).sum();
+    progress.total.fetch_add(total, Ordering::Relaxed);
+    let gate = Gate { state: Mutex::new(None), cv: Condvar::new() };
+    let abort = AtomicBool::new(false);
+    let states: Vec<JobState> = jobs
+        .iter()
+        .map(|_| JobState {
+            error: Mutex::new(None),
+            finished_at: Mutex::new(None),
+            cpus_seen: Mutex::new(Vec::new()),
+        })
+        .collect();
+    let plans: Vec<usize> = jobs.iter().map(|j| plan_threads(j.map.len() as u64, j.threads)).collect();
+    let mut started = Instant::now();
+    let spawn_error = std::thread::scope(|s| {
+        let mut spawn_error = None;
+        'spawn: for (ji, job) in jobs.iter().enumerate() {
+            let n = plans[ji];
+            for i in 0..n {
+                let (start, end) = chunk(job.map.len() as u64, job.page_size, n, i);
+                let (gate, abort, st) = (&gate, &abort, &states[ji]);
+                let spawned = std::thread::Builder::new()
+                    .name(format!("prealloc-{ji}.{i}"))
+                    .stack_size(64 << 10)
+                    .spawn_scoped(s, move || {
+                        if !gate.wait() {
+                            return;
+                        }
+                        if !job.cpus.is_empty() {
+                            // Placement is a speed hint: a refused pin still preallocates.
+                            let _ = crate::sys::pin_current_thread(&job.cpus);
+                        }
+                        let cpu_start = crate::sys::current_cpu();
+                        let r = run_chunk(job, start, end, progress, abort);
+                        let cpu_end = crate::sys::current_cpu();
+                        {
+                            let mut seen = st.cpus_seen.lock().unwrap_or_else(|e| e.into_inner());
+                            seen.extend(cpu_start.into_iter().chain(cpu_end));
+                        }
+                        if let Err((off, e)) = r {
+                            abort.store(true, Ordering::Relaxed);
+                            let mut slot = st.error.lock().unwrap_or_else(|e| e.into_inner());
+                            if slot.as_ref().is_none_or(|(o, _)| off < *o) {
+                                *slot = Some((off, e));
+                            }
+                        }
+                        let now = Instant::now();
+                        let mut fin = st.finished_at.lock().unwrap_or_else(|e| e.into_inner());
+                        if fin.is_none_or(|f| now > f) {
+                            *fin = Some(now);
+                        }
+                    });
+                if let Err(e) = spawned {
+                    spawn_error = Some(e);
+                    break 'spawn;
+                }
+            }
+        }
+        started = Instant::now();
+        gate.open(spawn_error.is_none());
+        spawn_error
+    });
+    let mut out = Vec::with_capacity(jobs.len());
+    let aborted = abort.load(Ordering::Relaxed);
+    let spawn_failed = spawn_error.is_some();
+    let mut spawn_error = spawn_error;
+    for (ji, (job, st)) in jobs.iter().zip(states).enumerate() {
+        if spawn_failed {
+            out.push(Err(spawn_error.take().map_or(Failure::Aborted, Failure::Spawn)));
+            continue;
+        }
+        if let Some((offset, err)) = st.error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            out.push(Err(Failure::Fault { offset, err }));
+        } else if progress.is_cancelled() {
+            out.push(Err(Failure::Cancelled));
+        } else if aborted {
+            out.push(Err(Failure::Aborted));
+        } else {
+            let fin = st.finished_at.into_inner().unwrap_or_else(|e| e.into_inner());
+            let seconds = fin.map_or(Duration::ZERO, |f| f.saturating_duration_since(started)).as_secs_f64();
+            let mut cpus_seen = st.cpus_seen.into_inner().unwrap_or_else(|e| e.into_inner());
+            cpus_seen.sort_unstable();
+            cpus_seen.dedup();
+            out.push(Ok(Stats { bytes: job.map.len() as u64, threads: plans[ji], seconds, cpus_seen }));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_whole_pages_without_gaps() {
+        let page = 2 << 20;
+        let len = 1000 * page;
+        let n = 7;
+        let mut prev = 0;
+        for i in 0..n {
+            let (a, b) = chunk(len, page, n, i);
+            assert_eq!(a, prev);
+            assert_eq!(a % page, 0);
+            prev = b;
+        }
+        assert_eq!(prev, len);
+    }
+
+    #[test]
+    fn at_least_64_mib_per_thread_and_no_fixed_cap() {
+        assert_eq!(plan_threads(64 << 20, 8), 1);
+        assert_eq!(plan_threads((64 << 20) + 1, 8), 2);
+        assert_eq!(plan_threads(1 << 40, 64), 64);
+        assert_eq!(plan_threads(4096, 0), 1);
+    }
+}
