@@ -50,7 +50,11 @@ impl InUse {
     /// The memfd or file behind the memory, for consumers that map it themselves
     /// (vhost-user back ends), with the offset of this memory in it.
     pub fn fd(&self) -> Option<(BorrowedFd<'_>, u64)> {
-        self.0.mapped.fd.as_ref().map(|f| (f.as_fd(), self.0.mapped.fd_offset))
+        self.0
+            .mapped
+            .fd
+            .as_ref()
+            .map(|f| (f.as_fd(), self.0.mapped.fd_offset))
     }
 
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> std::io::Result<()> {
@@ -123,17 +127,29 @@ pub struct Backend {
 impl Backend {
     /// A configured backend with the machine defaults; nothing is allocated yet.
     pub fn new(kind: Kind, id: impl Into<String>, defaults: &MachineDefaults) -> Backend {
-        Backend { id: id.into(), kind, cfg: Config::new(kind, defaults), live: None, deleted: false }
+        Backend {
+            id: id.into(),
+            kind,
+            cfg: Config::new(kind, defaults),
+            live: None,
+            deleted: false,
+        }
     }
 
     /// Typed construction for Rust callers.
     pub fn builder(kind: Kind, id: impl Into<String>) -> Builder {
-        Builder { backend: Backend::new(kind, id, &MachineDefaults::default()), error: None }
+        Builder {
+            backend: Backend::new(kind, id, &MachineDefaults::default()),
+            error: None,
+        }
     }
 
     /// Like [`Backend::builder`], starting from machine-wide defaults.
     pub fn builder_with(kind: Kind, id: impl Into<String>, defaults: &MachineDefaults) -> Builder {
-        Builder { backend: Backend::new(kind, id, defaults), error: None }
+        Builder {
+            backend: Backend::new(kind, id, defaults),
+            error: None,
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -158,13 +174,21 @@ impl Backend {
     }
 
     fn info(&self, name: &str) -> Result<&'static PropInfo> {
-        props::lookup(self.kind, name).ok_or_else(|| Error::UnknownProperty { kind: self.kind.qom_type(), prop: name.to_string() })
+        props::lookup(self.kind, name).ok_or_else(|| Error::UnknownProperty {
+            kind: self.kind.qom_type(),
+            prop: name.to_string(),
+        })
     }
 
     /// Reads a property.
     pub fn get(&self, name: &str) -> Result<PropValue> {
         let info = self.info(name)?;
-        self.cfg.get(info.name).ok_or_else(|| Error::UnknownProperty { kind: self.kind.qom_type(), prop: name.to_string() })
+        self.cfg
+            .get(info.name)
+            .ok_or_else(|| Error::UnknownProperty {
+                kind: self.kind.qom_type(),
+                prop: name.to_string(),
+            })
     }
 
     /// Sets a property from its text form (`-object` syntax).
@@ -185,15 +209,20 @@ impl Backend {
             return self.cfg.store(self.kind, info, value);
         }
         match info.live {
-            Live::Fixed => {
-                Err(Error::FixedAfterAllocation { kind: self.kind.qom_type(), id: self.id.clone(), prop: info.name })
-            }
+            Live::Fixed => Err(Error::FixedAfterAllocation {
+                kind: self.kind.qom_type(),
+                id: self.id.clone(),
+                prop: info.name,
+            }),
             Live::Rebind => {
                 // Setting the value it already has changes nothing and is harmless.
                 if self.cfg.get(info.name).as_ref() == Some(&value) {
                     Ok(())
                 } else {
-                    Err(Error::PlacementNeedsRebind { id: self.id.clone(), prop: info.name })
+                    Err(Error::PlacementNeedsRebind {
+                        id: self.id.clone(),
+                        prop: info.name,
+                    })
                 }
             }
             Live::Immediate => {
@@ -209,11 +238,19 @@ impl Backend {
     fn apply_live(&mut self, next: &Config) -> Result<()> {
         let len = self.len();
         if next.merge != self.cfg.merge {
-            let adv = if next.merge { advice::MERGEABLE } else { advice::UNMERGEABLE };
+            let adv = if next.merge {
+                advice::MERGEABLE
+            } else {
+                advice::UNMERGEABLE
+            };
             self.advise(adv, len)?;
         }
         if next.dump != self.cfg.dump {
-            let adv = if next.dump { advice::DODUMP } else { advice::DONTDUMP };
+            let adv = if next.dump {
+                advice::DODUMP
+            } else {
+                advice::DONTDUMP
+            };
             self.advise(adv, len)?;
         }
         if next.prealloc && !self.cfg.prealloc {
@@ -224,7 +261,11 @@ impl Backend {
     }
 
     fn advise(&self, adv: i32, len: usize) -> Result<()> {
-        let region = &self.live.as_ref().ok_or_else(|| self.not_allocated())?.region;
+        let region = &self
+            .live
+            .as_ref()
+            .ok_or_else(|| self.not_allocated())?
+            .region;
         match region.mapped.map.madvise(0, len, adv) {
             Ok(()) => Ok(()),
             // KSM advice on memory KSM cannot merge (shared, hugetlb) or a kernel
@@ -235,11 +276,19 @@ impl Backend {
     }
 
     fn not_allocated(&self) -> Error {
-        Error::NotAllocated { kind: self.kind.qom_type(), id: self.id.clone() }
+        Error::NotAllocated {
+            kind: self.kind.qom_type(),
+            id: self.id.clone(),
+        }
     }
 
     fn alloc_error(&self, step: Step, reason: String) -> Error {
-        Error::Alloc { kind: self.kind.qom_type(), id: self.id.clone(), step, reason }
+        Error::Alloc {
+            kind: self.kind.qom_type(),
+            id: self.id.clone(),
+            step,
+            reason,
+        }
     }
 
     /// Size in bytes (0 before `size` is set).
@@ -274,10 +323,17 @@ impl Backend {
         for (b, plan) in backends.iter().zip(&plans) {
             placed.push(b.map_and_place(plan, &host)?);
         }
-        let wanted: Vec<usize> = (0..backends.len()).filter(|&i| backends[i].cfg.prealloc).collect();
+        let wanted: Vec<usize> = (0..backends.len())
+            .filter(|&i| backends[i].cfg.prealloc)
+            .collect();
         let mut jobs = Vec::with_capacity(wanted.len());
         for &i in &wanted {
-            jobs.push(backends[i].job(&placed[i].mapped.map, &plans[i], &host, backends[i].cfg.prealloc_threads)?);
+            jobs.push(backends[i].job(
+                &placed[i].mapped.map,
+                &plans[i],
+                &host,
+                backends[i].cfg.prealloc_threads,
+            )?);
         }
         let results = prealloc::populate(&jobs, progress);
         drop(jobs);
@@ -292,7 +348,10 @@ impl Backend {
                         (&failure, &f),
                         (None, _)
                             | (Some((_, Failure::Aborted)), _)
-                            | (Some((_, Failure::Cancelled)), Failure::Fault { .. } | Failure::Spawn(_))
+                            | (
+                                Some((_, Failure::Cancelled)),
+                                Failure::Fault { .. } | Failure::Spawn(_)
+                            )
                     );
                     if keep {
                         failure = Some((i, f));
@@ -309,7 +368,10 @@ impl Backend {
             if let Some(r) = Arc::get_mut(&mut region) {
                 r.mapped.keep_file();
             }
-            b.live = Some(LiveState { region, prealloc: s });
+            b.live = Some(LiveState {
+                region,
+                prealloc: s,
+            });
         }
         Ok(())
     }
@@ -320,7 +382,10 @@ impl Backend {
             return Err(self.not_allocated());
         }
         if self.live.is_some() {
-            return Err(Error::AlreadyAllocated { kind: self.kind.qom_type(), id: self.id.clone() });
+            return Err(Error::AlreadyAllocated {
+                kind: self.kind.qom_type(),
+                id: self.id.clone(),
+            });
         }
         let size = self.cfg.size.ok_or(Error::Missing("size"))?;
         if self.cfg.prealloc && !self.cfg.reserve {
@@ -360,13 +425,22 @@ impl Backend {
         };
         for n in nodes.iter() {
             if !host.possible.contains(n) {
-                return Err(bad(format!("node {n} does not exist on this host (online nodes: {})", host.online)));
+                return Err(bad(format!(
+                    "node {n} does not exist on this host (online nodes: {})",
+                    host.online
+                )));
             }
             if !host.online.contains(n) {
-                return Err(bad(format!("node {n} is offline (online nodes: {})", host.online)));
+                return Err(bad(format!(
+                    "node {n} is offline (online nodes: {})",
+                    host.online
+                )));
             }
             if !host.has_memory.contains(n) {
-                return Err(bad(format!("node {n} has no memory (nodes with memory: {})", host.has_memory)));
+                return Err(bad(format!(
+                    "node {n} has no memory (nodes with memory: {})",
+                    host.has_memory
+                )));
             }
         }
         Ok(())
@@ -381,7 +455,12 @@ impl Backend {
         let short = |free, nodes| Error::HugePagesShort {
             kind: self.kind.qom_type(),
             id: self.id.clone(),
-            shortage: Shortage { page_size, needed, free, nodes },
+            shortage: Shortage {
+                page_size,
+                needed,
+                free,
+                nodes,
+            },
         };
         let pool = HugePool::read(page_size, None);
         let available = pool.map_or(0, |p| p.available());
@@ -393,7 +472,14 @@ impl Backend {
                 .cfg
                 .host_nodes
                 .iter()
-                .map(|n| (n, host.node(n).and_then(|i| i.pool(page_size)).map_or(0, |p| p.free)))
+                .map(|n| {
+                    (
+                        n,
+                        host.node(n)
+                            .and_then(|i| i.pool(page_size))
+                            .map_or(0, |p| p.free),
+                    )
+                })
                 .collect();
             let free: u64 = per_node.iter().map(|(_, f)| f).sum();
             if free < needed {
@@ -406,20 +492,32 @@ impl Backend {
     /// Maps the memory, advises it and applies the NUMA policy.
     fn map_and_place(&self, plan: &Plan, host: &HostTopology) -> Result<Arc<Region>> {
         let mapped = kind::map(self.kind, &self.id, &self.cfg, plan)?;
-        let region = Region { mapped, page_size: plan.page_size, hugetlb: plan.hugetlb };
+        let region = Region {
+            mapped,
+            page_size: plan.page_size,
+            hugetlb: plan.hugetlb,
+        };
         let map = &region.mapped.map;
         if self.cfg.merge {
             // Kernels without KSM refuse; reports show the missing `mg` flag.
             let _ = map.madvise(0, map.len(), advice::MERGEABLE);
         }
         if !self.cfg.dump {
-            map.madvise(0, map.len(), advice::DONTDUMP).map_err(|e| self.alloc_error(Step::Advise, sys::strerror(&e)))?;
+            map.madvise(0, map.len(), advice::DONTDUMP)
+                .map_err(|e| self.alloc_error(Step::Advise, sys::strerror(&e)))?;
         }
         self.bind(map, self.cfg.policy, &self.cfg.host_nodes, host, false)?;
         Ok(Arc::new(region))
     }
 
-    fn bind(&self, map: &sys::RawMapping, policy: Policy, nodes: &NodeSet, host: &HostTopology, strict: bool) -> Result<()> {
+    fn bind(
+        &self,
+        map: &sys::RawMapping,
+        policy: Policy,
+        nodes: &NodeSet,
+        host: &HostTopology,
+        strict: bool,
+    ) -> Result<()> {
         let mode = policy.kernel_mode(nodes.len(), host.kernel_version);
         let (mask, maxnode) = nodes.to_mask();
         // Fresh memory has no pages to move; on a rebind STRICT makes unmovable pages
@@ -428,10 +526,17 @@ impl Backend {
         if strict || !matches!(policy, Policy::Default | Policy::Local) {
             flags |= mpol::MF_STRICT;
         }
-        map.mbind(0, map.len(), mode, &mask, maxnode, flags).map_err(|e| Error::Mbind(sys::strerror(&e)))
+        map.mbind(0, map.len(), mode, &mask, maxnode, flags)
+            .map_err(|e| Error::Mbind(sys::strerror(&e)))
     }
 
-    fn job<'a>(&self, map: &'a sys::RawMapping, plan: &Plan, host: &HostTopology, threads: u32) -> Result<Job<'a>> {
+    fn job<'a>(
+        &self,
+        map: &'a sys::RawMapping,
+        plan: &Plan,
+        host: &HostTopology,
+        threads: u32,
+    ) -> Result<Job<'a>> {
         let method = if self.kind == Kind::File && self.cfg.readonly {
             Method::Populate { write: false }
         } else if host.features.populate_write {
@@ -452,14 +557,29 @@ impl Backend {
             Policy::Default | Policy::Local => Vec::new(),
             _ => host.cpus_of(&self.cfg.host_nodes),
         };
-        Ok(Job { map, page_size: plan.page_size, threads: threads as usize, cpus, method })
+        Ok(Job {
+            map,
+            page_size: plan.page_size,
+            threads: threads as usize,
+            cpus,
+            method,
+        })
     }
 
     fn prealloc_error(&self, f: Failure, plan: &Plan) -> Error {
         match f {
-            Failure::Cancelled => Error::Cancelled { kind: self.kind.qom_type(), id: self.id.clone() },
-            Failure::Aborted => self.alloc_error(Step::Prealloc, "stopped because another backend failed".into()),
-            Failure::Spawn(e) => self.alloc_error(Step::Prealloc, format!("cannot create threads: {}", sys::strerror(&e))),
+            Failure::Cancelled => Error::Cancelled {
+                kind: self.kind.qom_type(),
+                id: self.id.clone(),
+            },
+            Failure::Aborted => self.alloc_error(
+                Step::Prealloc,
+                "stopped because another backend failed".into(),
+            ),
+            Failure::Spawn(e) => self.alloc_error(
+                Step::Prealloc,
+                format!("cannot create threads: {}", sys::strerror(&e)),
+            ),
             Failure::Fault { offset, err } => {
                 if plan.hugetlb {
                     let needed = self.len() as u64 / plan.page_size;
@@ -469,7 +589,14 @@ impl Backend {
                         self.cfg
                             .host_nodes
                             .iter()
-                            .map(|n| (n, host.node(n).and_then(|i| i.pool(plan.page_size)).map_or(0, |p| p.free)))
+                            .map(|n| {
+                                (
+                                    n,
+                                    host.node(n)
+                                        .and_then(|i| i.pool(plan.page_size))
+                                        .map_or(0, |p| p.free),
+                                )
+                            })
                             .collect()
                     } else {
                         Vec::new()
@@ -477,15 +604,25 @@ impl Backend {
                     return Error::HugePagesShort {
                         kind: self.kind.qom_type(),
                         id: self.id.clone(),
-                        shortage: Shortage { page_size: plan.page_size, needed, free, nodes },
+                        shortage: Shortage {
+                            page_size: plan.page_size,
+                            needed,
+                            free,
+                            nodes,
+                        },
                     };
                 }
                 let what = match err.raw_os_error() {
                     Some(libc::ENOMEM) => "out of memory".to_string(),
-                    Some(libc::EFAULT) => "the memory cannot be faulted in (it would raise SIGBUS)".to_string(),
+                    Some(libc::EFAULT) => {
+                        "the memory cannot be faulted in (it would raise SIGBUS)".to_string()
+                    }
                     _ => sys::strerror(&err),
                 };
-                self.alloc_error(Step::Prealloc, format!("{what} at offset {offset} of {} bytes", self.len()))
+                self.alloc_error(
+                    Step::Prealloc,
+                    format!("{what} at offset {offset} of {} bytes", self.len()),
+                )
             }
         }
     }
@@ -495,7 +632,11 @@ impl Backend {
         let host = HostTopology::read();
         let live = self.live.as_ref().ok_or_else(|| self.not_allocated())?;
         let region = live.region.clone();
-        let plan = Plan { page_size: region.page_size, hugetlb: region.hugetlb, existing_file: false };
+        let plan = Plan {
+            page_size: region.page_size,
+            hugetlb: region.hugetlb,
+            existing_file: false,
+        };
         let job = self.job(&region.mapped.map, &plan, &host, threads)?;
         let r = prealloc::populate(std::slice::from_ref(&job), progress).pop();
         match r {
@@ -522,17 +663,22 @@ impl Backend {
         self.bind(&region.mapped.map, policy, &nodes, &host, true)?;
         self.cfg.policy = policy;
         self.cfg.host_nodes = nodes.clone();
-        let (per_node, absent) = inspect::page_nodes(&region.mapped.map, region.page_size).map_err(|e| Error::Io {
-            kind: self.kind.qom_type(),
-            id: self.id.clone(),
-            what: "reading page placement".into(),
-            reason: sys::strerror(&e),
-        })?;
+        let (per_node, absent) = inspect::page_nodes(&region.mapped.map, region.page_size)
+            .map_err(|e| Error::Io {
+                kind: self.kind.qom_type(),
+                id: self.id.clone(),
+                what: "reading page placement".into(),
+                reason: sys::strerror(&e),
+            })?;
         let present: u64 = per_node.values().sum();
         let on_target = if nodes.is_empty() {
             present
         } else {
-            per_node.iter().filter(|(n, _)| nodes.contains(**n)).map(|(_, c)| c).sum()
+            per_node
+                .iter()
+                .filter(|(n, _)| nodes.contains(**n))
+                .map(|(_, c)| c)
+                .sum()
         };
         Ok(RebindReport {
             pages_per_node: per_node,
@@ -545,12 +691,20 @@ impl Backend {
 
     /// A hold on the memory for a consumer; deletion is refused while it lives.
     pub fn hold(&self) -> Result<InUse> {
-        Ok(InUse(self.live.as_ref().ok_or_else(|| self.not_allocated())?.region.clone()))
+        Ok(InUse(
+            self.live
+                .as_ref()
+                .ok_or_else(|| self.not_allocated())?
+                .region
+                .clone(),
+        ))
     }
 
     /// Whether a consumer holds the memory.
     pub fn is_in_use(&self) -> bool {
-        self.live.as_ref().is_some_and(|l| Arc::strong_count(&l.region) > 1)
+        self.live
+            .as_ref()
+            .is_some_and(|l| Arc::strong_count(&l.region) > 1)
     }
 
     /// Unmaps the memory. Refused while in use; a file backend with `discard-data=on`

@@ -48,7 +48,11 @@ impl std::fmt::Display for Shortage {
         if self.nodes.is_empty() {
             write!(f, " on the host")
         } else {
-            let list: Vec<String> = self.nodes.iter().map(|(n, free)| format!("node {n}: {free} free")).collect();
+            let list: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|(n, free)| format!("node {n}: {free} free"))
+                .collect();
             write!(f, " on the bound nodes ({})", list.join(", "))
         }
     }
@@ -64,7 +68,11 @@ pub enum Error {
     #[error("cannot bind memory to host NUMA nodes: {0}")]
     Mbind(String),
     #[error("property '{prop}' of {kind} doesn't take value '{value}'")]
-    ZeroValue { prop: &'static str, kind: &'static str, value: String },
+    ZeroValue {
+        prop: &'static str,
+        kind: &'static str,
+        value: String,
+    },
     #[error("{0}")]
     NodeList(#[from] NodeListError),
     #[error("can't open backing store {path} for guest RAM: {reason}")]
@@ -81,29 +89,62 @@ pub enum Error {
     UnknownProperty { kind: &'static str, prop: String },
     /// QEMU's keyval wording: `Parameter 'size' expects a size value`.
     #[error("Parameter '{prop}' expects {expected}")]
-    BadType { prop: String, expected: &'static str },
+    BadType {
+        prop: String,
+        expected: &'static str,
+    },
     #[error("Parameter '{prop}' does not accept value '{value}'")]
     BadEnum { prop: String, value: String },
     #[error("cannot change property '{prop}' of {kind} '{id}': it is fixed once the backend is allocated")]
-    FixedAfterAllocation { kind: &'static str, id: String, prop: &'static str },
+    FixedAfterAllocation {
+        kind: &'static str,
+        id: String,
+        prop: &'static str,
+    },
     #[error("cannot change '{prop}' of live backend '{id}' on its own: rebind it instead (policy and host-nodes together, existing pages are migrated)")]
     PlacementNeedsRebind { id: String, prop: &'static str },
     #[error("{kind} '{id}': property '{prop}' = '{value}' is invalid: {why}")]
-    Invalid { kind: &'static str, id: String, prop: &'static str, value: String, why: String },
+    Invalid {
+        kind: &'static str,
+        id: String,
+        prop: &'static str,
+        value: String,
+        why: String,
+    },
 
     // --- NUMA, better than QEMU --------------------------------------------------------
     #[error("host-nodes must be empty for policy {0}")]
     NodesNotTaken(Policy),
     #[error("{kind} '{id}': host-nodes = '{nodes}': {why}")]
-    BadNode { kind: &'static str, id: String, nodes: String, why: String },
+    BadNode {
+        kind: &'static str,
+        id: String,
+        nodes: String,
+        why: String,
+    },
     #[error("{kind} '{id}': policy '{policy}' needs Linux {}.{} or later; this kernel is {}.{}", need.0, need.1, have.0, have.1)]
-    PolicyUnsupported { kind: &'static str, id: String, policy: Policy, need: (u32, u32), have: (u32, u32) },
+    PolicyUnsupported {
+        kind: &'static str,
+        id: String,
+        policy: Policy,
+        need: (u32, u32),
+        have: (u32, u32),
+    },
 
     // --- allocation ---------------------------------------------------------------------
     #[error("{kind} '{id}': {shortage}")]
-    HugePagesShort { kind: &'static str, id: String, shortage: Shortage },
+    HugePagesShort {
+        kind: &'static str,
+        id: String,
+        shortage: Shortage,
+    },
     #[error("{kind} '{id}': {step} failed: {reason}")]
-    Alloc { kind: &'static str, id: String, step: Step, reason: String },
+    Alloc {
+        kind: &'static str,
+        id: String,
+        step: Step,
+        reason: String,
+    },
     #[error("{kind} '{id}': preallocation cancelled")]
     Cancelled { kind: &'static str, id: String },
     #[error("{kind} '{id}' is not allocated")]
@@ -111,7 +152,12 @@ pub enum Error {
     #[error("{kind} '{id}' is already allocated")]
     AlreadyAllocated { kind: &'static str, id: String },
     #[error("{kind} '{id}': {what}: {reason}")]
-    Io { kind: &'static str, id: String, what: String, reason: String },
+    Io {
+        kind: &'static str,
+        id: String,
+        what: String,
+        reason: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

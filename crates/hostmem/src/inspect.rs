@@ -43,7 +43,10 @@ impl KernelView {
 
     /// Bytes per node, from numa_maps.
     pub fn bytes_per_node(&self) -> BTreeMap<u32, u64> {
-        self.pages_per_node.iter().map(|(&n, &p)| (n, p * self.numa_page_size)).collect()
+        self.pages_per_node
+            .iter()
+            .map(|(&n, &p)| (n, p * self.numa_page_size))
+            .collect()
     }
 
     /// The policy's kernel name (`bind`, `prefer (many)`, ...).
@@ -55,11 +58,18 @@ impl KernelView {
 fn parse_range(head: &str) -> Option<(u64, u64)> {
     let range = head.split_whitespace().next()?;
     let (a, b) = range.split_once('-')?;
-    Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?))
+    Some((
+        u64::from_str_radix(a, 16).ok()?,
+        u64::from_str_radix(b, 16).ok()?,
+    ))
 }
 
 fn kb(v: &str) -> u64 {
-    v.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0) * 1024
+    v.split_whitespace()
+        .next()
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
 }
 
 /// Folds the smaps entries overlapping [start, end) into `view`.
@@ -77,7 +87,9 @@ pub fn parse_smaps(text: &str, start: u64, end: u64, view: &mut KernelView) {
         if !inside {
             continue;
         }
-        let Some((key, val)) = line.split_once(':') else { continue };
+        let Some((key, val)) = line.split_once(':') else {
+            continue;
+        };
         match key {
             "Size" => view.size += kb(val),
             "Rss" => view.resident += kb(val),
@@ -99,7 +111,9 @@ pub fn parse_smaps(text: &str, start: u64, end: u64, view: &mut KernelView) {
 pub fn parse_numa_maps(text: &str, start: u64, end: u64, view: &mut KernelView) {
     for line in text.lines() {
         let mut words = line.split_whitespace();
-        let Some(addr) = words.next().and_then(|a| u64::from_str_radix(a, 16).ok()) else { continue };
+        let Some(addr) = words.next().and_then(|a| u64::from_str_radix(a, 16).ok()) else {
+            continue;
+        };
         if addr < start || addr >= end {
             continue;
         }
@@ -126,7 +140,12 @@ pub fn inspect(map: &RawMapping) -> io::Result<KernelView> {
     let start = map.addr() as u64;
     let end = start + map.len() as u64;
     let mut view = KernelView::default();
-    parse_smaps(&fs::read_to_string("/proc/self/smaps")?, start, end, &mut view);
+    parse_smaps(
+        &fs::read_to_string("/proc/self/smaps")?,
+        start,
+        end,
+        &mut view,
+    );
     // numa_maps exists only on NUMA kernels; without it every page is on node 0.
     match fs::read_to_string("/proc/self/numa_maps") {
         Ok(text) => parse_numa_maps(&text, start, end, &mut view),
@@ -147,7 +166,10 @@ pub fn inspect(map: &RawMapping) -> io::Result<KernelView> {
 /// Where each page of a mapping is, page by page (`move_pages`): pages per node, and
 /// the count of pages not present.
 pub fn page_nodes(map: &RawMapping, page_size: u64) -> io::Result<(BTreeMap<u32, u64>, u64)> {
-    let offsets: Vec<usize> = (0..map.len() as u64).step_by(page_size as usize).map(|o| o as usize).collect();
+    let offsets: Vec<usize> = (0..map.len() as u64)
+        .step_by(page_size as usize)
+        .map(|o| o as usize)
+        .collect();
     let status = map.node_of_pages(&offsets)?;
     let mut per_node = BTreeMap::new();
     let mut absent = 0;

@@ -29,8 +29,6 @@ pub mod prealloc;
 pub mod props;
 pub mod size;
 pub mod sys;
-#[cfg(feature = "vm-memory")]
-pub mod vmm;
 
 pub use backend::{Backend, Builder, InUse, RebindReport};
 pub use error::{Error, Result};

@@ -18,7 +18,8 @@ pub struct ObjectSpec {
 /// QEMU's rule for object ids: a letter, then letters, digits, `-`, `.`, `_`.
 pub fn valid_id(id: &str) -> bool {
     let mut c = id.chars();
-    c.next().is_some_and(|f| f.is_ascii_alphabetic()) && c.all(|ch| ch.is_ascii_alphanumeric() || "-._".contains(ch))
+    c.next().is_some_and(|f| f.is_ascii_alphabetic())
+        && c.all(|ch| ch.is_ascii_alphanumeric() || "-._".contains(ch))
 }
 
 /// Splits keyval text into key/value pairs, undoing `,,` escapes.
@@ -62,9 +63,15 @@ impl ObjectSpec {
         for (k, v) in pairs {
             let Some(v) = v else {
                 return Err(if k.is_empty() {
-                    Error::BadType { prop: "object".into(), expected: "key=value pairs, not an empty one" }
+                    Error::BadType {
+                        prop: "object".into(),
+                        expected: "key=value pairs, not an empty one",
+                    }
                 } else {
-                    Error::BadType { prop: k, expected: "a value: write key=value" }
+                    Error::BadType {
+                        prop: k,
+                        expected: "a value: write key=value",
+                    }
                 });
             };
             match k.as_str() {
@@ -73,12 +80,19 @@ impl ObjectSpec {
                 _ => props.push((k, v)),
             }
         }
-        let kind_name = kind_name.filter(|k| !k.is_empty()).ok_or(Error::Missing("qom-type"))?;
-        let kind = Kind::from_qom_type(&kind_name)
-            .ok_or_else(|| Error::BadEnum { prop: "qom-type".into(), value: kind_name.clone() })?;
+        let kind_name = kind_name
+            .filter(|k| !k.is_empty())
+            .ok_or(Error::Missing("qom-type"))?;
+        let kind = Kind::from_qom_type(&kind_name).ok_or_else(|| Error::BadEnum {
+            prop: "qom-type".into(),
+            value: kind_name.clone(),
+        })?;
         let id = id.ok_or(Error::Missing("id"))?;
         if !valid_id(&id) {
-            return Err(Error::BadType { prop: "id".into(), expected: "an identifier" });
+            return Err(Error::BadType {
+                prop: "id".into(),
+                expected: "an identifier",
+            });
         }
         Ok(ObjectSpec { kind, id, props })
     }
@@ -108,27 +122,54 @@ mod tests {
 
     #[test]
     fn parses_qemu_object_syntax() {
-        let s = ObjectSpec::parse("memory-backend-file,id=f0,size=1G,mem-path=/tmp/a,,b,host-nodes=0,host-nodes=2").unwrap();
+        let s = ObjectSpec::parse(
+            "memory-backend-file,id=f0,size=1G,mem-path=/tmp/a,,b,host-nodes=0,host-nodes=2",
+        )
+        .unwrap();
         assert_eq!(s.kind, Kind::File);
         assert_eq!(s.id, "f0");
         assert!(s.props.contains(&("mem-path".into(), "/tmp/a,b".into())));
         let b = s.to_backend(&MachineDefaults::default()).unwrap();
-        assert_eq!(b.get("host-nodes").unwrap(), PropValue::Nodes(NodeSet::parse("0,2").unwrap()));
+        assert_eq!(
+            b.get("host-nodes").unwrap(),
+            PropValue::Nodes(NodeSet::parse("0,2").unwrap())
+        );
         assert_eq!(b.get("size").unwrap(), PropValue::Int(1 << 30));
     }
 
     #[test]
     fn errors_use_qemu_wording() {
         let e = |t: &str| {
-            ObjectSpec::parse(t).and_then(|s| s.to_backend(&MachineDefaults::default()).map(|_| ())).unwrap_err().to_string()
+            ObjectSpec::parse(t)
+                .and_then(|s| s.to_backend(&MachineDefaults::default()).map(|_| ()))
+                .unwrap_err()
+                .to_string()
         };
-        assert_eq!(e("memory-backend-ram,id=m,size=big"), "Parameter 'size' expects a size value");
+        assert_eq!(
+            e("memory-backend-ram,id=m,size=big"),
+            "Parameter 'size' expects a size value"
+        );
         assert_eq!(e("memory-backend-ram,size=1G"), "Parameter 'id' is missing");
-        assert_eq!(e("memory-backend-nope,id=m"), "Parameter 'qom-type' does not accept value 'memory-backend-nope'");
-        assert_eq!(e("memory-backend-ram,id=m,sized=3"), "Property 'memory-backend-ram.sized' not found");
-        assert_eq!(e("memory-backend-ram,id=m,size=0"), "property 'size' of memory-backend-ram doesn't take value '0'");
-        assert_eq!(e("memory-backend-ram,id=m,host-nodes=200000"), "Invalid host-nodes value: 200000");
-        assert_eq!(e("memory-backend-ram,id=1x,size=1M"), "Parameter 'id' expects an identifier");
+        assert_eq!(
+            e("memory-backend-nope,id=m"),
+            "Parameter 'qom-type' does not accept value 'memory-backend-nope'"
+        );
+        assert_eq!(
+            e("memory-backend-ram,id=m,sized=3"),
+            "Property 'memory-backend-ram.sized' not found"
+        );
+        assert_eq!(
+            e("memory-backend-ram,id=m,size=0"),
+            "property 'size' of memory-backend-ram doesn't take value '0'"
+        );
+        assert_eq!(
+            e("memory-backend-ram,id=m,host-nodes=200000"),
+            "Invalid host-nodes value: 200000"
+        );
+        assert_eq!(
+            e("memory-backend-ram,id=1x,size=1M"),
+            "Parameter 'id' expects an identifier"
+        );
         assert_eq!(e(""), "Parameter 'qom-type' is missing");
     }
 }

@@ -96,7 +96,10 @@ impl Stats {
 pub enum Failure {
     /// The populate call failed at `offset` (EFAULT: no huge page or SIGBUS-class fault;
     /// ENOMEM: out of memory; EHWPOISON ...).
-    Fault { offset: u64, err: io::Error },
+    Fault {
+        offset: u64,
+        err: io::Error,
+    },
     Cancelled,
     /// Another job of the same run failed first, so this one was stopped.
     Aborted,
@@ -145,7 +148,13 @@ struct JobState {
     cpus_seen: Mutex<Vec<usize>>,
 }
 
-fn run_chunk(job: &Job<'_>, start: u64, end: u64, progress: &Progress, abort: &AtomicBool) -> Result<(), (u64, io::Error)> {
+fn run_chunk(
+    job: &Job<'_>,
+    start: u64,
+    end: u64,
+    progress: &Progress,
+    abort: &AtomicBool,
+) -> Result<(), (u64, io::Error)> {
     let step = STEP.max(job.page_size) / job.page_size * job.page_size;
     let mut off = start;
     while off < end {
@@ -155,7 +164,10 @@ fn run_chunk(job: &Job<'_>, start: u64, end: u64, progress: &Progress, abort: &A
         let len = step.min(end - off);
         let r = match job.method {
             Method::Populate { write } => job.map.populate(off as usize, len as usize, write),
-            Method::Touch => job.map.touch_pages(off as usize, len as usize, job.page_size as usize),
+            Method::Touch => {
+                job.map
+                    .touch_pages(off as usize, len as usize, job.page_size as usize)
+            }
         };
         r.map_err(|e| (off, e))?;
         off += len;
@@ -169,7 +181,10 @@ fn run_chunk(job: &Job<'_>, start: u64, end: u64, progress: &Progress, abort: &A
 pub fn populate(jobs: &[Job<'_>], progress: &Progress) -> Vec<Result<Stats, Failure>> {
     let total: u64 = jobs.iter().map(|j| j.map.len() as u64).sum();
     progress.total.fetch_add(total, Ordering::Relaxed);
-    let gate = Gate { state: Mutex::new(None), cv: Condvar::new() };
+    let gate = Gate {
+        state: Mutex::new(None),
+        cv: Condvar::new(),
+    };
     let abort = AtomicBool::new(false);
     let states: Vec<JobState> = jobs
         .iter()
@@ -179,7 +194,10 @@ pub fn populate(jobs: &[Job<'_>], progress: &Progress) -> Vec<Result<Stats, Fail
             cpus_seen: Mutex::new(Vec::new()),
         })
         .collect();
-    let plans: Vec<usize> = jobs.iter().map(|j| plan_threads(j.map.len() as u64, j.threads)).collect();
+    let plans: Vec<usize> = jobs
+        .iter()
+        .map(|j| plan_threads(j.map.len() as u64, j.threads))
+        .collect();
     let mut started = Instant::now();
     let spawn_error = std::thread::scope(|s| {
         let mut spawn_error = None;
@@ -235,7 +253,9 @@ pub fn populate(jobs: &[Job<'_>], progress: &Progress) -> Vec<Result<Stats, Fail
     let mut spawn_error = spawn_error;
     for (ji, (job, st)) in jobs.iter().zip(states).enumerate() {
         if spawn_failed {
-            out.push(Err(spawn_error.take().map_or(Failure::Aborted, Failure::Spawn)));
+            out.push(Err(spawn_error
+                .take()
+                .map_or(Failure::Aborted, Failure::Spawn)));
             continue;
         }
         if let Some((offset, err)) = st.error.into_inner().unwrap_or_else(|e| e.into_inner()) {
@@ -245,12 +265,22 @@ pub fn populate(jobs: &[Job<'_>], progress: &Progress) -> Vec<Result<Stats, Fail
         } else if aborted {
             out.push(Err(Failure::Aborted));
         } else {
-            let fin = st.finished_at.into_inner().unwrap_or_else(|e| e.into_inner());
-            let seconds = fin.map_or(Duration::ZERO, |f| f.saturating_duration_since(started)).as_secs_f64();
+            let fin = st
+                .finished_at
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner());
+            let seconds = fin
+                .map_or(Duration::ZERO, |f| f.saturating_duration_since(started))
+                .as_secs_f64();
             let mut cpus_seen = st.cpus_seen.into_inner().unwrap_or_else(|e| e.into_inner());
             cpus_seen.sort_unstable();
             cpus_seen.dedup();
-            out.push(Ok(Stats { bytes: job.map.len() as u64, threads: plans[ji], seconds, cpus_seen }));
+            out.push(Ok(Stats {
+                bytes: job.map.len() as u64,
+                threads: plans[ji],
+                seconds,
+                cpus_seen,
+            }));
         }
     }
     out

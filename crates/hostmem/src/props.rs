@@ -70,7 +70,11 @@ pub struct MachineDefaults {
 
 impl Default for MachineDefaults {
     fn default() -> Self {
-        MachineDefaults { merge: true, dump: true, prealloc: false }
+        MachineDefaults {
+            merge: true,
+            dump: true,
+            prealloc: false,
+        }
     }
 }
 
@@ -155,22 +159,40 @@ impl PropType {
 
     /// Parses the text form (`-object` keyval), with QEMU's error wording.
     pub fn parse(self, prop: &str, text: &str) -> Result<PropValue> {
-        let bad = |expected| Error::BadType { prop: prop.to_string(), expected };
+        let bad = |expected| Error::BadType {
+            prop: prop.to_string(),
+            expected,
+        };
         match self {
-            PropType::Size => parse_size(text).map(PropValue::Int).ok_or(bad("a size value")),
-            PropType::Bool => parse_bool(text).map(PropValue::Bool).ok_or(bad("'on' or 'off'")),
-            PropType::U32 => text.trim().parse::<u32>().map(|v| PropValue::Int(v as u64)).map_err(|_| bad("uint32_t")),
+            PropType::Size => parse_size(text)
+                .map(PropValue::Int)
+                .ok_or(bad("a size value")),
+            PropType::Bool => parse_bool(text)
+                .map(PropValue::Bool)
+                .ok_or(bad("'on' or 'off'")),
+            PropType::U32 => text
+                .trim()
+                .parse::<u32>()
+                .map(|v| PropValue::Int(v as u64))
+                .map_err(|_| bad("uint32_t")),
             PropType::Nodes => Ok(PropValue::Nodes(NodeSet::parse(text)?)),
-            PropType::Policy => text
-                .parse::<Policy>()
-                .map(PropValue::Policy)
-                .map_err(|_| Error::BadEnum { prop: prop.to_string(), value: text.to_string() }),
+            PropType::Policy => {
+                text.parse::<Policy>()
+                    .map(PropValue::Policy)
+                    .map_err(|_| Error::BadEnum {
+                        prop: prop.to_string(),
+                        value: text.to_string(),
+                    })
+            }
             PropType::Path => Ok(PropValue::Str(text.to_string())),
             PropType::OnOffAuto => match text {
                 "on" => Ok(PropValue::OnOffAuto(OnOffAuto::On)),
                 "off" => Ok(PropValue::OnOffAuto(OnOffAuto::Off)),
                 "auto" => Ok(PropValue::OnOffAuto(OnOffAuto::Auto)),
-                _ => Err(Error::BadEnum { prop: prop.to_string(), value: text.to_string() }),
+                _ => Err(Error::BadEnum {
+                    prop: prop.to_string(),
+                    value: text.to_string(),
+                }),
             },
         }
     }
@@ -231,36 +253,164 @@ pub struct PropInfo {
     pub doc: &'static str,
 }
 
-const fn p(name: &'static str, ty: PropType, live: Live, only: Option<Kind>, doc: &'static str) -> PropInfo {
-    PropInfo { name, ty, live, only, doc }
+const fn p(
+    name: &'static str,
+    ty: PropType,
+    live: Live,
+    only: Option<Kind>,
+    doc: &'static str,
+) -> PropInfo {
+    PropInfo {
+        name,
+        ty,
+        live,
+        only,
+        doc,
+    }
 }
 
 /// Every property, in the order QEMU lists them.
 pub const PROPERTIES: &[PropInfo] = &[
-    p("share", PropType::Bool, Live::Fixed, None, "map shared (visible to other mappings of the memory)"),
-    p("size", PropType::Size, Live::Fixed, None, "size of the memory"),
-    p("dump", PropType::Bool, Live::Immediate, None, "include in core dumps"),
-    p("prealloc-threads", PropType::U32, Live::Immediate, None, "threads that preallocate"),
-    p("policy", PropType::Policy, Live::Rebind, None, "NUMA memory policy"),
-    p("prealloc", PropType::Bool, Live::Immediate, None, "fault all memory in up front"),
-    p("reserve", PropType::Bool, Live::Fixed, None, "reserve swap space / huge pages"),
-    p("host-nodes", PropType::Nodes, Live::Rebind, None, "NUMA nodes of the policy"),
-    p("merge", PropType::Bool, Live::Immediate, None, "let KSM merge identical pages"),
-    p("readonly", PropType::Bool, Live::Fixed, Some(Kind::File), "open and map the file read-only"),
-    p("align", PropType::Size, Live::Fixed, Some(Kind::File), "alignment of the mapping"),
-    p("offset", PropType::Size, Live::Fixed, Some(Kind::File), "offset into the file"),
-    p("pmem", PropType::Bool, Live::Fixed, Some(Kind::File), "persistent memory: map with MAP_SYNC"),
-    p("mem-path", PropType::Path, Live::Fixed, Some(Kind::File), "file, or directory for a temp file"),
-    p("discard-data", PropType::Bool, Live::Immediate, Some(Kind::File), "drop the file's data on delete"),
-    p("rom", PropType::OnOffAuto, Live::Fixed, Some(Kind::File), "guest sees the memory as ROM"),
-    p("hugetlb", PropType::Bool, Live::Fixed, Some(Kind::Memfd), "use huge pages"),
-    p("seal", PropType::Bool, Live::Fixed, Some(Kind::Memfd), "seal the memfd against resizing"),
-    p("hugetlbsize", PropType::Size, Live::Fixed, Some(Kind::Memfd), "huge page size (0 = default)"),
+    p(
+        "share",
+        PropType::Bool,
+        Live::Fixed,
+        None,
+        "map shared (visible to other mappings of the memory)",
+    ),
+    p(
+        "size",
+        PropType::Size,
+        Live::Fixed,
+        None,
+        "size of the memory",
+    ),
+    p(
+        "dump",
+        PropType::Bool,
+        Live::Immediate,
+        None,
+        "include in core dumps",
+    ),
+    p(
+        "prealloc-threads",
+        PropType::U32,
+        Live::Immediate,
+        None,
+        "threads that preallocate",
+    ),
+    p(
+        "policy",
+        PropType::Policy,
+        Live::Rebind,
+        None,
+        "NUMA memory policy",
+    ),
+    p(
+        "prealloc",
+        PropType::Bool,
+        Live::Immediate,
+        None,
+        "fault all memory in up front",
+    ),
+    p(
+        "reserve",
+        PropType::Bool,
+        Live::Fixed,
+        None,
+        "reserve swap space / huge pages",
+    ),
+    p(
+        "host-nodes",
+        PropType::Nodes,
+        Live::Rebind,
+        None,
+        "NUMA nodes of the policy",
+    ),
+    p(
+        "merge",
+        PropType::Bool,
+        Live::Immediate,
+        None,
+        "let KSM merge identical pages",
+    ),
+    p(
+        "readonly",
+        PropType::Bool,
+        Live::Fixed,
+        Some(Kind::File),
+        "open and map the file read-only",
+    ),
+    p(
+        "align",
+        PropType::Size,
+        Live::Fixed,
+        Some(Kind::File),
+        "alignment of the mapping",
+    ),
+    p(
+        "offset",
+        PropType::Size,
+        Live::Fixed,
+        Some(Kind::File),
+        "offset into the file",
+    ),
+    p(
+        "pmem",
+        PropType::Bool,
+        Live::Fixed,
+        Some(Kind::File),
+        "persistent memory: map with MAP_SYNC",
+    ),
+    p(
+        "mem-path",
+        PropType::Path,
+        Live::Fixed,
+        Some(Kind::File),
+        "file, or directory for a temp file",
+    ),
+    p(
+        "discard-data",
+        PropType::Bool,
+        Live::Immediate,
+        Some(Kind::File),
+        "drop the file's data on delete",
+    ),
+    p(
+        "rom",
+        PropType::OnOffAuto,
+        Live::Fixed,
+        Some(Kind::File),
+        "guest sees the memory as ROM",
+    ),
+    p(
+        "hugetlb",
+        PropType::Bool,
+        Live::Fixed,
+        Some(Kind::Memfd),
+        "use huge pages",
+    ),
+    p(
+        "seal",
+        PropType::Bool,
+        Live::Fixed,
+        Some(Kind::Memfd),
+        "seal the memfd against resizing",
+    ),
+    p(
+        "hugetlbsize",
+        PropType::Size,
+        Live::Fixed,
+        Some(Kind::Memfd),
+        "huge page size (0 = default)",
+    ),
 ];
 
 /// The properties of one kind.
 pub fn properties(kind: Kind) -> impl Iterator<Item = &'static PropInfo> {
-    PROPERTIES.iter().filter(move |p| p.only.is_none_or(|k| k == kind))
+    PROPERTIES
+        .iter()
+        .filter(move |p| p.only.is_none_or(|k| k == kind))
 }
 
 /// A property of a kind by name.
@@ -286,7 +436,11 @@ impl Config {
             "align" => Int(self.align),
             "offset" => Int(self.offset),
             "pmem" => Bool(self.pmem),
-            "mem-path" => Str(self.mem_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
+            "mem-path" => Str(self
+                .mem_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()),
             "discard-data" => Bool(self.discard_data),
             "rom" => OnOffAuto(self.rom),
             "hugetlb" => Bool(self.hugetlb),
@@ -298,10 +452,17 @@ impl Config {
 
     /// Stores a value already checked against the property's type and range.
     pub(crate) fn store(&mut self, kind: Kind, info: &PropInfo, value: PropValue) -> Result<()> {
-        let mismatch = || Error::BadType { prop: info.name.to_string(), expected: expected_of(info.ty) };
+        let mismatch = || Error::BadType {
+            prop: info.name.to_string(),
+            expected: expected_of(info.ty),
+        };
         match (info.name, value) {
             ("size", PropValue::Int(0)) | ("prealloc-threads", PropValue::Int(0)) => {
-                return Err(Error::ZeroValue { prop: info.name, kind: kind.qom_type(), value: "0".into() })
+                return Err(Error::ZeroValue {
+                    prop: info.name,
+                    kind: kind.qom_type(),
+                    value: "0".into(),
+                })
             }
             ("size", PropValue::Int(v)) => self.size = Some(v),
             ("prealloc-threads", PropValue::Int(v)) => {
@@ -355,16 +516,28 @@ mod tests {
 
     #[test]
     fn text_values_parse_with_qemu_errors() {
-        assert_eq!(PropType::Size.parse("size", "1G").unwrap(), PropValue::Int(1 << 30));
         assert_eq!(
-            PropType::Size.parse("size", "lots").unwrap_err().to_string(),
+            PropType::Size.parse("size", "1G").unwrap(),
+            PropValue::Int(1 << 30)
+        );
+        assert_eq!(
+            PropType::Size
+                .parse("size", "lots")
+                .unwrap_err()
+                .to_string(),
             "Parameter 'size' expects a size value"
         );
         assert_eq!(
-            PropType::Policy.parse("policy", "weird").unwrap_err().to_string(),
+            PropType::Policy
+                .parse("policy", "weird")
+                .unwrap_err()
+                .to_string(),
             "Parameter 'policy' does not accept value 'weird'"
         );
-        assert_eq!(PropType::Bool.parse("merge", "yes").unwrap(), PropValue::Bool(true));
+        assert_eq!(
+            PropType::Bool.parse("merge", "yes").unwrap(),
+            PropValue::Bool(true)
+        );
         assert!(PropType::Bool.parse("merge", "maybe").is_err());
     }
 

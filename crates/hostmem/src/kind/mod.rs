@@ -55,7 +55,11 @@ impl Drop for Mapped {
 /// Checks kind-specific properties and learns the page size, without mapping.
 pub fn plan(kind: Kind, id: &str, cfg: &Config) -> Result<Plan> {
     match kind {
-        Kind::Ram => Ok(Plan { page_size: sys::page_size() as u64, hugetlb: false, existing_file: false }),
+        Kind::Ram => Ok(Plan {
+            page_size: sys::page_size() as u64,
+            hugetlb: false,
+            existing_file: false,
+        }),
         Kind::File => file::plan(id, cfg),
         Kind::Memfd => memfd::plan(id, cfg),
     }
@@ -70,17 +74,40 @@ pub fn map(kind: Kind, id: &str, cfg: &Config, plan: &Plan) -> Result<Mapped> {
     }
 }
 
-pub(crate) fn invalid(kind: Kind, id: &str, prop: &'static str, value: impl ToString, why: impl ToString) -> Error {
-    Error::Invalid { kind: kind.qom_type(), id: id.to_string(), prop, value: value.to_string(), why: why.to_string() }
+pub(crate) fn invalid(
+    kind: Kind,
+    id: &str,
+    prop: &'static str,
+    value: impl ToString,
+    why: impl ToString,
+) -> Error {
+    Error::Invalid {
+        kind: kind.qom_type(),
+        id: id.to_string(),
+        prop,
+        value: value.to_string(),
+        why: why.to_string(),
+    }
 }
 
 pub(crate) fn map_failed(kind: Kind, id: &str, e: &std::io::Error) -> Error {
-    Error::Alloc { kind: kind.qom_type(), id: id.to_string(), step: crate::error::Step::Map, reason: sys::strerror(e) }
+    Error::Alloc {
+        kind: kind.qom_type(),
+        id: id.to_string(),
+        step: crate::error::Step::Map,
+        reason: sys::strerror(e),
+    }
 }
 
 /// Page size of the file system holding `path` (or its directory if it does not exist).
 pub(crate) fn fs_page_size(path: &Path) -> std::io::Result<(u64, bool)> {
-    let probe = if path.exists() { path } else { path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")) };
+    let probe = if path.exists() {
+        path
+    } else {
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+    };
     let (magic, bsize) = sys::statfs(probe)?;
     if magic == sys::HUGETLBFS_MAGIC {
         Ok((bsize, true))

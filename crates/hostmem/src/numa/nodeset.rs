@@ -155,12 +155,18 @@ mod tests {
 
     #[test]
     fn parses_qemu_and_sysfs_forms() {
-        assert_eq!(NodeSet::parse("0-3").unwrap().iter().collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert_eq!(
+            NodeSet::parse("0-3").unwrap().iter().collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
         assert_eq!(NodeSet::parse("0,2").unwrap().to_string(), "0,2");
         assert_eq!(NodeSet::parse("1-2,5,6").unwrap().to_string(), "1-2,5-6");
         assert_eq!(NodeSet::parse("").unwrap(), NodeSet::new());
         assert_eq!(NodeSet::parse("1024"), Err(NodeListError::OutOfRange(1024)));
-        assert!(matches!(NodeSet::parse("3-1"), Err(NodeListError::Syntax(_))));
+        assert!(matches!(
+            NodeSet::parse("3-1"),
+            Err(NodeListError::Syntax(_))
+        ));
         assert!(matches!(NodeSet::parse("x"), Err(NodeListError::Syntax(_))));
     }
 

@@ -69,7 +69,9 @@ impl Policy {
     pub fn kernel_mode(self, node_count: usize, version: (u32, u32)) -> i32 {
         match self {
             Policy::Default => mpol::DEFAULT,
-            Policy::Preferred if node_count > 1 && version >= Policy::PreferredMany.min_kernel() => {
+            Policy::Preferred
+                if node_count > 1 && version >= Policy::PreferredMany.min_kernel() =>
+            {
                 mpol::PREFERRED_MANY
             }
             Policy::Preferred => mpol::PREFERRED,
@@ -123,7 +125,10 @@ mod tests {
 
     #[test]
     fn preferred_with_several_nodes_is_preferred_many_on_new_kernels() {
-        assert_eq!(Policy::Preferred.kernel_mode(2, (6, 1)), mpol::PREFERRED_MANY);
+        assert_eq!(
+            Policy::Preferred.kernel_mode(2, (6, 1)),
+            mpol::PREFERRED_MANY
+        );
         assert_eq!(Policy::Preferred.kernel_mode(2, (5, 10)), mpol::PREFERRED);
         assert_eq!(Policy::Preferred.kernel_mode(1, (6, 1)), mpol::PREFERRED);
     }

@@ -91,7 +91,11 @@ pub fn huge_page_sizes() -> Vec<u64> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let kb: u64 = name.strip_prefix("hugepages-")?.strip_suffix("kB")?.parse().ok()?;
+            let kb: u64 = name
+                .strip_prefix("hugepages-")?
+                .strip_suffix("kB")?
+                .parse()
+                .ok()?;
             Some(kb * 1024)
         })
         .collect();
@@ -132,7 +136,9 @@ pub fn parse_cpu_list(s: &str) -> Vec<usize> {
 impl NodeInfo {
     fn read(id: u32, sizes: &[u64]) -> NodeInfo {
         let dir = Path::new(NODE_DIR).join(format!("node{id}"));
-        let cpus = read_trim(dir.join("cpulist")).map(|s| parse_cpu_list(&s)).unwrap_or_default();
+        let cpus = read_trim(dir.join("cpulist"))
+            .map(|s| parse_cpu_list(&s))
+            .unwrap_or_default();
         let mut mem_total = 0;
         let mut mem_free = 0;
         if let Ok(text) = fs::read_to_string(dir.join("meminfo")) {
@@ -146,8 +152,17 @@ impl NodeInfo {
                 }
             }
         }
-        let huge_pools = sizes.iter().filter_map(|&s| HugePool::read(s, Some(id))).collect();
-        NodeInfo { id, cpus, mem_total, mem_free, huge_pools }
+        let huge_pools = sizes
+            .iter()
+            .filter_map(|&s| HugePool::read(s, Some(id)))
+            .collect();
+        NodeInfo {
+            id,
+            cpus,
+            mem_total,
+            mem_free,
+            huge_pools,
+        }
     }
 
     pub fn pool(&self, page_size: u64) -> Option<&HugePool> {
@@ -208,7 +223,11 @@ fn bracketed(s: &str) -> String {
     }
 }
 
-fn read_dir_values(dir: &str, names: &[&str], pick: fn(&str) -> String) -> BTreeMap<String, String> {
+fn read_dir_values(
+    dir: &str,
+    names: &[&str],
+    pick: fn(&str) -> String,
+) -> BTreeMap<String, String> {
     names
         .iter()
         .filter_map(|n| Some((n.to_string(), pick(&read_trim(Path::new(dir).join(n))?))))
@@ -231,8 +250,14 @@ impl HostTopology {
             }
         }
         let huge_page_sizes = huge_page_sizes();
-        let nodes = online.iter().map(|n| NodeInfo::read(n, &huge_page_sizes)).collect();
-        let huge_pools = huge_page_sizes.iter().filter_map(|&s| HugePool::read(s, None)).collect();
+        let nodes = online
+            .iter()
+            .map(|n| NodeInfo::read(n, &huge_page_sizes))
+            .collect();
+        let huge_pools = huge_page_sizes
+            .iter()
+            .filter_map(|&s| HugePool::read(s, None))
+            .collect();
         let thp = read_dir_values(
             "/sys/kernel/mm/transparent_hugepage",
             &["enabled", "defrag", "shmem_enabled"],
@@ -240,13 +265,22 @@ impl HostTopology {
         );
         let ksm = read_dir_values(
             "/sys/kernel/mm/ksm",
-            &["run", "pages_to_scan", "sleep_millisecs", "pages_shared", "pages_sharing", "merge_across_nodes"],
+            &[
+                "run",
+                "pages_to_scan",
+                "sleep_millisecs",
+                "pages_shared",
+                "pages_sharing",
+                "merge_across_nodes",
+            ],
             |s| s.to_string(),
         );
         let interleave_weights = online
             .iter()
             .filter_map(|n| {
-                let w = read_u64(format!("/sys/kernel/mm/mempolicy/weighted_interleave/node{n}"))?;
+                let w = read_u64(format!(
+                    "/sys/kernel/mm/mempolicy/weighted_interleave/node{n}"
+                ))?;
                 Some((n, w as u32))
             })
             .collect();

@@ -128,7 +128,12 @@ pub struct MapOptions {
 impl RawMapping {
     /// Maps `len` bytes of anonymous memory, or of `fd` from `offset`, starting at an
     /// address aligned to `opts.align` (so THP and huge pages can line up).
-    pub fn map(len: usize, fd: Option<&OwnedFd>, offset: u64, opts: MapOptions) -> io::Result<Self> {
+    pub fn map(
+        len: usize,
+        fd: Option<&OwnedFd>,
+        offset: u64,
+        opts: MapOptions,
+    ) -> io::Result<Self> {
         if len == 0 {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
@@ -273,7 +278,11 @@ impl RawMapping {
         // SAFETY: source range checked to lie in our mapping; destination is a distinct
         // Rust buffer. Concurrent writers can only change the bytes we copy.
         unsafe {
-            std::ptr::copy_nonoverlapping((self.addr + off) as *const u8, buf.as_mut_ptr(), buf.len())
+            std::ptr::copy_nonoverlapping(
+                (self.addr + off) as *const u8,
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
         };
         Ok(())
     }
@@ -298,7 +307,15 @@ impl RawMapping {
     }
 
     /// Applies a NUMA memory policy to a sub-range (`mbind(2)`).
-    pub fn mbind(&self, off: usize, len: usize, mode: i32, mask: &[u64], maxnode: u64, flags: u32) -> io::Result<()> {
+    pub fn mbind(
+        &self,
+        off: usize,
+        len: usize,
+        mode: i32,
+        mask: &[u64],
+        maxnode: u64,
+        flags: u32,
+    ) -> io::Result<()> {
         self.range_ok(off, len)?;
         let mask_ptr = if mask.is_empty() {
             std::ptr::null()
@@ -469,7 +486,11 @@ pub fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
         for &c in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
             libc::CPU_SET(c, &mut set);
         }
-        check(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set))?;
+        check(libc::sched_setaffinity(
+            0,
+            std::mem::size_of::<libc::cpu_set_t>(),
+            &set,
+        ))?;
     }
     Ok(())
 }
