@@ -79,6 +79,10 @@ pub struct Stats {
     pub seconds: f64,
     /// The CPUs the threads were seen running on (sched_getcpu inside each thread).
     pub cpus_seen: Vec<usize>,
+    /// When the job's first thread began faulting and its last one finished: jobs of
+    /// one run overlap in time.
+    pub began: Instant,
+    pub ended: Instant,
 }
 
 impl Stats {
@@ -145,6 +149,7 @@ impl Gate {
 struct JobState {
     error: Mutex<Option<(u64, io::Error)>>,
     finished_at: Mutex<Option<Instant>>,
+    began_at: Mutex<Option<Instant>>,
     cpus_seen: Mutex<Vec<usize>>,
 }
 
@@ -191,6 +196,7 @@ pub fn populate(jobs: &[Job<'_>], progress: &Progress) -> Vec<Result<Stats, Fail
         .map(|_| JobState {
             error: Mutex::new(None),
             finished_at: Mutex::new(None),
+            began_at: Mutex::new(None),
             cpus_seen: Mutex::new(Vec::new()),
         })
         .collect();
@@ -218,6 +224,13 @@ pub fn populate(jobs: &[Job<'_>], progress: &Progress) -> Vec<Result<Stats, Fail
                             let _ = crate::sys::pin_current_thread(&job.cpus);
                         }
                         let cpu_start = crate::sys::current_cpu();
+                        {
+                            let now = Instant::now();
+                            let mut b = st.began_at.lock().unwrap_or_else(|e| e.into_inner());
+                            if b.is_none_or(|t| now < t) {
+                                *b = Some(now);
+                            }
+                        }
                         let r = run_chunk(job, start, end, progress, abort);
                         let cpu_end = crate::sys::current_cpu();
                         {
@@ -272,6 +285,12 @@ pub fn populate(jobs: &[Job<'_>], progress: &Progress) -> Vec<Result<Stats, Fail
             let seconds = fin
                 .map_or(Duration::ZERO, |f| f.saturating_duration_since(started))
                 .as_secs_f64();
+            let began = st
+                .began_at
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or(started);
+            let ended = fin.unwrap_or(began);
             let mut cpus_seen = st.cpus_seen.into_inner().unwrap_or_else(|e| e.into_inner());
             cpus_seen.sort_unstable();
             cpus_seen.dedup();
@@ -280,6 +299,8 @@ pub fn populate(jobs: &[Job<'_>], progress: &Progress) -> Vec<Result<Stats, Fail
                 threads: plans[ji],
                 seconds,
                 cpus_seen,
+                began,
+                ended,
             }));
         }
     }

@@ -1,0 +1,500 @@
+//! Backends checked against what the kernel reports: smaps, numa_maps, get_mempolicy,
+//! move_pages, the file system.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+
+use common::*;
+use hostmem::prealloc::Progress;
+use hostmem::sys;
+use hostmem::{Backend, Error, Kind, MachineDefaults, NodeSet, ObjectSpec, Policy, PropValue};
+
+fn ram(id: &str, size: u64) -> hostmem::Builder {
+    Backend::builder(Kind::Ram, id).size(size)
+}
+
+fn spec_error(spec: &str) -> String {
+    let r = ObjectSpec::parse(spec).and_then(|s| {
+        let mut b = s.to_backend(&MachineDefaults::default())?;
+        b.complete()
+    });
+    r.unwrap_err().to_string()
+}
+
+#[test]
+fn prealloc_makes_the_whole_region_resident() {
+    let b = ram("r", 256 * MIB).prealloc(true).create().unwrap();
+    let v = b.inspect().unwrap();
+    assert_eq!(v.size, 256 * MIB);
+    assert_eq!(v.resident, 256 * MIB, "smaps Rss after prealloc");
+    // THP is advised for anonymous memory: the kernel shows `hg`.
+    assert!(v.has_flag("hg"), "VmFlags {:?}", v.vmflags);
+    assert_eq!(
+        b.host_addr().unwrap() % (2 << 20),
+        0,
+        "2 MiB aligned for THP"
+    );
+    let stats = b.prealloc_stats().unwrap();
+    assert_eq!(stats.bytes, 256 * MIB);
+}
+
+#[test]
+fn without_prealloc_nothing_is_resident_until_prealloc_is_switched_on_live() {
+    let mut b = ram("r", 128 * MIB).create().unwrap();
+    assert!(b.inspect().unwrap().resident < MIB);
+    b.set("prealloc", PropValue::Bool(true)).unwrap();
+    assert_eq!(b.inspect().unwrap().resident, 128 * MIB);
+    // on→off does nothing to the memory.
+    b.set("prealloc", PropValue::Bool(false)).unwrap();
+    assert_eq!(b.inspect().unwrap().resident, 128 * MIB);
+}
+
+#[test]
+fn merge_and_dump_flip_vmflags_at_creation_and_live() {
+    let mut b = ram("r", 16 * MIB).merge(true).dump(false).create().unwrap();
+    let v = b.inspect().unwrap();
+    assert!(v.has_flag("mg") && v.has_flag("dd"), "{:?}", v.vmflags);
+    b.set_str("merge", "off").unwrap();
+    b.set_str("dump", "on").unwrap();
+    let v = b.inspect().unwrap();
+    assert!(!v.has_flag("mg") && !v.has_flag("dd"), "{:?}", v.vmflags);
+    b.set("merge", PropValue::Bool(true)).unwrap();
+    assert!(b.inspect().unwrap().has_flag("mg"));
+}
+
+#[test]
+fn machine_defaults_apply_and_properties_override_them() {
+    let d = MachineDefaults {
+        merge: false,
+        dump: false,
+        prealloc: true,
+    };
+    let b = Backend::builder_with(Kind::Ram, "r", &d)
+        .size(8 * MIB)
+        .create()
+        .unwrap();
+    let v = b.inspect().unwrap();
+    assert!(!v.has_flag("mg") && v.has_flag("dd"));
+    assert_eq!(v.resident, 8 * MIB, "-mem-prealloc default");
+    let b = Backend::builder_with(Kind::Ram, "r", &d)
+        .size(8 * MIB)
+        .merge(true)
+        .prealloc(false)
+        .create()
+        .unwrap();
+    let v = b.inspect().unwrap();
+    assert!(v.has_flag("mg"));
+    assert!(v.resident < 8 * MIB);
+}
+
+#[test]
+fn shared_memory_cannot_be_merged_and_the_kernel_says_so() {
+    let b = Backend::builder(Kind::Memfd, "d")
+        .size(8 * MIB)
+        .merge(true)
+        .create()
+        .unwrap();
+    assert!(!b.mergeable_kind());
+    assert!(
+        !b.inspect().unwrap().has_flag("mg"),
+        "KSM ignores shared memory"
+    );
+}
+
+#[test]
+fn bind_puts_every_page_on_the_node_and_get_mempolicy_agrees() {
+    let b = ram("r", 64 * MIB)
+        .policy(Policy::Bind)
+        .host_nodes(NodeSet::parse("0").unwrap())
+        .prealloc(true)
+        .create()
+        .unwrap();
+    let (per_node, absent) = b.page_nodes().unwrap();
+    assert_eq!(absent, 0);
+    assert_eq!(
+        per_node.get(&0).copied(),
+        Some(64 * MIB / 4096),
+        "move_pages: {per_node:?}"
+    );
+    let v = b.inspect().unwrap();
+    assert_eq!(v.mempolicy_mode, sys::mpol::BIND);
+    assert_eq!(v.mempolicy_nodes.to_string(), "0");
+    assert!(
+        v.numa_policy.starts_with("bind:0"),
+        "numa_maps: {}",
+        v.numa_policy
+    );
+    assert_eq!(v.pages_per_node.get(&0).copied(), Some(64 * MIB / 4096));
+}
+
+#[test]
+fn prealloc_threads_run_on_the_bound_nodes_cpus() {
+    let host = hostmem::HostTopology::read();
+    let b = ram("r", 256 * MIB)
+        .policy(Policy::Bind)
+        .host_nodes(NodeSet::parse("0").unwrap())
+        .prealloc(true)
+        .prealloc_threads(4)
+        .create()
+        .unwrap();
+    let s = b.prealloc_stats().unwrap();
+    assert_eq!(s.threads, 4, "256 MiB / 64 MiB per thread");
+    let node0 = host.cpus_of(&NodeSet::parse("0").unwrap());
+    assert!(!s.cpus_seen.is_empty());
+    assert!(
+        s.cpus_seen.iter().all(|c| node0.contains(c)),
+        "{:?} not within {node0:?}",
+        s.cpus_seen
+    );
+}
+
+#[test]
+fn validation_messages_are_qemus_and_nothing_is_mapped() {
+    let e = spec_error("memory-backend-ram,id=m3,size=1M,host-nodes=0");
+    assert_eq!(e, "host-nodes must be empty for policy default, or you should explicitly specify a policy other than default");
+    assert_eq!(
+        spec_error("memory-backend-ram,id=m4,size=1M,policy=bind"),
+        "host-nodes must be set for policy bind"
+    );
+    assert_eq!(
+        spec_error("memory-backend-ram,id=m,size=0"),
+        "property 'size' of memory-backend-ram doesn't take value '0'"
+    );
+    assert_eq!(
+        spec_error("memory-backend-ram,id=m,size=1M,host-nodes=2000,policy=bind"),
+        "Invalid host-nodes value: 2000"
+    );
+    assert_eq!(
+        spec_error("memory-backend-ram,id=m,size=1M,prealloc=on,reserve=off"),
+        "'prealloc=on' and 'reserve=off' are incompatible"
+    );
+    assert_eq!(
+        spec_error("memory-backend-ram,id=m,prealloc-threads=0,size=1M"),
+        "property 'prealloc-threads' of memory-backend-ram doesn't take value '0'"
+    );
+    assert_eq!(
+        spec_error("memory-backend-ram,id=m"),
+        "Parameter 'size' is missing"
+    );
+    assert_eq!(
+        spec_error("memory-backend-file,id=m,size=1M"),
+        "Parameter 'mem-path' is missing"
+    );
+    assert_eq!(
+        spec_error("memory-backend-file,id=m,size=1M,mem-path=/nonexistent/dir/x"),
+        "can't open backing store /nonexistent/dir/x for guest RAM: No such file or directory"
+    );
+    assert_eq!(
+        spec_error("memory-backend-ram,id=m,size=1M,policy=local,host-nodes=0"),
+        "host-nodes must be empty for policy local"
+    );
+}
+
+#[test]
+fn a_node_that_does_not_exist_is_named_before_mapping() {
+    let host = hostmem::HostTopology::read();
+    let missing = (0..1024).find(|n| !host.possible.contains(*n)).unwrap();
+    let e = spec_error(&format!(
+        "memory-backend-ram,id=m6,size=1M,policy=bind,host-nodes={missing}"
+    ));
+    assert!(
+        e.contains(&format!("node {missing} does not exist")) && e.contains("online nodes: "),
+        "{e}"
+    );
+    assert!(e.starts_with("memory-backend-ram 'm6'"), "{e}");
+}
+
+#[test]
+fn fixed_properties_are_refused_after_allocation() {
+    let mut b = ram("r", 4 * MIB).create().unwrap();
+    let e = b.set("size", PropValue::Int(8 * MIB)).unwrap_err();
+    assert!(
+        matches!(e, Error::FixedAfterAllocation { prop: "size", .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("'size'") && e.to_string().contains("'r'"));
+    assert_eq!(
+        b.inspect().unwrap().size,
+        4 * MIB,
+        "the kernel still sees 4 MiB"
+    );
+    assert!(b.set("share", PropValue::Bool(true)).is_err());
+    // Placement alone is refused with a pointer to the rebind; the same value is fine.
+    let e = b
+        .set("policy", PropValue::Policy(Policy::Interleave))
+        .unwrap_err();
+    assert!(e.to_string().contains("rebind"), "{e}");
+    b.set("policy", PropValue::Policy(Policy::Default)).unwrap();
+    let e = b.set_str("host-nodes", "0").unwrap_err();
+    assert!(e.to_string().contains("rebind"), "{e}");
+}
+
+#[test]
+fn rebind_migrates_and_reads_back() {
+    let mut b = ram("r", 32 * MIB).prealloc(true).create().unwrap();
+    let r = b
+        .rebind(Policy::Bind, NodeSet::parse("0").unwrap())
+        .unwrap();
+    assert_eq!(r.pages_present, 32 * MIB / 4096);
+    assert_eq!(r.fraction_on_target(), 1.0);
+    let v = b.inspect().unwrap();
+    assert_eq!(v.mempolicy_mode, sys::mpol::BIND);
+    assert_eq!(b.get("policy").unwrap(), PropValue::Policy(Policy::Bind));
+    // A bad rebind changes nothing.
+    assert!(b.rebind(Policy::Bind, NodeSet::new()).is_err());
+    assert_eq!(b.inspect().unwrap().mempolicy_mode, sys::mpol::BIND);
+}
+
+#[test]
+fn in_use_backends_cannot_be_deleted() {
+    let mut b = ram("busy", 4 * MIB).create().unwrap();
+    let addr = b.host_addr().unwrap();
+    let hold = b.hold().unwrap();
+    let e = b.delete().unwrap_err();
+    assert_eq!(e.to_string(), "object 'busy' is in use, can not be deleted");
+    assert!(mapped(addr, 4096));
+    drop(hold);
+    b.delete().unwrap();
+    assert!(!mapped(addr, 4096), "unmapped after delete");
+}
+
+#[test]
+fn two_backends_preallocate_at_the_same_time() {
+    let mut a = ram("a", 512 * MIB)
+        .prealloc(true)
+        .prealloc_threads(1)
+        .build()
+        .unwrap();
+    let mut b = ram("b", 512 * MIB)
+        .prealloc(true)
+        .prealloc_threads(1)
+        .build()
+        .unwrap();
+    Backend::complete_all(&mut [&mut a, &mut b], &Progress::new()).unwrap();
+    let (sa, sb) = (a.prealloc_stats().unwrap(), b.prealloc_stats().unwrap());
+    assert!(
+        sa.began < sb.ended && sb.began < sa.ended,
+        "intervals overlap: {sa:?} {sb:?}"
+    );
+    assert_eq!(a.inspect().unwrap().resident, 512 * MIB);
+    assert_eq!(b.inspect().unwrap().resident, 512 * MIB);
+}
+
+#[test]
+fn a_failing_batch_leaves_nothing_behind() {
+    let dir = TempDir::new("batch");
+    let path = dir.path().join("created");
+    let mut a = ram("a", 64 * MIB).prealloc(true).build().unwrap();
+    let mut f = Backend::builder(Kind::File, "f")
+        .size(4 * MIB)
+        .mem_path(&path)
+        .build()
+        .unwrap();
+    let mut bad = ram("bad", 4 * MIB)
+        .policy(Policy::Bind)
+        .host_nodes(NodeSet::parse("1000").unwrap())
+        .build()
+        .unwrap();
+    assert!(Backend::complete_all(&mut [&mut a, &mut f, &mut bad], &Progress::new()).is_err());
+    assert!(!a.is_live() && !f.is_live());
+    assert!(!path.exists(), "validation failed before the file was made");
+}
+
+#[test]
+fn cancelled_prealloc_unmaps_everything() {
+    let progress = std::sync::Arc::new(Progress::new());
+    let p2 = progress.clone();
+    let canceller = std::thread::spawn(move || {
+        while p2.done() == 0 {
+            std::thread::yield_now();
+        }
+        p2.cancel();
+    });
+    let mut b = ram("c", 2 * GIB)
+        .prealloc(true)
+        .prealloc_threads(1)
+        .build()
+        .unwrap();
+    let e = b.complete_with(&progress).unwrap_err();
+    canceller.join().unwrap();
+    assert!(matches!(e, Error::Cancelled { .. }), "{e}");
+    assert!(progress.done() < 2 * GIB);
+    assert!(!b.is_live());
+}
+
+#[test]
+fn file_backend_creates_a_missing_file_and_keeps_its_data() {
+    let dir = TempDir::new("file");
+    let path = dir.path().join("guest.ram");
+    let mut b = Backend::builder(Kind::File, "f")
+        .size(4 * MIB)
+        .mem_path(&path)
+        .share(true)
+        .create()
+        .unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 * MIB);
+    b.hold().unwrap().write_at(4096, b"hello guest").unwrap();
+    let data = std::fs::read(&path).unwrap();
+    assert_eq!(
+        &data[4096..4096 + 11],
+        b"hello guest",
+        "share=on writes reach the file"
+    );
+    b.delete().unwrap();
+    assert!(
+        path.exists(),
+        "a named file outlives the backend, as in QEMU"
+    );
+}
+
+#[test]
+fn file_backend_removes_the_file_it_created_when_allocation_fails() {
+    let dir = TempDir::new("file-fail");
+    let path = dir.path().join("guest.ram");
+    // Fails after the file is made: an address range this large cannot be mapped.
+    let e = Backend::builder(Kind::File, "f")
+        .size(1 << 56)
+        .mem_path(&path)
+        .reserve(false)
+        .create()
+        .unwrap_err();
+    assert!(e.to_string().contains("memory-backend-file 'f'"), "{e}");
+    assert!(!path.exists(), "created file removed again");
+    assert_eq!(dir.entries(), 0);
+}
+
+#[test]
+fn file_backend_in_a_directory_uses_an_unlinked_temp_file() {
+    let dir = TempDir::new("dir");
+    let b = Backend::builder(Kind::File, "f")
+        .size(4 * MIB)
+        .mem_path(dir.path())
+        .create()
+        .unwrap();
+    assert_eq!(dir.entries(), 0, "no name left in the directory");
+    let line = maps_line(b.host_addr().unwrap()).unwrap();
+    assert!(
+        line.contains(dir.path().to_str().unwrap()) && line.ends_with("(deleted)"),
+        "{line}"
+    );
+}
+
+#[test]
+fn discard_data_drops_the_files_blocks_on_delete() {
+    let dir = TempDir::new("discard");
+    let path = dir.path().join("ram");
+    let mut b = Backend::builder(Kind::File, "f")
+        .size(8 * MIB)
+        .mem_path(&path)
+        .share(true)
+        .prealloc(true)
+        .discard_data(true)
+        .create()
+        .unwrap();
+    b.hold().unwrap().write_at(0, b"data").unwrap();
+    assert!(std::fs::metadata(&path).unwrap().blocks() * 512 >= 8 * MIB);
+    b.delete().unwrap();
+    let m = std::fs::metadata(&path).unwrap();
+    assert_eq!(m.blocks(), 0, "blocks punched out");
+    assert_eq!(m.len(), 8 * MIB, "size kept");
+    assert_eq!(&std::fs::read(&path).unwrap()[..4], &[0, 0, 0, 0]);
+}
+
+#[test]
+fn file_backend_refuses_a_file_smaller_than_offset_plus_size() {
+    let dir = TempDir::new("small");
+    let path = dir.path().join("ram");
+    std::fs::write(&path, vec![1u8; 4096]).unwrap();
+    let e = Backend::builder(Kind::File, "f")
+        .size(4 * MIB)
+        .mem_path(&path)
+        .create()
+        .unwrap_err();
+    assert!(e.to_string().contains("fewer than offset + size"), "{e}");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        4096,
+        "file untouched"
+    );
+}
+
+#[test]
+fn readonly_file_maps_read_only_and_prealloc_reads_it_in() {
+    let dir = TempDir::new("ro");
+    let path = dir.path().join("rom");
+    std::fs::write(&path, vec![7u8; 2 * MIB as usize]).unwrap();
+    let b = Backend::builder(Kind::File, "f")
+        .size(2 * MIB)
+        .mem_path(&path)
+        .readonly(true)
+        .prealloc(true)
+        .create()
+        .unwrap();
+    let v = b.inspect().unwrap();
+    assert!(v.has_flag("rd") && !v.has_flag("wr"), "{:?}", v.vmflags);
+    assert_eq!(v.resident, 2 * MIB);
+    let mut buf = [0u8; 4];
+    b.hold().unwrap().read_at(100, &mut buf).unwrap();
+    assert_eq!(buf, [7; 4]);
+}
+
+#[test]
+fn memfd_is_sealed_by_default_and_shared() {
+    let b = Backend::builder(Kind::Memfd, "d")
+        .size(4 * MIB)
+        .create()
+        .unwrap();
+    let hold = b.hold().unwrap();
+    let (fd, off) = hold.fd().unwrap();
+    assert_eq!(off, 0);
+    let seals = sys::get_seals(&fd).unwrap();
+    let want = sys::memfd::SEAL_GROW | sys::memfd::SEAL_SHRINK | sys::memfd::SEAL_SEAL;
+    assert_eq!(seals & want, want, "F_GET_SEALS = {seals:#x}");
+    assert!(b.inspect().unwrap().has_flag("sh"), "MAP_SHARED");
+    let unsealed = Backend::builder(Kind::Memfd, "u")
+        .size(4 * MIB)
+        .seal(false)
+        .create()
+        .unwrap();
+    let h = unsealed.hold().unwrap();
+    // Without sealing allowed the kernel reports F_SEAL_SEAL only.
+    assert_eq!(
+        sys::get_seals(&h.fd().unwrap().0).unwrap(),
+        sys::memfd::SEAL_SEAL
+    );
+}
+
+#[test]
+fn memfd_hugetlbsize_needs_hugetlb_and_a_size_the_host_offers() {
+    let e = Backend::builder(Kind::Memfd, "d")
+        .size(4 * MIB)
+        .hugetlbsize(2 * MIB)
+        .create()
+        .unwrap_err();
+    assert!(e.to_string().contains("needs hugetlb=on"), "{e}");
+    let e = Backend::builder(Kind::Memfd, "d")
+        .size(4 * MIB)
+        .hugetlb(true)
+        .hugetlbsize(4 * MIB)
+        .create()
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("this host offers huge pages of"),
+        "{e}"
+    );
+}
+
+#[test]
+fn property_access_by_name_lists_types() {
+    let b = Backend::new(Kind::File, "f", &MachineDefaults::default());
+    let names: Vec<(&str, &str)> = b.properties().map(|p| (p.name, p.ty.qom_name())).collect();
+    assert!(names.contains(&("policy", "HostMemPolicy")));
+    assert!(names.contains(&("mem-path", "string")));
+    assert!(names.contains(&("host-nodes", "int")));
+    assert!(matches!(b.get("nope"), Err(Error::UnknownProperty { .. })));
+    assert_eq!(
+        b.get("prealloc-threads").unwrap(),
+        PropValue::Int(hostmem::props::default_threads() as u64)
+    );
+}

@@ -1,0 +1,118 @@
+//! Helpers for tests that check backends against what the kernel reports.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+
+use hostmem::numa::HugePool;
+
+pub const MIB: u64 = 1 << 20;
+pub const GIB: u64 = 1 << 30;
+
+/// Whether [start, start+len) overlaps any mapping in /proc/self/maps.
+pub fn mapped(start: usize, len: usize) -> bool {
+    let text = std::fs::read_to_string("/proc/self/maps").unwrap();
+    text.lines().any(|l| {
+        let r = l.split_whitespace().next().unwrap();
+        let (a, b) = r.split_once('-').unwrap();
+        let a = usize::from_str_radix(a, 16).unwrap();
+        let b = usize::from_str_radix(b, 16).unwrap();
+        a < start + len && b > start
+    })
+}
+
+/// The /proc/self/maps line of the mapping at `start`.
+pub fn maps_line(start: usize) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let prefix = format!("{start:x}-");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .map(str::to_string)
+}
+
+/// Tests that change the huge page pools run one at a time, in one process.
+static POOLS: Mutex<()> = Mutex::new(());
+
+/// Sets the pool of `page_size` pages for a test and puts it back as it was on drop.
+pub struct PoolGuard {
+    page_size: u64,
+    before: u64,
+    _lock: MutexGuard<'static, ()>,
+}
+
+impl PoolGuard {
+    pub fn set(page_size: u64, pages: u64) -> PoolGuard {
+        let lock = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+        let before = HugePool::read(page_size, None)
+            .unwrap_or_else(|| panic!("no pool for {page_size}-byte huge pages in sysfs"))
+            .total;
+        let got =
+            HugePool::set_total(page_size, None, pages).expect("setting nr_hugepages needs root");
+        assert_eq!(
+            got, pages,
+            "the kernel made {got} of the {pages} huge pages the test asked for"
+        );
+        PoolGuard {
+            page_size,
+            before,
+            _lock: lock,
+        }
+    }
+
+    pub fn pool(&self) -> HugePool {
+        HugePool::read(self.page_size, None).unwrap()
+    }
+}
+
+impl Drop for PoolGuard {
+    fn drop(&mut self) {
+        let _ = HugePool::set_total(self.page_size, None, self.before);
+    }
+}
+
+/// A fresh directory under /tmp, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("hostmem-test-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn entries(&self) -> usize {
+        std::fs::read_dir(&self.0).unwrap().count()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).output();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A hugetlbfs of `page_size` pages mounted on a temp dir (needs root).
+pub fn mount_hugetlbfs(page_size: u64) -> TempDir {
+    let d = TempDir::new("hugetlbfs");
+    let st = Command::new("mount")
+        .args([
+            "-t",
+            "hugetlbfs",
+            "-o",
+            &format!("pagesize={}K", page_size / 1024),
+            "none",
+        ])
+        .arg(d.path())
+        .status()
+        .expect("running mount");
+    assert!(st.success(), "mounting hugetlbfs needs root");
+    d
+}
