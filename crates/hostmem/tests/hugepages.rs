@@ -1,0 +1,162 @@
+//! Huge page backends, checked against the kernel's pool counters. Every test here
+//! sets the pool it needs (root) and puts it back; a lock runs them one at a time.
+
+mod common;
+
+use common::*;
+use hostmem::numa::HugePool;
+use hostmem::{Backend, Error, Kind, NodeSet, Policy};
+
+const HUGE: u64 = 2 * MIB;
+
+#[test]
+fn memfd_hugetlb_backend_takes_its_pages_from_the_pool() {
+    let pool = PoolGuard::set(HUGE, 16);
+    let before = pool.pool();
+    let b = Backend::builder(Kind::Memfd, "d")
+        .size(8 * MIB)
+        .hugetlb(true)
+        .prealloc(true)
+        .create()
+        .unwrap();
+    let after = pool.pool();
+    assert_eq!(before.free - after.free, 4, "{before:?} -> {after:?}");
+    let v = b.inspect().unwrap();
+    assert_eq!(v.hugetlb, 8 * MIB, "smaps *_Hugetlb");
+    assert_eq!(v.page_size, HUGE, "KernelPageSize");
+    assert!(v.has_flag("ht"), "{:?}", v.vmflags);
+    drop(b);
+    assert_eq!(
+        pool.pool().free,
+        before.free,
+        "pages returned when the backend goes"
+    );
+}
+
+#[test]
+fn hugetlb_reservation_is_taken_at_map_time_without_prealloc() {
+    let pool = PoolGuard::set(HUGE, 8);
+    let b = Backend::builder(Kind::Memfd, "d")
+        .size(8 * MIB)
+        .hugetlb(true)
+        .create()
+        .unwrap();
+    let p = pool.pool();
+    assert_eq!(p.reserved, 4, "reserve=on holds 4 pages: {p:?}");
+    assert_eq!(b.inspect().unwrap().resident, 0);
+    drop(b);
+    assert_eq!(pool.pool().reserved, 0);
+}
+
+#[test]
+fn huge_page_exhaustion_is_a_clear_error_and_returns_every_page() {
+    let pool = PoolGuard::set(HUGE, 3);
+    let before = pool.pool();
+    // reserve=on: refused up front, before mapping, naming the shortage.
+    let e = Backend::builder(Kind::Memfd, "d")
+        .size(16 * MIB)
+        .hugetlb(true)
+        .prealloc(true)
+        .create()
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, Error::HugePagesShort { .. }), "{msg}");
+    assert_eq!(
+        msg,
+        "memory-backend-memfd 'd': not enough 2 MiB huge pages: 8 needed, 3 free on the host"
+    );
+    assert_eq!(pool.pool(), before);
+    // reserve=off gets past the reservation and fails while faulting: still no SIGBUS,
+    // still a clear error, and every page given back.
+    let e = Backend::builder(Kind::Memfd, "d")
+        .size(16 * MIB)
+        .hugetlb(true)
+        .reserve(false)
+        .build()
+        .and_then(|mut b| {
+            b.complete()?;
+            b.set_str("prealloc", "on")
+        });
+    let msg = e.unwrap_err().to_string();
+    assert!(
+        msg.contains("not enough 2 MiB huge pages: 8 needed"),
+        "{msg}"
+    );
+    assert_eq!(pool.pool(), before, "pool as it was");
+}
+
+#[test]
+fn bound_prealloc_names_the_node_whose_pool_is_short() {
+    let pool = PoolGuard::set(HUGE, 2);
+    let e = Backend::builder(Kind::Memfd, "d")
+        .size(2 * MIB)
+        .hugetlb(true)
+        .prealloc(true)
+        .policy(Policy::Bind)
+        .host_nodes(NodeSet::parse("0").unwrap())
+        .create();
+    assert!(e.is_ok(), "2 MiB fits a 2-page pool on node 0");
+    drop(e);
+    drop(pool);
+    let _pool = PoolGuard::set(HUGE, 1);
+    let e = Backend::builder(Kind::Memfd, "d")
+        .size(4 * MIB)
+        .hugetlb(true)
+        .prealloc(true)
+        .policy(Policy::Bind)
+        .host_nodes(NodeSet::parse("0").unwrap())
+        .create()
+        .unwrap_err();
+    assert!(e.to_string().contains("2 needed, 1 free"), "{e}");
+}
+
+#[test]
+fn hugetlbfs_file_backend_uses_the_file_systems_page_size() {
+    let _pool = PoolGuard::set(HUGE, 4);
+    let fs = mount_hugetlbfs(HUGE);
+    let e = Backend::builder(Kind::File, "f")
+        .size(MIB)
+        .mem_path(fs.path())
+        .create()
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("must be a multiple of the page size 2 MiB"),
+        "{e}"
+    );
+    let b = Backend::builder(Kind::File, "f")
+        .size(4 * MIB)
+        .mem_path(fs.path())
+        .share(true)
+        .prealloc(true)
+        .create()
+        .unwrap();
+    assert_eq!(b.page_size(), Some(HUGE));
+    let v = b.inspect().unwrap();
+    assert_eq!(v.hugetlb, 4 * MIB);
+    assert_eq!(HugePool::read(HUGE, None).unwrap().free, 2);
+    drop(b);
+    assert_eq!(
+        HugePool::read(HUGE, None).unwrap().free,
+        4,
+        "unlinked temp file gone with the backend"
+    );
+}
+
+#[test]
+fn one_gib_pages_when_the_host_can_make_them() {
+    let g = GIB;
+    if HugePool::read(g, None).is_none() {
+        panic!("this host has no 1 GiB huge page pool in sysfs");
+    }
+    let pool = PoolGuard::set(g, 1);
+    let b = Backend::builder(Kind::Memfd, "d")
+        .size(g)
+        .hugetlb(true)
+        .hugetlbsize(g)
+        .prealloc(true)
+        .create()
+        .unwrap();
+    assert_eq!(b.inspect().unwrap().page_size, g);
+    assert_eq!(pool.pool().free, 0);
+}
