@@ -100,7 +100,7 @@ if [[ -z $KPKG ]]; then
 fi
 if [[ -z $KPKG ]]; then
     # Offline or lists gone: a kernel fetched earlier is as good as any.
-    KPKG=$(find "$CACHE" -maxdepth 1 -type d -name 'linux-image-6.12.*' -printf '%f\n' | sort -V | tail -n1)
+    KPKG=$(find "$CACHE" -maxdepth 1 -type d -name 'linux-image-6.12.*' ! -name '*.tmp' -printf '%f\n' | sort -V | tail -n1)
     [[ -n $KPKG ]] || die "no linux-image-6.12.*-amd64-unsigned package found by apt-cache (is bookworm-security or bookworm-backports configured?)"
     note "apt-cache finds no 6.12 kernel; using cached $KPKG"
 fi
@@ -111,9 +111,10 @@ if ! compgen -G "$KDIR/boot/vmlinuz-*" >/dev/null; then
         note "downloading $KPKG"
         # Older kernels are 100+ MB each; keep only the one in use.
         rm -rf "$CACHE"/linux-image-6.12.*
-        # Sandbox user root: _apt cannot write into the cache dir.
-        (cd "$CACHE" && apt-get -q -o APT::Sandbox::User=root download "$KPKG" >&2) \
-            || die "apt-get download $KPKG failed"
+        # Sandbox user root: _apt cannot write into the cache dir.  Stale
+        # package lists point at files the mirror no longer has: update once.
+        dl() { (cd "$CACHE" && apt-get -q -o APT::Sandbox::User=root download "$KPKG" >&2); }
+        dl || { apt_update; dl; } || die "apt-get download $KPKG failed"
         deb=$(compgen -G "$CACHE/${KPKG}_*.deb" | head -n1) || die "download of $KPKG left no .deb"
     fi
     # Only boot/ is needed; the modules would be ~400 MB of disk for nothing.
@@ -147,11 +148,11 @@ copy_exe() {
         die "$exe: missing shared libraries:"$'\n'"$out"
     fi
     # Lines: "libx.so => /path (0x..)", "/lib64/ld-linux-x86-64.so.2 (0x..)", vdso.
-    for lib in $(awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' <<<"$out"); do
+    while read -r lib; do
         [[ -e $STAGE$lib ]] && continue
         mkdir -p "$STAGE${lib%/*}"
         cp -L "$lib" "$STAGE$lib"
-    done
+    done < <(awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' <<<"$out")
 }
 for b in "${BINS[@]}"; do copy_exe "$b"; done
 copy_exe "$(command -v numactl)"
@@ -179,11 +180,13 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
+mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm
 mkdir -p /dev/hugepages && mount -t hugetlbfs hugetlbfs /dev/hugepages
 exec </dev/console >/dev/console 2>&1
 echo "NUMA-VM: booted"
 set -- $GUEST_CMD
-"\$@"
+# stdin is /dev/null: a suite that reads stdin must not wait for the timeout.
+"\$@" </dev/null
 echo "NUMA-VM: suite exit \$?"
 poweroff -f
 # poweroff -f cannot really fail, but never leave the guest idling.
@@ -204,6 +207,7 @@ chmod 755 "$STAGE/init"
 # QEMU's node ids equal to the guest's.
 # -display none, not -nographic: with -nographic SeaBIOS mirrors its screen
 # to the serial port, terminal-reset escapes included.
+# shellcheck disable=SC2054 # the commas are QEMU's, not array separators
 QEMU=(qemu-system-x86_64 -accel tcg -cpu max -smp 4 -m 2G
     -display none -no-reboot -nodefaults -serial stdio
     -object memory-backend-ram,id=m0,size=640M
@@ -238,7 +242,7 @@ T0=$EPOCHREALTIME
 timeout -k 10 "$TIMEOUT" "${QEMU[@]}" </dev/null >"$FIFO" &
 QPID=$!
 
-T_BOOT= T_DONE= SUITE_RC= PANIC=
+T_BOOT='' T_DONE='' SUITE_RC='' PANIC=''
 # Stream the console as it comes, keep a copy, and timestamp the markers.
 while IFS= read -r line || [[ -n $line ]]; do
     line=${line%$'\r'}

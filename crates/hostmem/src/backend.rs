@@ -114,6 +114,15 @@ struct LiveState {
     prealloc: Option<Stats>,
 }
 
+/// Which backend of a batch failed, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct BatchError {
+    pub index: usize,
+    #[source]
+    pub error: Error,
+}
+
 /// A host memory backend: `memory-backend-ram`, `-file` or `-memfd`.
 #[derive(Debug)]
 pub struct Backend {
@@ -314,26 +323,39 @@ impl Backend {
     /// Allocates several backends as one batch: all are validated before any is
     /// mapped, and all preallocate at the same time. Either all come to life or none.
     pub fn complete_all(backends: &mut [&mut Backend], progress: &Progress) -> Result<()> {
+        Backend::complete_batch(backends, progress).map_err(|e| e.error)
+    }
+
+    /// [`Backend::complete_all`], telling which backend failed.
+    pub fn complete_batch(
+        backends: &mut [&mut Backend],
+        progress: &Progress,
+    ) -> Result<(), BatchError> {
+        let at = |index| move |error| BatchError { index, error };
         let host = HostTopology::read();
         let mut plans = Vec::with_capacity(backends.len());
-        for b in backends.iter() {
-            plans.push(b.validate(&host)?);
+        for (i, b) in backends.iter().enumerate() {
+            plans.push(b.validate(&host).map_err(at(i))?);
         }
         let mut placed = Vec::with_capacity(backends.len());
-        for (b, plan) in backends.iter().zip(&plans) {
-            placed.push(b.map_and_place(plan, &host)?);
+        for (i, (b, plan)) in backends.iter().zip(&plans).enumerate() {
+            placed.push(b.map_and_place(plan, &host).map_err(at(i))?);
         }
         let wanted: Vec<usize> = (0..backends.len())
             .filter(|&i| backends[i].cfg.prealloc)
             .collect();
         let mut jobs = Vec::with_capacity(wanted.len());
         for &i in &wanted {
-            jobs.push(backends[i].job(
-                &placed[i].mapped.map,
-                &plans[i],
-                &host,
-                backends[i].cfg.prealloc_threads,
-            )?);
+            jobs.push(
+                backends[i]
+                    .job(
+                        &placed[i].mapped.map,
+                        &plans[i],
+                        &host,
+                        backends[i].cfg.prealloc_threads,
+                    )
+                    .map_err(at(i))?,
+            );
         }
         let results = prealloc::populate(&jobs, progress);
         drop(jobs);
@@ -362,7 +384,7 @@ impl Backend {
         if let Some((i, f)) = failure {
             // Undo everything first, so the error reads the pools as they are again.
             drop(placed);
-            return Err(backends[i].prealloc_error(f, &plans[i]));
+            return Err(at(i)(backends[i].prealloc_error(f, &plans[i])));
         }
         for ((b, mut region), s) in backends.iter_mut().zip(placed).zip(stats) {
             if let Some(r) = Arc::get_mut(&mut region) {

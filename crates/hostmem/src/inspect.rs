@@ -148,7 +148,13 @@ pub fn inspect(map: &RawMapping) -> io::Result<KernelView> {
     );
     // numa_maps exists only on NUMA kernels; without it every page is on node 0.
     match fs::read_to_string("/proc/self/numa_maps") {
-        Ok(text) => parse_numa_maps(&text, start, end, &mut view),
+        Ok(text) => {
+            parse_numa_maps(&text, start, end, &mut view);
+            // numa_maps leaves out the page size of a VMA with no pages yet.
+            if view.numa_page_size == 0 {
+                view.numa_page_size = view.page_size;
+            }
+        }
         Err(_) => {
             view.numa_page_size = view.page_size;
             if let Some(pages) = view.resident.checked_div(view.page_size) {

@@ -30,7 +30,7 @@ pub mod props;
 pub mod size;
 pub mod sys;
 
-pub use backend::{Backend, Builder, InUse, RebindReport};
+pub use backend::{Backend, BatchError, Builder, InUse, RebindReport};
 pub use error::{Error, Result};
 pub use inspect::KernelView;
 pub use numa::{HostTopology, NodeSet, Policy};

@@ -1,0 +1,134 @@
+//! `hostmem host`: the host as hostmem sees it.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use hostmem::size::format_size;
+use hostmem::HostTopology;
+use serde_json::{json, Value};
+
+pub const EXAMPLES: &str = "Examples:
+  hostmem host            nodes, CPUs, memory, huge page pools, THP, KSM, kernel features
+  hostmem host --json     the same as one JSON document";
+
+#[derive(Args)]
+pub struct HostArgs {
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn to_json(t: &HostTopology) -> Value {
+    let pools = |p: &[hostmem::numa::HugePool]| -> Value {
+        p.iter()
+            .map(|p| json!({"page-size": p.page_size, "total": p.total, "free": p.free, "reserved": p.reserved, "surplus": p.surplus}))
+            .collect()
+    };
+    json!({
+        "kernel": t.kernel_release,
+        "features": {
+            "madv-populate-write": t.features.populate_write,
+            "mpol-preferred-many": t.features.preferred_many,
+            "mpol-weighted-interleave": t.features.weighted_interleave,
+        },
+        "possible-nodes": t.possible.iter().collect::<Vec<_>>(),
+        "online-nodes": t.online.iter().collect::<Vec<_>>(),
+        "nodes-with-memory": t.has_memory.iter().collect::<Vec<_>>(),
+        "nodes-with-cpus": t.has_cpu.iter().collect::<Vec<_>>(),
+        "nodes": t.nodes.iter().map(|n| json!({
+            "id": n.id,
+            "cpus": n.cpus,
+            "mem-total": n.mem_total,
+            "mem-free": n.mem_free,
+            "huge-pages": pools(&n.huge_pools),
+        })).collect::<Vec<_>>(),
+        "huge-page-sizes": t.huge_page_sizes,
+        "default-huge-page-size": t.default_huge_page_size,
+        "huge-pages": pools(&t.huge_pools),
+        "thp": t.thp,
+        "ksm": t.ksm,
+        "interleave-weights": t.interleave_weights.iter().map(|(n, w)| (n.to_string(), json!(w))).collect::<serde_json::Map<_, _>>(),
+        "allowed-cpus": t.allowed_cpus,
+    })
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+pub fn main(args: HostArgs) -> ExitCode {
+    let t = HostTopology::read();
+    if args.json {
+        println!("{}", to_json(&t));
+        return ExitCode::SUCCESS;
+    }
+    println!("kernel {}", t.kernel_release);
+    println!(
+        "features: MADV_POPULATE_WRITE {}, MPOL_PREFERRED_MANY {}, MPOL_WEIGHTED_INTERLEAVE {}",
+        yes(t.features.populate_write),
+        yes(t.features.preferred_many),
+        yes(t.features.weighted_interleave)
+    );
+    println!(
+        "nodes: possible {}, online {}, with memory {}, with CPUs {}",
+        t.possible, t.online, t.has_memory, t.has_cpu
+    );
+    for n in &t.nodes {
+        let cpus = hostmem::NodeSet::from_iter(n.cpus.iter().map(|&c| c as u32));
+        println!(
+            "  node {}: cpus {}, memory {} ({} free)",
+            n.id,
+            if n.cpus.is_empty() {
+                "none".to_string()
+            } else {
+                cpus.to_string()
+            },
+            format_size(n.mem_total),
+            format_size(n.mem_free)
+        );
+        for p in &n.huge_pools {
+            println!(
+                "    {} pages: {} total, {} free",
+                format_size(p.page_size),
+                p.total,
+                p.free
+            );
+        }
+    }
+    for p in &t.huge_pools {
+        println!(
+            "huge pages {}: {} total, {} free, {} reserved, {} surplus{}",
+            format_size(p.page_size),
+            p.total,
+            p.free,
+            p.reserved,
+            p.surplus,
+            if Some(p.page_size) == t.default_huge_page_size {
+                " (default size)"
+            } else {
+                ""
+            }
+        );
+    }
+    let kv = |m: &std::collections::BTreeMap<String, String>| {
+        m.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!("THP: {}", kv(&t.thp));
+    println!("KSM: {}", kv(&t.ksm));
+    if !t.interleave_weights.is_empty() {
+        let w: Vec<String> = t
+            .interleave_weights
+            .iter()
+            .map(|(n, w)| format!("node{n}={w}"))
+            .collect();
+        println!("weighted interleave: {}", w.join(" "));
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,194 @@
+//! The per-backend report (DESIGN.md §5): everything in it is read back from the kernel
+//! at report time, except the requested settings it compares them with.
+
+use std::fmt::Write as _;
+
+use hostmem::size::format_size;
+use hostmem::{Backend, KernelView, PropValue};
+use serde_json::{json, Value};
+
+/// Things the kernel view contradicts or qualifies in what was asked for.
+pub fn notes(b: &Backend, v: &KernelView) -> Vec<String> {
+    let cfg = b.config();
+    let mut notes = Vec::new();
+    if cfg.merge && !v.has_flag("mg") {
+        if b.mergeable_kind() {
+            notes.push(
+                "merge=on did not take: the kernel refused MADV_MERGEABLE (no KSM?)".to_string(),
+            );
+        } else {
+            notes.push(
+                "merge=on has no effect: KSM merges only private anonymous memory".to_string(),
+            );
+        }
+    }
+    if cfg.merge && v.has_flag("mg") {
+        let run = std::fs::read_to_string("/sys/kernel/mm/ksm/run").unwrap_or_default();
+        if run.trim() != "1" {
+            notes.push(format!(
+                "marked mergeable, but KSM is not running (/sys/kernel/mm/ksm/run = {})",
+                run.trim()
+            ));
+        }
+    }
+    if !cfg.dump && !v.has_flag("dd") {
+        notes.push("dump=off did not take: the kernel does not show dd".to_string());
+    }
+    notes
+}
+
+fn value_json(v: PropValue) -> Value {
+    match v {
+        PropValue::Bool(b) => json!(b),
+        PropValue::Int(i) => json!(i),
+        PropValue::Str(s) => json!(s),
+        PropValue::Nodes(n) => json!(n.iter().collect::<Vec<_>>()),
+        PropValue::Policy(p) => json!(p.name()),
+        PropValue::OnOffAuto(o) => json!(o.name()),
+    }
+}
+
+/// The kernel part of a report.
+pub fn kernel_json(v: &KernelView) -> Value {
+    let per_node: serde_json::Map<String, Value> = v
+        .pages_per_node
+        .iter()
+        .map(|(n, p)| (n.to_string(), json!(p)))
+        .collect();
+    json!({
+        "vmflags": v.vmflags,
+        "resident-bytes": v.resident,
+        "thp-bytes": v.thp,
+        "hugetlb-bytes": v.hugetlb,
+        "kernel-page-size": v.page_size,
+        "pages-per-node": per_node,
+        "pages-per-node-page-size": v.numa_page_size,
+        "numa-maps-policy": v.numa_policy,
+        "mempolicy": {"mode": v.mempolicy_name(), "nodes": v.mempolicy_nodes.iter().collect::<Vec<_>>()},
+        "vmas": v.vmas,
+    })
+}
+
+/// One backend as JSON: settings, plus what the kernel says now.
+pub fn backend_json(b: &Backend) -> Value {
+    let cfg = b.config();
+    let mut o = json!({
+        "id": b.id(),
+        "qom-type": b.kind().qom_type(),
+        "size": cfg.size.unwrap_or(0),
+        "host-addr": b.host_addr(),
+        "page-size": b.page_size(),
+        "policy": cfg.policy.name(),
+        "host-nodes": cfg.host_nodes.iter().collect::<Vec<_>>(),
+        "merge": cfg.merge,
+        "dump": cfg.dump,
+        "prealloc": cfg.prealloc,
+        "share": cfg.share,
+        "reserve": cfg.reserve,
+    });
+    for p in b.properties().filter(|p| p.only.is_some()) {
+        if let Ok(v) = b.get(p.name) {
+            o[p.name] = value_json(v);
+        }
+    }
+    let stats = b.prealloc_stats();
+    o["prealloc-seconds"] = json!(stats.map(|s| s.seconds));
+    o["prealloc-gib-per-sec"] = json!(stats.map(|s| s.gib_per_sec()));
+    o["prealloc-threads-used"] = json!(stats.map(|s| s.threads));
+    match b.inspect() {
+        Ok(v) => {
+            o["notes"] = json!(notes(b, &v));
+            o["kernel"] = kernel_json(&v);
+        }
+        Err(e) => o["kernel"] = json!({"error": e.to_string()}),
+    }
+    o
+}
+
+const BAR: usize = 40;
+
+/// Per-node pages as bars: people compare lengths faster than numbers.
+pub fn node_bars(v: &KernelView) -> String {
+    let total: u64 = v.pages_per_node.values().sum();
+    let mut s = String::new();
+    for (n, &pages) in &v.pages_per_node {
+        let filled = if total == 0 {
+            0
+        } else {
+            ((pages as f64 / total as f64) * BAR as f64).round() as usize
+        };
+        let pct = if total == 0 {
+            0.0
+        } else {
+            pages as f64 * 100.0 / total as f64
+        };
+        let _ = writeln!(
+            s,
+            "    node {n:<3} [{}{}] {pages:>10} pages  {:>10}  {pct:5.1}%",
+            "#".repeat(filled),
+            ".".repeat(BAR - filled),
+            format_size(pages * v.numa_page_size)
+        );
+    }
+    if v.pages_per_node.is_empty() {
+        s.push_str("    (no pages resident yet)\n");
+    }
+    s
+}
+
+/// One backend as text.
+pub fn backend_text(b: &Backend) -> String {
+    let cfg = b.config();
+    let mut s = String::new();
+    let page = b.page_size().map_or("?".into(), format_size);
+    let nodes = if cfg.host_nodes.is_empty() {
+        String::new()
+    } else {
+        format!(":{}", cfg.host_nodes)
+    };
+    let _ = writeln!(
+        s,
+        "{}  {}  {}  page {}  policy {}{}",
+        b.id(),
+        b.kind().qom_type(),
+        format_size(cfg.size.unwrap_or(0)),
+        page,
+        cfg.policy,
+        nodes
+    );
+    match b.inspect() {
+        Ok(v) => {
+            let mut huge = String::new();
+            if v.thp > 0 {
+                huge = format!(" (THP {})", format_size(v.thp));
+            } else if v.hugetlb > 0 {
+                huge = format!(" (hugetlb {})", format_size(v.hugetlb));
+            }
+            let _ = writeln!(
+                s,
+                "    resident {}{}  kernel policy {}",
+                format_size(v.resident),
+                huge,
+                v.numa_policy
+            );
+            let _ = writeln!(s, "    VmFlags: {}", v.vmflags.join(" "));
+            s.push_str(&node_bars(&v));
+            for n in notes(b, &v) {
+                let _ = writeln!(s, "    note: {n}");
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(s, "    kernel view unavailable: {e}");
+        }
+    }
+    if let Some(st) = b.prealloc_stats() {
+        let _ = writeln!(
+            s,
+            "    prealloc {:.3} s, {:.2} GiB/s, {} threads",
+            st.seconds,
+            st.gib_per_sec(),
+            st.threads
+        );
+    }
+    s
+}

@@ -1,0 +1,218 @@
+//! `hostmem run`: create backends from `-object` specs, preallocate them together,
+//! report what the kernel says, and optionally hold them (and serve QMP).
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use hostmem::props::parse_bool;
+use hostmem::{Backend, HostTopology, MachineDefaults, ObjectSpec, Progress};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+
+use crate::report;
+use crate::signals::{self, Stop};
+
+pub const EXAMPLES: &str = "Examples:
+  hostmem run
+      the built-in default: one 1 GiB memory-backend-ram, preallocated, reported
+  hostmem run -object memory-backend-ram,id=ram0,size=4G,prealloc=on,prealloc-threads=2
+  hostmem run -object memory-backend-ram,id=n0,size=1G,policy=bind,host-nodes=0,prealloc=on \\
+              -object memory-backend-ram,id=n1,size=1G,policy=bind,host-nodes=1,prealloc=on
+  hostmem run -object memory-backend-memfd,id=hp,size=2G,hugetlb=on,hugetlbsize=2M,prealloc=on --json
+  hostmem run -object memory-backend-file,id=f,size=1G,mem-path=/dev/hugepages,share=on --hold
+  hostmem run -machine mem-merge=off,dump-guest-core=off -mem-prealloc -object memory-backend-ram,id=m,size=512M";
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// A backend in QEMU syntax: TYPE,id=ID,key=value,... (repeatable; also -object).
+    #[arg(long = "object", value_name = "SPEC")]
+    objects: Vec<String>,
+    /// Machine-wide defaults: mem-merge=on|off,dump-guest-core=on|off (also -machine).
+    #[arg(long, value_name = "OPTS")]
+    machine: Option<String>,
+    /// Preallocate every backend unless it says prealloc=off (also -mem-prealloc).
+    #[arg(long)]
+    mem_prealloc: bool,
+    /// Print the report as one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Keep the backends until stdin reaches EOF or SIGINT/SIGTERM arrives.
+    #[arg(long)]
+    hold: bool,
+}
+
+fn fail(context: &str, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("hostmem: {context}: {msg}");
+    ExitCode::from(1)
+}
+
+/// Parses `-machine` text: the keys hostmem understands, other keys refused by name.
+fn machine_defaults(text: Option<&str>, mem_prealloc: bool) -> Result<MachineDefaults, String> {
+    let mut d = MachineDefaults {
+        prealloc: mem_prealloc,
+        ..Default::default()
+    };
+    let Some(text) = text else { return Ok(d) };
+    for (i, item) in text.split(',').enumerate() {
+        let (k, v) = match item.split_once('=') {
+            Some(kv) => kv,
+            // QEMU's machine type may lead (`none,mem-merge=off`); it means nothing here.
+            None if i == 0 => continue,
+            None => return Err(format!("Expected '=' after parameter '{item}'")),
+        };
+        let flag = || parse_bool(v).ok_or_else(|| format!("Parameter '{k}' expects 'on' or 'off'"));
+        match k {
+            "mem-merge" => d.merge = flag()?,
+            "dump-guest-core" => d.dump = flag()?,
+            "type" => {}
+            _ => {
+                return Err(format!(
+                    "Parameter '{k}' is not one hostmem takes (mem-merge, dump-guest-core)"
+                ))
+            }
+        }
+    }
+    Ok(d)
+}
+
+/// The main job on its own: 1 GiB of preallocated RAM, less on a host short of memory.
+fn default_spec() -> String {
+    const GIB: u64 = 1 << 30;
+    let avail = HostTopology::mem_available().unwrap_or(2 * GIB);
+    let size = (avail / 2).min(GIB) & !((2 << 20) - 1);
+    format!(
+        "memory-backend-ram,id=ram0,size={},prealloc=on",
+        size.max(2 << 20)
+    )
+}
+
+/// Creates all backends as one batch, with a progress bar on a terminal.
+fn create(backends: &mut [Backend], progress: &Progress) -> Result<(), hostmem::BatchError> {
+    let total: u64 = backends
+        .iter()
+        .filter(|b| b.config().prealloc)
+        .map(|b| b.len() as u64)
+        .sum();
+    let finished = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        if total >= 1 << 30 {
+            s.spawn(|| {
+                let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+                bar.set_style(
+                    ProgressStyle::with_template("preallocating {bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                while !finished.load(Ordering::Relaxed) {
+                    bar.set_position(progress.done());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                bar.finish_and_clear();
+            });
+        }
+        let mut refs: Vec<&mut Backend> = backends.iter_mut().collect();
+        let r = Backend::complete_batch(&mut refs, progress);
+        finished.store(true, Ordering::Relaxed);
+        r
+    })
+}
+
+pub fn main(args: RunArgs) -> ExitCode {
+    let defaults = match machine_defaults(args.machine.as_deref(), args.mem_prealloc) {
+        Ok(d) => d,
+        Err(e) => return fail(&format!("-machine {}", args.machine.unwrap_or_default()), e),
+    };
+    let specs = if args.objects.is_empty() {
+        vec![default_spec()]
+    } else {
+        args.objects.clone()
+    };
+    let mut backends: Vec<Backend> = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        let b = ObjectSpec::parse(spec).and_then(|s| s.to_backend(&defaults));
+        match b {
+            Ok(b) if backends.iter().any(|o| o.id() == b.id()) => {
+                let msg = format!(
+                    "attempt to add duplicate property '{}' to object (type 'container')",
+                    b.id()
+                );
+                return fail(&format!("-object {spec}"), msg);
+            }
+            Ok(b) => backends.push(b),
+            Err(e) => return fail(&format!("-object {spec}"), e),
+        }
+    }
+    let progress = Arc::new(Progress::new());
+    let events = match signals::install(progress.clone()) {
+        Ok(e) => e,
+        Err(e) => return fail("signals", e),
+    };
+    if let Err(e) = create(&mut backends, &progress) {
+        if let Ok(Stop::Signal(sig)) = events.rx.try_recv() {
+            eprintln!("hostmem: interrupted by signal {sig}; nothing was left allocated");
+            return ExitCode::from(Stop::Signal(sig).status());
+        }
+        return fail(&format!("-object {}", specs[e.index]), e.error);
+    }
+    let mut out = std::io::stdout().lock();
+    let printed = if args.json {
+        let doc =
+            json!({"backends": backends.iter().map(report::backend_json).collect::<Vec<_>>()});
+        writeln!(out, "{doc}")
+    } else {
+        backends
+            .iter()
+            .try_for_each(|b| write!(out, "{}", report::backend_text(b)))
+    };
+    if printed.and_then(|_| out.flush()).is_err() {
+        return ExitCode::from(1);
+    }
+    drop(out);
+    let mut status = 0;
+    if args.hold {
+        signals::watch_stdin(events.tx.clone());
+        // Any stop (EOF, SIGINT, SIGTERM) ends the hold cleanly with status 0.
+        let _ = events.rx.recv();
+    }
+    for b in &mut backends {
+        if let Err(e) = b.delete() {
+            eprintln!("hostmem: {e}");
+            status = 1;
+        }
+    }
+    ExitCode::from(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_options() {
+        let d = machine_defaults(Some("none,mem-merge=off,dump-guest-core=off"), true).unwrap();
+        assert_eq!(
+            d,
+            MachineDefaults {
+                merge: false,
+                dump: false,
+                prealloc: true
+            }
+        );
+        assert!(machine_defaults(Some("mem-merge=maybe"), false)
+            .unwrap_err()
+            .contains("expects 'on' or 'off'"));
+        assert!(machine_defaults(Some("accel=kvm"), false)
+            .unwrap_err()
+            .contains("'accel'"));
+    }
+
+    #[test]
+    fn default_spec_is_a_preallocated_ram_backend() {
+        let s = ObjectSpec::parse(&default_spec()).unwrap();
+        assert_eq!(s.kind, hostmem::Kind::Ram);
+        assert!(s.props.contains(&("prealloc".into(), "on".into())));
+    }
+}
