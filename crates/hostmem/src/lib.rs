@@ -29,6 +29,8 @@ pub mod prealloc;
 pub mod props;
 pub mod size;
 pub mod sys;
+#[cfg(feature = "vm-memory")]
+pub mod vmm;
 
 pub use backend::{Backend, BatchError, Builder, InUse, RebindReport};
 pub use error::{Error, Result};

@@ -501,3 +501,47 @@ pub fn current_cpu() -> Option<usize> {
     let c = unsafe { libc::sched_getcpu() };
     (c >= 0).then_some(c as usize)
 }
+
+/// vm-memory regions over memory hostmem already mapped.
+#[cfg(feature = "vm-memory")]
+pub mod vmm {
+    use vm_memory::bitmap::Bitmap;
+    use vm_memory::mmap::{MmapRegion, MmapRegionBuilder};
+    use vm_memory::FileOffset;
+
+    use super::RawMapping;
+
+    /// An MmapRegion over `map` that does not own (or unmap) it. `bitmap` must keep
+    /// `map` alive as long as the region exists: hostmem passes the backend's
+    /// in-use hold, which owns the mapping through an Arc.
+    pub fn borrowed_region<B: Bitmap>(
+        map: &RawMapping,
+        bitmap: B,
+        file_offset: Option<FileOffset>,
+        shared: bool,
+        writable: bool,
+        hugetlbfs: bool,
+    ) -> Result<MmapRegion<B>, vm_memory::mmap::MmapRegionError> {
+        let flags = if shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        let mut b = MmapRegionBuilder::new_with_bitmap(map.len(), bitmap)
+            .with_mmap_prot(prot)
+            .with_mmap_flags(flags)
+            .with_hugetlbfs(hugetlbfs);
+        if let Some(fo) = file_offset {
+            b = b.with_file_offset(fo);
+        }
+        // SAFETY: [addr, addr+len) is a live mapping of this process; the bitmap holds
+        // the Arc that owns it, so it stays mapped for the region's whole life, and the
+        // region never unmaps it (it is built as not owned).
+        unsafe { b.with_raw_mmap_pointer(map.addr() as *mut u8) }.build()
+    }
+}

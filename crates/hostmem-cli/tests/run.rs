@@ -1,0 +1,236 @@
+//! `hostmem run` as a process: its report checked against the kernel's view of that
+//! process (/proc/PID/smaps, numa_maps), its errors, and its clean exit.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hostmem");
+const MIB: u64 = 1 << 20;
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).arg("run").args(args).output().unwrap()
+}
+
+/// Rss and pages per node of the mapping at `addr` in process `pid`, read from /proc.
+fn kernel_view(pid: u32, addr: u64) -> (u64, Vec<(u32, u64)>) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let head = format!("{addr:x}-");
+    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head)).skip(1);
+    let rss = lines
+        .find(|l| l.starts_with("Rss:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap()
+        * 1024;
+    let numa = std::fs::read_to_string(format!("/proc/{pid}/numa_maps")).unwrap();
+    let line = numa
+        .lines()
+        .find(|l| l.starts_with(&format!("{addr:x} ")))
+        .unwrap()
+        .to_string();
+    let nodes = line
+        .split_whitespace()
+        .filter_map(|w| {
+            let (n, p) = w.strip_prefix('N')?.split_once('=')?;
+            Some((n.parse().ok()?, p.parse().ok()?))
+        })
+        .collect();
+    (rss, nodes)
+}
+
+#[test]
+fn json_report_agrees_with_the_kernel_view_of_the_holding_process() {
+    let mut child = Command::new(BIN)
+        .args(["run", "--json", "--hold"])
+        .args([
+            "-object",
+            "memory-backend-ram,id=a,size=64M,prealloc=on,policy=bind,host-nodes=0",
+        ])
+        .args(["--object", "memory-backend-memfd,id=b,size=32M,merge=off"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let backends = doc["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 2);
+    let a = &backends[0];
+    for key in [
+        "id",
+        "qom-type",
+        "size",
+        "host-addr",
+        "page-size",
+        "policy",
+        "host-nodes",
+        "merge",
+        "dump",
+        "prealloc",
+        "share",
+        "kernel",
+        "prealloc-seconds",
+    ] {
+        assert!(!a[key].is_null(), "key {key} in {a}");
+    }
+    assert_eq!(a["qom-type"], "memory-backend-ram");
+    assert_eq!(a["policy"], "bind");
+    assert_eq!(a["host-nodes"], serde_json::json!([0]));
+    let addr = a["host-addr"].as_u64().unwrap();
+    let (rss, nodes) = kernel_view(child.id(), addr);
+    assert_eq!(
+        rss,
+        64 * MIB,
+        "the holding process really has 64 MiB resident"
+    );
+    assert_eq!(a["kernel"]["resident-bytes"].as_u64(), Some(rss));
+    let reported: Vec<(u32, u64)> = a["kernel"]["pages-per-node"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.parse().unwrap(), v.as_u64().unwrap()))
+        .collect();
+    assert_eq!(reported, nodes, "pages per node as numa_maps shows them");
+    let b = &backends[1];
+    assert_eq!(b["share"], true);
+    assert_eq!(b["prealloc-seconds"], serde_json::Value::Null);
+    assert!(b["kernel"]["vmflags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "sh"));
+    // EOF on stdin ends the hold; the backends are deleted and the exit is clean.
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn sigterm_ends_a_hold_cleanly() {
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--hold",
+            "-object",
+            "memory-backend-ram,id=a,size=8M",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    out.read_exact(&mut first).unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(0));
+    let _ = child.stdin.take().map(|mut s| s.write_all(b""));
+}
+
+#[test]
+fn a_bad_spec_is_one_line_on_stderr_and_exit_1() {
+    let spec = "memory-backend-ram,id=m,size=1M,policy=bind";
+    let o = run(&[
+        "-object",
+        "memory-backend-ram,id=ok,size=1M",
+        "-object",
+        spec,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(
+        err,
+        format!("hostmem: -object {spec}: host-nodes must be set for policy bind\n")
+    );
+    assert!(o.stdout.is_empty(), "no report for a failed run");
+
+    let o = run(&["-object", "memory-backend-ram,id=m,size=lots"]);
+    assert_eq!(String::from_utf8(o.stderr).unwrap(), "hostmem: -object memory-backend-ram,id=m,size=lots: Parameter 'size' expects a size value\n");
+    let o = run(&[
+        "-object",
+        "memory-backend-ram,id=m,size=1M",
+        "-object",
+        "memory-backend-ram,id=m,size=1M",
+    ]);
+    assert!(String::from_utf8(o.stderr)
+        .unwrap()
+        .contains("duplicate property 'm'"));
+    let o = run(&["-machine", "mem-merge=perhaps"]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn a_failed_allocation_leaves_no_file_behind() {
+    let dir = std::env::temp_dir().join(format!("hostmem-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ram");
+    // The file is created, then growing it to a petabyte fails.
+    let spec = format!(
+        "memory-backend-file,id=f,size=1P,mem-path={},reserve=off",
+        path.display()
+    );
+    let o = run(&["-object", &spec]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8(o.stderr)
+        .unwrap()
+        .starts_with(&format!("hostmem: -object {spec}: memory-backend-file 'f'")));
+    assert!(!path.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn default_run_preallocates_a_ram_backend_and_draws_node_bars() {
+    let o = Command::new(BIN).arg("run").output().unwrap();
+    assert!(o.status.success());
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.starts_with("ram0  memory-backend-ram"), "{text}");
+    assert!(text.contains("node 0   [####"), "{text}");
+    assert!(text.contains("prealloc "), "{text}");
+}
+
+#[test]
+fn machine_defaults_reach_the_kernel() {
+    let o = run(&[
+        "--json",
+        "-machine",
+        "mem-merge=off,dump-guest-core=off",
+        "-mem-prealloc",
+        "-object",
+        "memory-backend-ram,id=m,size=4M",
+    ]);
+    assert!(o.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let b = &doc["backends"][0];
+    let flags: Vec<&str> = b["kernel"]["vmflags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f.as_str())
+        .collect();
+    assert!(flags.contains(&"dd") && !flags.contains(&"mg"), "{flags:?}");
+    assert_eq!(b["kernel"]["resident-bytes"].as_u64(), Some(4 * MIB));
+}
+
+#[test]
+fn host_json_describes_this_host() {
+    let o = Command::new(BIN).args(["host", "--json"]).output().unwrap();
+    assert!(o.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(doc["online-nodes"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!(0)));
+    assert_eq!(doc["features"]["madv-populate-write"], true);
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap();
+    assert!(thp.contains(&format!("[{}]", doc["thp"]["enabled"].as_str().unwrap())));
+}

@@ -1,0 +1,105 @@
+//! Backends as vm-memory guest memory: same pages as the backend's own mapping and, for
+//! memfd, as a second mapping of its fd; and held in use while regions exist.
+
+use hostmem::sys::{MapOptions, RawMapping};
+use hostmem::vmm::guest_memory;
+use hostmem::{Backend, Kind};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn writes_through_vm_memory_land_in_the_backends_memory_and_its_fd() {
+    let mut ram = Backend::builder(Kind::Ram, "ram")
+        .size(16 * MIB)
+        .create()
+        .unwrap();
+    let mut fd_mem = Backend::builder(Kind::Memfd, "fdmem")
+        .size(16 * MIB)
+        .create()
+        .unwrap();
+    let mem = guest_memory(&[(&ram, GuestAddress(0)), (&fd_mem, GuestAddress(1 << 30))]).unwrap();
+    assert_eq!(mem.num_regions(), 2);
+
+    mem.write_slice(b"low ram", GuestAddress(0x2000)).unwrap();
+    mem.write_slice(b"memfd ram", GuestAddress((1 << 30) + 0x3000))
+        .unwrap();
+
+    // The region is the backend's own mapping, not a copy.
+    let region = mem.find_region(GuestAddress(0)).unwrap();
+    assert_eq!(region.as_ptr() as usize, ram.host_addr().unwrap());
+    let mut buf = [0u8; 7];
+    ram.hold().unwrap().read_at(0x2000, &mut buf).unwrap();
+    assert_eq!(&buf, b"low ram");
+
+    // The memfd region carries the fd; a second mmap of it sees the same bytes.
+    let hold = fd_mem.hold().unwrap();
+    let high = mem.find_region(GuestAddress(1 << 30)).unwrap();
+    assert!(
+        high.file_offset().is_some(),
+        "memfd region has a FileOffset"
+    );
+    let (fd, off) = hold.fd().unwrap();
+    let fd = fd.try_clone_to_owned().unwrap();
+    let second = RawMapping::map(
+        16 * MIB as usize,
+        Some(&fd),
+        off,
+        MapOptions {
+            shared: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_ne!(second.addr(), hold.host_addr(), "a different mapping");
+    let mut buf = [0u8; 9];
+    second.read_at(0x3000, &mut buf).unwrap();
+    assert_eq!(&buf, b"memfd ram");
+    drop(hold);
+
+    // In use while guest memory refers to the backends.
+    assert!(ram.is_in_use() && fd_mem.is_in_use());
+    assert_eq!(
+        ram.delete().unwrap_err().to_string(),
+        "object 'ram' is in use, can not be deleted"
+    );
+    let addr = ram.host_addr().unwrap();
+    drop(mem);
+    assert!(!ram.is_in_use());
+    ram.delete().unwrap();
+    fd_mem.delete().unwrap();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    assert!(
+        !maps.contains(&format!("{addr:x}-")),
+        "unmapped once the regions are gone"
+    );
+}
+
+#[test]
+fn a_region_outlives_a_dropped_backend_object() {
+    let b = Backend::builder(Kind::Ram, "r")
+        .size(2 * MIB)
+        .create()
+        .unwrap();
+    let region = b.guest_region(GuestAddress(0)).unwrap();
+    drop(b);
+    region
+        .write_obj(7u64, vm_memory::MemoryRegionAddress(64))
+        .unwrap();
+    assert_eq!(
+        region
+            .read_obj::<u64>(vm_memory::MemoryRegionAddress(64))
+            .unwrap(),
+        7
+    );
+}
+
+#[test]
+fn an_unallocated_backend_is_refused() {
+    let b = Backend::builder(Kind::Ram, "r")
+        .size(2 * MIB)
+        .build()
+        .unwrap();
+    let e = b.guest_region(GuestAddress(0)).unwrap_err();
+    assert_eq!(e.to_string(), "memory-backend-ram 'r' is not allocated");
+}
