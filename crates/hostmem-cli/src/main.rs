@@ -1,6 +1,7 @@
 //! `hostmem`: host memory backends from QEMU `-object` specs, reports read from the
 //! kernel, and a QMP monitor.
 
+mod bench;
 mod host;
 mod report;
 mod run;
@@ -30,6 +31,9 @@ enum Command {
     /// Show the host as hostmem sees it: NUMA nodes, huge page pools, THP, KSM, features.
     #[command(after_help = host::EXAMPLES)]
     Host(host::HostArgs),
+    /// Preallocation speed against QEMU and memset, medians and ratios from one run.
+    #[command(after_help = bench::EXAMPLES)]
+    Bench(bench::BenchArgs),
 }
 
 /// QEMU spells its options with one dash; clap wants two.
@@ -46,5 +50,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(a) => run::main(a),
         Command::Host(a) => host::main(a),
+        Command::Bench(a) => bench::main(a),
     }
 }
