@@ -43,7 +43,7 @@ if ((${#BINS[@]} == 0 && ${#CMD[@]} == 0)); then
 fi
 ((${#CMD[@]})) || die "no guest command given after --"
 for b in "${BINS[@]}"; do
-    [[ -f $b && -x $b ]] || die "$b is not an executable file (build it first, e.g. cargo build --release)"
+    [[ -f $b && -x $b ]] || die "$b is not an executable file (build it first: cargo build --release --workspace)"
 done
 
 # ---------------------------------------------------------------- host tools
@@ -205,6 +205,8 @@ chmod 755 "$STAGE/init"
 # QEMU lists all CPU entries before memory entries, so a memory-only node is
 # always numbered after every node with a CPU: declaring it as node 4 keeps
 # QEMU's node ids equal to the guest's.
+# nokaslr: with KASLR the kernel image (~37 MB) lands on a random node, so
+# per-node MemTotal would change from run to run.
 # -display none, not -nographic: with -nographic SeaBIOS mirrors its screen
 # to the serial port, terminal-reset escapes included.
 # shellcheck disable=SC2054 # the commas are QEMU's, not array separators
@@ -220,7 +222,7 @@ QEMU=(qemu-system-x86_64 -accel tcg -cpu max -smp 4 -m 2G
     -numa node,nodeid=3,cpus=3
     -numa node,nodeid=4,memdev=m4
     -kernel "$VMLINUZ" -initrd "$INITRD"
-    -append "console=ttyS0 panic=-1 quiet rdinit=/init")
+    -append "console=ttyS0 panic=-1 quiet rdinit=/init nokaslr")
 
 LOG=$CACHE/console.log
 FIFO=$CACHE/console.fifo

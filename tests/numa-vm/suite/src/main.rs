@@ -1,1 +1,546 @@
-fn main() {}
+//! The NUMA placement suite, run inside the multi-node test guest (tests/numa-vm/run.sh).
+//!
+//! Every check reads placement back from the kernel (move_pages page by page,
+//! get_mempolicy, numa_maps of a separate `hostmem run` process). One line per test,
+//! page distributions included, then `numa-suite: N passed, M failed`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use hostmem::numa::HugePool;
+use hostmem::sys::{self, mpol};
+use hostmem::{Backend, HostTopology, Kind, NodeSet, Policy};
+
+const MIB: u64 = 1 << 20;
+type Check = Result<String, String>;
+
+fn nodes(s: &str) -> NodeSet {
+    NodeSet::parse(s).expect("node list literal")
+}
+
+fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(msg())
+    }
+}
+
+fn dist(per_node: &BTreeMap<u32, u64>) -> String {
+    per_node
+        .iter()
+        .map(|(n, p)| format!("N{n}={p}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The memory nodes of the guest and its special ones, read from sysfs.
+struct Topo {
+    host: HostTopology,
+    mem: Vec<u32>,
+    cpu_only: Vec<u32>,
+}
+
+impl Topo {
+    fn read() -> Topo {
+        let host = HostTopology::read();
+        let mem: Vec<u32> = host.has_memory.iter().collect();
+        let cpu_only = host
+            .online
+            .iter()
+            .filter(|n| !host.has_memory.contains(*n))
+            .collect();
+        Topo {
+            host,
+            mem,
+            cpu_only,
+        }
+    }
+
+    /// Memory nodes that also have CPUs.
+    fn mem_with_cpus(&self) -> Vec<u32> {
+        self.mem
+            .iter()
+            .copied()
+            .filter(|&n| self.host.node(n).is_some_and(|i| !i.cpus.is_empty()))
+            .collect()
+    }
+}
+
+/// A RAM backend built with a policy and preallocated.
+fn ram(id: &str, size: u64, policy: Policy, set: &str) -> Result<Backend, String> {
+    let mut b = Backend::builder(Kind::Ram, id)
+        .size(size)
+        .prealloc(true)
+        .policy(policy);
+    if !set.is_empty() {
+        b = b.host_nodes(nodes(set));
+    }
+    b.create().map_err(|e| e.to_string())
+}
+
+fn placement(b: &Backend) -> Result<BTreeMap<u32, u64>, String> {
+    let (per_node, absent) = b.page_nodes().map_err(|e| e.to_string())?;
+    ensure(absent == 0, || {
+        format!("{absent} pages not present after prealloc")
+    })?;
+    Ok(per_node)
+}
+
+/// Sets THP for the guest while a closure runs (4 KiB pages make page counts exact).
+fn with_thp<T>(mode: &str, f: impl FnOnce() -> T) -> T {
+    let path = "/sys/kernel/mm/transparent_hugepage/enabled";
+    let before = std::fs::read_to_string(path).unwrap_or_default();
+    let old = before
+        .split('[')
+        .nth(1)
+        .and_then(|s| s.split(']').next())
+        .unwrap_or("madvise")
+        .to_string();
+    let _ = std::fs::write(path, mode);
+    let r = f();
+    let _ = std::fs::write(path, old);
+    r
+}
+
+fn bind_one(t: &Topo) -> Check {
+    let n = t.mem[1];
+    let b = ram("b1", 64 * MIB, Policy::Bind, &n.to_string())?;
+    let p = placement(&b)?;
+    ensure(p.keys().all(|&k| k == n), || {
+        format!("pages off node {n}: {}", dist(&p))
+    })?;
+    let v = b.inspect().map_err(|e| e.to_string())?;
+    ensure(
+        v.mempolicy_mode == mpol::BIND && v.mempolicy_nodes == nodes(&n.to_string()),
+        || {
+            format!(
+                "get_mempolicy says {} {}",
+                v.mempolicy_name(),
+                v.mempolicy_nodes
+            )
+        },
+    )?;
+    Ok(format!("bind:{n} {}", dist(&p)))
+}
+
+fn bind_two(t: &Topo) -> Check {
+    let set = format!("{},{}", t.mem[1], t.mem[2]);
+    let b = ram("b2", 64 * MIB, Policy::Bind, &set)?;
+    let p = placement(&b)?;
+    let allowed = nodes(&set);
+    ensure(p.keys().all(|&k| allowed.contains(k)), || {
+        format!("pages outside {set}: {}", dist(&p))
+    })?;
+    Ok(format!("bind:{set} {}", dist(&p)))
+}
+
+fn interleave_four(t: &Topo) -> Check {
+    let set: Vec<String> = t.mem.iter().take(4).map(|n| n.to_string()).collect();
+    let set = set.join(",");
+    // Read under THP=never too: khugepaged collapses would move pages between nodes.
+    let p = with_thp("never", || {
+        placement(&ram("il", 64 * MIB, Policy::Interleave, &set)?)
+    })?;
+    let total: u64 = p.values().sum();
+    let (lo, hi) = (
+        p.values().min().copied().unwrap_or(0),
+        p.values().max().copied().unwrap_or(0),
+    );
+    ensure(p.len() == 4 && hi - lo <= 1, || {
+        format!("uneven over {set}: {} (total {total})", dist(&p))
+    })?;
+    Ok(format!("interleave:{set} {}", dist(&p)))
+}
+
+fn preferred(t: &Topo) -> Check {
+    let n = t.mem[2];
+    let b = ram("pf", 64 * MIB, Policy::Preferred, &n.to_string())?;
+    let p = placement(&b)?;
+    ensure(p.keys().all(|&k| k == n), || {
+        format!("preferred node {n} had room, yet {}", dist(&p))
+    })?;
+    let set = format!("{},{}", t.mem[1], t.mem[2]);
+    let many = ram("pm", 32 * MIB, Policy::Preferred, &set)?;
+    let v = many.inspect().map_err(|e| e.to_string())?;
+    ensure(v.mempolicy_mode == mpol::PREFERRED_MANY, || {
+        format!("several preferred nodes gave {}", v.mempolicy_name())
+    })?;
+    let pm = placement(&many)?;
+    let allowed = nodes(&set);
+    ensure(pm.keys().all(|&k| allowed.contains(k)), || {
+        format!("preferred-many pages outside {set}: {}", dist(&pm))
+    })?;
+    Ok(format!(
+        "preferred:{n} {}; preferred:{set} -> {} {}",
+        dist(&p),
+        v.mempolicy_name(),
+        dist(&pm)
+    ))
+}
+
+fn weighted_interleave(t: &Topo) -> Check {
+    let (a, b) = (t.mem[0], t.mem[1]);
+    let dir = "/sys/kernel/mm/mempolicy/weighted_interleave";
+    let wa = format!("{dir}/node{a}");
+    let wb = format!("{dir}/node{b}");
+    let old_a = std::fs::read_to_string(&wa).map_err(|e| format!("{wa}: {e}"))?;
+    let old_b = std::fs::read_to_string(&wb).map_err(|e| format!("{wb}: {e}"))?;
+    std::fs::write(&wa, "3").map_err(|e| format!("{wa}: {e}"))?;
+    std::fs::write(&wb, "1").map_err(|e| format!("{wb}: {e}"))?;
+    // Placement is read while THP is still off: khugepaged would otherwise collapse
+    // 4 KiB pages into huge pages on one node and blur the ratio.
+    let r = with_thp("never", || {
+        let bk = ram(
+            "wi",
+            64 * MIB,
+            Policy::WeightedInterleave,
+            &format!("{a},{b}"),
+        )?;
+        let p = placement(&bk)?;
+        Ok::<_, String>((bk, p))
+    });
+    let _ = std::fs::write(&wa, old_a.trim());
+    let _ = std::fs::write(&wb, old_b.trim());
+    let (bk, p) = r?;
+    let (pa, pb) = (
+        p.get(&a).copied().unwrap_or(0),
+        p.get(&b).copied().unwrap_or(0),
+    );
+    let ratio = pa as f64 / pb.max(1) as f64;
+    ensure((ratio / 3.0 - 1.0).abs() <= 0.05, || {
+        format!("ratio {ratio:.3}, want 3 within 5 %: {}", dist(&p))
+    })?;
+    let v = bk.inspect().map_err(|e| e.to_string())?;
+    ensure(v.mempolicy_mode == mpol::WEIGHTED_INTERLEAVE, || {
+        format!("get_mempolicy says {}", v.mempolicy_name())
+    })?;
+    Ok(format!(
+        "weighted-interleave 3:1 over {a},{b}: {} ratio {ratio:.3}",
+        dist(&p)
+    ))
+}
+
+fn local(t: &Topo) -> Check {
+    let n = *t
+        .mem_with_cpus()
+        .get(1)
+        .ok_or("need two memory nodes with CPUs")?;
+    let cpus = t.host.node(n).map(|i| i.cpus.clone()).unwrap_or_default();
+    let all = sys::allowed_cpus();
+    sys::pin_current_thread(&cpus).map_err(|e| e.to_string())?;
+    let r = ram("lo", 32 * MIB, Policy::Local, "");
+    let _ = sys::pin_current_thread(&all);
+    let b = r?;
+    let p = placement(&b)?;
+    ensure(p.keys().all(|&k| k == n), || {
+        format!("local on node {n}'s CPUs {cpus:?}, yet {}", dist(&p))
+    })?;
+    let v = b.inspect().map_err(|e| e.to_string())?;
+    ensure(v.mempolicy_mode == mpol::LOCAL, || {
+        format!("get_mempolicy says {}", v.mempolicy_name())
+    })?;
+    Ok(format!("local from CPUs {cpus:?}: {}", dist(&p)))
+}
+
+fn refuses_bad_nodes(t: &Topo) -> Check {
+    let memless = *t
+        .cpu_only
+        .first()
+        .ok_or("the guest has no memoryless node")?;
+    let e = ram("x", 4 * MIB, Policy::Bind, &memless.to_string())
+        .err()
+        .ok_or("bind to a memoryless node succeeded")?;
+    ensure(e.contains(&format!("node {memless} has no memory")), || {
+        format!("message: {e}")
+    })?;
+    let e2 = ram("y", 4 * MIB, Policy::Interleave, &format!("0,{memless}"))
+        .err()
+        .ok_or("interleave over a memoryless node succeeded")?;
+    ensure(
+        e2.contains(&format!("node {memless} has no memory")),
+        || format!("message: {e2}"),
+    )?;
+    let missing = (0..64)
+        .find(|n| !t.host.possible.contains(*n))
+        .unwrap_or(63);
+    let e3 = ram("z", 4 * MIB, Policy::Bind, &missing.to_string())
+        .err()
+        .ok_or("bind to a missing node succeeded")?;
+    ensure(
+        e3.contains(&format!("node {missing} does not exist")),
+        || format!("message: {e3}"),
+    )?;
+    Ok(format!("'{e}' / '{e3}'"))
+}
+
+fn live_rebind(t: &Topo) -> Check {
+    let (from, to) = (t.mem[0], t.mem[2]);
+    let mut b = ram("rb", 128 * MIB, Policy::Bind, &from.to_string())?;
+    let before = placement(&b)?;
+    let r = b
+        .rebind(Policy::Bind, nodes(&to.to_string()))
+        .map_err(|e| e.to_string())?;
+    let after = placement(&b)?;
+    let total: u64 = after.values().sum();
+    let on = after.get(&to).copied().unwrap_or(0);
+    let frac = on as f64 / total.max(1) as f64;
+    ensure(frac >= 0.99, || {
+        format!("only {:.2} % on node {to}: {}", frac * 100.0, dist(&after))
+    })?;
+    ensure(r.pages_on_target == on, || {
+        format!("rebind report {} vs move_pages {on}", r.pages_on_target)
+    })?;
+    let v = b.inspect().map_err(|e| e.to_string())?;
+    ensure(
+        v.mempolicy_mode == mpol::BIND && v.mempolicy_nodes == nodes(&to.to_string()),
+        || {
+            format!(
+                "policy after rebind: {} {}",
+                v.mempolicy_name(),
+                v.mempolicy_nodes
+            )
+        },
+    )?;
+    ensure(
+        b.config().policy == Policy::Bind && b.config().host_nodes == nodes(&to.to_string()),
+        || "reported policy differs".into(),
+    )?;
+    Ok(format!(
+        "node {from} -> {to}: before {} after {} ({:.2} % on target, {:.3} s)",
+        dist(&before),
+        dist(&after),
+        frac * 100.0,
+        r.seconds
+    ))
+}
+
+fn threads_on_bound_cpus(t: &Topo) -> Check {
+    let mut out = Vec::new();
+    for n in t.mem_with_cpus() {
+        let cpus = t.host.node(n).map(|i| i.cpus.clone()).unwrap_or_default();
+        let b = Backend::builder(Kind::Ram, "th")
+            .size(256 * MIB)
+            .prealloc(true)
+            .prealloc_threads(4)
+            .policy(Policy::Bind)
+            .host_nodes(nodes(&n.to_string()))
+            .create()
+            .map_err(|e| e.to_string())?;
+        let s = b.prealloc_stats().ok_or("no prealloc stats")?;
+        ensure(
+            !s.cpus_seen.is_empty() && s.cpus_seen.iter().all(|c| cpus.contains(c)),
+            || {
+                format!(
+                    "node {n}: threads ran on {:?}, node CPUs {cpus:?}",
+                    s.cpus_seen
+                )
+            },
+        )?;
+        out.push(format!(
+            "node {n}: {} threads on CPUs {:?}",
+            s.threads, s.cpus_seen
+        ));
+    }
+    Ok(out.join("; "))
+}
+
+/// Restores per-node 2 MiB pools on drop.
+struct Pools(Vec<(u32, u64)>);
+
+impl Drop for Pools {
+    fn drop(&mut self) {
+        for &(n, v) in &self.0 {
+            let _ = HugePool::set_total(2 * MIB, Some(n), v);
+        }
+    }
+}
+
+fn empty_pool_named(t: &Topo) -> Check {
+    let (full, empty) = (t.mem[0], t.mem[1]);
+    let _restore = Pools(
+        [full, empty]
+            .iter()
+            .map(|&n| (n, HugePool::read(2 * MIB, Some(n)).map_or(0, |p| p.total)))
+            .collect(),
+    );
+    HugePool::set_total(2 * MIB, Some(full), 8).map_err(|e| e.to_string())?;
+    HugePool::set_total(2 * MIB, Some(empty), 0).map_err(|e| e.to_string())?;
+    let mk = |n: u32| {
+        Backend::builder(Kind::Memfd, "hp")
+            .size(8 * MIB)
+            .hugetlb(true)
+            .prealloc(true)
+            .policy(Policy::Bind)
+            .host_nodes(nodes(&n.to_string()))
+            .create()
+    };
+    let ok = mk(full).map_err(|e| format!("node {full} has 8 pages, yet: {e}"))?;
+    let p = placement(&ok)?;
+    ensure(p.keys().all(|&k| k == full), || {
+        format!("huge pages off node {full}: {}", dist(&p))
+    })?;
+    drop(ok);
+    let e = mk(empty)
+        .err()
+        .ok_or("bind to a node with an empty pool succeeded")?
+        .to_string();
+    ensure(e.contains(&format!("node {empty}: 0 free")), || {
+        format!("message: {e}")
+    })?;
+    Ok(e)
+}
+
+fn run_two_backends(t: &Topo) -> Check {
+    let (a, b) = (t.mem[1], t.mem[2]);
+    let mut child = Command::new("/bin/hostmem")
+        .args(["run", "--json", "--hold"])
+        .args([
+            "-object",
+            &format!("memory-backend-ram,id=a,size=48M,prealloc=on,policy=bind,host-nodes={a}"),
+        ])
+        .args([
+            "-object",
+            &format!("memory-backend-ram,id=b,size=32M,prealloc=on,policy=bind,host-nodes={b}"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting /bin/hostmem: {e}"))?;
+    let mut line = String::new();
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let numa = std::fs::read_to_string(format!("/proc/{}/numa_maps", child.id()))
+        .map_err(|e| e.to_string())?;
+    drop(child.stdin.take());
+    let status = child.wait().map_err(|e| e.to_string())?;
+    ensure(status.success(), || format!("hostmem run exited {status}"))?;
+    let mut out = Vec::new();
+    for (id, node) in [("a", a), ("b", b)] {
+        let reported = extract_pages(&line, id)?;
+        let addr = extract_addr(&line, id)?;
+        let kernel: BTreeMap<u32, u64> = numa
+            .lines()
+            .find(|l| l.starts_with(&format!("{addr:x} ")))
+            .ok_or_else(|| format!("no numa_maps line at {addr:x}"))?
+            .split_whitespace()
+            .filter_map(|w| {
+                let (n, p) = w.strip_prefix('N')?.split_once('=')?;
+                Some((n.parse().ok()?, p.parse().ok()?))
+            })
+            .collect();
+        ensure(reported == kernel, || {
+            format!(
+                "{id}: report {} vs numa_maps {}",
+                dist(&reported),
+                dist(&kernel)
+            )
+        })?;
+        ensure(kernel.keys().all(|&k| k == node), || {
+            format!("{id}: pages off node {node}: {}", dist(&kernel))
+        })?;
+        out.push(format!("{id}@{node}: {}", dist(&kernel)));
+    }
+    Ok(out.join("; "))
+}
+
+/// The backend object of `id` in the run's one-line JSON (no JSON crate in the guest
+/// suite: the report's shape is fixed and flat enough to slice).
+fn backend_slice<'a>(json: &'a str, id: &str) -> Result<&'a str, String> {
+    let key = format!("\"id\":\"{id}\"");
+    let at = json
+        .find(&key)
+        .ok_or_else(|| format!("no backend {id} in report"))?;
+    let start = json[..at].rfind("{\"").unwrap_or(0);
+    let end = json[at..]
+        .find("\"qom-type\"")
+        .map(|e| at + e)
+        .unwrap_or(json.len());
+    let next = json[end..]
+        .find("},{\"")
+        .map(|e| end + e)
+        .unwrap_or(json.len());
+    Ok(&json[start..next])
+}
+
+fn extract_addr(json: &str, id: &str) -> Result<u64, String> {
+    let s = backend_slice(json, id)?;
+    let v = s.split("\"host-addr\":").nth(1).ok_or("no host-addr")?;
+    v.chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .map_err(|e| format!("host-addr: {e}"))
+}
+
+fn extract_pages(json: &str, id: &str) -> Result<BTreeMap<u32, u64>, String> {
+    let s = backend_slice(json, id)?;
+    let v = s
+        .split("\"pages-per-node\":{")
+        .nth(1)
+        .ok_or("no pages-per-node")?;
+    let body = v.split('}').next().unwrap_or("");
+    body.split(',')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once(':').ok_or("bad pages-per-node")?;
+            Ok((
+                k.trim_matches('"').parse().map_err(|_| "node id")?,
+                v.parse().map_err(|_| "page count")?,
+            ))
+        })
+        .collect::<Result<_, &str>>()
+        .map_err(str::to_string)
+}
+
+fn main() {
+    let t = Topo::read();
+    println!(
+        "numa-suite: kernel {}, nodes online {}, with memory {}, memoryless {:?}",
+        t.host.kernel_release, t.host.online, t.host.has_memory, t.cpu_only
+    );
+    if t.mem.len() < 4 {
+        println!("FAIL topology: need 4 memory nodes, have {:?}", t.mem);
+        println!("numa-suite: 0 passed, 1 failed");
+        std::process::exit(1);
+    }
+    let tests: [(&str, fn(&Topo) -> Check); 11] = [
+        ("bind-one-node", bind_one),
+        ("bind-two-nodes", bind_two),
+        ("interleave-four-nodes", interleave_four),
+        ("preferred-and-preferred-many", preferred),
+        ("weighted-interleave-3-1", weighted_interleave),
+        ("local", local),
+        ("refuse-memoryless-and-missing-nodes", refuses_bad_nodes),
+        ("live-rebind-0-to-2", live_rebind),
+        ("prealloc-threads-on-bound-cpus", threads_on_bound_cpus),
+        ("empty-node-pool-named", empty_pool_named),
+        ("run-two-backends-vs-numa-maps", run_two_backends),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, f) in tests {
+        let start = std::time::Instant::now();
+        match std::panic::catch_unwind(|| f(&t)) {
+            Ok(Ok(detail)) => {
+                passed += 1;
+                println!(
+                    "ok   {name} ({:.2} s): {detail}",
+                    start.elapsed().as_secs_f64()
+                );
+            }
+            Ok(Err(why)) => {
+                failed += 1;
+                println!("FAIL {name}: {why}");
+            }
+            Err(_) => {
+                failed += 1;
+                println!("FAIL {name}: panicked");
+            }
+        }
+    }
+    println!("numa-suite: {passed} passed, {failed} failed");
+    std::process::exit(if failed == 0 { 0 } else { 1 });
+}
