@@ -14,6 +14,8 @@ use hostmem::{Backend, HostTopology, Kind, NodeSet, Policy};
 
 const MIB: u64 = 1 << 20;
 type Check = Result<String, String>;
+/// A named check of the suite.
+type Test = (&'static str, fn(&Topo) -> Check);
 
 fn nodes(s: &str) -> NodeSet {
     NodeSet::parse(s).expect("node list literal")
@@ -507,7 +509,7 @@ fn main() {
         println!("numa-suite: 0 passed, 1 failed");
         std::process::exit(1);
     }
-    let tests: [(&str, fn(&Topo) -> Check); 11] = [
+    let tests: [Test; 11] = [
         ("bind-one-node", bind_one),
         ("bind-two-nodes", bind_two),
         ("interleave-four-nodes", interleave_four),
