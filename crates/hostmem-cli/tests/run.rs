@@ -234,3 +234,59 @@ fn host_json_describes_this_host() {
     let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap();
     assert!(thp.contains(&format!("[{}]", doc["thp"]["enabled"].as_str().unwrap())));
 }
+
+#[test]
+fn sigint_during_a_multi_gib_prealloc_exits_within_a_second_and_leaves_nothing() {
+    let dir = std::env::temp_dir().join(format!("hostmem-sigint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("guest.ram");
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "-object",
+            "memory-backend-ram,id=big,size=8G,prealloc=on",
+        ])
+        .args([
+            "-object",
+            &format!(
+                "memory-backend-file,id=f,size=64M,mem-path={},share=on,prealloc=on",
+                file.display()
+            ),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the prealloc is under way: the process has grown past 256 MiB.
+    let status = format!("/proc/{}/status", child.id());
+    let started = std::time::Instant::now();
+    loop {
+        let rss_kb = std::fs::read_to_string(&status)
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        if rss_kb > 256 * 1024 {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 30, "prealloc never got going");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(file.exists(), "the file backend made its file");
+    let sent = std::time::Instant::now();
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let took = sent.elapsed();
+    assert!(took.as_secs_f64() < 1.0, "exit took {took:?}");
+    assert_eq!(out.status.code(), Some(130), "128 + SIGINT");
+    assert!(out.stdout.is_empty(), "no report for an interrupted run");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
+    assert!(!file.exists(), "created file removed");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
