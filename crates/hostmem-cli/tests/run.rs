@@ -240,7 +240,7 @@ fn sigint_during_a_multi_gib_prealloc_exits_within_a_second_and_leaves_nothing()
     let dir = std::env::temp_dir().join(format!("hostmem-sigint-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("guest.ram");
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args([
             "run",
             "-object",

@@ -520,6 +520,10 @@ impl Backend {
             hugetlb: plan.hugetlb,
         };
         let map = &region.mapped.map;
+        // Like QEMU: a child the VMM forks (a helper, a mount) must not share or
+        // copy-on-write guest RAM, nor keep its pages alive after the backend goes.
+        map.madvise(0, map.len(), advice::DONTFORK)
+            .map_err(|e| self.alloc_error(Step::Advise, sys::strerror(&e)))?;
         if self.cfg.merge {
             // Kernels without KSM refuse; reports show the missing `mg` flag.
             let _ = map.madvise(0, map.len(), advice::MERGEABLE);
@@ -634,9 +638,18 @@ impl Backend {
                         },
                     };
                 }
-                let what = match err.raw_os_error() {
-                    Some(libc::ENOMEM) => "out of memory".to_string(),
-                    Some(libc::EFAULT) => {
+                let file_room = match (self.kind, self.cfg.mem_path.as_deref()) {
+                    (Kind::File, Some(p)) => sys::statfs(p).ok().map(|fs| (p, fs.avail_bytes)),
+                    _ => None,
+                };
+                let what = match (err.raw_os_error(), file_room) {
+                    (Some(libc::EFAULT | libc::ENOSPC), Some((path, free))) => format!(
+                        "the file system holding {} has no room for it ({} free)",
+                        path.display(),
+                        crate::size::format_size(free)
+                    ),
+                    (Some(libc::ENOMEM), _) => "out of memory".to_string(),
+                    (Some(libc::EFAULT), _) => {
                         "the memory cannot be faulted in (it would raise SIGBUS)".to_string()
                     }
                     _ => sys::strerror(&err),

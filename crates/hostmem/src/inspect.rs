@@ -140,14 +140,19 @@ pub fn inspect(map: &RawMapping) -> io::Result<KernelView> {
     let start = map.addr() as u64;
     let end = start + map.len() as u64;
     let mut view = KernelView::default();
-    parse_smaps(
-        &fs::read_to_string("/proc/self/smaps")?,
-        start,
-        end,
-        &mut view,
-    );
+    // Both files walk the page tables of every mapping: for 4 GiB of 4 KiB pages each
+    // read costs ~40 ms of kernel time, so they are read at the same time.
+    let (smaps, numa_maps) = std::thread::scope(|s| {
+        let numa = s.spawn(|| fs::read_to_string("/proc/self/numa_maps"));
+        let smaps = fs::read_to_string("/proc/self/smaps");
+        let numa = numa
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("numa_maps reader panicked")));
+        (smaps, numa)
+    });
+    parse_smaps(&smaps?, start, end, &mut view);
     // numa_maps exists only on NUMA kernels; without it every page is on node 0.
-    match fs::read_to_string("/proc/self/numa_maps") {
+    match numa_maps {
         Ok(text) => {
             parse_numa_maps(&text, start, end, &mut view);
             // numa_maps leaves out the page size of a VMA with no pages yet.

@@ -30,6 +30,7 @@ fn prealloc_makes_the_whole_region_resident() {
     assert_eq!(v.resident, 256 * MIB, "smaps Rss after prealloc");
     // THP is advised for anonymous memory: the kernel shows `hg`.
     assert!(v.has_flag("hg"), "VmFlags {:?}", v.vmflags);
+    assert!(v.has_flag("dc"), "MADV_DONTFORK: {:?}", v.vmflags);
     assert_eq!(
         b.host_addr().unwrap() % (2 << 20),
         0,

@@ -160,3 +160,52 @@ fn one_gib_pages_when_the_host_can_make_them() {
     assert_eq!(b.inspect().unwrap().page_size, g);
     assert_eq!(pool.pool().free, 0);
 }
+
+#[test]
+fn hugetlbfs_exhaustion_is_clear_at_creation_and_live_and_returns_every_page() {
+    let pool = PoolGuard::set(HUGE, 2);
+    let before = pool.pool();
+    let fs = mount_hugetlbfs(HUGE);
+    // prealloc=on: named up front.
+    let e = Backend::builder(Kind::File, "f")
+        .size(8 * MIB)
+        .mem_path(fs.path())
+        .share(true)
+        .prealloc(true)
+        .create()
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "memory-backend-file 'f': not enough 2 MiB huge pages: 4 needed, 2 free on the host"
+    );
+    // prealloc=off, reserve=on: the mapping would reserve pages the pool lacks.
+    let e = Backend::builder(Kind::File, "f")
+        .size(8 * MIB)
+        .mem_path(fs.path())
+        .share(true)
+        .create()
+        .unwrap_err();
+    assert!(e.to_string().contains("4 needed, 2 free"), "{e}");
+    // reserve=off gets a mapping; a live prealloc off→on then fails cleanly.
+    let mut b = Backend::builder(Kind::File, "f")
+        .size(8 * MIB)
+        .mem_path(fs.path())
+        .share(true)
+        .reserve(false)
+        .create()
+        .unwrap();
+    let e = b.set_str("prealloc", "on").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("not enough 2 MiB huge pages: 4 needed"),
+        "{e}"
+    );
+    assert_eq!(
+        b.get("prealloc").unwrap(),
+        hostmem::PropValue::Bool(false),
+        "a failed prealloc is not recorded as done"
+    );
+    drop(b);
+    assert_eq!(fs.entries(), 0);
+    assert_eq!(pool.pool(), before, "pool as it was");
+}

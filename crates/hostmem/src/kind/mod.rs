@@ -108,9 +108,9 @@ pub(crate) fn fs_page_size(path: &Path) -> std::io::Result<(u64, bool)> {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
     };
-    let (magic, bsize) = sys::statfs(probe)?;
-    if magic == sys::HUGETLBFS_MAGIC {
-        Ok((bsize, true))
+    let fs = sys::statfs(probe)?;
+    if fs.magic == sys::HUGETLBFS_MAGIC {
+        Ok((fs.block_size, true))
     } else {
         Ok((sys::page_size() as u64, false))
     }

@@ -12,6 +12,7 @@ use std::path::Path;
 /// `madvise` advice values; spelled out because older libc releases lack the newer ones.
 pub mod advice {
     pub const REMOVE: i32 = 9;
+    pub const DONTFORK: i32 = 10;
     pub const MERGEABLE: i32 = 12;
     pub const UNMERGEABLE: i32 = 13;
     pub const HUGEPAGE: i32 = 14;
@@ -441,26 +442,30 @@ pub fn punch_hole(fd: &OwnedFd, offset: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Filesystem type magic and block size of the file system holding `fd`.
-pub fn fstatfs(fd: &OwnedFd) -> io::Result<(i64, u64)> {
-    // SAFETY: statfs is plain data filled by the kernel; read only on success.
-    unsafe {
-        let mut s: libc::statfs = std::mem::zeroed();
-        check(libc::fstatfs(fd.as_raw_fd(), &mut s))?;
-        Ok((s.f_type as i64, s.f_bsize as u64))
-    }
+/// What statfs says about a file system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsInfo {
+    pub magic: i64,
+    pub block_size: u64,
+    /// Bytes an unprivileged writer could still use.
+    pub avail_bytes: u64,
 }
 
-/// Same as [`fstatfs`] by path (for directories we do not open).
-pub fn statfs(path: &Path) -> io::Result<(i64, u64)> {
+/// statfs(2) of the file system holding `path`.
+pub fn statfs(path: &Path) -> io::Result<FsInfo> {
     use std::os::unix::ffi::OsStrExt;
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: c is a valid path string; statfs is filled by the kernel.
+    // SAFETY: c is a valid path string; statfs is plain data filled by the kernel and
+    // read only on success.
     unsafe {
         let mut s: libc::statfs = std::mem::zeroed();
         check(libc::statfs(c.as_ptr(), &mut s))?;
-        Ok((s.f_type as i64, s.f_bsize as u64))
+        Ok(FsInfo {
+            magic: s.f_type as i64,
+            block_size: s.f_bsize as u64,
+            avail_bytes: (s.f_bavail as u64).saturating_mul(s.f_bsize as u64),
+        })
     }
 }
 

@@ -34,6 +34,15 @@ pub fn maps_line(start: usize) -> Option<String> {
 /// Tests that change the huge page pools run one at a time, in one process.
 static POOLS: Mutex<()> = Mutex::new(());
 
+/// Tests that count a file system's free blocks run one at a time: a child process
+/// another test spawns holds copies of every fd between its fork and exec, and with
+/// them the blocks of a just-deleted temp file.
+static SPAWNS: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    SPAWNS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Sets the pool of `page_size` pages for a test and puts it back as it was on drop.
 pub struct PoolGuard {
     page_size: u64,
