@@ -490,25 +490,23 @@ impl Backend {
             return Err(short(available, Vec::new()));
         }
         if self.cfg.prealloc && self.cfg.policy == Policy::Bind {
-            let per_node: Vec<(u32, u64)> = self
-                .cfg
-                .host_nodes
-                .iter()
-                .map(|n| {
-                    (
-                        n,
-                        host.node(n)
-                            .and_then(|i| i.pool(page_size))
-                            .map_or(0, |p| p.free),
-                    )
-                })
-                .collect();
+            let per_node = self.bound_pools(host, page_size);
             let free: u64 = per_node.iter().map(|(_, f)| f).sum();
             if free < needed {
                 return Err(short(free, per_node));
             }
         }
         Ok(())
+    }
+
+    /// Free huge pages of `page_size` on each node of `host-nodes`.
+    fn bound_pools(&self, host: &HostTopology, page_size: u64) -> Vec<(u32, u64)> {
+        let free = |n| {
+            host.node(n)
+                .and_then(|i| i.pool(page_size))
+                .map_or(0, |p| p.free)
+        };
+        self.cfg.host_nodes.iter().map(|n| (n, free(n))).collect()
     }
 
     /// Maps the memory, advises it and applies the NUMA policy.
@@ -612,18 +610,7 @@ impl Backend {
                     let host = HostTopology::read();
                     let free = HugePool::read(plan.page_size, None).map_or(0, |p| p.available());
                     let nodes = if self.cfg.policy == Policy::Bind {
-                        self.cfg
-                            .host_nodes
-                            .iter()
-                            .map(|n| {
-                                (
-                                    n,
-                                    host.node(n)
-                                        .and_then(|i| i.pool(plan.page_size))
-                                        .map_or(0, |p| p.free),
-                                )
-                            })
-                            .collect()
+                        self.bound_pools(&host, plan.page_size)
                     } else {
                         Vec::new()
                     };
