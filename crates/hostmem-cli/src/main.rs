@@ -3,6 +3,7 @@
 
 mod bench;
 mod host;
+mod qmp;
 mod report;
 mod run;
 mod signals;

@@ -37,7 +37,8 @@ pub fn notes(b: &Backend, v: &KernelView) -> Vec<String> {
     notes
 }
 
-fn value_json(v: PropValue) -> Value {
+/// A property value as JSON: node lists as arrays, policies as names, sizes as numbers.
+pub fn value_json(v: PropValue) -> Value {
     match v {
         PropValue::Bool(b) => json!(b),
         PropValue::Int(i) => json!(i),

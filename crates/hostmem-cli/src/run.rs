@@ -13,8 +13,8 @@ use hostmem::{Backend, HostTopology, MachineDefaults, ObjectSpec, Progress};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use crate::report;
 use crate::signals::{self, Stop};
+use crate::{qmp, report};
 
 pub const EXAMPLES: &str = "Examples:
   hostmem run
@@ -43,6 +43,11 @@ pub struct RunArgs {
     /// Keep the backends until stdin reaches EOF or SIGINT/SIGTERM arrives.
     #[arg(long)]
     hold: bool,
+    /// Serve QMP on a Unix socket (mode 0600) once the backends exist, until `quit`,
+    /// SIGINT or SIGTERM: unix:PATH[,server=on][,wait=off] or PATH (also -qmp). With
+    /// no -object, starts with no backends. See docs/qmp.md.
+    #[arg(long, value_name = "SOCKET")]
+    qmp: Option<String>,
 }
 
 fn fail(context: &str, msg: impl std::fmt::Display) -> ExitCode {
@@ -128,7 +133,12 @@ pub fn main(args: RunArgs) -> ExitCode {
         Ok(d) => d,
         Err(e) => return fail(&format!("-machine {}", args.machine.unwrap_or_default()), e),
     };
-    let specs = if args.objects.is_empty() {
+    let qmp_path = match args.qmp.as_deref().map(qmp::parse_spec).transpose() {
+        Ok(p) => p,
+        Err(e) => return fail("-qmp", e),
+    };
+    // A monitor starts empty like QEMU's `-machine none`; backends come over QMP.
+    let specs = if args.objects.is_empty() && qmp_path.is_none() {
         vec![default_spec()]
     } else {
         args.objects.clone()
@@ -177,6 +187,14 @@ pub fn main(args: RunArgs) -> ExitCode {
     let mut status = 0;
     if args.hold {
         signals::watch_stdin(events.tx.clone());
+    }
+    if let Some(path) = qmp_path {
+        // Backends added over QMP get the same machine-wide defaults.
+        backends = match qmp::serve(&path, backends, defaults, &events) {
+            Ok(left) => left,
+            Err(e) => return fail("-qmp", e),
+        };
+    } else if args.hold {
         // Any stop (EOF, SIGINT, SIGTERM) ends the hold cleanly with status 0.
         let _ = events.rx.recv();
     }

@@ -14,6 +14,8 @@ use signal_hook::iterator::Signals;
 pub enum Stop {
     Signal(i32),
     StdinClosed,
+    /// `quit` on the QMP monitor.
+    Quit,
 }
 
 impl Stop {

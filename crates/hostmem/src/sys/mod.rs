@@ -569,3 +569,18 @@ pub mod vmm {
         unsafe { b.with_raw_mmap_pointer(map.addr() as *mut u8) }.build()
     }
 }
+
+/// Runs `f` with the process umask set to `mask`, then puts the old umask back.
+///
+/// For files that must never exist with wider permissions than asked for, such as a
+/// monitor socket created by `bind` (which cannot take a mode). The umask is
+/// process-wide: call this only while no other thread creates files.
+pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
+    // SAFETY: umask only swaps the process's file-creation mask; it cannot fail and
+    // touches no memory.
+    let old = unsafe { libc::umask(mask as libc::mode_t) };
+    let r = f();
+    // SAFETY: as above; restores the mask read before.
+    unsafe { libc::umask(old) };
+    r
+}

@@ -1,0 +1,412 @@
+//! The commands: QEMU's for memory backends, with QEMU's reply shapes, plus the
+//! downstream extensions (`__org.hostmem_*`, QMP's rule for names outside QEMU).
+
+use hostmem::numa::{NodeSet, Policy};
+use hostmem::props::{self, Kind, Live};
+use hostmem::{objspec, Backend, KernelView, PropValue};
+use serde_json::{json, Map, Value};
+
+use super::args::{self, Args};
+use super::error::QmpError;
+use super::qom::{self, Node};
+use super::registry::{Entry, Snapshot};
+use super::{Session, Shared};
+use crate::report;
+
+pub const REBIND: &str = "__org.hostmem_memdev-rebind";
+pub const RESIDENCY: &str = "__org.hostmem_query-memdev-residency";
+
+/// Every command, as `query-commands` lists them.
+pub const COMMANDS: &[&str] = &[
+    "qmp_capabilities",
+    "query-commands",
+    "query-version",
+    "object-add",
+    "object-del",
+    "qom-list",
+    "qom-get",
+    "qom-set",
+    "query-memdev",
+    "quit",
+    REBIND,
+    RESIDENCY,
+];
+
+/// What the connection must do after sending the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    Continue,
+    /// `quit`: stop the server once the reply is out.
+    Quit,
+}
+
+/// `query-version` and the greeting: hostmem's own version in QEMU's shape.
+pub fn version() -> Value {
+    let v = env!("CARGO_PKG_VERSION");
+    let mut parts = v.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    json!({
+        "qemu": {
+            "major": parts.next().unwrap_or(0),
+            "minor": parts.next().unwrap_or(0),
+            "micro": parts.next().unwrap_or(0),
+        },
+        "package": format!("hostmem {v}"),
+    })
+}
+
+/// Runs one command for a session.
+pub fn execute(
+    shared: &Shared,
+    session: &mut Session,
+    command: &str,
+    arguments: Map<String, Value>,
+    oob: bool,
+) -> Result<(Value, After), QmpError> {
+    let mut args = Args::new(arguments);
+    if !session.negotiated && command != "qmp_capabilities" {
+        return Err(QmpError::command_not_found(
+            "Expecting capabilities negotiation with 'qmp_capabilities'",
+        ));
+    }
+    if !COMMANDS.contains(&command) {
+        return Err(QmpError::command_not_found(format!(
+            "The command {command} has not been found"
+        )));
+    }
+    if oob {
+        // No command here is one of QEMU's few out-of-band ones.
+        return Err(QmpError::generic(format!(
+            "The command {command} does not support OOB"
+        )));
+    }
+    let done = |v: Value| Ok((v, After::Continue));
+    match command {
+        "qmp_capabilities" => done(capabilities(session, args)?),
+        "query-commands" => {
+            args.finish()?;
+            done(COMMANDS.iter().map(|c| json!({"name": c})).collect())
+        }
+        "query-version" => {
+            args.finish()?;
+            done(version())
+        }
+        "object-add" => done(object_add(shared, args)?),
+        "object-del" => {
+            let id = args.string("id")?;
+            args.finish()?;
+            shared
+                .registry
+                .delete(&id)
+                .map_err(|e| QmpError::generic(e.to_string()))?;
+            done(json!({}))
+        }
+        "qom-list" => {
+            let path = args.string("path")?;
+            args.finish()?;
+            done(qom_list(shared, &path)?)
+        }
+        "qom-get" => done(qom_get(shared, args)?),
+        "qom-set" => done(qom_set(shared, args)?),
+        "query-memdev" => {
+            args.finish()?;
+            done(
+                shared
+                    .registry
+                    .live()
+                    .iter()
+                    .map(|e| memdev(&e.id, &e.snapshot()))
+                    .collect(),
+            )
+        }
+        "quit" => {
+            args.finish()?;
+            shared.broadcast_shutdown("host-qmp-quit");
+            Ok((json!({}), After::Quit))
+        }
+        REBIND => done(rebind(shared, args)?),
+        RESIDENCY => done(residency(shared, args)?),
+        _ => Err(QmpError::command_not_found(format!(
+            "The command {command} has not been found"
+        ))),
+    }
+}
+
+fn capabilities(session: &mut Session, mut args: Args) -> Result<Value, QmpError> {
+    if session.negotiated {
+        return Err(QmpError::command_not_found(
+            "Capabilities negotiation is already complete, command ignored",
+        ));
+    }
+    let mut oob = false;
+    if let Some(v) = args.opt_value("enable") {
+        let caps = v
+            .as_array()
+            .ok_or_else(|| QmpError::bad_type("enable", "array"))?;
+        for (i, c) in caps.iter().enumerate() {
+            let name = format!("enable[{i}]");
+            match c.as_str() {
+                Some("oob") => oob = true,
+                Some(other) => {
+                    return Err(QmpError::generic(format!(
+                        "Parameter '{name}' does not accept value '{other}'"
+                    )))
+                }
+                None => return Err(QmpError::bad_type(&name, "string")),
+            }
+        }
+    }
+    args.finish()?;
+    session.negotiated = true;
+    session.oob = oob;
+    Ok(json!({}))
+}
+
+fn object_add(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
+    let qom_type = args.string("qom-type")?;
+    let kind = Kind::from_qom_type(&qom_type).ok_or_else(|| {
+        QmpError::generic(format!(
+            "Parameter 'qom-type' does not accept value '{qom_type}'"
+        ))
+    })?;
+    let id = args.string("id")?;
+    let values = args::backend_props(kind, &mut args)?;
+    args.finish()?;
+    if !objspec::valid_id(&id) {
+        return Err(QmpError::bad_value("id", "an identifier"));
+    }
+    let mut b = Backend::new(kind, id.clone(), &shared.defaults);
+    for (name, v) in values {
+        b.set(name, v)?;
+    }
+    shared
+        .registry
+        .reserve(&id)
+        .map_err(|e| QmpError::generic(e.to_string()))?;
+    // No lock is held while the memory is mapped and preallocated.
+    let progress = shared.track_prealloc();
+    match b.complete_with(&progress) {
+        Ok(()) => {
+            shared.registry.fill(b);
+            Ok(json!({}))
+        }
+        Err(e) => {
+            shared.registry.release(&id);
+            Err(e.into())
+        }
+    }
+}
+
+fn children(shared: &Shared) -> Vec<(String, String)> {
+    shared
+        .registry
+        .live()
+        .iter()
+        .map(|e| (e.id.clone(), format!("child<{}>", e.kind.qom_type())))
+        .collect()
+}
+
+fn qom_list(shared: &Shared, path: &str) -> Result<Value, QmpError> {
+    let node = qom::resolve(&shared.registry, path).map_err(|e| e.into_qmp(true))?;
+    let mut list = vec![("type".to_string(), "string".to_string())];
+    match node {
+        Node::Root => list.push(("objects".into(), "child<container>".into())),
+        Node::Objects => list.extend(children(shared)),
+        Node::Object(e) => list.extend(
+            props::properties(e.kind).map(|p| (p.name.to_string(), p.ty.qom_name().to_string())),
+        ),
+    }
+    Ok(list
+        .into_iter()
+        .map(|(name, ty)| json!({"name": name, "type": ty}))
+        .collect())
+}
+
+/// The type name QEMU uses in `Property 'TYPE.NAME' ...` messages.
+fn type_name(node: &Node) -> &'static str {
+    match node {
+        Node::Root | Node::Objects => "container",
+        Node::Object(e) => e.kind.qom_type(),
+    }
+}
+
+/// The child properties of a container: name and the path they link to.
+fn child_paths(shared: &Shared, node: &Node) -> Vec<(String, String)> {
+    match node {
+        Node::Root => vec![("objects".into(), "/objects".into())],
+        Node::Objects => shared
+            .registry
+            .live()
+            .iter()
+            .map(|e| (e.id.clone(), format!("/objects/{}", e.id)))
+            .collect(),
+        Node::Object(_) => Vec::new(),
+    }
+}
+
+fn qom_get(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
+    let path = args.string("path")?;
+    let prop = args.string("property")?;
+    args.finish()?;
+    let node = qom::resolve(&shared.registry, &path).map_err(|e| e.into_qmp(false))?;
+    if prop == "type" {
+        return Ok(json!(type_name(&node)));
+    }
+    if let Some((_, target)) = child_paths(shared, &node)
+        .into_iter()
+        .find(|(n, _)| *n == prop)
+    {
+        return Ok(json!(target));
+    }
+    let not_found = || not_found(&node, &prop);
+    let Node::Object(e) = &node else {
+        return Err(not_found());
+    };
+    let info = props::lookup(e.kind, &prop).ok_or_else(not_found)?;
+    let value = e.snapshot().cfg.get(info.name).ok_or_else(not_found)?;
+    Ok(report::value_json(value))
+}
+
+fn not_found(node: &Node, prop: &str) -> QmpError {
+    QmpError::generic(format!("Property '{}.{prop}' not found", type_name(node)))
+}
+
+fn qom_set(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
+    let path = args.string("path")?;
+    let prop = args.string("property")?;
+    let value = args.value("value")?;
+    args.finish()?;
+    let node = qom::resolve(&shared.registry, &path).map_err(|e| e.into_qmp(false))?;
+    let read_only = prop == "type" || child_paths(shared, &node).iter().any(|(n, _)| *n == prop);
+    if read_only {
+        return Err(QmpError::generic(format!(
+            "Property '{}.{prop}' is not writable",
+            type_name(&node)
+        )));
+    }
+    let Node::Object(e) = &node else {
+        return Err(not_found(&node, &prop));
+    };
+    let info = props::lookup(e.kind, &prop).ok_or_else(|| not_found(&node, &prop))?;
+    // Like QEMU, a property fixed after allocation is refused before its value is read.
+    if info.live == Live::Fixed {
+        return Err(hostmem::Error::FixedAfterAllocation {
+            kind: e.kind.qom_type(),
+            id: e.id.clone(),
+            prop: info.name,
+        }
+        .into());
+    }
+    let v = args::prop_value(info.name, info.ty, &value)?;
+    let mut b = e.lock();
+    if info.name == "prealloc" && v == PropValue::Bool(true) && !b.config().prealloc {
+        // Through the library's prealloc so that quit and signals can cancel it.
+        let progress = shared.track_prealloc();
+        let threads = b.config().prealloc_threads;
+        b.prealloc_now(threads, &progress)?;
+    } else {
+        b.set(info.name, v)?;
+    }
+    Ok(json!({}))
+}
+
+/// One `query-memdev` element (QEMU's `Memdev`).
+fn memdev(id: &str, s: &Snapshot) -> Value {
+    let c = &s.cfg;
+    json!({
+        "id": id,
+        "size": c.size.unwrap_or(0),
+        "merge": c.merge,
+        "dump": c.dump,
+        "prealloc": c.prealloc,
+        "share": c.share,
+        "reserve": c.reserve,
+        "host-nodes": c.host_nodes.iter().collect::<Vec<_>>(),
+        "policy": c.policy.name(),
+    })
+}
+
+fn entry(shared: &Shared, id: &str) -> Result<std::sync::Arc<Entry>, QmpError> {
+    shared
+        .registry
+        .get(id)
+        .ok_or_else(|| QmpError::generic(format!("object '{id}' not found")))
+}
+
+fn rebind(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
+    let id = args.string("id")?;
+    let policy = args.string("policy")?;
+    let policy: Policy = policy.parse().map_err(|_| {
+        QmpError::generic(format!(
+            "Parameter 'policy' does not accept value '{policy}'"
+        ))
+    })?;
+    let nodes = match args.opt_value("host-nodes") {
+        Some(v) => args::node_list("host-nodes", &v)?,
+        None => NodeSet::new(),
+    };
+    args.finish()?;
+    let e = entry(shared, &id)?;
+    let mut b = e.lock();
+    let r = b.rebind(policy, nodes)?;
+    let view = b.inspect()?;
+    let per_node: Map<String, Value> = r
+        .pages_per_node
+        .iter()
+        .map(|(n, p)| (n.to_string(), json!(p)))
+        .collect();
+    Ok(json!({
+        "id": id,
+        "policy": b.config().policy.name(),
+        "host-nodes": b.config().host_nodes.iter().collect::<Vec<_>>(),
+        "pages-per-node": per_node,
+        "pages-on-target": r.pages_on_target,
+        "pages-present": r.pages_present,
+        "pages-absent": r.pages_absent,
+        "fraction-on-target": r.fraction_on_target(),
+        "seconds": r.seconds,
+        "mempolicy": {
+            "mode": view.mempolicy_name(),
+            "nodes": view.mempolicy_nodes.iter().collect::<Vec<_>>(),
+        },
+    }))
+}
+
+fn residency(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
+    let id = args.opt_string("id")?;
+    args.finish()?;
+    let entries = match id {
+        Some(id) => vec![entry(shared, &id)?],
+        None => shared.registry.live(),
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let mut o = match e.try_lock() {
+            Some(b) => report::kernel_json(&b.inspect()?),
+            None => busy_view(&e.snapshot()),
+        };
+        o["id"] = json!(e.id);
+        out.push(o);
+    }
+    Ok(Value::Array(out))
+}
+
+/// The kernel's view of a backend another client is working on (a preallocation in
+/// progress shows its resident bytes growing), read from /proc without the backend.
+/// The VMA's policy needs the mapping itself, so `mempolicy` is left out.
+fn busy_view(s: &Snapshot) -> Value {
+    let Some(addr) = s.addr else {
+        return json!({"busy": true});
+    };
+    let (start, end) = (addr as u64, (addr + s.len) as u64);
+    let mut view = KernelView::default();
+    if let Ok(text) = std::fs::read_to_string("/proc/self/smaps") {
+        hostmem::inspect::parse_smaps(&text, start, end, &mut view);
+    }
+    if let Ok(text) = std::fs::read_to_string("/proc/self/numa_maps") {
+        hostmem::inspect::parse_numa_maps(&text, start, end, &mut view);
+    }
+    let mut o = report::kernel_json(&view);
+    o["mempolicy"] = Value::Null;
+    o["busy"] = json!(true);
+    o
+}

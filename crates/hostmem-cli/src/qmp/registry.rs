@@ -1,0 +1,272 @@
+//! The monitor's `/objects` container: backends by id, in creation order.
+//!
+//! Locking is two-level so that a long operation never stalls other clients: the table
+//! lock is held only to look up, reserve or remove an id; each backend has its own lock,
+//! held for as long as an operation on that backend takes (a preallocation of GiBs, a
+//! rebind that migrates pages). Queries read a snapshot of the settings that is
+//! refreshed after every change, so they never wait for such an operation.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hostmem::props::Config;
+use hostmem::{Backend, Kind};
+
+/// What queries read without taking the backend's lock.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub cfg: Config,
+    /// Address and length of the mapping in this process.
+    pub addr: Option<usize>,
+    pub len: usize,
+}
+
+impl Snapshot {
+    fn of(b: &Backend) -> Self {
+        Snapshot {
+            cfg: b.config().clone(),
+            addr: b.host_addr(),
+            len: b.len(),
+        }
+    }
+}
+
+/// A live backend in the table.
+#[derive(Debug)]
+pub struct Entry {
+    pub id: String,
+    pub kind: Kind,
+    backend: Mutex<Backend>,
+    snapshot: Mutex<Snapshot>,
+}
+
+/// The backend, locked; the snapshot is refreshed when the guard goes.
+pub struct Locked<'a> {
+    entry: &'a Entry,
+    guard: MutexGuard<'a, Backend>,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Backend;
+    fn deref(&self) -> &Backend {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Backend {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        *lock(&self.entry.snapshot) = Snapshot::of(&self.guard);
+    }
+}
+
+/// Locks a mutex even if a thread panicked while holding it: the data under these
+/// locks stays consistent across a panic (every change is a single assignment), and a
+/// monitor that stops answering would be worse.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Entry {
+    fn new(b: Backend) -> Self {
+        Entry {
+            id: b.id().to_string(),
+            kind: b.kind(),
+            snapshot: Mutex::new(Snapshot::of(&b)),
+            backend: Mutex::new(b),
+        }
+    }
+
+    /// The backend for an operation; waits for the one in progress, if any.
+    pub fn lock(&self) -> Locked<'_> {
+        Locked {
+            entry: self,
+            guard: lock(&self.backend),
+        }
+    }
+
+    /// The backend if no operation holds it right now.
+    pub fn try_lock(&self) -> Option<Locked<'_>> {
+        let guard = match self.backend.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(Locked { entry: self, guard })
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        lock(&self.snapshot).clone()
+    }
+}
+
+#[derive(Debug)]
+enum Slot {
+    /// An `object-add` in progress: the id is taken, the object not there yet.
+    Creating(String),
+    Live(Arc<Entry>),
+}
+
+impl Slot {
+    fn id(&self) -> &str {
+        match self {
+            Slot::Creating(id) => id,
+            Slot::Live(e) => &e.id,
+        }
+    }
+}
+
+/// Why an id cannot be taken or removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotError {
+    Duplicate(String),
+    NotFound(String),
+    BeingCreated(String),
+}
+
+impl std::fmt::Display for SlotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SlotError::Duplicate(id) => write!(
+                f,
+                "attempt to add duplicate property '{id}' to object (type 'container')"
+            ),
+            SlotError::NotFound(id) => write!(f, "object '{id}' not found"),
+            SlotError::BeingCreated(id) => write!(
+                f,
+                "object '{id}' is still being created (preallocating), can not be deleted"
+            ),
+        }
+    }
+}
+
+/// Why `object-del` failed.
+#[derive(Debug)]
+pub enum DeleteError {
+    Slot(SlotError),
+    /// The library refused (in use).
+    Backend(hostmem::Error),
+}
+
+impl From<SlotError> for DeleteError {
+    fn from(e: SlotError) -> Self {
+        DeleteError::Slot(e)
+    }
+}
+
+impl std::fmt::Display for DeleteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeleteError::Slot(e) => e.fmt(f),
+            DeleteError::Backend(e) => e.fmt(f),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    slots: Mutex<Vec<Slot>>,
+}
+
+impl Registry {
+    pub fn new(backends: Vec<Backend>) -> Self {
+        Registry {
+            slots: Mutex::new(
+                backends
+                    .into_iter()
+                    .map(|b| Slot::Live(Arc::new(Entry::new(b))))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Takes an id for an object about to be created.
+    pub fn reserve(&self, id: &str) -> Result<(), SlotError> {
+        let mut slots = lock(&self.slots);
+        if slots.iter().any(|s| s.id() == id) {
+            return Err(SlotError::Duplicate(id.to_string()));
+        }
+        slots.push(Slot::Creating(id.to_string()));
+        Ok(())
+    }
+
+    /// Puts the created backend where its reservation was.
+    pub fn fill(&self, b: Backend) {
+        let mut slots = lock(&self.slots);
+        let entry = Slot::Live(Arc::new(Entry::new(b)));
+        match slots
+            .iter_mut()
+            .find(|s| matches!(s, Slot::Creating(id) if id == entry.id()))
+        {
+            Some(slot) => *slot = entry,
+            None => slots.push(entry),
+        }
+    }
+
+    /// Gives back a reservation whose object could not be created.
+    pub fn release(&self, id: &str) {
+        lock(&self.slots).retain(|s| !matches!(s, Slot::Creating(c) if c == id));
+    }
+
+    /// The live backends, in creation order.
+    pub fn live(&self) -> Vec<Arc<Entry>> {
+        lock(&self.slots)
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Live(e) => Some(e.clone()),
+                Slot::Creating(_) => None,
+            })
+            .collect()
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Entry>> {
+        lock(&self.slots).iter().find_map(|s| match s {
+            Slot::Live(e) if e.id == id => Some(e.clone()),
+            _ => None,
+        })
+    }
+
+    /// Deletes a backend (refused while in use) and takes it out of the table. The
+    /// table lock is not held while waiting for an operation on the backend.
+    pub fn delete(&self, id: &str) -> Result<(), DeleteError> {
+        let entry = match lock(&self.slots).iter().find(|s| s.id() == id) {
+            Some(Slot::Live(e)) => e.clone(),
+            Some(Slot::Creating(_)) => return Err(SlotError::BeingCreated(id.into()).into()),
+            None => return Err(SlotError::NotFound(id.into()).into()),
+        };
+        let mut backend = entry.lock();
+        let mut slots = lock(&self.slots);
+        // Another client may have deleted it while this one waited for the lock.
+        let Some(at) = slots
+            .iter()
+            .position(|s| matches!(s, Slot::Live(e) if Arc::ptr_eq(e, &entry)))
+        else {
+            return Err(SlotError::NotFound(id.into()).into());
+        };
+        backend.delete().map_err(DeleteError::Backend)?;
+        slots.remove(at);
+        Ok(())
+    }
+
+    /// Empties the table, handing back the backends (at shutdown, when no command
+    /// runs any more).
+    pub fn drain(&self) -> Vec<Backend> {
+        let slots = std::mem::take(&mut *lock(&self.slots));
+        slots
+            .into_iter()
+            .filter_map(|s| match s {
+                Slot::Live(e) => match Arc::try_unwrap(e) {
+                    Ok(e) => Some(e.backend.into_inner().unwrap_or_else(|p| p.into_inner())),
+                    // Still referenced by a command thread: that thread ends with the
+                    // process; the memory goes with it.
+                    Err(_) => None,
+                },
+                Slot::Creating(_) => None,
+            })
+            .collect()
+    }
+}
