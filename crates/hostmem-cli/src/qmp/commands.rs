@@ -384,7 +384,10 @@ fn residency(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
             Some(b) => report::kernel_json(&b.inspect()?),
             None => busy_view(&e.snapshot()),
         };
+        let s = e.snapshot();
         o["id"] = json!(e.id);
+        o["host-addr"] = json!(s.addr);
+        o["size"] = json!(s.len);
         out.push(o);
     }
     Ok(Value::Array(out))

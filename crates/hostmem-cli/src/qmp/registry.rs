@@ -270,3 +270,53 @@ impl Registry {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hostmem::MachineDefaults;
+
+    fn ram(id: &str) -> Backend {
+        let mut b = Backend::new(Kind::Ram, id, &MachineDefaults::default());
+        b.set("size", hostmem::PropValue::Int(2 << 20)).unwrap();
+        b.complete().unwrap();
+        b
+    }
+
+    #[test]
+    fn ids_are_unique_while_creating_and_after() {
+        let r = Registry::new(vec![ram("a")]);
+        assert_eq!(r.reserve("a"), Err(SlotError::Duplicate("a".into())));
+        r.reserve("b").unwrap();
+        assert!(
+            r.get("b").is_none(),
+            "an object being created is not listed"
+        );
+        assert_eq!(
+            r.delete("b").unwrap_err().to_string(),
+            "object 'b' is still being created (preallocating), can not be deleted"
+        );
+        r.fill(ram("b"));
+        assert_eq!(r.live().len(), 2);
+        r.reserve("c").unwrap();
+        r.release("c");
+        r.reserve("c").unwrap();
+    }
+
+    #[test]
+    fn delete_is_refused_while_in_use_and_unknown_ids_are_named() {
+        let r = Registry::new(vec![ram("m")]);
+        let hold = r.get("m").unwrap().lock().hold().unwrap();
+        assert_eq!(
+            r.delete("m").unwrap_err().to_string(),
+            "object 'm' is in use, can not be deleted"
+        );
+        drop(hold);
+        r.delete("m").unwrap();
+        assert_eq!(
+            r.delete("m").unwrap_err().to_string(),
+            "object 'm' not found"
+        );
+        assert!(r.drain().is_empty());
+    }
+}

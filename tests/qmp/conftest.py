@@ -1,0 +1,251 @@
+"""Shared fixtures for the QMP monitor tests: the hostmem binary and QEMU as servers,
+a raw-socket client (for what a well-behaved client never sends) and the real
+`qemu.qmp` client.
+
+The binary is target/release/hostmem (HOSTMEM_BIN overrides). A missing binary or a
+missing QEMU fails the tests: a skipped suite would pass unnoticed.
+"""
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Lines for the end of the pytest run (the differential summary).
+SUMMARY = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in SUMMARY:
+        terminalreporter.write_line(line)
+
+
+def hostmem_bin():
+    path = Path(os.environ.get("HOSTMEM_BIN", REPO / "target" / "release" / "hostmem"))
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(f"hostmem binary not found at {path}: build it with "
+                    "`cargo build --release` or set HOSTMEM_BIN")
+    return str(path)
+
+
+def qemu_bin():
+    path = shutil.which("qemu-system-x86_64")
+    if path is None:
+        pytest.fail("qemu-system-x86_64 is missing: apt-get install -y qemu-system-x86")
+    return path
+
+
+def short_dir():
+    """Unix socket paths must fit in 108 bytes; pytest's tmp_path may not."""
+    return Path(tempfile.mkdtemp(prefix="hmqmp", dir="/tmp"))
+
+
+class Server:
+    """A QMP server process (hostmem or QEMU) listening on a Unix socket."""
+
+    def __init__(self, argv, sock):
+        self.sock = str(sock)
+        self.argv = argv
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 15
+        while not os.path.exists(self.sock):
+            if self.proc.poll() is not None:
+                out, err = self.proc.communicate()
+                pytest.fail(f"{argv[0]} exited with {self.proc.returncode} before "
+                            f"listening: {err.decode()}{out.decode()}")
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                pytest.fail(f"{argv[0]} did not create {self.sock}")
+            time.sleep(0.002)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout=15):
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            pytest.fail(f"{self.argv[0]} did not exit within {timeout} s")
+
+    def stderr(self):
+        return self.proc.stderr.read().decode() if self.proc.stderr else ""
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait()
+
+
+def start_hostmem(sock, *args, spec=None):
+    spec = spec or f"unix:{sock},server=on,wait=off"
+    return Server([hostmem_bin(), "run", "-qmp", spec, *args], sock)
+
+
+def start_qemu(sock):
+    return Server([qemu_bin(), "-machine", "none", "-nodefaults", "-display", "none",
+                   "-qmp", f"unix:{sock},server=on,wait=off"], sock)
+
+
+@pytest.fixture
+def sockdir():
+    d = short_dir()
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def hostmem(sockdir):
+    """A `hostmem run --qmp` with no backends; must exit 0 and remove its socket."""
+    srv = start_hostmem(sockdir / "qmp.sock")
+    yield srv
+    rc = srv.close()
+    assert rc == 0, f"hostmem exited with {rc}: {srv.stderr()}"
+    assert not os.path.exists(srv.sock), "socket file left behind"
+
+
+class Raw:
+    """A byte-level QMP client: sends anything, reads replies line by line."""
+
+    def __init__(self, path, negotiate=True, timeout=10):
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.settimeout(timeout)
+        self.s.connect(str(path))
+        self.buf = b""
+        self.events = []
+        self.greeting = self.read()
+        if negotiate:
+            assert self.request({"execute": "qmp_capabilities"}) == {"return": {}}
+
+    def send(self, data):
+        if isinstance(data, (dict, list)):
+            data = json.dumps(data).encode() + b"\n"
+        elif isinstance(data, str):
+            data = data.encode()
+        self.s.sendall(data)
+
+    def readline(self):
+        while b"\n" not in self.buf:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line
+
+    def read(self):
+        """The next message that is not an event; None on EOF."""
+        while True:
+            line = self.readline()
+            if line is None:
+                return None
+            msg = json.loads(line)
+            if "event" in msg:
+                self.events.append(msg)
+                continue
+            return msg
+
+    def request(self, req):
+        self.send(req)
+        return self.read()
+
+    def close(self):
+        self.s.close()
+
+
+# Clients a test opened; closed after it even when it failed half-way.
+_OPEN = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients():
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+class Qmp:
+    """The real qemu.qmp client (QMPClient), driven synchronously."""
+
+    def __init__(self, path, name="test"):
+        from qemu.qmp import QMPClient
+        _OPEN.append(self)
+        self.loop = asyncio.new_event_loop()
+        self.client = QMPClient(name)
+        self.events = []
+        self._run(self.client.connect(str(path)))
+
+    def _run(self, coro, timeout=60):
+        return self.loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+    def __call__(self, cmd, **args):
+        return self._run(self.client.execute(cmd, args or None))
+
+    def error(self, cmd, **args):
+        """(class, desc) of a command that must fail."""
+        from qemu.qmp import ExecuteError
+        try:
+            ret = self(cmd, **args)
+        except ExecuteError as e:
+            return e.error_class, e.error.error.desc
+        pytest.fail(f"{cmd} {args} succeeded with {ret!r}; an error was expected")
+
+    def next_event(self, timeout=10):
+        return self._run(self.client.events.get(), timeout)
+
+    def close(self):
+        if self.loop.is_closed():
+            return
+        try:
+            self._run(self.client.disconnect(), timeout=10)
+        except Exception:
+            pass  # the server may be gone already; the loop still must close
+        finally:
+            self.loop.close()
+
+
+def numa_maps_pages(pid, start, size):
+    """Pages per node and the policy of the VMAs in [start, start+size) of `pid`,
+    from /proc/PID/numa_maps."""
+    pages, policies = {}, set()
+    with open(f"/proc/{pid}/numa_maps") as f:
+        for line in f:
+            words = line.split()
+            addr = int(words[0], 16)
+            if not start <= addr < start + size:
+                continue
+            policies.add(words[1])
+            for w in words[2:]:
+                if w.startswith("N") and "=" in w:
+                    n, p = w[1:].split("=")
+                    pages[n] = pages.get(n, 0) + int(p)
+    return pages, policies
+
+
+def smaps_rss(pid, start, size):
+    """Resident bytes of the VMAs in [start, start+size) of `pid`, from smaps."""
+    rss, inside = 0, False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                a = int(head.split("-")[0], 16)
+                inside = start <= a < start + size
+            elif inside and line.startswith("Rss:"):
+                rss += int(line.split()[1]) * 1024
+    return rss
