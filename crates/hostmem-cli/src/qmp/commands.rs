@@ -287,17 +287,27 @@ fn qom_set(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
         return Err(not_found(&node, &prop));
     };
     let info = props::lookup(e.kind, &prop).ok_or_else(|| not_found(&node, &prop))?;
-    // Like QEMU, a property fixed after allocation is refused before its value is read.
-    if info.live == Live::Fixed {
-        return Err(hostmem::Error::FixedAfterAllocation {
+    let fixed = || -> QmpError {
+        hostmem::Error::FixedAfterAllocation {
             kind: e.kind.qom_type(),
             id: e.id.clone(),
             prop: info.name,
         }
-        .into());
+        .into()
+    };
+    // QEMU refuses a live `size` before reading the value, other properties after.
+    if info.name == "size" {
+        return Err(fixed());
     }
     let v = args::prop_value(info.name, info.ty, &value)?;
+    if info.live == Live::Fixed {
+        return Err(fixed());
+    }
     let mut b = e.lock();
+    if info.name == "prealloc" && v == PropValue::Bool(false) && b.config().prealloc {
+        // on→off does nothing to live memory; like QEMU the property says what it holds.
+        return Ok(json!({}));
+    }
     if info.name == "prealloc" && v == PropValue::Bool(true) && !b.config().prealloc {
         // Through the library's prealloc so that quit and signals can cancel it.
         let progress = shared.track_prealloc();
