@@ -223,8 +223,12 @@ def test_machine_defaults_apply_to_qmp_backends(sockdir):
 
 def test_long_prealloc_does_not_block_other_clients(hostmem):
     a, b = Qmp(hostmem.sock, "a"), Qmp(hostmem.sock, "b")
+    # shmem (memfd, 4 KiB pages) on one thread is the slowest prealloc there is, so
+    # 2 GiB of it takes over a second even on warm memory: the queries below are sure
+    # to land while it runs.
+    slow = 2 * GIB
     ram(b, "small")
-    ram(b, "big", GIB)
+    b("object-add", **{"qom-type": "memory-backend-memfd", "id": "big", "size": slow})
     done = {}
 
     def prealloc(name, cmd, **args):
@@ -232,10 +236,10 @@ def test_long_prealloc_does_not_block_other_clients(hostmem):
 
     # 1. object-add with prealloc=on, one thread: seconds of work.
     t = threading.Thread(target=prealloc, args=("add", "object-add"), kwargs={
-        "qom-type": "memory-backend-ram", "id": "huge", "size": 512 * MIB, "prealloc": True,
+        "qom-type": "memory-backend-memfd", "id": "huge", "size": slow, "prealloc": True,
         "prealloc-threads": 1})
     t.start()
-    time.sleep(0.2)
+    time.sleep(0.05)
     t0 = time.monotonic()
     assert [m["id"] for m in b("query-memdev")] == ["small", "big"]
     assert b("qom-get", path="/objects/small", property="size") == 4 * MIB
@@ -250,7 +254,7 @@ def test_long_prealloc_does_not_block_other_clients(hostmem):
         "path": "/objects/big", "property": "prealloc", "value": True})
     b("qom-set", path="/objects/big", property="prealloc-threads", value=1)
     t.start()
-    time.sleep(0.2)
+    time.sleep(0.05)
     t0 = time.monotonic()
     memdev = {m["id"]: m for m in b("query-memdev")}
     assert b("qom-get", path="/objects/big", property="prealloc") is False
@@ -264,10 +268,10 @@ def test_long_prealloc_does_not_block_other_clients(hostmem):
         "queries waited for another client's qom-set prealloc"
     assert memdev["big"]["prealloc"] is False            # not finished when asked
     assert res["big"].get("busy") is True
-    assert 0 < res["big"]["resident-bytes"] < GIB         # progress seen from /proc
+    assert 0 < res["big"]["resident-bytes"] < slow        # progress seen from /proc
     assert res["small"].get("busy") is None
     assert b("qom-get", path="/objects/big", property="prealloc") is True
-    assert b("__org.hostmem_query-memdev-residency", id="big")[0]["resident-bytes"] == GIB
+    assert b("__org.hostmem_query-memdev-residency", id="big")[0]["resident-bytes"] == slow
     a.close()
     b.close()
 

@@ -237,6 +237,9 @@ impl Backend {
             Live::Immediate => {
                 let mut next = self.cfg.clone();
                 next.store(self.kind, info, value)?;
+                // Like QEMU: memory once preallocated stays so; prealloc on→off
+                // changes nothing, not even the property.
+                next.prealloc |= self.cfg.prealloc;
                 self.apply_live(&next)?;
                 self.cfg = next;
                 Ok(())

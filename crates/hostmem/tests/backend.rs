@@ -49,6 +49,11 @@ fn without_prealloc_nothing_is_resident_until_prealloc_is_switched_on_live() {
     // on→off does nothing to the memory.
     b.set("prealloc", PropValue::Bool(false)).unwrap();
     assert_eq!(b.inspect().unwrap().resident, 128 * MIB);
+    assert_eq!(
+        b.get("prealloc").unwrap(),
+        PropValue::Bool(true),
+        "as in QEMU"
+    );
 }
 
 #[test]

@@ -304,10 +304,6 @@ fn qom_set(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
         return Err(fixed());
     }
     let mut b = e.lock();
-    if info.name == "prealloc" && v == PropValue::Bool(false) && b.config().prealloc {
-        // on→off does nothing to live memory; like QEMU the property says what it holds.
-        return Ok(json!({}));
-    }
     if info.name == "prealloc" && v == PropValue::Bool(true) && !b.config().prealloc {
         // Through the library's prealloc so that quit and signals can cancel it.
         let progress = shared.track_prealloc();
