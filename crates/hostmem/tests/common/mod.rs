@@ -56,8 +56,17 @@ impl PoolGuard {
         let before = HugePool::read(page_size, None)
             .unwrap_or_else(|| panic!("no pool for {page_size}-byte huge pages in sysfs"))
             .total;
-        let got =
+        let mut got =
             HugePool::set_total(page_size, None, pages).expect("setting nr_hugepages needs root");
+        if got < pages {
+            // Large pages need contiguous memory: free the page cache and compact, once.
+            let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+            let _ = std::fs::write("/proc/sys/vm/compact_memory", "1");
+            got = HugePool::set_total(page_size, None, pages).unwrap_or(0);
+        }
+        if got != pages {
+            let _ = HugePool::set_total(page_size, None, before);
+        }
         assert_eq!(
             got, pages,
             "the kernel made {got} of the {pages} huge pages the test asked for"
