@@ -1,16 +1,10 @@
 //! `hostmem`: host memory backends from QEMU `-object` specs, reports read from the
 //! kernel, and a QMP monitor.
 
-mod bench;
-mod host;
-mod qmp;
-mod report;
-mod run;
-mod signals;
-
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use hostmem_cli::{bench, host, run};
 
 #[derive(Parser)]
 #[command(

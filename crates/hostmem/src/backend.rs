@@ -628,8 +628,13 @@ impl Backend {
                         },
                     };
                 }
+                // A file this backend created is removed by now (undone before the
+                // error is made): ask about the directory it was in.
                 let file_room = match (self.kind, self.cfg.mem_path.as_deref()) {
-                    (Kind::File, Some(p)) => sys::statfs(p).ok().map(|fs| (p, fs.avail_bytes)),
+                    (Kind::File, Some(p)) => sys::statfs(p)
+                        .or_else(|e| p.parent().map_or(Err(e), sys::statfs))
+                        .ok()
+                        .map(|fs| (p, fs.avail_bytes)),
                     _ => None,
                 };
                 let what = match (err.raw_os_error(), file_room) {

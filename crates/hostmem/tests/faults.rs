@@ -52,14 +52,23 @@ fn a_full_file_system_is_named_and_gives_its_room_back() {
     assert_eq!(fs.entries(), 0);
     assert_eq!(avail(&fs), before, "every block given back");
     // A named file it created is removed again.
+    // It is named the same way (the file is gone by the time the error is made).
     let path = fs.path().join("guest.ram");
-    Backend::builder(Kind::File, "g")
+    let msg = Backend::builder(Kind::File, "g")
         .size(64 * MIB)
         .mem_path(&path)
         .share(true)
         .prealloc(true)
         .create()
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains(&format!(
+            "the file system holding {} has no room for it",
+            path.display()
+        )),
+        "{msg}"
+    );
     assert!(!path.exists());
     assert_eq!(avail(&fs), before);
 }

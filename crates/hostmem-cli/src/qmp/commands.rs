@@ -178,6 +178,7 @@ fn object_add(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
     for (name, v) in values {
         b.set(name, v)?;
     }
+    shared.limits.check(&id, b.config())?;
     shared
         .registry
         .reserve(&id)

@@ -33,6 +33,8 @@ pub struct Framer {
     /// The quote character of the string being read, if inside one.
     quote: Option<u8>,
     escape: bool,
+    /// A message past the limit ended on the byte just read.
+    overflow: bool,
 }
 
 impl Framer {
@@ -43,6 +45,7 @@ impl Framer {
             depth: 0,
             quote: None,
             escape: false,
+            overflow: false,
         }
     }
 
@@ -51,7 +54,7 @@ impl Framer {
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), FrameError> {
         for &b in bytes {
             self.byte(b, out);
-            if self.buf.len() > self.limit {
+            if self.overflow || self.buf.len() > self.limit {
                 self.buf = Vec::new();
                 return Err(FrameError::TooLarge(self.limit));
             }
@@ -60,7 +63,11 @@ impl Framer {
     }
 
     fn emit(&mut self, out: &mut Vec<Vec<u8>>) {
-        if !self.buf.is_empty() {
+        // The byte that ends a message counts too: limit + 1 bytes is too many even
+        // when the last one completes it.
+        if self.buf.len() > self.limit {
+            self.overflow = true;
+        } else if !self.buf.is_empty() {
             out.push(std::mem::take(&mut self.buf));
         }
     }
@@ -183,5 +190,21 @@ mod tests {
         let mut f = Framer::new(16);
         assert!(f.feed(b"{\"a\":1}{\"b\":2}{\"c\":3}", &mut out).is_ok());
         assert_eq!(out.len(), 3);
+        // Exactly at the limit passes; one byte more does not, even when that byte is
+        // the one that completes the message (it used to slip through).
+        let mut out = Vec::new();
+        let mut f = Framer::new(16);
+        assert!(f.feed(b"{\"a\":\"01234567\"}", &mut out).is_ok());
+        assert_eq!(out, [b"{\"a\":\"01234567\"}".to_vec()]);
+        let mut out = Vec::new();
+        let mut f = Framer::new(16);
+        assert_eq!(
+            f.feed(b"{\"a\":\"012345678\"}", &mut out),
+            Err(FrameError::TooLarge(16))
+        );
+        assert!(out.is_empty());
+        let mut f = Framer::new(4);
+        assert_eq!(f.feed(b"12345 ", &mut out), Err(FrameError::TooLarge(4)));
+        assert!(out.is_empty());
     }
 }

@@ -7,6 +7,10 @@
 //! `quit`, SIGINT or SIGTERM; then running preallocations are cancelled, commands in
 //! flight are waited for, the socket file is removed and the backends are handed back
 //! to be deleted.
+//!
+//! [`Monitor`] is the same request path without a socket (for the fuzz target and
+//! tests): bytes in, replies out, through the [`Conversation`] every connection
+//! thread runs.
 
 mod args;
 mod commands;
@@ -22,7 +26,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -135,6 +139,46 @@ impl std::fmt::Display for ServeError {
     }
 }
 
+/// Bounds a monitor puts on what clients may create. The socket server sets none
+/// ([`Limits::default`], the operator decides what the host can give); an in-process
+/// monitor that takes arbitrary input (the fuzz target) sets them so that no request
+/// can make it allocate more than it can afford or touch files outside a directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest `size` an `object-add` may ask for, in bytes.
+    pub max_backend_size: Option<u64>,
+    /// The directory `mem-path` of a file backend must be in (compared component by
+    /// component, `..` refused).
+    pub mem_path_under: Option<PathBuf>,
+}
+
+impl Limits {
+    /// Refuses a backend these limits do not allow, before anything is mapped.
+    pub fn check(&self, id: &str, cfg: &hostmem::props::Config) -> Result<(), QmpError> {
+        if let (Some(max), Some(size)) = (self.max_backend_size, cfg.size) {
+            if size > max {
+                return Err(QmpError::generic(format!(
+                    "object '{id}': size {size} exceeds this monitor's limit of {max} bytes"
+                )));
+            }
+        }
+        if let (Some(dir), Some(path)) = (&self.mem_path_under, &cfg.mem_path) {
+            let inside = path.starts_with(dir)
+                && !path
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir));
+            if !inside {
+                return Err(QmpError::generic(format!(
+                    "object '{id}': mem-path {} is outside {}, the directory this monitor allows",
+                    path.display(),
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Per-connection protocol state.
 #[derive(Debug, Default)]
 pub struct Session {
@@ -152,6 +196,7 @@ struct Client {
 pub struct Shared {
     registry: Registry,
     defaults: MachineDefaults,
+    limits: Limits,
     stop: Mutex<Sender<Stop>>,
     stopping: AtomicBool,
     clients: Mutex<Vec<Client>>,
@@ -199,10 +244,16 @@ impl Drop for Running<'_> {
 }
 
 impl Shared {
-    fn new(backends: Vec<Backend>, defaults: MachineDefaults, stop: Sender<Stop>) -> Self {
+    fn new(
+        backends: Vec<Backend>,
+        defaults: MachineDefaults,
+        limits: Limits,
+        stop: Sender<Stop>,
+    ) -> Self {
         Shared {
             registry: Registry::new(backends),
             defaults,
+            limits,
             stop: Mutex::new(stop),
             stopping: AtomicBool::new(false),
             clients: Mutex::new(Vec::new()),
@@ -329,7 +380,12 @@ pub fn serve(
     events: &Events,
 ) -> Result<Vec<Backend>, ServeError> {
     let (listener, socket_file) = listen(path)?;
-    let shared = Arc::new(Shared::new(backends, defaults, events.tx.clone()));
+    let shared = Arc::new(Shared::new(
+        backends,
+        defaults,
+        Limits::default(),
+        events.tx.clone(),
+    ));
     let acceptor = {
         let shared = shared.clone();
         std::thread::Builder::new()
@@ -410,8 +466,7 @@ fn connection(shared: &Shared, stream: UnixStream) {
             negotiated: negotiated.clone(),
         });
     }
-    let greeting = json!({"QMP": {"version": commands::version(), "capabilities": ["oob"]}});
-    if send(&writer, &greeting) {
+    if send(&writer, &Monitor::greeting()) {
         converse(shared, &mut reader, &writer, &negotiated);
     }
     lock(&shared.clients).retain(|c| c.id != id);
@@ -426,10 +481,8 @@ fn converse(
     writer: &Mutex<UnixStream>,
     negotiated: &AtomicBool,
 ) {
-    let mut framer = Framer::new(MAX_REQUEST);
-    let mut session = Session::default();
+    let mut conversation = Conversation::new();
     let mut chunk = vec![0u8; 64 * 1024];
-    let mut messages = Vec::new();
     loop {
         let n = match reader.read(&mut chunk) {
             Ok(0) => return,
@@ -437,26 +490,141 @@ fn converse(
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => return,
         };
-        let framed = framer.feed(&chunk[..n], &mut messages);
-        for m in messages.drain(..) {
-            let Some(running) = shared.begin() else {
-                return;
-            };
-            let (reply, after) = answer(shared, &mut session, &m);
+        let flow = conversation.feed(shared, &chunk[..n], |session, reply| {
             negotiated.store(session.negotiated, Ordering::SeqCst);
-            let sent = send(writer, &reply);
+            send(writer, reply)
+        });
+        if flow == Flow::Closed {
+            return;
+        }
+    }
+}
+
+/// Whether a connection goes on after what it sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Open,
+    /// The client is to be disconnected: it sent too much, could not take a reply, or
+    /// the server is stopping.
+    Closed,
+}
+
+/// One connection's protocol: the framer that splits its bytes into requests and the
+/// session they run in. Each connection thread of the socket server runs one, and so
+/// does [`Monitor`].
+#[derive(Debug)]
+pub struct Conversation {
+    framer: Framer,
+    session: Session,
+    messages: Vec<Vec<u8>>,
+}
+
+impl Default for Conversation {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Conversation {
+    pub fn new() -> Self {
+        Conversation {
+            framer: Framer::new(MAX_REQUEST),
+            session: Session::default(),
+            messages: Vec::new(),
+        }
+    }
+
+    /// Takes bytes as they came from the client and answers every request they
+    /// complete, in order. `deliver` gets each reply (with the session as it is after
+    /// the request) and says whether it reached the client.
+    pub fn feed(
+        &mut self,
+        shared: &Shared,
+        bytes: &[u8],
+        mut deliver: impl FnMut(&Session, &Value) -> bool,
+    ) -> Flow {
+        let framed = self.framer.feed(bytes, &mut self.messages);
+        for m in std::mem::take(&mut self.messages) {
+            let Some(running) = shared.begin() else {
+                return Flow::Closed;
+            };
+            let (reply, after) = answer(shared, &mut self.session, &m);
+            let sent = deliver(&self.session, &reply);
             drop(running);
             if after == After::Quit {
                 let _ = lock(&shared.stop).send(Stop::Quit);
             }
             if !sent {
-                return;
+                return Flow::Closed;
             }
         }
         if let Err(e) = framed {
-            send(writer, &QmpError::generic(e.to_string()).reply(None));
-            return;
+            deliver(&self.session, &QmpError::generic(e.to_string()).reply(None));
+            return Flow::Closed;
         }
+        Flow::Open
+    }
+}
+
+/// The monitor in process, without a socket: one client's bytes in, the replies the
+/// socket server would send out, through the same [`Conversation`]. Backends are
+/// deleted when it is dropped.
+pub struct Monitor {
+    shared: Shared,
+    conversation: Conversation,
+    closed: bool,
+    stop: Receiver<Stop>,
+}
+
+impl Monitor {
+    pub fn new(backends: Vec<Backend>, defaults: MachineDefaults, limits: Limits) -> Self {
+        let (tx, stop) = channel();
+        Monitor {
+            shared: Shared::new(backends, defaults, limits, tx),
+            conversation: Conversation::new(),
+            closed: false,
+            stop,
+        }
+    }
+
+    /// The greeting a client gets on connecting.
+    pub fn greeting() -> Value {
+        json!({"QMP": {"version": commands::version(), "capabilities": ["oob"]}})
+    }
+
+    /// Feeds the client's bytes; returns the replies. Once the connection is closed
+    /// (a request past [`MAX_REQUEST`]), nothing more is read, as on the socket.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Value> {
+        let mut replies = Vec::new();
+        if self.closed {
+            return replies;
+        }
+        let flow = self.conversation.feed(&self.shared, bytes, |_, r| {
+            replies.push(r.clone());
+            true
+        });
+        self.closed = flow == Flow::Closed;
+        replies
+    }
+
+    /// Whether the connection was closed by the server.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Whether a `quit` was answered (the socket server would stop now).
+    pub fn quit_requested(&self) -> bool {
+        self.stop.try_recv().is_ok()
+    }
+
+    /// The ids of the live backends, in creation order.
+    pub fn backend_ids(&self) -> Vec<String> {
+        self.shared
+            .registry
+            .live()
+            .iter()
+            .map(|e| e.id.clone())
+            .collect()
     }
 }
 
@@ -491,6 +659,118 @@ fn answer(shared: &Shared, session: &mut Session, message: &[u8]) -> (Value, Aft
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn monitor(limits: Limits) -> Monitor {
+        let mut m = Monitor::new(Vec::new(), MachineDefaults::default(), limits);
+        assert_eq!(
+            m.feed(b"{'execute': 'qmp_capabilities'}"),
+            [json!({"return": {}})]
+        );
+        m
+    }
+
+    fn add(m: &mut Monitor, args: Value) -> Value {
+        let req = json!({"execute": "object-add", "arguments": args});
+        let mut r = m.feed(&message_bytes(&req));
+        assert_eq!(r.len(), 1, "{r:?}");
+        r.remove(0)
+    }
+
+    fn error_desc(reply: &Value) -> &str {
+        reply["error"]["desc"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{reply}"))
+    }
+
+    #[test]
+    fn in_process_monitor_frames_and_answers_like_the_socket() {
+        let mut m = Monitor::new(Vec::new(), MachineDefaults::default(), Limits::default());
+        assert_eq!(
+            m.feed(b"{\"execute\": \"query-memdev\"}")[0]["error"]["class"],
+            "CommandNotFound"
+        );
+        // A request cut into single bytes, two on one line, one across lines.
+        let text = b"{\"execute\":\"qmp_capabilities\"}{\"execute\": \"object-add\", \"arguments\":\n{\"qom-type\": \"memory-backend-ram\", \"id\": \"r\", \"size\": 2097152}, \"id\": 7}";
+        let mut replies = Vec::new();
+        for b in text.iter() {
+            replies.extend(m.feed(std::slice::from_ref(b)));
+        }
+        assert_eq!(
+            replies,
+            [json!({"return": {}}), json!({"return": {}, "id": 7})]
+        );
+        assert_eq!(m.backend_ids(), ["r"]);
+        let r = m.feed(b"{'execute': 'query-memdev'} {'execute': 'quit'}");
+        assert_eq!(r[0]["return"][0]["size"], 2 << 20);
+        assert_eq!(r[1], json!({"return": {}}));
+        assert!(m.quit_requested() && !m.is_closed());
+    }
+
+    #[test]
+    fn one_request_may_be_1_mib_and_not_a_byte_more() {
+        let mut m = monitor(Limits::default());
+        let envelope = |pad: usize| {
+            let head = b"{\"execute\": \"query-version\", \"id\": \"";
+            let mut v = head.to_vec();
+            v.extend(std::iter::repeat_n(b'x', pad - head.len() - 2));
+            v.extend_from_slice(b"\"}");
+            assert_eq!(v.len(), pad);
+            v
+        };
+        let r = m.feed(&envelope(MAX_REQUEST));
+        assert!(r[0]["return"]["package"].is_string(), "{:?}", r[0]["error"]);
+        let r = m.feed(&envelope(MAX_REQUEST + 1));
+        assert_eq!(
+            error_desc(&r[0]),
+            "QMP input exceeds 1048576 bytes; closing the connection"
+        );
+        assert!(m.is_closed());
+        assert!(m.feed(b"{'execute': 'query-version'}").is_empty());
+    }
+
+    #[test]
+    fn limits_refuse_before_mapping_and_the_server_sets_none() {
+        let dir = std::env::temp_dir().join(format!("hostmem-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let outside = dir.with_extension("outside");
+        let mut m = monitor(Limits {
+            max_backend_size: Some(4 << 20),
+            mem_path_under: Some(dir.clone()),
+        });
+        let r = add(
+            &mut m,
+            json!({"qom-type": "memory-backend-ram", "id": "big", "size": 8 << 20, "prealloc": true}),
+        );
+        assert_eq!(
+            error_desc(&r),
+            "object 'big': size 8388608 exceeds this monitor's limit of 4194304 bytes"
+        );
+        assert!(m.backend_ids().is_empty());
+        let file = |path: &Path| {
+            json!({"qom-type": "memory-backend-file", "id": "f", "size": 2 << 20,
+                   "mem-path": path.to_str().unwrap()})
+        };
+        for bad in [outside.clone(), dir.join("../x")] {
+            let r = add(&mut m, file(&bad));
+            assert!(error_desc(&r).contains("is outside"), "{r}");
+            assert!(!bad.exists(), "{} was created", bad.display());
+        }
+        assert_eq!(
+            add(&mut m, file(&dir.join("inside"))),
+            json!({"return": {}})
+        );
+        assert!(dir.join("inside").exists());
+        assert_eq!(m.backend_ids(), ["f"]);
+        drop(m);
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Unlimited (what `serve` uses): the same request passes.
+        let mut m = monitor(Limits::default());
+        let r = add(
+            &mut m,
+            json!({"qom-type": "memory-backend-ram", "id": "big", "size": 8 << 20}),
+        );
+        assert_eq!(r, json!({"return": {}}));
+    }
 
     #[test]
     fn qemu_socket_spellings() {
