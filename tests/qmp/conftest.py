@@ -239,13 +239,94 @@ def numa_maps_pages(pid, start, size):
 
 def smaps_rss(pid, start, size):
     """Resident bytes of the VMAs in [start, start+size) of `pid`, from smaps."""
-    rss, inside = 0, False
+    return smaps_sum(pid, start, size, ("Rss:",))[0]
+
+
+HUGE_POOL = Path("/sys/kernel/mm/hugepages/hugepages-2048kB")
+
+
+def huge_pool():
+    """The 2 MiB pool's counters as the kernel shows them."""
+    return {k: int((HUGE_POOL / k).read_text())
+            for k in ("nr_hugepages", "free_hugepages", "resv_hugepages", "surplus_hugepages")}
+
+
+@pytest.fixture
+def hugepool():
+    """`set(n)` gives the 2 MiB pool n pages (overcommit off); the pool and the
+    overcommit setting are put back afterwards, also when the test fails. Request it
+    before the server fixture, so the server (holding pages) is gone by then."""
+    saved = {k: (HUGE_POOL / k).read_text().strip()
+             for k in ("nr_overcommit_hugepages", "nr_hugepages")}
+
+    def set_pages(n):
+        (HUGE_POOL / "nr_overcommit_hugepages").write_text("0")
+        (HUGE_POOL / "nr_hugepages").write_text(str(n))
+        got = huge_pool()
+        assert got["nr_hugepages"] == n and got["free_hugepages"] == n, got
+        return got
+
+    try:
+        yield set_pages
+    finally:
+        for k, v in saved.items():
+            (HUGE_POOL / k).write_text(v)
+        assert (HUGE_POOL / "nr_hugepages").read_text().strip() == saved["nr_hugepages"]
+
+
+@pytest.fixture
+def mounts():
+    """`mount(fstype, options)` mounts a file system on a new temp directory; all are
+    unmounted and removed after the test, also when it fails (request it before the
+    server fixture too)."""
+    made = []
+
+    def mount(fstype, options):
+        d = Path(tempfile.mkdtemp(prefix=f"hm{fstype}", dir="/tmp"))
+        made.append(d)
+        subprocess.run(["mount", "-t", fstype, "-o", options, "none", str(d)], check=True)
+        return d
+
+    try:
+        yield mount
+    finally:
+        for d in reversed(made):
+            if subprocess.run(["umount", str(d)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(d)], capture_output=True)
+            d.rmdir()
+
+
+def process_counts(pid):
+    """What the kernel says the process holds: mappings (/proc/PID/maps lines), open
+    fds, threads and VmRSS in bytes."""
+    with open(f"/proc/{pid}/maps") as f:
+        maps = sum(1 for _ in f)
+    status = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            status[k] = v.split()
+    return {"maps": maps, "fds": len(os.listdir(f"/proc/{pid}/fd")),
+            "threads": int(status["Threads"][0]), "rss": int(status["VmRSS"][0]) * 1024}
+
+
+def smaps_sum(pid, start, size, fields):
+    """The sum in bytes of the smaps `fields` (kB) of the VMAs in [start, start+size)
+    of `pid`, and how many VMAs there are."""
+    total, vmas, inside = 0, 0, False
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
             head = line.split()[0]
             if "-" in head and not head.endswith(":"):
                 a = int(head.split("-")[0], 16)
                 inside = start <= a < start + size
-            elif inside and line.startswith("Rss:"):
-                rss += int(line.split()[1]) * 1024
-    return rss
+                vmas += inside
+            elif inside and head in fields:
+                total += int(line.split()[1]) * 1024
+    return total, vmas
+
+
+def smaps_resident(pid, start, size):
+    """Resident bytes of the VMAs in [start, start+size) of `pid` including hugetlb
+    pages (which smaps counts apart from Rss), and how many VMAs there are."""
+    return smaps_sum(pid, start, size, ("Rss:", "Shared_Hugetlb:", "Private_Hugetlb:"))

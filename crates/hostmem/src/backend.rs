@@ -477,6 +477,18 @@ impl Backend {
         if !self.cfg.reserve && !self.cfg.prealloc {
             return Ok(());
         }
+        self.check_huge_pool(needed, page_size, host, self.cfg.prealloc)
+    }
+
+    /// Refuses when the pool (and, for `bind` when `faulting`, the bound nodes' pools)
+    /// cannot give `needed` pages.
+    fn check_huge_pool(
+        &self,
+        needed: u64,
+        page_size: u64,
+        host: &HostTopology,
+        faulting: bool,
+    ) -> Result<()> {
         let short = |free, nodes| Error::HugePagesShort {
             kind: self.kind.qom_type(),
             id: self.id.clone(),
@@ -492,7 +504,7 @@ impl Backend {
         if available < needed {
             return Err(short(available, Vec::new()));
         }
-        if self.cfg.prealloc && self.cfg.policy == Policy::Bind {
+        if faulting && self.cfg.policy == Policy::Bind {
             let per_node = self.bound_pools(host, page_size);
             let free: u64 = per_node.iter().map(|(_, f)| f).sum();
             if free < needed {
@@ -667,6 +679,14 @@ impl Backend {
             hugetlb: region.hugetlb,
             existing_file: false,
         };
+        // Without a reservation nothing holds the pages: refuse a shortage before
+        // faulting any in, so a failure leaves the pool as it was (the pages already
+        // there are the guest's and stay).
+        if region.hugetlb && !self.cfg.reserve {
+            if let Ok((_, absent)) = inspect::page_nodes(&region.mapped.map, region.page_size) {
+                self.check_huge_pool(absent, region.page_size, &host, true)?;
+            }
+        }
         let job = self.job(&region.mapped.map, &plan, &host, threads)?;
         let r = prealloc::populate(std::slice::from_ref(&job), progress).pop();
         match r {

@@ -207,6 +207,7 @@ pub fn populate(jobs: &[Job<'_>], progress: &Progress) -> Vec<Result<Stats, Fail
     let mut started = Instant::now();
     let spawn_error = std::thread::scope(|s| {
         let mut spawn_error = None;
+        let mut handles = Vec::new();
         'spawn: for (ji, job) in jobs.iter().enumerate() {
             let n = plans[ji];
             for i in 0..n {
@@ -250,14 +251,24 @@ pub fn populate(jobs: &[Job<'_>], progress: &Progress) -> Vec<Result<Stats, Fail
                             *fin = Some(now);
                         }
                     });
-                if let Err(e) = spawned {
-                    spawn_error = Some(e);
-                    break 'spawn;
+                match spawned {
+                    Ok(h) => handles.push(h),
+                    Err(e) => {
+                        spawn_error = Some(e);
+                        break 'spawn;
+                    }
                 }
             }
         }
         started = Instant::now();
         gate.open(spawn_error.is_none());
+        // Joined, not only waited for (the scope alone waits for the closures, not the
+        // threads): a thread still exiting after populate returns would make the next
+        // preallocation map a new stack and malloc arena, so a process that adds and
+        // deletes backends would slowly grow. A panic in a thread is reported by the
+        // scope as before.
+        let panicked = handles.into_iter().any(|h| h.join().is_err());
+        assert!(!panicked, "a preallocation thread panicked");
         spawn_error
     });
     let mut out = Vec::with_capacity(jobs.len());

@@ -66,22 +66,29 @@ fn huge_page_exhaustion_is_a_clear_error_and_returns_every_page() {
         "memory-backend-memfd 'd': not enough 2 MiB huge pages: 8 needed, 3 free on the host"
     );
     assert_eq!(pool.pool(), before);
-    // reserve=off gets past the reservation and fails while faulting: still no SIGBUS,
-    // still a clear error, and every page given back.
-    let e = Backend::builder(Kind::Memfd, "d")
+    // reserve=off maps without holding pages; a live prealloc then is refused before
+    // faulting any in: no SIGBUS, a clear error, and the pool as it was while the
+    // backend lives on (it used to keep the pages it got and report 0 free).
+    let mut b = Backend::builder(Kind::Memfd, "d")
         .size(16 * MIB)
         .hugetlb(true)
         .reserve(false)
-        .build()
-        .and_then(|mut b| {
-            b.complete()?;
-            b.set_str("prealloc", "on")
-        });
-    let msg = e.unwrap_err().to_string();
-    assert!(
-        msg.contains("not enough 2 MiB huge pages: 8 needed"),
-        "{msg}"
+        .create()
+        .unwrap();
+    let msg = b.set_str("prealloc", "on").unwrap_err().to_string();
+    assert_eq!(
+        msg,
+        "memory-backend-memfd 'd': not enough 2 MiB huge pages: 8 needed, 3 free on the host"
     );
+    assert_eq!(pool.pool(), before, "pool as it was, backend still live");
+    assert_eq!(b.inspect().unwrap().hugetlb, 0);
+    // Pages the backend has already count: 2 there, 6 more needed.
+    let user = b.hold().unwrap();
+    user.fill(0, 4 * MIB as usize, 1).unwrap();
+    drop(user);
+    let msg = b.set_str("prealloc", "on").unwrap_err().to_string();
+    assert!(msg.contains("6 needed, 1 free"), "{msg}");
+    drop(b);
     assert_eq!(pool.pool(), before, "pool as it was");
 }
 
