@@ -182,14 +182,19 @@ def test_killed_and_stalled_clients_leave_nothing_behind(hostmem):
     before = state(q, hostmem.pid)
 
     # Killed (SIGKILL) halfway through a request, and during a long prealloc.
-    half = client_process(hostmem.sock, '{"execute": "object-add", "arguments": {"qom-ty')
-    slow = client_process(hostmem.sock, '{"execute": "object-add", "arguments": {'
-                          '"qom-type": "memory-backend-memfd", "id": "orphan", '
-                          f'"size": {ORPHAN}, "prealloc": true, "prealloc-threads": 1}}}}\n')
-    time.sleep(0.1)
-    for p in (half, slow):
-        p.send_signal(signal.SIGKILL)
-        p.wait()
+    killed = []
+    try:
+        killed.append(client_process(
+            hostmem.sock, '{"execute": "object-add", "arguments": {"qom-ty'))
+        killed.append(client_process(
+            hostmem.sock, '{"execute": "object-add", "arguments": {'
+            '"qom-type": "memory-backend-memfd", "id": "orphan", '
+            f'"size": {ORPHAN}, "prealloc": true, "prealloc-threads": 1}}}}\n'))
+        time.sleep(0.1)
+    finally:
+        for p in killed:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
     t0 = time.monotonic()
     assert [m["id"] for m in q("query-memdev")][:2] == ["by-ram", "by-memfd"]
     assert time.monotonic() - t0 < 0.5, "a killed client's prealloc held up others"
@@ -211,7 +216,7 @@ def test_killed_and_stalled_clients_leave_nothing_behind(hostmem):
     while True:     # until the server has let go of every client but q
         t0 = time.monotonic()
         assert q("qom-get", path="/objects/by-ram", property="size") == 8 * MIB
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 1, "others waited for a stalled client"
         now = process_counts(hostmem.pid)
         # The orphan memfd (complete, see below) holds one fd of its own.
         if now["fds"] == base["fds"] + 1 and now["threads"] == base["threads"] \

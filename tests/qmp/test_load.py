@@ -3,8 +3,6 @@ it was (mappings, fds, RSS as /proc shows them), and many clients at once must a
 answered correctly and in bounded time. The numbers go to the end of the pytest run
 (conftest.SUMMARY) and to stdout (-s)."""
 
-import json
-import os
 import random
 import shutil
 import tempfile
