@@ -120,7 +120,6 @@ pub fn execute(
         }
         "quit" => {
             args.finish()?;
-            shared.broadcast_shutdown("host-qmp-quit");
             Ok((json!({}), After::Quit))
         }
         REBIND => done(rebind(shared, args)?),

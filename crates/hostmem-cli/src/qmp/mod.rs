@@ -552,6 +552,8 @@ impl Conversation {
             let sent = deliver(&self.session, &reply);
             drop(running);
             if after == After::Quit {
+                // QEMU answers `quit` first, then announces the shutdown.
+                shared.broadcast_shutdown("host-qmp-quit");
                 let _ = lock(&shared.stop).send(Stop::Quit);
             }
             if !sent {
