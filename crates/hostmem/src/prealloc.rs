@@ -146,6 +146,15 @@ impl Gate {
     }
 }
 
+/// Stores `value` in `slot` if the slot is empty or `better(value, current)`: the
+/// earliest start, the latest finish, the lowest failing offset over a job's threads.
+fn keep<T>(slot: &Mutex<Option<T>>, value: T, better: impl Fn(&T, &T) -> bool) {
+    let mut cur = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if cur.as_ref().is_none_or(|c| better(&value, c)) {
+        *cur = Some(value);
+    }
+}
+
 struct JobState {
     error: Mutex<Option<(u64, io::Error)>>,
     finished_at: Mutex<Option<Instant>>,
@@ -225,31 +234,18 @@ pub fn populate(jobs: &[Job<'_>], progress: &Progress) -> Vec<Result<Stats, Fail
                             let _ = crate::sys::pin_current_thread(&job.cpus);
                         }
                         let cpu_start = crate::sys::current_cpu();
-                        {
-                            let now = Instant::now();
-                            let mut b = st.began_at.lock().unwrap_or_else(|e| e.into_inner());
-                            if b.is_none_or(|t| now < t) {
-                                *b = Some(now);
-                            }
-                        }
+                        keep(&st.began_at, Instant::now(), |new, old| new < old);
                         let r = run_chunk(job, start, end, progress, abort);
                         let cpu_end = crate::sys::current_cpu();
                         {
                             let mut seen = st.cpus_seen.lock().unwrap_or_else(|e| e.into_inner());
                             seen.extend(cpu_start.into_iter().chain(cpu_end));
                         }
-                        if let Err((off, e)) = r {
+                        if let Err(fault) = r {
                             abort.store(true, Ordering::Relaxed);
-                            let mut slot = st.error.lock().unwrap_or_else(|e| e.into_inner());
-                            if slot.as_ref().is_none_or(|(o, _)| off < *o) {
-                                *slot = Some((off, e));
-                            }
+                            keep(&st.error, fault, |new, old| new.0 < old.0);
                         }
-                        let now = Instant::now();
-                        let mut fin = st.finished_at.lock().unwrap_or_else(|e| e.into_inner());
-                        if fin.is_none_or(|f| now > f) {
-                            *fin = Some(now);
-                        }
+                        keep(&st.finished_at, Instant::now(), |new, old| new > old);
                     });
                 match spawned {
                     Ok(h) => handles.push(h),
