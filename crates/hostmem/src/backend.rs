@@ -713,13 +713,7 @@ impl Backend {
         self.bind(&region.mapped.map, policy, &nodes, &host, true)?;
         self.cfg.policy = policy;
         self.cfg.host_nodes = nodes.clone();
-        let (per_node, absent) = inspect::page_nodes(&region.mapped.map, region.page_size)
-            .map_err(|e| Error::Io {
-                kind: self.kind.qom_type(),
-                id: self.id.clone(),
-                what: "reading page placement".into(),
-                reason: sys::strerror(&e),
-            })?;
+        let (per_node, absent) = self.page_nodes()?;
         let present: u64 = per_node.values().sum();
         let on_target = if nodes.is_empty() {
             present
