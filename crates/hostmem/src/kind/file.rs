@@ -9,7 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{fs_page_size, invalid, map_failed, Mapped, Plan};
+use super::{fs_page_size, invalid, map_failed, CreatedFile, Mapped, Plan};
 use crate::error::{Error, Result};
 use crate::props::{Config, Kind, OnOffAuto};
 use crate::size::format_size;
@@ -146,8 +146,8 @@ pub fn map(id: &str, cfg: &Config, plan: &Plan) -> Result<Mapped> {
             Err(e) => return Err(open_error(&path, &e)),
         }
     };
-    // From here on the Mapped-to-be owns the created file: dropping it removes the file.
-    let mut undo = PendingFile(created);
+    // Removes the created file if any step below fails; the mapping takes it over.
+    let created = CreatedFile::new(created);
     let need = cfg.offset + size;
     let have = file.metadata().map_err(|e| open_error(&path, &e))?.len();
     if have < need {
@@ -207,27 +207,10 @@ pub fn map(id: &str, cfg: &Config, plan: &Plan) -> Result<Mapped> {
             map_failed(Kind::File, id, &e)
         }
     })?;
-    undo.finish(map, fd, cfg.offset)
-}
-
-/// Removes a file created for a backend unless the backend's mapping takes it over.
-struct PendingFile(Option<PathBuf>);
-
-impl PendingFile {
-    fn finish(&mut self, map: RawMapping, fd: OwnedFd, fd_offset: u64) -> Result<Mapped> {
-        Ok(Mapped {
-            map,
-            fd: Some(fd),
-            fd_offset,
-            created_file: self.0.take(),
-        })
-    }
-}
-
-impl Drop for PendingFile {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
+    Ok(Mapped {
+        map,
+        fd: Some(fd),
+        fd_offset: cfg.offset,
+        created_file: created,
+    })
 }

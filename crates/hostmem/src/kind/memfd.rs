@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::os::fd::OwnedFd;
 
-use super::{invalid, map_failed, Mapped, Plan};
+use super::{invalid, map_failed, CreatedFile, Mapped, Plan};
 use crate::error::Result;
 use crate::numa::topology::{default_huge_page_size, huge_page_sizes};
 use crate::props::{Config, Kind};
@@ -109,6 +109,6 @@ pub fn map(id: &str, cfg: &Config, plan: &Plan) -> Result<Mapped> {
         map,
         fd: Some(fd),
         fd_offset: 0,
-        created_file: None,
+        created_file: CreatedFile::default(),
     })
 }

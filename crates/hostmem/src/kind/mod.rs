@@ -34,21 +34,37 @@ pub struct Mapped {
     /// Offset of the mapping in `fd`.
     pub fd_offset: u64,
     /// A file this backend created at a named path: removed if allocation fails.
-    pub created_file: Option<PathBuf>,
+    pub created_file: CreatedFile,
+}
+
+/// A file made for a backend at a named path: removed on drop unless kept, so every
+/// way out of a failed allocation removes it.
+#[derive(Debug, Default)]
+pub struct CreatedFile(Option<PathBuf>);
+
+impl CreatedFile {
+    pub fn new(path: Option<PathBuf>) -> Self {
+        CreatedFile(path)
+    }
+
+    /// The backend came to life: the file stays.
+    pub fn keep(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CreatedFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 impl Mapped {
     /// Keeps the created file (allocation succeeded).
     pub fn keep_file(&mut self) {
-        self.created_file = None;
-    }
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        if let Some(p) = self.created_file.take() {
-            let _ = std::fs::remove_file(p);
-        }
+        self.created_file.keep();
     }
 }
 

@@ -1,6 +1,6 @@
 //! `memory-backend-ram`: anonymous memory, aligned for THP.
 
-use super::{map_failed, Mapped, THP_ALIGN};
+use super::{map_failed, CreatedFile, Mapped, THP_ALIGN};
 use crate::error::Result;
 use crate::props::{Config, Kind};
 use crate::sys::{advice, MapOptions, RawMapping};
@@ -21,6 +21,6 @@ pub fn map(id: &str, cfg: &Config) -> Result<Mapped> {
         map,
         fd: None,
         fd_offset: 0,
-        created_file: None,
+        created_file: CreatedFile::default(),
     })
 }
