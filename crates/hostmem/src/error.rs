@@ -83,6 +83,16 @@ pub enum Error {
     PreallocWithoutReserve,
     #[error("object '{0}' is in use, can not be deleted")]
     InUse(String),
+    /// QEMU 9.1+: file, memfd and shm memory must be whole pages.
+    #[error("backend '{kind}' memory size must be multiple of {}", format_size(*page_size))]
+    SizeNotPageMultiple {
+        /// QEMU type name.
+        kind: &'static str,
+        /// The memory's page size.
+        page_size: u64,
+    },
+    #[error("can't create shm backend with `share=off`")]
+    ShmNotShared,
 
     // --- property access ---------------------------------------------------------------
     #[error("Property '{kind}.{prop}' not found")]
@@ -151,6 +161,19 @@ pub enum Error {
     NotAllocated { kind: &'static str, id: String },
     #[error("{kind} '{id}' is already allocated")]
     AlreadyAllocated { kind: &'static str, id: String },
+    #[error("cannot rebind '{id}' to {policy} {nodes}: {reason}; its policy is {now}, pages already moved stay where they are")]
+    RebindFailed {
+        /// Object id.
+        id: String,
+        /// The policy asked for.
+        policy: Policy,
+        /// The nodes asked for.
+        nodes: String,
+        /// What mbind said.
+        reason: String,
+        /// The policy and nodes in force now (the previous ones, put back).
+        now: String,
+    },
     #[error("{kind} '{id}': {what}: {reason}")]
     Io {
         kind: &'static str,

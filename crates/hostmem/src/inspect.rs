@@ -7,16 +7,64 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 
-use crate::numa::{NodeSet, Policy};
+use std::fmt;
+
+use crate::numa::{KernelMode, NodeSet};
 use crate::sys::RawMapping;
 
-/// The kernel's view of one address range (summed over the VMAs it spans).
+/// A reading the kernel did not give, and why: reports print it instead of a guess.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unknown {
+    /// What could not be read (`/proc/self/numa_maps`).
+    pub what: &'static str,
+    /// Why (the errno text).
+    pub reason: String,
+}
+
+impl fmt::Display for Unknown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown ({}: {})", self.what, self.reason)
+    }
+}
+
+/// Pages per node and the policy, as numa_maps prints them.
 #[derive(Debug, Clone, Default, PartialEq)]
+pub struct NumaView {
+    /// Pages per node, in units of `page_size`.
+    pub pages_per_node: BTreeMap<u32, u64>,
+    /// Page size numa_maps counts in.
+    pub page_size: u64,
+    /// The policy as numa_maps prints it (`bind:0`, `interleave:0-3`, `default`).
+    pub policy: String,
+}
+
+impl NumaView {
+    /// Bytes per node.
+    pub fn bytes_per_node(&self) -> BTreeMap<u32, u64> {
+        self.pages_per_node
+            .iter()
+            .map(|(&n, &p)| (n, p * self.page_size))
+            .collect()
+    }
+}
+
+/// The policy of a range as get_mempolicy(MPOL_F_ADDR) reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemPolicy {
+    /// The kernel's mode.
+    pub mode: KernelMode,
+    /// The nodes of the mode.
+    pub nodes: NodeSet,
+}
+
+/// The kernel's view of one address range (summed over the VMAs it spans).
+#[derive(Debug, Clone, PartialEq)]
 pub struct KernelView {
     /// VMAs covering the range (mbind or madvise on part of a range splits them).
     pub vmas: usize,
     /// VmFlags of the first VMA, two-letter codes (`rd wr mr mw me ac sd hg mg dd`).
     pub vmflags: Vec<String>,
+    /// Bytes the VMAs span.
     pub size: u64,
     /// Resident bytes, huge TLB pages included.
     pub resident: u64,
@@ -26,33 +74,34 @@ pub struct KernelView {
     pub hugetlb: u64,
     /// Page size the kernel uses for the mapping (KernelPageSize).
     pub page_size: u64,
-    /// Pages per node from numa_maps, in units of `numa_page_size`.
-    pub pages_per_node: BTreeMap<u32, u64>,
-    pub numa_page_size: u64,
-    /// The policy as numa_maps prints it (`bind:0`, `interleave:0-3`, `default`).
-    pub numa_policy: String,
-    /// get_mempolicy(MPOL_F_ADDR) at the start of the range: kernel mode and nodes.
-    pub mempolicy_mode: i32,
-    pub mempolicy_nodes: NodeSet,
+    /// Pages per node from numa_maps, or why they are unknown (a kernel without NUMA
+    /// has no numa_maps: nothing is made up in its place).
+    pub numa: Result<NumaView, Unknown>,
+    /// get_mempolicy(MPOL_F_ADDR) at the start of the range, or why it is unknown.
+    pub mempolicy: Result<MemPolicy, Unknown>,
 }
 
 impl KernelView {
+    /// Whether the first VMA has a VmFlags code (`mg`, `dd`, `hg`, ...).
     pub fn has_flag(&self, flag: &str) -> bool {
         self.vmflags.iter().any(|f| f == flag)
     }
 
-    /// Bytes per node, from numa_maps.
-    pub fn bytes_per_node(&self) -> BTreeMap<u32, u64> {
-        self.pages_per_node
-            .iter()
-            .map(|(&n, &p)| (n, p * self.numa_page_size))
-            .collect()
+    /// Bytes per node, from numa_maps; None when numa_maps could not be read.
+    pub fn bytes_per_node(&self) -> Option<BTreeMap<u32, u64>> {
+        self.numa.as_ref().ok().map(NumaView::bytes_per_node)
     }
+}
 
-    /// The policy's kernel name (`bind`, `prefer (many)`, ...).
-    pub fn mempolicy_name(&self) -> &'static str {
-        Policy::kernel_mode_name(self.mempolicy_mode)
-    }
+#[derive(Default)]
+struct Smaps {
+    vmas: usize,
+    vmflags: Vec<String>,
+    size: u64,
+    resident: u64,
+    thp: u64,
+    hugetlb: u64,
+    page_size: u64,
 }
 
 fn parse_range(head: &str) -> Option<(u64, u64)> {
@@ -73,7 +122,7 @@ fn kb(v: &str) -> u64 {
 }
 
 /// Folds the smaps entries overlapping [start, end) into `view`.
-pub fn parse_smaps(text: &str, start: u64, end: u64, view: &mut KernelView) {
+fn parse_smaps(text: &str, start: u64, end: u64, view: &mut Smaps) {
     let mut inside = false;
     for line in text.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
@@ -107,8 +156,9 @@ pub fn parse_smaps(text: &str, start: u64, end: u64, view: &mut KernelView) {
     }
 }
 
-/// Folds the numa_maps lines whose VMA starts inside [start, end) into `view`.
-pub fn parse_numa_maps(text: &str, start: u64, end: u64, view: &mut KernelView) {
+/// The numa_maps lines whose VMA starts inside [start, end), summed.
+fn parse_numa_maps(text: &str, start: u64, end: u64) -> NumaView {
+    let mut view = NumaView::default();
     for line in text.lines() {
         let mut words = line.split_whitespace();
         let Some(addr) = words.next().and_then(|a| u64::from_str_radix(a, 16).ok()) else {
@@ -118,8 +168,8 @@ pub fn parse_numa_maps(text: &str, start: u64, end: u64, view: &mut KernelView) 
             continue;
         }
         let policy = words.next().unwrap_or("");
-        if view.numa_policy.is_empty() {
-            view.numa_policy = policy.to_string();
+        if view.policy.is_empty() {
+            view.policy = policy.to_string();
         }
         for w in words {
             if let Some(rest) = w.strip_prefix('N') {
@@ -129,17 +179,63 @@ pub fn parse_numa_maps(text: &str, start: u64, end: u64, view: &mut KernelView) 
                     }
                 }
             } else if let Some(k) = w.strip_prefix("kernelpagesize_kB=") {
-                view.numa_page_size = k.parse::<u64>().unwrap_or(4) * 1024;
+                if let Ok(k) = k.parse::<u64>() {
+                    view.page_size = k * 1024;
+                }
             }
         }
+    }
+    view
+}
+
+/// The kernel's view of [start, end) from the three readings; a reading that failed is
+/// reported as unknown, with its reason.
+fn assemble(
+    start: u64,
+    end: u64,
+    smaps: &str,
+    numa_maps: io::Result<String>,
+    mempolicy: io::Result<(i32, Vec<u64>)>,
+) -> KernelView {
+    let unknown = |what, e: io::Error| Unknown {
+        what,
+        reason: crate::sys::strerror(&e),
+    };
+    let mut sm = Smaps::default();
+    parse_smaps(smaps, start, end, &mut sm);
+    let numa = numa_maps
+        .map(|text| {
+            let mut v = parse_numa_maps(&text, start, end);
+            // numa_maps leaves out the page size of a VMA with no pages yet.
+            if v.page_size == 0 {
+                v.page_size = sm.page_size;
+            }
+            v
+        })
+        .map_err(|e| unknown("/proc/self/numa_maps", e));
+    let mempolicy = mempolicy
+        .map(|(mode, mask)| MemPolicy {
+            mode: KernelMode::from_raw(mode),
+            nodes: NodeSet::from_mask(&mask),
+        })
+        .map_err(|e| unknown("get_mempolicy", e));
+    KernelView {
+        vmas: sm.vmas,
+        vmflags: sm.vmflags,
+        size: sm.size,
+        resident: sm.resident,
+        thp: sm.thp,
+        hugetlb: sm.hugetlb,
+        page_size: sm.page_size,
+        numa,
+        mempolicy,
     }
 }
 
 /// Reads the kernel's view of a whole mapping now.
-pub fn inspect(map: &RawMapping) -> io::Result<KernelView> {
+pub(crate) fn inspect(map: &RawMapping) -> io::Result<KernelView> {
     let start = map.addr() as u64;
     let end = start + map.len() as u64;
-    let mut view = KernelView::default();
     // Both files walk the page tables of every mapping: for 4 GiB of 4 KiB pages each
     // read costs ~40 ms of kernel time, so they are read at the same time.
     let (smaps, numa_maps) = std::thread::scope(|s| {
@@ -150,33 +246,12 @@ pub fn inspect(map: &RawMapping) -> io::Result<KernelView> {
             .unwrap_or_else(|_| Err(io::Error::other("numa_maps reader panicked")));
         (smaps, numa)
     });
-    parse_smaps(&smaps?, start, end, &mut view);
-    // numa_maps exists only on NUMA kernels; without it every page is on node 0.
-    match numa_maps {
-        Ok(text) => {
-            parse_numa_maps(&text, start, end, &mut view);
-            // numa_maps leaves out the page size of a VMA with no pages yet.
-            if view.numa_page_size == 0 {
-                view.numa_page_size = view.page_size;
-            }
-        }
-        Err(_) => {
-            view.numa_page_size = view.page_size;
-            if let Some(pages) = view.resident.checked_div(view.page_size) {
-                view.pages_per_node.insert(0, pages);
-            }
-        }
-    }
-    if let Ok((mode, mask)) = map.mempolicy_at(0) {
-        view.mempolicy_mode = mode;
-        view.mempolicy_nodes = NodeSet::from_mask(&mask);
-    }
-    Ok(view)
+    Ok(assemble(start, end, &smaps?, numa_maps, map.mempolicy_at(0)))
 }
 
 /// Where each page of a mapping is, page by page (`move_pages`): pages per node, and
 /// the count of pages not present.
-pub fn page_nodes(map: &RawMapping, page_size: u64) -> io::Result<(BTreeMap<u32, u64>, u64)> {
+pub(crate) fn page_nodes(map: &RawMapping, page_size: u64) -> io::Result<(BTreeMap<u32, u64>, u64)> {
     let offsets: Vec<usize> = (0..map.len() as u64)
         .step_by(page_size as usize)
         .map(|o| o as usize)
@@ -218,13 +293,13 @@ VmFlags: rd wr
 
     #[test]
     fn smaps_sums_the_vmas_of_the_range_only() {
-        let mut v = KernelView::default();
+        let mut v = Smaps::default();
         parse_smaps(SMAPS, 0x7f00_0000_0000, 0x7f00_0040_0000, &mut v);
         assert_eq!(v.vmas, 2);
         assert_eq!(v.size, 4 << 20);
         assert_eq!(v.resident, (2 << 20) + 4096);
         assert_eq!(v.thp, 2 << 20);
-        assert!(v.has_flag("mg") && v.has_flag("hg"));
+        assert_eq!(v.vmflags.join(" "), "rd wr mr mw me ac hg mg");
     }
 
     #[test]
@@ -232,11 +307,29 @@ VmFlags: rd wr
         let text = "7f0000000000 bind:0-1 anon=512 dirty=512 N0=256 N1=256 kernelpagesize_kB=4\n\
                     7f0000200000 bind:0-1 anon=2 N1=2 kernelpagesize_kB=4\n\
                     7f0000400000 default anon=9 N0=9 kernelpagesize_kB=4\n";
-        let mut v = KernelView::default();
-        parse_numa_maps(text, 0x7f00_0000_0000, 0x7f00_0040_0000, &mut v);
-        assert_eq!(v.numa_policy, "bind:0-1");
+        let v = parse_numa_maps(text, 0x7f00_0000_0000, 0x7f00_0040_0000);
+        assert_eq!(v.policy, "bind:0-1");
         assert_eq!(v.pages_per_node.get(&0), Some(&256));
         assert_eq!(v.pages_per_node.get(&1), Some(&258));
-        assert_eq!(v.numa_page_size, 4096);
+        assert_eq!(v.page_size, 4096);
+    }
+
+    #[test]
+    fn unreadable_numa_maps_and_policy_are_unknown_not_made_up() {
+        let gone = || io::Error::from_raw_os_error(libc::ENOENT);
+        let v = assemble(
+            0x7f00_0000_0000,
+            0x7f00_0040_0000,
+            SMAPS,
+            Err(gone()),
+            Err(io::Error::from_raw_os_error(libc::ENOSYS)),
+        );
+        let numa = v.numa.unwrap_err();
+        assert_eq!(numa.what, "/proc/self/numa_maps");
+        assert_eq!(numa.reason, "No such file or directory");
+        assert_eq!(v.bytes_per_node(), None);
+        assert_eq!(v.mempolicy.unwrap_err().what, "get_mempolicy");
+        // What could be read still is.
+        assert_eq!(v.resident, (2 << 20) + 4096);
     }
 }

@@ -1,10 +1,13 @@
 //! hostmem: host memory backends for virtual machines.
 //!
-//! A backend is a VM's guest RAM on a Linux host: anonymous memory, a file, a memfd or
-//! hugetlbfs pages of a given size, placed on NUMA nodes by a policy, preallocated in
-//! parallel, marked for KSM merging or kept out of core dumps. The behaviour follows
-//! QEMU's `memory-backend-*` objects, and every claim about the memory can be read back
-//! from the kernel ([`inspect`]).
+//! A backend is a VM's guest RAM on a Linux host: anonymous memory, a file, a memfd,
+//! POSIX shared memory or hugetlbfs pages of a given size, placed on NUMA nodes by a
+//! policy, preallocated in parallel, marked for KSM merging or kept out of core dumps.
+//! The behaviour follows QEMU's `memory-backend-*` objects, and every claim about the
+//! memory can be read back from the kernel ([`inspect`]).
+//!
+//! How the crate is laid out, and where to add a kind, a property or a policy:
+//! `docs/design.md` in the repository.
 //!
 //! ```no_run
 //! use hostmem::{Backend, Kind, NodeSet, Policy};
@@ -19,6 +22,10 @@
 //! # Ok::<(), hostmem::Error>(())
 //! ```
 
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod backend;
 pub mod error;
 pub mod inspect;
@@ -28,14 +35,17 @@ pub mod objspec;
 pub mod prealloc;
 pub mod props;
 pub mod size;
-pub mod sys;
+// The one module allowed to use `unsafe`; private to the crate.
+#[allow(unsafe_code)]
+pub(crate) mod sys;
 #[cfg(feature = "vm-memory")]
 pub mod vmm;
 
 pub use backend::{Backend, BatchError, Builder, InUse, RebindReport};
 pub use error::{Error, Result};
 pub use inspect::KernelView;
+pub use kind::{Kind, KindConfig};
 pub use numa::{HostTopology, NodeSet, Policy};
 pub use objspec::ObjectSpec;
 pub use prealloc::Progress;
-pub use props::{Kind, MachineDefaults, PropInfo, PropType, PropValue};
+pub use props::{Config, MachineDefaults, Prop, PropType, PropValue};

@@ -4,7 +4,8 @@
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::numa::NodeSet;
-use crate::props::{Kind, MachineDefaults, PropValue};
+use crate::kind::Kind;
+use crate::props::{MachineDefaults, PropValue};
 
 /// A parsed `-object` argument.
 #[derive(Debug, Clone, PartialEq, Eq)]

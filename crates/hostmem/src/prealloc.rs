@@ -62,7 +62,7 @@ pub enum Method {
 
 /// One region to preallocate.
 #[derive(Debug)]
-pub struct Job<'a> {
+pub(crate) struct Job<'a> {
     pub map: &'a RawMapping,
     pub page_size: u64,
     pub threads: usize,
@@ -109,6 +109,21 @@ pub enum Failure {
     Aborted,
     /// The threads could not be created.
     Spawn(io::Error),
+}
+
+impl Failure {
+    /// Whether this failure explains a failed batch better than `other`: a fault or a
+    /// spawn error over a cancel, a cancel over an abort (aborts follow from the others).
+    pub(crate) fn explains_more_than(&self, other: &Failure) -> bool {
+        fn rank(f: &Failure) -> u8 {
+            match f {
+                Failure::Aborted => 0,
+                Failure::Cancelled => 1,
+                Failure::Fault { .. } | Failure::Spawn(_) => 2,
+            }
+        }
+        rank(self) > rank(other)
+    }
 }
 
 /// Threads a job of `len` bytes gets when `requested` are allowed.
@@ -192,7 +207,7 @@ fn run_chunk(
 
 /// Preallocates every job at once. Any fault stops all jobs (a batch of backends is
 /// created or undone as a whole); results come back in job order.
-pub fn populate(jobs: &[Job<'_>], progress: &Progress) -> Vec<Result<Stats, Failure>> {
+pub(crate) fn populate(jobs: &[Job<'_>], progress: &Progress) -> Vec<Result<Stats, Failure>> {
     let total: u64 = jobs.iter().map(|j| j.map.len() as u64).sum();
     progress.total.fetch_add(total, Ordering::Relaxed);
     let gate = Gate {

@@ -11,12 +11,11 @@ use vm_memory::bitmap::{Bitmap, WithBitmapSlice};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::backend::{Backend, InUse};
-use crate::props::Kind;
 
 /// The bitmap type of hostmem's guest regions: no dirty tracking, it only holds the
 /// backend's memory.
 #[derive(Debug, Clone)]
-pub struct Hold(InUse);
+pub struct Hold(pub(crate) InUse);
 
 impl Hold {
     /// The hold on the backend this region refers to.
@@ -44,28 +43,48 @@ pub type Region = GuestRegionMmap<Hold>;
 /// Guest memory made of hostmem backends.
 pub type Memory = GuestMemoryMmap<Hold>;
 
+/// Why a backend could not become guest memory.
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
+    /// The backend refused (not allocated, ...).
     #[error("{0}")]
     Backend(#[from] crate::Error),
+    /// vm-memory regions are always writable; read-only memory cannot be one.
+    #[error("backend '{id}' is read-only, and vm-memory regions have no read-only mode")]
+    ReadOnly {
+        /// Object id.
+        id: String,
+    },
+    /// The fd could not be duplicated for the region's FileOffset.
     #[error("cannot duplicate the fd of backend '{id}' for vm-memory: {err}")]
     DupFd { id: String, err: std::io::Error },
+    /// vm-memory refused the mapping.
     #[error("vm-memory refused the mapping of backend '{id}': {err}")]
     Mmap {
         id: String,
         err: vm_memory::mmap::MmapRegionError,
     },
+    /// The region would end beyond the guest address space.
     #[error("backend '{id}' at guest address {base:#x} overflows the guest address space")]
     Overflow { id: String, base: u64 },
+    /// Regions overlap or are out of order.
     #[error("guest memory layout: {0}")]
     Layout(#[from] vm_memory::GuestRegionCollectionError),
 }
 
 impl Backend {
     /// This backend as a vm-memory region at `guest_base`.
+    ///
+    /// Refused for read-only memory: vm-memory regions have no read-only mode (its
+    /// writes do not check the protection), so a region over it could fault.
     pub fn guest_region(&self, guest_base: GuestAddress) -> Result<Region, VmmError> {
         let hold = self.hold()?;
-        let region = hold.region().clone();
+        if !hold.is_writable() {
+            return Err(VmmError::ReadOnly {
+                id: self.id().to_string(),
+            });
+        }
+        let region = hold.0.clone();
         let file_offset = match region.fd_and_offset() {
             Some((fd, off)) => {
                 let dup = fd.try_clone().map_err(|err| VmmError::DupFd {
@@ -76,19 +95,7 @@ impl Backend {
             }
             None => None,
         };
-        let cfg = self.config();
-        let hugetlbfs = self
-            .page_size()
-            .is_some_and(|p| p > crate::sys::page_size() as u64);
-        let writable = !(self.kind() == Kind::File && cfg.readonly);
-        let mmap = crate::sys::vmm::borrowed_region(
-            region.raw(),
-            Hold(hold),
-            file_offset,
-            cfg.share,
-            writable,
-            hugetlbfs,
-        )
+        let mmap = crate::sys::vmm::held_region(Hold(hold), file_offset)
         .map_err(|err| VmmError::Mmap {
             id: self.id().to_string(),
             err,

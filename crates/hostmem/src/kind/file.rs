@@ -5,84 +5,216 @@
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{fs_page_size, invalid, map_failed, CreatedFile, Mapped, Plan};
+use super::{fs_page_size, CreatedFile, KindOps, KindSpec, Mapped, Plan, Target};
 use crate::error::{Error, Result};
-use crate::props::{Config, Kind, OnOffAuto};
+use crate::props::group::property_group;
+use crate::props::OnOffAuto;
 use crate::size::format_size;
-use crate::sys::{MapOptions, RawMapping};
+use crate::sys::{self, MapOptions, RawMapping};
+
+property_group! {
+    /// The settings of `memory-backend-file`.
+    pub struct FileConfig in kind File {
+        /// open and map the file read-only
+        READONLY readonly: bool = "readonly", live Fixed, default |_, _| false;
+        /// alignment of the mapping (0: the page size)
+        ALIGN align: u64 = "align", live Fixed, default |_, _| 0;
+        /// offset of the memory in the file
+        OFFSET offset: u64 = "offset", live Fixed, default |_, _| 0;
+        /// persistent memory: map with MAP_SYNC
+        PMEM pmem: bool = "pmem", live Fixed, default |_, _| false;
+        /// file, or directory for an unlinked temp file (required)
+        MEM_PATH mem_path: PathBuf = "mem-path", live Fixed, default |_, _| PathBuf::new(),
+            arg impl Into<PathBuf>;
+        /// drop the file's data on delete
+        DISCARD_DATA discard_data: bool = "discard-data", live Immediate, default |_, _| false;
+        /// the guest sees the memory as ROM
+        ROM rom: OnOffAuto = "rom", live Fixed, default |_, _| OnOffAuto::Auto;
+    }
+}
+
+impl KindSpec for FileConfig {
+    const QOM_TYPE: &'static str = "memory-backend-file";
+}
 
 fn open_error(path: &Path, e: &std::io::Error) -> Error {
     Error::OpenBackingStore {
         path: path.to_path_buf(),
-        reason: crate::sys::strerror(e),
+        reason: sys::strerror(e),
     }
 }
 
-pub fn plan(id: &str, cfg: &Config) -> Result<Plan> {
-    let path = cfg.mem_path.as_deref().ok_or(Error::Missing("mem-path"))?;
-    let size = cfg.size.unwrap_or(0);
-    let (page, hugetlb) = fs_page_size(path).map_err(|e| open_error(path, &e))?;
-    let bad = |prop, value: u64, why: String| invalid(Kind::File, id, prop, value, why);
-    if !size.is_multiple_of(page) {
-        return Err(bad(
-            "size",
-            size,
-            format!(
-                "must be a multiple of the page size {} of {}",
-                format_size(page),
-                path.display()
-            ),
-        ));
+impl FileConfig {
+    fn path_set(&self) -> Result<&Path> {
+        if self.mem_path.as_os_str().is_empty() {
+            Err(Error::Missing(FileConfig::MEM_PATH.name))
+        } else {
+            Ok(&self.mem_path)
+        }
     }
-    if cfg.align != 0 && (!cfg.align.is_power_of_two() || !cfg.align.is_multiple_of(page)) {
-        return Err(bad(
-            "align",
-            cfg.align,
-            format!(
-                "must be a power of two and a multiple of the page size {}",
-                format_size(page)
-            ),
-        ));
+}
+
+impl KindOps for FileConfig {
+    fn plan(&self, t: &Target<'_>) -> Result<Plan> {
+        let path = self.path_set()?;
+        let size = t.common.size;
+        let (page, hugetlb) = fs_page_size(path).map_err(|e| open_error(path, &e))?;
+        if self.align != 0 && (!self.align.is_power_of_two() || !self.align.is_multiple_of(page))
+        {
+            return Err(t.invalid(
+                &FileConfig::ALIGN,
+                self.align,
+                format!(
+                    "must be a power of two and a multiple of the page size {}",
+                    format_size(page)
+                ),
+            ));
+        }
+        if !self.offset.is_multiple_of(page) {
+            return Err(t.invalid(
+                &FileConfig::OFFSET,
+                self.offset,
+                format!("must be a multiple of the page size {}", format_size(page)),
+            ));
+        }
+        if self.offset.checked_add(size).is_none_or(|end| end > i64::MAX as u64) {
+            return Err(t.invalid(
+                &FileConfig::OFFSET,
+                self.offset,
+                format!("offset + size ({size}) is beyond the largest file size"),
+            ));
+        }
+        if self.rom == OnOffAuto::On && !self.readonly && t.common.share {
+            return Err(t.invalid(
+                &FileConfig::ROM,
+                "on",
+                "a shared writable file cannot be ROM: set readonly=on or share=off",
+            ));
+        }
+        if self.pmem && !t.common.share {
+            return Err(t.invalid(&FileConfig::PMEM, "on", "persistent memory needs share=on"));
+        }
+        Ok(Plan {
+            len: size,
+            page_size: page,
+            hugetlb,
+            existing_file: path.is_file(),
+        })
     }
-    if !cfg.offset.is_multiple_of(page) {
-        return Err(bad(
-            "offset",
-            cfg.offset,
-            format!("must be a multiple of the page size {}", format_size(page)),
-        ));
+
+    fn map(&self, t: &Target<'_>, plan: &Plan) -> Result<Mapped> {
+        let path = self.path_set()?;
+        let size = plan.len;
+        let mut created: Option<PathBuf> = None;
+        let file = if path.is_dir() {
+            temp_file(path, t.id).map_err(|e| open_error(path, &e))?
+        } else {
+            match OpenOptions::new().read(true).write(!self.readonly).open(path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::NotFound && !self.readonly => {
+                    let f = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(path)
+                        .map_err(|e| open_error(path, &e))?;
+                    created = Some(path.to_path_buf());
+                    f
+                }
+                Err(e) => return Err(open_error(path, &e)),
+            }
+        };
+        // Removes the created file if any step below fails; the mapping takes it over.
+        let created = CreatedFile::new(created);
+        // plan() refused offsets whose end overflows.
+        let need = self.offset.saturating_add(size);
+        let have = file.metadata().map_err(|e| open_error(path, &e))?.len();
+        if have < need {
+            // Like QEMU: grow an empty file, refuse to silently grow one with data in it.
+            if have != 0 || self.readonly {
+                return Err(t.invalid(
+                    &crate::props::Common::SIZE,
+                    size,
+                    format!(
+                        "{} holds {have} bytes, fewer than offset + size = {need}",
+                        path.display()
+                    ),
+                ));
+            }
+            file.set_len(need).map_err(|e| {
+                t.invalid(
+                    &crate::props::Common::SIZE,
+                    size,
+                    format!(
+                        "cannot grow {} to {need} bytes: {}",
+                        path.display(),
+                        sys::strerror(&e)
+                    ),
+                )
+            })?;
+        }
+        let fd = OwnedFd::from(file);
+        let align = if self.align == 0 {
+            plan.page_size
+        } else {
+            self.align
+        };
+        let opts = MapOptions {
+            shared: t.common.share,
+            noreserve: !t.common.reserve,
+            readonly: self.readonly,
+            sync: self.pmem,
+            align: align as usize,
+        };
+        let map = RawMapping::map(size as usize, Some(&fd), self.offset, opts).map_err(|e| {
+            if self.pmem && e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                t.invalid(
+                    &FileConfig::PMEM,
+                    "on",
+                    format!(
+                        "{} is not on a DAX file system (MAP_SYNC refused)",
+                        path.display()
+                    ),
+                )
+            } else {
+                t.map_failed(&e)
+            }
+        })?;
+        Ok(Mapped {
+            map,
+            fd: Some(fd),
+            fd_offset: self.offset,
+            created_file: created,
+        })
     }
-    if cfg.rom == OnOffAuto::On && !cfg.readonly && cfg.share {
-        return Err(invalid(
-            Kind::File,
-            id,
-            "rom",
-            "on",
-            "a shared writable file cannot be ROM: set readonly=on or share=off",
-        ));
+
+    fn writable(&self) -> bool {
+        !self.readonly
     }
-    if cfg.pmem && !cfg.share {
-        return Err(invalid(
-            Kind::File,
-            id,
-            "pmem",
-            "on",
-            "persistent memory needs share=on",
-        ));
+
+    fn path(&self) -> Option<&Path> {
+        self.path_set().ok()
     }
-    let existing_file = path.is_file();
-    Ok(Plan {
-        page_size: page,
-        hugetlb,
-        existing_file,
-    })
+
+    fn on_delete(&self, mapped: &Mapped) {
+        if self.discard_data {
+            if let Some(fd) = mapped.fd.as_ref() {
+                // Best effort like QEMU: the memory goes away regardless.
+                let _ = sys::punch_hole(fd, mapped.fd_offset, mapped.map.len() as u64);
+            }
+        }
+    }
 }
 
 /// Makes a file in `dir` that no one else can open and unlinks it at once, so the
-/// memory vanishes with the process however it ends.
+/// memory vanishes with the process however it ends. The name is built from bytes, so a
+/// directory that is not UTF-8 is used as it is.
 fn temp_file(dir: &Path, id: &str) -> std::io::Result<File> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let safe_id: String = id
@@ -101,7 +233,7 @@ fn temp_file(dir: &Path, id: &str) -> std::io::Result<File> {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
-        let path = dir.join(name);
+        let path = dir.join(std::ffi::OsStr::from_bytes(name.as_bytes()));
         match OpenOptions::new()
             .read(true)
             .write(true)
@@ -117,100 +249,4 @@ fn temp_file(dir: &Path, id: &str) -> std::io::Result<File> {
             Err(e) => return Err(e),
         }
     }
-}
-
-pub fn map(id: &str, cfg: &Config, plan: &Plan) -> Result<Mapped> {
-    let path = cfg.mem_path.clone().ok_or(Error::Missing("mem-path"))?;
-    let size = cfg.size.unwrap_or(0);
-    let mut created: Option<PathBuf> = None;
-    let file = if path.is_dir() {
-        temp_file(&path, id).map_err(|e| open_error(&path, &e))?
-    } else {
-        match OpenOptions::new()
-            .read(true)
-            .write(!cfg.readonly)
-            .open(&path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound && !cfg.readonly => {
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(|e| open_error(&path, &e))?;
-                created = Some(path.clone());
-                f
-            }
-            Err(e) => return Err(open_error(&path, &e)),
-        }
-    };
-    // Removes the created file if any step below fails; the mapping takes it over.
-    let created = CreatedFile::new(created);
-    let need = cfg.offset + size;
-    let have = file.metadata().map_err(|e| open_error(&path, &e))?.len();
-    if have < need {
-        // Like QEMU: grow an empty file, refuse to silently grow one with data in it.
-        if have != 0 || cfg.readonly {
-            return Err(invalid(
-                Kind::File,
-                id,
-                "size",
-                size,
-                format!(
-                    "{} holds {have} bytes, fewer than offset + size = {need}",
-                    path.display()
-                ),
-            ));
-        }
-        file.set_len(need).map_err(|e| {
-            invalid(
-                Kind::File,
-                id,
-                "size",
-                size,
-                format!(
-                    "cannot grow {} to {need} bytes: {}",
-                    path.display(),
-                    crate::sys::strerror(&e)
-                ),
-            )
-        })?;
-    }
-    let fd = OwnedFd::from(file);
-    let align = if cfg.align == 0 {
-        plan.page_size
-    } else {
-        cfg.align
-    };
-    let opts = MapOptions {
-        shared: cfg.share,
-        noreserve: !cfg.reserve,
-        readonly: cfg.readonly,
-        sync: cfg.pmem,
-        align: align as usize,
-    };
-    let map = RawMapping::map(size as usize, Some(&fd), cfg.offset, opts).map_err(|e| {
-        if cfg.pmem && e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-            invalid(
-                Kind::File,
-                id,
-                "pmem",
-                "on",
-                format!(
-                    "{} is not on a DAX file system (MAP_SYNC refused)",
-                    path.display()
-                ),
-            )
-        } else {
-            map_failed(Kind::File, id, &e)
-        }
-    })?;
-    Ok(Mapped {
-        map,
-        fd: Some(fd),
-        fd_offset: cfg.offset,
-        created_file: created,
-    })
 }

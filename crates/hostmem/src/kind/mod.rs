@@ -1,23 +1,208 @@
-//! How each kind of backend gets its memory: anonymous (`ram`), a file or a temp file
-//! in a directory (`file`), or a memfd (`memfd`).
+//! The kinds of backend, each in its own file, answering the kind questions through
+//! [`KindOps`]: what it checks before mapping and the page size it learns ([`Plan`]), how
+//! it maps, whether its size rounds up to the page, how its pages are preallocated, what
+//! KSM can do with it, and what delete does. The lifecycle in `backend/` asks; it never
+//! tests which kind it has.
+//!
+//! Adding a kind is one file here (its property group, [`KindSpec`] and [`KindOps`]) and
+//! one line in the [`kinds!`] list below.
 
+use std::fmt;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
-use crate::props::{Config, Kind};
+use crate::error::{Error, Result, Step};
+use crate::prealloc::Method;
+use crate::props::{Common, MachineDefaults, Prop};
 use crate::sys::{self, RawMapping};
-
-pub mod file;
-pub mod memfd;
-pub mod ram;
 
 /// THP size on x86 and arm64 with 4 KiB pages: anonymous memory is aligned to it.
 pub const THP_ALIGN: usize = 2 << 20;
 
-/// What validation learned about the memory before mapping it.
+/// What a kind is, statically: its QEMU type name and the defaults that depend on it.
+pub(crate) trait KindSpec {
+    /// QEMU's type name (`memory-backend-ram`).
+    const QOM_TYPE: &'static str;
+    /// Whether `share` defaults to on (memfd and shm: the point is sharing).
+    const SHARED_BY_DEFAULT: bool = false;
+}
+
+/// The questions the lifecycle asks a kind, answered from the kind's own settings.
+pub(crate) trait KindOps: fmt::Debug {
+    /// Checks the kind's own properties against the common ones and learns the page
+    /// size, without mapping anything.
+    fn plan(&self, t: &Target<'_>) -> Result<Plan>;
+
+    /// Maps `plan.len` bytes of memory.
+    fn map(&self, t: &Target<'_>, plan: &Plan) -> Result<Mapped>;
+
+    /// Whether a size that is not whole pages is rounded up (QEMU: ram) rather than
+    /// refused (QEMU 9.1+: file, memfd, shm).
+    fn rounds_size_up(&self) -> bool {
+        false
+    }
+
+    /// Whether the memory is mapped writable.
+    fn writable(&self) -> bool {
+        true
+    }
+
+    /// How to fault the pages in; None where no safe way exists on this kernel.
+    fn prealloc_method(&self, _common: &Common, has_populate_write: bool) -> Option<Method> {
+        if !self.writable() {
+            Some(Method::Populate { write: false })
+        } else if has_populate_write {
+            Some(Method::Populate { write: true })
+        } else {
+            None
+        }
+    }
+
+    /// Whether KSM can merge this memory at all (private anonymous memory only).
+    fn mergeable(&self, _common: &Common) -> bool {
+        false
+    }
+
+    /// The path the memory lives under, for errors about a full file system.
+    fn path(&self) -> Option<&Path> {
+        None
+    }
+
+    /// What delete does before the memory is unmapped.
+    fn on_delete(&self, _mapped: &Mapped) {}
+}
+
+/// Lists the kinds: `Variant(module::ConfigGroup)`. Declares the modules and makes
+/// [`Kind`], [`KindConfig`] and the dispatch to each kind's [`KindOps`].
+macro_rules! kinds {
+    ($($variant:ident($module:ident::$config:ident),)*) => {
+        $(pub mod $module;)*
+
+        /// The backend kinds, by QEMU's type names.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Kind {
+            $(
+                #[doc = concat!("The kind of `kind/", stringify!($module), ".rs`.")]
+                $variant,
+            )*
+        }
+
+        impl Kind {
+            /// Every kind, in the order QEMU added them.
+            pub const ALL: &'static [Kind] = &[$(Kind::$variant),*];
+
+            /// QEMU's type name.
+            pub fn qom_type(self) -> &'static str {
+                match self {
+                    $(Kind::$variant => <$module::$config as KindSpec>::QOM_TYPE,)*
+                }
+            }
+
+            /// Whether `share` defaults to on for this kind.
+            pub fn shares_by_default(self) -> bool {
+                match self {
+                    $(Kind::$variant => <$module::$config as KindSpec>::SHARED_BY_DEFAULT,)*
+                }
+            }
+
+            /// The kind's own properties (after the common ones).
+            pub fn own_props(self) -> &'static [Prop] {
+                match self {
+                    $(Kind::$variant => $module::$config::PROPS,)*
+                }
+            }
+        }
+
+        /// A kind's own settings; the variant is the kind.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum KindConfig {
+            $(
+                #[doc = concat!("Settings of the kind of `kind/", stringify!($module), ".rs`.")]
+                $variant($module::$config),
+            )*
+        }
+
+        impl KindConfig {
+            /// The kind's settings at their defaults.
+            pub(crate) fn defaults(kind: Kind, machine: &MachineDefaults) -> KindConfig {
+                match kind {
+                    $(Kind::$variant => KindConfig::$variant($module::$config::defaults(kind, machine)),)*
+                }
+            }
+
+            /// Which kind these are the settings of.
+            pub fn kind(&self) -> Kind {
+                match self {
+                    $(KindConfig::$variant(_) => Kind::$variant,)*
+                }
+            }
+
+            pub(crate) fn ops(&self) -> &dyn KindOps {
+                match self {
+                    $(KindConfig::$variant(c) => c,)*
+                }
+            }
+        }
+    };
+}
+
+kinds! {
+    Ram(ram::RamConfig),
+    File(file::FileConfig),
+    Memfd(memfd::MemfdConfig),
+    Shm(shm::ShmConfig),
+}
+
+impl Kind {
+    /// The kind named by QEMU's type name.
+    pub fn from_qom_type(s: &str) -> Option<Kind> {
+        Kind::ALL.iter().copied().find(|k| k.qom_type() == s)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.qom_type())
+    }
+}
+
+/// The backend a kind works for: names for errors, and the common settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target<'a> {
+    pub kind: Kind,
+    pub id: &'a str,
+    pub common: &'a Common,
+}
+
+impl Target<'_> {
+    /// A property's value is invalid for this backend.
+    pub fn invalid(&self, prop: &Prop, value: impl ToString, why: impl ToString) -> Error {
+        Error::Invalid {
+            kind: self.kind.qom_type(),
+            id: self.id.to_string(),
+            prop: prop.name,
+            value: value.to_string(),
+            why: why.to_string(),
+        }
+    }
+
+    /// Mapping (or making the memory to map) failed.
+    pub fn map_failed(&self, e: &std::io::Error) -> Error {
+        Error::Alloc {
+            kind: self.kind.qom_type(),
+            id: self.id.to_string(),
+            step: Step::Map,
+            reason: sys::strerror(e),
+        }
+    }
+}
+
+/// What a kind learned about the memory before mapping it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
+    /// Bytes to map: the size, rounded up to the page where the kind rounds.
+    pub len: u64,
+    /// Page size of the memory.
     pub page_size: u64,
     /// hugetlbfs-backed (memfd hugetlb or a file on hugetlbfs): pages come from a pool.
     pub hugetlb: bool,
@@ -28,7 +213,7 @@ pub struct Plan {
 /// Memory a kind has mapped, with what must be undone if the backend does not
 /// come to life.
 #[derive(Debug)]
-pub struct Mapped {
+pub(crate) struct Mapped {
     pub map: RawMapping,
     pub fd: Option<OwnedFd>,
     /// Offset of the mapping in `fd`.
@@ -37,12 +222,25 @@ pub struct Mapped {
     pub created_file: CreatedFile,
 }
 
+impl Mapped {
+    /// Memory without a descriptor or created file.
+    pub fn anonymous(map: RawMapping) -> Mapped {
+        Mapped {
+            map,
+            fd: None,
+            fd_offset: 0,
+            created_file: CreatedFile::default(),
+        }
+    }
+}
+
 /// A file made for a backend at a named path: removed on drop unless kept, so every
 /// way out of a failed allocation removes it.
 #[derive(Debug, Default)]
-pub struct CreatedFile(Option<PathBuf>);
+pub(crate) struct CreatedFile(Option<PathBuf>);
 
 impl CreatedFile {
+    /// Takes charge of removing `path` unless [`CreatedFile::keep`] is called.
     pub fn new(path: Option<PathBuf>) -> Self {
         CreatedFile(path)
     }
@@ -61,61 +259,8 @@ impl Drop for CreatedFile {
     }
 }
 
-impl Mapped {
-    /// Keeps the created file (allocation succeeded).
-    pub fn keep_file(&mut self) {
-        self.created_file.keep();
-    }
-}
-
-/// Checks kind-specific properties and learns the page size, without mapping.
-pub fn plan(kind: Kind, id: &str, cfg: &Config) -> Result<Plan> {
-    match kind {
-        Kind::Ram => Ok(Plan {
-            page_size: sys::page_size() as u64,
-            hugetlb: false,
-            existing_file: false,
-        }),
-        Kind::File => file::plan(id, cfg),
-        Kind::Memfd => memfd::plan(id, cfg),
-    }
-}
-
-/// Maps the memory.
-pub fn map(kind: Kind, id: &str, cfg: &Config, plan: &Plan) -> Result<Mapped> {
-    match kind {
-        Kind::Ram => ram::map(id, cfg),
-        Kind::File => file::map(id, cfg, plan),
-        Kind::Memfd => memfd::map(id, cfg, plan),
-    }
-}
-
-pub(crate) fn invalid(
-    kind: Kind,
-    id: &str,
-    prop: &'static str,
-    value: impl ToString,
-    why: impl ToString,
-) -> Error {
-    Error::Invalid {
-        kind: kind.qom_type(),
-        id: id.to_string(),
-        prop,
-        value: value.to_string(),
-        why: why.to_string(),
-    }
-}
-
-pub(crate) fn map_failed(kind: Kind, id: &str, e: &std::io::Error) -> Error {
-    Error::Alloc {
-        kind: kind.qom_type(),
-        id: id.to_string(),
-        step: crate::error::Step::Map,
-        reason: sys::strerror(e),
-    }
-}
-
-/// Page size of the file system holding `path` (or its directory if it does not exist).
+/// Page size of the file system holding `path` (or its directory if it does not
+/// exist), and whether it is hugetlbfs.
 pub(crate) fn fs_page_size(path: &Path) -> std::io::Result<(u64, bool)> {
     let probe = if path.exists() {
         path
@@ -129,5 +274,15 @@ pub(crate) fn fs_page_size(path: &Path) -> std::io::Result<(u64, bool)> {
         Ok((fs.block_size, true))
     } else {
         Ok((sys::page_size() as u64, false))
+    }
+}
+
+/// A plan for memory of base pages.
+pub(crate) fn base_pages(len: u64) -> Plan {
+    Plan {
+        len,
+        page_size: sys::page_size() as u64,
+        hugetlb: false,
+        existing_file: false,
     }
 }

@@ -1,26 +1,58 @@
-//! `memory-backend-ram`: anonymous memory, aligned for THP.
+//! `memory-backend-ram`: anonymous memory, aligned for THP. Like QEMU, a size that is not
+//! whole pages is rounded up, and all of it is preallocated.
 
-use super::{map_failed, CreatedFile, Mapped, THP_ALIGN};
+use super::{base_pages, KindOps, KindSpec, Mapped, Plan, Target, THP_ALIGN};
 use crate::error::Result;
-use crate::props::{Config, Kind};
+use crate::prealloc::Method;
+use crate::props::group::property_group;
+use crate::props::Common;
 use crate::sys::{advice, MapOptions, RawMapping};
 
-pub fn map(id: &str, cfg: &Config) -> Result<Mapped> {
-    let size = cfg.size.unwrap_or(0) as usize;
-    let opts = MapOptions {
-        shared: cfg.share,
-        noreserve: !cfg.reserve,
-        align: THP_ALIGN,
-        ..Default::default()
-    };
-    let map = RawMapping::map(size, None, 0, opts).map_err(|e| map_failed(Kind::Ram, id, &e))?;
-    // THP is `madvise` on most hosts: without this hint guest RAM gets 4 KiB pages.
-    // A kernel without THP refuses the advice; the memory works all the same.
-    let _ = map.madvise(0, size, advice::HUGEPAGE);
-    Ok(Mapped {
-        map,
-        fd: None,
-        fd_offset: 0,
-        created_file: CreatedFile::default(),
-    })
+property_group! {
+    /// `memory-backend-ram` has only the common properties.
+    pub struct RamConfig in kind Ram {}
+}
+
+impl KindSpec for RamConfig {
+    const QOM_TYPE: &'static str = "memory-backend-ram";
+}
+
+impl KindOps for RamConfig {
+    fn plan(&self, t: &Target<'_>) -> Result<Plan> {
+        Ok(base_pages(t.common.size))
+    }
+
+    fn map(&self, t: &Target<'_>, plan: &Plan) -> Result<Mapped> {
+        let opts = MapOptions {
+            shared: t.common.share,
+            noreserve: !t.common.reserve,
+            align: THP_ALIGN,
+            ..Default::default()
+        };
+        let len = plan.len as usize;
+        let map = RawMapping::map(len, None, 0, opts).map_err(|e| t.map_failed(&e))?;
+        // THP is `madvise` on most hosts: without this hint guest RAM gets 4 KiB pages.
+        // A kernel without THP refuses the advice; the memory works all the same.
+        let _ = map.madvise(0, len, advice::HUGEPAGE);
+        Ok(Mapped::anonymous(map))
+    }
+
+    fn rounds_size_up(&self) -> bool {
+        true
+    }
+
+    fn prealloc_method(&self, common: &Common, has_populate_write: bool) -> Option<Method> {
+        if has_populate_write {
+            Some(Method::Populate { write: true })
+        } else if !common.share {
+            // Private anonymous memory gets OOM, never SIGBUS: touching it is safe.
+            Some(Method::Touch)
+        } else {
+            None
+        }
+    }
+
+    fn mergeable(&self, common: &Common) -> bool {
+        !common.share
+    }
 }

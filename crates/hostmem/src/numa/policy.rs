@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::NodeSet;
 use crate::sys::mpol;
 
 /// A backend's memory policy, by the names QEMU and hostmem accept.
@@ -28,6 +29,7 @@ pub enum Policy {
 }
 
 impl Policy {
+    /// Every policy.
     pub const ALL: [Policy; 7] = [
         Policy::Default,
         Policy::Preferred,
@@ -38,6 +40,7 @@ impl Policy {
         Policy::Local,
     ];
 
+    /// The name in QEMU's and hostmem's syntax.
     pub fn name(self) -> &'static str {
         match self {
             Policy::Default => "default",
@@ -55,6 +58,24 @@ impl Policy {
         !matches!(self, Policy::Default | Policy::Local)
     }
 
+    /// The one rule about nodes every policy has: `default` and `local` take none, the
+    /// others need some. QEMU's messages for QEMU's policies.
+    pub fn check_nodes(self, nodes: &NodeSet) -> Result<(), crate::Error> {
+        use crate::Error;
+        match (self.takes_nodes(), nodes.is_empty()) {
+            (false, false) if self == Policy::Default => Err(Error::NodesWithDefaultPolicy),
+            (false, false) => Err(Error::NodesNotTaken(self)),
+            (true, true) => Err(Error::NodesMissing(self)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether pages must come from the given nodes only (prealloc threads and huge
+    /// page pools are then the nodes').
+    pub fn is_strict(self) -> bool {
+        self == Policy::Bind
+    }
+
     /// Oldest kernel (major, minor) whose mbind accepts this policy.
     pub fn min_kernel(self) -> (u32, u32) {
         match self {
@@ -66,7 +87,7 @@ impl Policy {
     }
 
     /// The mbind mode for this policy over `node_count` nodes on a kernel of `version`.
-    pub fn kernel_mode(self, node_count: usize, version: (u32, u32)) -> i32 {
+    pub(crate) fn kernel_mode(self, node_count: usize, version: (u32, u32)) -> i32 {
         match self {
             Policy::Default => mpol::DEFAULT,
             Policy::Preferred
@@ -83,17 +104,54 @@ impl Policy {
         }
     }
 
-    /// The kernel's name for a mode, as numa_maps prints it.
-    pub fn kernel_mode_name(mode: i32) -> &'static str {
+}
+
+/// A memory policy mode as the kernel reports it (get_mempolicy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KernelMode {
+    /// MPOL_DEFAULT.
+    Default,
+    /// MPOL_PREFERRED.
+    Preferred,
+    /// MPOL_BIND.
+    Bind,
+    /// MPOL_INTERLEAVE.
+    Interleave,
+    /// MPOL_LOCAL.
+    Local,
+    /// MPOL_PREFERRED_MANY.
+    PreferredMany,
+    /// MPOL_WEIGHTED_INTERLEAVE.
+    WeightedInterleave,
+    /// A mode newer than this library.
+    Other(i32),
+}
+
+impl KernelMode {
+    pub(crate) fn from_raw(mode: i32) -> KernelMode {
         match mode {
-            mpol::DEFAULT => "default",
-            mpol::PREFERRED => "prefer",
-            mpol::BIND => "bind",
-            mpol::INTERLEAVE => "interleave",
-            mpol::LOCAL => "local",
-            mpol::PREFERRED_MANY => "prefer (many)",
-            mpol::WEIGHTED_INTERLEAVE => "weighted interleave",
-            _ => "unknown",
+            mpol::DEFAULT => KernelMode::Default,
+            mpol::PREFERRED => KernelMode::Preferred,
+            mpol::BIND => KernelMode::Bind,
+            mpol::INTERLEAVE => KernelMode::Interleave,
+            mpol::LOCAL => KernelMode::Local,
+            mpol::PREFERRED_MANY => KernelMode::PreferredMany,
+            mpol::WEIGHTED_INTERLEAVE => KernelMode::WeightedInterleave,
+            other => KernelMode::Other(other),
+        }
+    }
+
+    /// The kernel's name for the mode, as numa_maps prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelMode::Default => "default",
+            KernelMode::Preferred => "prefer",
+            KernelMode::Bind => "bind",
+            KernelMode::Interleave => "interleave",
+            KernelMode::Local => "local",
+            KernelMode::PreferredMany => "prefer (many)",
+            KernelMode::WeightedInterleave => "weighted interleave",
+            KernelMode::Other(_) => "unknown",
         }
     }
 }

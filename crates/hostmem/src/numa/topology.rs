@@ -307,6 +307,28 @@ impl HostTopology {
         self.nodes.iter().find(|n| n.id == id)
     }
 
+    /// Why a node of `nodes` cannot hold memory here (missing, offline, no memory), with
+    /// the nodes that could; None when all can.
+    pub fn unusable_node(&self, nodes: &NodeSet) -> Option<String> {
+        nodes.iter().find_map(|n| {
+            if !self.possible.contains(n) {
+                Some(format!(
+                    "node {n} does not exist on this host (online nodes: {})",
+                    self.online
+                ))
+            } else if !self.online.contains(n) {
+                Some(format!("node {n} is offline (online nodes: {})", self.online))
+            } else if !self.has_memory.contains(n) {
+                Some(format!(
+                    "node {n} has no memory (nodes with memory: {})",
+                    self.has_memory
+                ))
+            } else {
+                None
+            }
+        })
+    }
+
     /// CPUs of the given nodes that this process may use, in order.
     pub fn cpus_of(&self, nodes: &NodeSet) -> Vec<usize> {
         let mut cpus: Vec<usize> = nodes

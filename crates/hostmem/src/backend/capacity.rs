@@ -1,0 +1,80 @@
+//! Huge page accounting: whether the pools (host-wide, and per node for `bind`) can give
+//! a backend its pages, asked before mapping so a shortage is an error naming the page
+//! size, the pages needed and free, and the nodes, never a SIGBUS or a half-made object.
+
+use super::Backend;
+use crate::error::{Error, Result, Shortage};
+use crate::numa::{HostTopology, HugePool};
+
+/// Names a huge page shortage before mapping: host-wide for the reservation, and
+/// per bound node when the pages must come from there.
+pub(super) fn check_huge_pages(
+    b: &Backend,
+    needed: u64,
+    page_size: u64,
+    host: &HostTopology,
+) -> Result<()> {
+    let c = &b.cfg.common;
+    if !c.reserve && !c.prealloc {
+        return Ok(());
+    }
+    check_pool(b, needed, page_size, host, c.prealloc)
+}
+
+/// Refuses when the pool (and, for a strict policy when `faulting`, the bound nodes'
+/// pools) cannot give `needed` pages.
+pub(super) fn check_pool(
+    b: &Backend,
+    needed: u64,
+    page_size: u64,
+    host: &HostTopology,
+    faulting: bool,
+) -> Result<()> {
+    let available = HugePool::read(page_size, None).map_or(0, |p| p.available());
+    if available < needed {
+        return Err(shortage(b, needed, page_size, available, Vec::new()));
+    }
+    if faulting && b.cfg.common.policy.is_strict() {
+        let per_node = bound_pools(b, host, page_size);
+        let free: u64 = per_node.iter().map(|(_, f)| f).sum();
+        if free < needed {
+            return Err(shortage(b, needed, page_size, free, per_node));
+        }
+    }
+    Ok(())
+}
+
+/// The shortage as the pools are now (after a failed prealloc gave its pages back).
+pub(super) fn shortage_now(b: &Backend, needed: u64, page_size: u64) -> Error {
+    let free = HugePool::read(page_size, None).map_or(0, |p| p.available());
+    let nodes = if b.cfg.common.policy.is_strict() {
+        // Read again: the error must show the pools as they are after the failure.
+        bound_pools(b, &HostTopology::read(), page_size)
+    } else {
+        Vec::new()
+    };
+    shortage(b, needed, page_size, free, nodes)
+}
+
+fn shortage(b: &Backend, needed: u64, page_size: u64, free: u64, nodes: Vec<(u32, u64)>) -> Error {
+    Error::HugePagesShort {
+        kind: b.kind().qom_type(),
+        id: b.id.clone(),
+        shortage: Shortage {
+            page_size,
+            needed,
+            free,
+            nodes,
+        },
+    }
+}
+
+/// Free huge pages of `page_size` on each node of `host-nodes`.
+fn bound_pools(b: &Backend, host: &HostTopology, page_size: u64) -> Vec<(u32, u64)> {
+    let free = |n| {
+        host.node(n)
+            .and_then(|i| i.pool(page_size))
+            .map_or(0, |p| p.free)
+    };
+    b.cfg.common.host_nodes.iter().map(|n| (n, free(n))).collect()
+}

@@ -1,0 +1,92 @@
+//! The memory of a live backend and the holds consumers take on it.
+
+use std::os::fd::{AsFd, BorrowedFd};
+#[cfg(feature = "vm-memory")]
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use crate::kind::Mapped;
+
+/// The memory of a live backend. It stays mapped while any [`InUse`] handle or the
+/// backend refers to it.
+#[derive(Debug)]
+pub(crate) struct Region {
+    pub mapped: Mapped,
+    pub page_size: u64,
+    pub hugetlb: bool,
+    /// Mapped MAP_SHARED: other mappings of the fd see the same bytes.
+    pub shared: bool,
+}
+
+/// A consumer's hold on a backend's memory (a guest region, a VMM): while one exists
+/// the backend refuses deletion, and the memory stays mapped even if the backend
+/// object is dropped.
+///
+/// Copies in and out are volatile and checked: a write to read-only memory is an
+/// error, and memory the kernel cannot fault in (no huge page left, a full file system)
+/// is an error instead of SIGBUS. Clones may copy at the same time from several
+/// threads, as a guest's vCPUs do: concurrent writes to the same bytes leave either
+/// value, never undefined behaviour in this process. One thing no check can prevent:
+/// another process truncating a shared file under the mapping between the check and the
+/// copy.
+#[derive(Debug, Clone)]
+pub struct InUse(pub(crate) Arc<Region>);
+
+impl InUse {
+    /// Start address of the mapping in this process.
+    pub fn host_addr(&self) -> usize {
+        self.0.mapped.map.addr()
+    }
+
+    /// Length of the mapping in bytes (the size, rounded up to the page for ram).
+    pub fn len(&self) -> usize {
+        self.0.mapped.map.len()
+    }
+
+    /// Never true: a backend has at least one page.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Page size of the memory.
+    pub fn page_size(&self) -> u64 {
+        self.0.page_size
+    }
+
+    /// Whether the memory may be written.
+    pub fn is_writable(&self) -> bool {
+        self.0.mapped.map.is_writable()
+    }
+
+    /// The memfd or file behind the memory, for consumers that map it themselves
+    /// (vhost-user back ends), with the offset of this memory in it.
+    pub fn fd(&self) -> Option<(BorrowedFd<'_>, u64)> {
+        self.0
+            .mapped
+            .fd
+            .as_ref()
+            .map(|f| (f.as_fd(), self.0.mapped.fd_offset))
+    }
+
+    /// Copies bytes out of the memory at `offset`.
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0.mapped.map.read_at(offset, buf)
+    }
+
+    /// Copies bytes into the memory at `offset`; an error on read-only memory.
+    pub fn write_at(&self, offset: usize, data: &[u8]) -> std::io::Result<()> {
+        self.0.mapped.map.write_at(offset, data)
+    }
+
+    /// Sets `len` bytes at `offset` to `byte`; an error on read-only memory.
+    pub fn fill(&self, offset: usize, len: usize, byte: u8) -> std::io::Result<()> {
+        self.0.mapped.map.fill(offset, len, byte)
+    }
+}
+
+impl Region {
+    #[cfg(feature = "vm-memory")]
+    pub(crate) fn fd_and_offset(&self) -> Option<(&OwnedFd, u64)> {
+        self.mapped.fd.as_ref().map(|f| (f, self.mapped.fd_offset))
+    }
+}

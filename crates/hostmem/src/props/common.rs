@@ -1,0 +1,31 @@
+//! The properties every kind has (QEMU's `memory-backend` abstract class).
+
+use crate::numa::{NodeSet, Policy};
+
+use super::group::property_group;
+use super::default_threads;
+
+property_group! {
+    /// The settings every backend has, whatever its kind.
+    pub struct Common in common {
+        /// map shared (visible to other mappings of the memory)
+        SHARE share: bool = "share", live Fixed, default |kind, _| kind.shares_by_default();
+        /// size of the memory in bytes (required)
+        SIZE size: u64 = "size", live Fixed, default |_, _| 0, min 1;
+        /// include the memory in core dumps
+        DUMP dump: bool = "dump", live Immediate, default |_, m| m.dump;
+        /// threads that preallocate
+        PREALLOC_THREADS prealloc_threads: u32 = "prealloc-threads", live Immediate,
+            default |_, _| default_threads(), min 1;
+        /// NUMA memory policy
+        POLICY policy: Policy = "policy", live Rebind, default |_, _| Policy::Default;
+        /// fault all memory in up front
+        PREALLOC prealloc: bool = "prealloc", live Immediate, default |_, m| m.prealloc;
+        /// reserve swap space or huge pages for the memory
+        RESERVE reserve: bool = "reserve", live Fixed, default |_, _| true;
+        /// NUMA nodes of the policy
+        HOST_NODES host_nodes: NodeSet = "host-nodes", live Rebind, default |_, _| NodeSet::new();
+        /// let KSM merge identical pages
+        MERGE merge: bool = "merge", live Immediate, default |_, m| m.merge;
+    }
+}

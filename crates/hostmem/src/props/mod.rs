@@ -1,0 +1,198 @@
+//! Properties: each one declared once, in the group that stores it (the common ones in
+//! [`common`], a kind's own in that kind's file under `kind/`), with its name, type,
+//! default, when it may change and a doc line. From that one declaration come the
+//! name/value table ([`Prop`]), the typed field of the configuration, and the builder's
+//! setter. See docs/design.md ("Adding a property").
+
+mod common;
+pub(crate) mod group;
+mod value;
+
+use std::fmt;
+
+pub use common::Common;
+pub use value::{parse_bool, OnOffAuto, PropType, PropValue, Value};
+
+use crate::error::{Error, Result};
+use crate::kind::{Kind, KindConfig};
+
+/// Machine-wide defaults (`-machine mem-merge=,dump-guest-core=`, `-mem-prealloc`):
+/// a new backend's initial `merge`, `dump` and `prealloc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineDefaults {
+    /// `-machine mem-merge=`: KSM may merge guest RAM (QEMU default on).
+    pub merge: bool,
+    /// `-machine dump-guest-core=`: guest RAM is in core dumps (QEMU default on).
+    pub dump: bool,
+    /// `-mem-prealloc`: preallocate every backend.
+    pub prealloc: bool,
+}
+
+impl Default for MachineDefaults {
+    fn default() -> Self {
+        MachineDefaults {
+            merge: true,
+            dump: true,
+            prealloc: false,
+        }
+    }
+}
+
+/// What happens when a property is set on a live (allocated) backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Live {
+    /// Refused: the memory would have to be remade.
+    Fixed,
+    /// Takes effect at once (merge, dump, prealloc off→on, ...).
+    Immediate,
+    /// Placement: refused alone, changed with a rebind of policy and nodes together.
+    Rebind,
+}
+
+/// One property: its name/value face, made by the declaration of its group.
+pub struct Prop {
+    /// QEMU's name (`host-nodes`).
+    pub name: &'static str,
+    /// The value type.
+    pub ty: PropType,
+    /// What setting it does to a live backend.
+    pub live: Live,
+    /// One line for `qom-list`-style help.
+    pub doc: &'static str,
+    /// Smallest value an integer property takes (QEMU refuses `size=0`).
+    pub min: u64,
+    pub(crate) get: fn(&Config) -> Option<PropValue>,
+    pub(crate) put: fn(&mut Config, PropValue) -> Option<()>,
+}
+
+impl fmt::Debug for Prop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prop")
+            .field("name", &self.name)
+            .field("ty", &self.ty)
+            .field("live", &self.live)
+            .finish()
+    }
+}
+
+impl Prop {
+    /// Reads this property of `cfg` (None where the kind does not have it).
+    pub fn get(&self, cfg: &Config) -> Option<PropValue> {
+        (self.get)(cfg)
+    }
+
+    /// Stores a typed value, checked against the type, the kind and the minimum.
+    pub(crate) fn store(&self, cfg: &mut Config, value: PropValue) -> Result<()> {
+        if let PropValue::Int(v) = value {
+            if v < self.min {
+                return Err(Error::ZeroValue {
+                    prop: self.name,
+                    kind: cfg.kind().qom_type(),
+                    value: v.to_string(),
+                });
+            }
+        }
+        (self.put)(cfg, value).ok_or(Error::BadType {
+            prop: self.name.to_string(),
+            expected: self.ty.expected(),
+        })
+    }
+}
+
+/// A backend's settings: the common part and the kind's own, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Properties every kind has.
+    pub common: Common,
+    /// The kind's own properties; its variant is the backend's kind.
+    pub kind: KindConfig,
+}
+
+impl Config {
+    /// Every property at its default for `kind`, with the machine-wide defaults.
+    pub fn new(kind: Kind, machine: &MachineDefaults) -> Config {
+        Config {
+            common: Common::defaults(kind, machine),
+            kind: KindConfig::defaults(kind, machine),
+        }
+    }
+
+    /// The kind these settings are for.
+    pub fn kind(&self) -> Kind {
+        self.kind.kind()
+    }
+
+    /// Reads a property by name.
+    pub fn get(&self, name: &str) -> Option<PropValue> {
+        lookup(self.kind(), name).and_then(|p| p.get(self))
+    }
+}
+
+/// The properties of one kind: the common ones, then the kind's own.
+pub fn properties(kind: Kind) -> impl Iterator<Item = &'static Prop> {
+    Common::PROPS.iter().chain(kind.own_props())
+}
+
+/// A property of a kind by name.
+pub fn lookup(kind: Kind, name: &str) -> Option<&'static Prop> {
+    properties(kind).find(|p| p.name == name)
+}
+
+/// CPUs this process may run on: the default thread count.
+pub fn default_threads() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_see_their_own_properties() {
+        assert!(lookup(Kind::File, "mem-path").is_some());
+        assert!(lookup(Kind::Ram, "mem-path").is_none());
+        assert!(lookup(Kind::Memfd, "hugetlbsize").is_some());
+        assert!(lookup(Kind::Shm, "hugetlb").is_none());
+        assert_eq!(properties(Kind::Ram).count(), 9);
+    }
+
+    #[test]
+    fn a_kind_property_is_absent_from_other_kinds_configs() {
+        let ram = Config::new(Kind::Ram, &MachineDefaults::default());
+        let align = lookup(Kind::File, "align").unwrap();
+        assert_eq!(align.get(&ram), None);
+        let mut ram2 = ram.clone();
+        assert!(align.store(&mut ram2, PropValue::Int(4096)).is_err());
+        assert_eq!(ram2, ram);
+    }
+
+    #[test]
+    fn zero_is_refused_where_qemu_refuses_it() {
+        let mut c = Config::new(Kind::Ram, &MachineDefaults::default());
+        let size = lookup(Kind::Ram, "size").unwrap();
+        assert_eq!(
+            size.store(&mut c, PropValue::Int(0)).unwrap_err().to_string(),
+            "property 'size' of memory-backend-ram doesn't take value '0'"
+        );
+    }
+
+    #[test]
+    fn memfd_and_shm_share_by_default() {
+        let d = MachineDefaults::default();
+        assert!(Config::new(Kind::Memfd, &d).common.share);
+        assert!(Config::new(Kind::Shm, &d).common.share);
+        assert!(!Config::new(Kind::Ram, &d).common.share);
+        assert!(!Config::new(Kind::File, &d).common.share);
+    }
+
+    #[test]
+    fn machine_defaults_seed_merge_dump_prealloc() {
+        let d = MachineDefaults {
+            merge: false,
+            dump: false,
+            prealloc: true,
+        };
+        let c = Config::new(Kind::Ram, &d);
+        assert!(!c.common.merge && !c.common.dump && c.common.prealloc);
+    }
+}

@@ -1,0 +1,293 @@
+//! Property values: the types a property may have, their text form (QEMU's keyval
+//! wording for errors) and the conversion between a typed field and a [`PropValue`].
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::numa::{NodeSet, Policy};
+use crate::size::parse_size;
+
+/// QEMU's OnOffAuto (the file backend's `rom`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnOffAuto {
+    /// Forced on.
+    On,
+    /// Forced off.
+    Off,
+    /// Decided from other properties.
+    #[default]
+    Auto,
+}
+
+impl OnOffAuto {
+    /// The spelling QEMU uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnOffAuto::On => "on",
+            OnOffAuto::Off => "off",
+            OnOffAuto::Auto => "auto",
+        }
+    }
+}
+
+/// A property's value type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PropType {
+    /// Bytes, with QEMU's suffixes in text (`2M`, `1G`).
+    Size,
+    /// on/off.
+    Bool,
+    /// An unsigned 32-bit count.
+    U32,
+    /// A set of NUMA node ids.
+    Nodes,
+    /// A memory policy name.
+    Policy,
+    /// A file system path, kept as bytes (not necessarily UTF-8).
+    Path,
+    /// on/off/auto.
+    OnOffAuto,
+}
+
+impl PropType {
+    /// The type name QEMU's qom-list shows.
+    pub fn qom_name(self) -> &'static str {
+        match self {
+            PropType::Size | PropType::U32 | PropType::Nodes => "int",
+            PropType::Bool => "bool",
+            PropType::Policy => "HostMemPolicy",
+            PropType::Path => "string",
+            PropType::OnOffAuto => "OnOffAuto",
+        }
+    }
+
+    /// QEMU's wording for what a typed (QMP) value of this type must be.
+    pub fn expected(self) -> &'static str {
+        match self {
+            PropType::Size => "uint64",
+            PropType::Bool => "boolean",
+            PropType::U32 => "uint32",
+            PropType::Nodes => "a list of node ids",
+            PropType::Policy | PropType::OnOffAuto | PropType::Path => "string",
+        }
+    }
+
+    /// Parses the text form (`-object` keyval), with QEMU's error wording.
+    pub fn parse(self, prop: &str, text: &str) -> Result<PropValue> {
+        let bad = |expected| Error::BadType {
+            prop: prop.to_string(),
+            expected,
+        };
+        let bad_enum = || Error::BadEnum {
+            prop: prop.to_string(),
+            value: text.to_string(),
+        };
+        match self {
+            PropType::Size => parse_size(text)
+                .map(PropValue::Int)
+                .ok_or(bad("a size value")),
+            PropType::Bool => parse_bool(text)
+                .map(PropValue::Bool)
+                .ok_or(bad("'on' or 'off'")),
+            PropType::U32 => text
+                .trim()
+                .parse::<u32>()
+                .map(|v| PropValue::Int(v.into()))
+                .map_err(|_| bad("uint32_t")),
+            PropType::Nodes => Ok(PropValue::Nodes(NodeSet::parse(text)?)),
+            PropType::Policy => text
+                .parse::<Policy>()
+                .map(PropValue::Policy)
+                .map_err(|_| bad_enum()),
+            PropType::Path => Ok(PropValue::Path(PathBuf::from(text))),
+            PropType::OnOffAuto => match text {
+                "on" => Ok(PropValue::OnOffAuto(OnOffAuto::On)),
+                "off" => Ok(PropValue::OnOffAuto(OnOffAuto::Off)),
+                "auto" => Ok(PropValue::OnOffAuto(OnOffAuto::Auto)),
+                _ => Err(bad_enum()),
+            },
+        }
+    }
+}
+
+/// The boolean spellings QEMU's option parsers accept.
+pub fn parse_bool(text: &str) -> Option<bool> {
+    match text {
+        "on" | "yes" | "true" | "y" => Some(true),
+        "off" | "no" | "false" | "n" => Some(false),
+        _ => None,
+    }
+}
+
+/// A property value, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PropValue {
+    /// A boolean.
+    Bool(bool),
+    /// A size or count.
+    Int(u64),
+    /// A path, as the OS gave it (no UTF-8 round trip).
+    Path(PathBuf),
+    /// A node set.
+    Nodes(NodeSet),
+    /// A memory policy.
+    Policy(Policy),
+    /// on/off/auto.
+    OnOffAuto(OnOffAuto),
+}
+
+impl fmt::Display for PropValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PropValue::Bool(b) => f.write_str(if *b { "on" } else { "off" }),
+            PropValue::Int(v) => write!(f, "{v}"),
+            PropValue::Path(p) => write!(f, "{}", p.display()),
+            PropValue::Nodes(n) => write!(f, "{n}"),
+            PropValue::Policy(p) => write!(f, "{p}"),
+            PropValue::OnOffAuto(o) => f.write_str(o.name()),
+        }
+    }
+}
+
+/// A Rust type a property can have: its [`PropType`] and the conversions both ways.
+pub trait Value: Sized {
+    /// The property type of fields of this Rust type.
+    const TYPE: PropType;
+    /// The field as a name/value value.
+    fn to_value(&self) -> PropValue;
+    /// A name/value value as the field's type; None when the variant does not fit.
+    fn from_value(v: PropValue) -> Option<Self>;
+}
+
+impl Value for bool {
+    const TYPE: PropType = PropType::Bool;
+    fn to_value(&self) -> PropValue {
+        PropValue::Bool(*self)
+    }
+    fn from_value(v: PropValue) -> Option<Self> {
+        match v {
+            PropValue::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+/// Sizes (bytes).
+impl Value for u64 {
+    const TYPE: PropType = PropType::Size;
+    fn to_value(&self) -> PropValue {
+        PropValue::Int(*self)
+    }
+    fn from_value(v: PropValue) -> Option<Self> {
+        match v {
+            PropValue::Int(i) => Some(i),
+            _ => None,
+        }
+    }
+}
+
+impl Value for u32 {
+    const TYPE: PropType = PropType::U32;
+    fn to_value(&self) -> PropValue {
+        PropValue::Int((*self).into())
+    }
+    fn from_value(v: PropValue) -> Option<Self> {
+        match v {
+            PropValue::Int(i) => u32::try_from(i).ok(),
+            _ => None,
+        }
+    }
+}
+
+impl Value for NodeSet {
+    const TYPE: PropType = PropType::Nodes;
+    fn to_value(&self) -> PropValue {
+        PropValue::Nodes(self.clone())
+    }
+    fn from_value(v: PropValue) -> Option<Self> {
+        match v {
+            PropValue::Nodes(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+impl Value for Policy {
+    const TYPE: PropType = PropType::Policy;
+    fn to_value(&self) -> PropValue {
+        PropValue::Policy(*self)
+    }
+    fn from_value(v: PropValue) -> Option<Self> {
+        match v {
+            PropValue::Policy(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// Paths; the empty path means "not set" (QEMU reads an unset string as empty).
+impl Value for PathBuf {
+    const TYPE: PropType = PropType::Path;
+    fn to_value(&self) -> PropValue {
+        PropValue::Path(self.clone())
+    }
+    fn from_value(v: PropValue) -> Option<Self> {
+        match v {
+            PropValue::Path(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+impl Value for OnOffAuto {
+    const TYPE: PropType = PropType::OnOffAuto;
+    fn to_value(&self) -> PropValue {
+        PropValue::OnOffAuto(*self)
+    }
+    fn from_value(v: PropValue) -> Option<Self> {
+        match v {
+            PropValue::OnOffAuto(o) => Some(o),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_values_parse_with_qemu_errors() {
+        assert_eq!(
+            PropType::Size.parse("size", "1G").unwrap(),
+            PropValue::Int(1 << 30)
+        );
+        assert_eq!(
+            PropType::Size
+                .parse("size", "lots")
+                .unwrap_err()
+                .to_string(),
+            "Parameter 'size' expects a size value"
+        );
+        assert_eq!(
+            PropType::Policy
+                .parse("policy", "weird")
+                .unwrap_err()
+                .to_string(),
+            "Parameter 'policy' does not accept value 'weird'"
+        );
+        assert_eq!(
+            PropType::Bool.parse("merge", "yes").unwrap(),
+            PropValue::Bool(true)
+        );
+        assert!(PropType::Bool.parse("merge", "maybe").is_err());
+    }
+
+    #[test]
+    fn u32_refuses_what_does_not_fit() {
+        assert_eq!(u32::from_value(PropValue::Int(1 << 32)), None);
+        assert_eq!(u32::from_value(PropValue::Int(7)), Some(7));
+        assert_eq!(u32::from_value(PropValue::Bool(true)), None);
+    }
+}
