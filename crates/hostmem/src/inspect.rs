@@ -246,12 +246,21 @@ pub(crate) fn inspect(map: &RawMapping) -> io::Result<KernelView> {
             .unwrap_or_else(|_| Err(io::Error::other("numa_maps reader panicked")));
         (smaps, numa)
     });
-    Ok(assemble(start, end, &smaps?, numa_maps, map.mempolicy_at(0)))
+    Ok(assemble(
+        start,
+        end,
+        &smaps?,
+        numa_maps,
+        map.mempolicy_at(0),
+    ))
 }
 
 /// Where each page of a mapping is, page by page (`move_pages`): pages per node, and
 /// the count of pages not present.
-pub(crate) fn page_nodes(map: &RawMapping, page_size: u64) -> io::Result<(BTreeMap<u32, u64>, u64)> {
+pub(crate) fn page_nodes(
+    map: &RawMapping,
+    page_size: u64,
+) -> io::Result<(BTreeMap<u32, u64>, u64)> {
     let offsets: Vec<usize> = (0..map.len() as u64)
         .step_by(page_size as usize)
         .map(|o| o as usize)
@@ -324,7 +333,7 @@ VmFlags: rd wr
             Err(gone()),
             Err(io::Error::from_raw_os_error(libc::ENOSYS)),
         );
-        let numa = v.numa.unwrap_err();
+        let numa = v.numa.clone().unwrap_err();
         assert_eq!(numa.what, "/proc/self/numa_maps");
         assert_eq!(numa.reason, "No such file or directory");
         assert_eq!(v.bytes_per_node(), None);

@@ -3,9 +3,9 @@
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::numa::NodeSet;
 use crate::kind::Kind;
-use crate::props::{MachineDefaults, PropValue};
+use crate::numa::NodeSet;
+use crate::props::{MachineDefaults, PropType, PropValue};
 
 /// A parsed `-object` argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,17 +101,20 @@ impl ObjectSpec {
     /// A configured backend with these properties set (not yet allocated).
     pub fn to_backend(&self, defaults: &MachineDefaults) -> Result<Backend> {
         let mut b = Backend::new(self.kind, self.id.clone(), defaults);
-        let mut nodes: Option<NodeSet> = None;
+        // keyval lists: repeated keys of a node-list property add up to one list.
+        let mut lists: Vec<(&str, NodeSet)> = Vec::new();
         for (k, v) in &self.props {
-            if k == "host-nodes" {
-                let set = nodes.get_or_insert_with(NodeSet::new);
-                set.extend_parse(v)?;
+            if b.prop(k)?.ty == PropType::Nodes {
+                match lists.iter_mut().find(|(name, _)| name == k) {
+                    Some((_, set)) => set.extend_parse(v)?,
+                    None => lists.push((k, NodeSet::parse(v)?)),
+                }
             } else {
                 b.set_str(k, v)?;
             }
         }
-        if let Some(n) = nodes {
-            b.set("host-nodes", PropValue::Nodes(n))?;
+        for (k, set) in lists {
+            b.set(k, PropValue::Nodes(set))?;
         }
         Ok(b)
     }

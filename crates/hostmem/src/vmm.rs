@@ -95,10 +95,11 @@ impl Backend {
             }
             None => None,
         };
-        let mmap = crate::sys::vmm::held_region(Hold(hold), file_offset)
-        .map_err(|err| VmmError::Mmap {
-            id: self.id().to_string(),
-            err,
+        let mmap = crate::sys::vmm::held_region(Hold(hold), file_offset).map_err(|err| {
+            VmmError::Mmap {
+                id: self.id().to_string(),
+                err,
+            }
         })?;
         GuestRegionMmap::new(mmap, guest_base).ok_or_else(|| VmmError::Overflow {
             id: self.id().to_string(),

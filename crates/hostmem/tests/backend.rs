@@ -6,9 +6,10 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 
 use common::*;
+use hostmem::numa::KernelMode;
 use hostmem::prealloc::Progress;
-use hostmem::sys;
 use hostmem::{Backend, Error, Kind, MachineDefaults, NodeSet, ObjectSpec, Policy, PropValue};
+use rustix::fs::{fcntl_get_seals, SealFlags};
 
 fn ram(id: &str, size: u64) -> hostmem::Builder {
     Backend::builder(Kind::Ram, id).size(size)
@@ -124,14 +125,16 @@ fn bind_puts_every_page_on_the_node_and_get_mempolicy_agrees() {
         "move_pages: {per_node:?}"
     );
     let v = b.inspect().unwrap();
-    assert_eq!(v.mempolicy_mode, sys::mpol::BIND);
-    assert_eq!(v.mempolicy_nodes.to_string(), "0");
+    let pol = v.mempolicy.as_ref().unwrap();
+    assert_eq!(pol.mode, KernelMode::Bind);
+    assert_eq!(pol.nodes.to_string(), "0");
+    let numa = v.numa.as_ref().unwrap();
     assert!(
-        v.numa_policy.starts_with("bind:0"),
+        numa.policy.starts_with("bind:0"),
         "numa_maps: {}",
-        v.numa_policy
+        numa.policy
     );
-    assert_eq!(v.pages_per_node.get(&0).copied(), Some(64 * MIB / 4096));
+    assert_eq!(numa.pages_per_node.get(&0).copied(), Some(64 * MIB / 4096));
 }
 
 #[test]
@@ -245,11 +248,14 @@ fn rebind_migrates_and_reads_back() {
     assert_eq!(r.pages_present, 32 * MIB / 4096);
     assert_eq!(r.fraction_on_target(), 1.0);
     let v = b.inspect().unwrap();
-    assert_eq!(v.mempolicy_mode, sys::mpol::BIND);
+    assert_eq!(v.mempolicy.unwrap().mode, KernelMode::Bind);
     assert_eq!(b.get("policy").unwrap(), PropValue::Policy(Policy::Bind));
     // A bad rebind changes nothing.
     assert!(b.rebind(Policy::Bind, NodeSet::new()).is_err());
-    assert_eq!(b.inspect().unwrap().mempolicy_mode, sys::mpol::BIND);
+    assert_eq!(
+        b.inspect().unwrap().mempolicy.unwrap().mode,
+        KernelMode::Bind
+    );
 }
 
 #[test]
@@ -454,9 +460,9 @@ fn memfd_is_sealed_by_default_and_shared() {
     let hold = b.hold().unwrap();
     let (fd, off) = hold.fd().unwrap();
     assert_eq!(off, 0);
-    let seals = sys::get_seals(&fd).unwrap();
-    let want = sys::memfd::SEAL_GROW | sys::memfd::SEAL_SHRINK | sys::memfd::SEAL_SEAL;
-    assert_eq!(seals & want, want, "F_GET_SEALS = {seals:#x}");
+    let seals = fcntl_get_seals(fd).unwrap();
+    let want = SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL;
+    assert!(seals.contains(want), "F_GET_SEALS = {seals:?}");
     assert!(b.inspect().unwrap().has_flag("sh"), "MAP_SHARED");
     let unsealed = Backend::builder(Kind::Memfd, "u")
         .size(4 * MIB)
@@ -465,10 +471,7 @@ fn memfd_is_sealed_by_default_and_shared() {
         .unwrap();
     let h = unsealed.hold().unwrap();
     // Without sealing allowed the kernel reports F_SEAL_SEAL only.
-    assert_eq!(
-        sys::get_seals(&h.fd().unwrap().0).unwrap(),
-        sys::memfd::SEAL_SEAL
-    );
+    assert_eq!(fcntl_get_seals(h.fd().unwrap().0).unwrap(), SealFlags::SEAL);
 }
 
 #[test]

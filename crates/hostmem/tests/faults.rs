@@ -21,7 +21,8 @@ fn tmpfs(size: &str) -> TempDir {
 }
 
 fn avail(d: &TempDir) -> u64 {
-    hostmem::sys::statfs(d.path()).unwrap().avail_bytes
+    let s = rustix::fs::statvfs(d.path()).unwrap();
+    s.f_bavail * s.f_frsize
 }
 
 #[test]

@@ -126,10 +126,10 @@ fn hugetlbfs_file_backend_uses_the_file_systems_page_size() {
         .mem_path(fs.path())
         .create()
         .unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("must be a multiple of the page size 2 MiB"),
-        "{e}"
+    // QEMU 9.1's message, word for word.
+    assert_eq!(
+        e.to_string(),
+        "backend 'memory-backend-file' memory size must be multiple of 2 MiB"
     );
     let b = Backend::builder(Kind::File, "f")
         .size(4 * MIB)

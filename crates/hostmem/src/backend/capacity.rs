@@ -76,5 +76,10 @@ fn bound_pools(b: &Backend, host: &HostTopology, page_size: u64) -> Vec<(u32, u6
             .and_then(|i| i.pool(page_size))
             .map_or(0, |p| p.free)
     };
-    b.cfg.common.host_nodes.iter().map(|n| (n, free(n))).collect()
+    b.cfg
+        .common
+        .host_nodes
+        .iter()
+        .map(|n| (n, free(n)))
+        .collect()
 }

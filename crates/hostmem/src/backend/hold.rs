@@ -1,8 +1,8 @@
 //! The memory of a live backend and the holds consumers take on it.
 
-use std::os::fd::{AsFd, BorrowedFd};
 #[cfg(feature = "vm-memory")]
 use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
 use crate::kind::Mapped;

@@ -157,7 +157,8 @@ impl Backend {
         let map = &region.mapped.map;
         let start = Instant::now();
         if let Err(e) = bind(map, policy, &nodes, &host, true) {
-            let (old_policy, old_nodes) = (self.cfg.common.policy, self.cfg.common.host_nodes.clone());
+            let (old_policy, old_nodes) =
+                (self.cfg.common.policy, self.cfg.common.host_nodes.clone());
             // Put the old policy back without moving anything (no MOVE, no STRICT).
             let mode = old_policy.kernel_mode(old_nodes.len(), host.kernel_version);
             let (mask, maxnode) = old_nodes.to_mask();

@@ -22,7 +22,7 @@ use crate::inspect::{self, KernelView};
 use crate::kind::{Kind, KindOps, Plan, Target};
 use crate::numa::{HostTopology, NodeSet, Policy};
 use crate::prealloc::{self, Failure, Job, Progress, Stats};
-use crate::props::{self, Common, Config, MachineDefaults, Prop, PropValue};
+use crate::props::{self, Config, MachineDefaults, Prop, PropValue};
 use crate::sys::{self, advice, mpol, RawMapping};
 use hold::Region;
 
@@ -205,7 +205,11 @@ impl Backend {
             match r {
                 Ok(s) => stats[i] = Some(s),
                 // The first real fault explains the batch; aborts follow from it.
-                Err(f) if failure.as_ref().is_none_or(|(_, old)| f.explains_more_than(old)) => {
+                Err(f)
+                    if failure
+                        .as_ref()
+                        .is_none_or(|(_, old)| f.explains_more_than(old)) =>
+                {
                     failure = Some((i, f))
                 }
                 Err(_) => {}
@@ -213,10 +217,13 @@ impl Backend {
         }
         if let Some((i, f)) = failure {
             let region = &placed[i];
-            let (page_size, hugetlb, len) = (region.page_size, region.hugetlb, region.mapped.map.len());
+            let (page_size, hugetlb, len) =
+                (region.page_size, region.hugetlb, region.mapped.map.len());
             // Undo everything first, so the error reads the pools as they are again.
             drop(placed);
-            return Err(at(i)(backends[i].prealloc_error(f, page_size, hugetlb, len)));
+            return Err(at(i)(
+                backends[i].prealloc_error(f, page_size, hugetlb, len),
+            ));
         }
         for ((b, mut region), s) in backends.iter_mut().zip(placed).zip(stats) {
             if let Some(r) = Arc::get_mut(&mut region) {
@@ -241,10 +248,13 @@ impl Backend {
                 id: self.id.clone(),
             });
         }
-        let c = &self.cfg.common;
-        if c.size == 0 {
-            return Err(Error::Missing(Common::SIZE.name));
+        if let Some(p) = self
+            .properties()
+            .find(|p| p.required && p.get(&self.cfg).is_none_or(|v| v.is_unset()))
+        {
+            return Err(Error::Missing(p.name));
         }
+        let c = &self.cfg.common;
         if c.prealloc && !c.reserve {
             return Err(Error::PreallocWithoutReserve);
         }
@@ -253,11 +263,12 @@ impl Backend {
         let mut plan = ops.plan(&self.target())?;
         if !plan.len.is_multiple_of(plan.page_size) {
             // QEMU 10: ram rounds up to the page, the others refuse (since 9.1).
-            let rounded = plan.len.div_ceil(plan.page_size).checked_mul(plan.page_size);
+            let rounded = plan
+                .len
+                .div_ceil(plan.page_size)
+                .checked_mul(plan.page_size);
             match rounded {
-                Some(len) if ops.rounds_size_up() && usize::try_from(len).is_ok() => {
-                    plan.len = len
-                }
+                Some(len) if ops.rounds_size_up() && usize::try_from(len).is_ok() => plan.len = len,
                 _ => {
                     return Err(Error::SizeNotPageMultiple {
                         kind: self.kind().qom_type(),
@@ -318,7 +329,8 @@ impl Backend {
         if !c.dump {
             advise(advice::DONTDUMP)?;
         }
-        bind(map, c.policy, &c.host_nodes, host, false).map_err(|e| Error::Mbind(sys::strerror(&e)))?;
+        bind(map, c.policy, &c.host_nodes, host, false)
+            .map_err(|e| Error::Mbind(sys::strerror(&e)))?;
         Ok(Arc::new(Region {
             mapped,
             page_size: plan.page_size,
@@ -363,7 +375,11 @@ impl Backend {
     }
 
     fn region(&self) -> Result<&Arc<Region>> {
-        Ok(&self.live.as_ref().ok_or_else(|| self.not_allocated())?.region)
+        Ok(&self
+            .live
+            .as_ref()
+            .ok_or_else(|| self.not_allocated())?
+            .region)
     }
 
     /// Whether a consumer holds the memory.
@@ -414,7 +430,8 @@ impl Backend {
     /// What the kernel says about the memory now.
     pub fn inspect(&self) -> Result<KernelView> {
         let region = self.region()?;
-        inspect::inspect(&region.mapped.map).map_err(|e| self.io_error("reading /proc/self/smaps", &e))
+        inspect::inspect(&region.mapped.map)
+            .map_err(|e| self.io_error("reading /proc/self/smaps", &e))
     }
 
     /// Where each page is, page by page (move_pages): per node, and pages not present.

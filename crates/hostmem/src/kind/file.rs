@@ -29,7 +29,8 @@ property_group! {
         /// persistent memory: map with MAP_SYNC
         PMEM pmem: bool = "pmem", live Fixed, default |_, _| false;
         /// file, or directory for an unlinked temp file (required)
-        MEM_PATH mem_path: PathBuf = "mem-path", live Fixed, default |_, _| PathBuf::new(),
+        MEM_PATH mem_path: PathBuf = "mem-path", live Fixed, required,
+            default |_, _| PathBuf::new(),
             arg impl Into<PathBuf>;
         /// drop the file's data on delete
         DISCARD_DATA discard_data: bool = "discard-data", live Immediate, default |_, _| false;

@@ -103,7 +103,6 @@ impl Policy {
             Policy::Local => mpol::LOCAL,
         }
     }
-
 }
 
 /// A memory policy mode as the kernel reports it (get_mempolicy).

@@ -317,7 +317,10 @@ impl HostTopology {
                     self.online
                 ))
             } else if !self.online.contains(n) {
-                Some(format!("node {n} is offline (online nodes: {})", self.online))
+                Some(format!(
+                    "node {n} is offline (online nodes: {})",
+                    self.online
+                ))
             } else if !self.has_memory.contains(n) {
                 Some(format!(
                     "node {n} has no memory (nodes with memory: {})",

@@ -2,8 +2,8 @@
 
 use crate::numa::{NodeSet, Policy};
 
-use super::group::property_group;
 use super::default_threads;
+use super::group::property_group;
 
 property_group! {
     /// The settings every backend has, whatever its kind.
@@ -11,7 +11,7 @@ property_group! {
         /// map shared (visible to other mappings of the memory)
         SHARE share: bool = "share", live Fixed, default |kind, _| kind.shares_by_default();
         /// size of the memory in bytes (required)
-        SIZE size: u64 = "size", live Fixed, default |_, _| 0, min 1;
+        SIZE size: u64 = "size", live Fixed, required, default |_, _| 0, min 1;
         /// include the memory in core dumps
         DUMP dump: bool = "dump", live Immediate, default |_, m| m.dump;
         /// threads that preallocate

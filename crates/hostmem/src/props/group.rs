@@ -13,7 +13,8 @@
 //!
 //! `in common` stores the group in [`Config::common`](super::Config), `in kind V` in the
 //! variant `V` of [`KindConfig`](crate::kind::KindConfig); a group kept elsewhere (a part
-//! two kinds share) implements [`Group`] itself. `min N` refuses integers below N with
+//! two kinds share) implements [`Group`] itself. `required,` before the default marks a
+//! property that must be set before allocation. `min N` refuses integers below N with
 //! QEMU's message; `arg T` lets the builder setter take `T` (converted with `Into`).
 
 use super::Config;
@@ -28,8 +29,12 @@ pub(crate) trait Group: Sized {
 
 /// The builder setter's argument type: the field's own type unless `arg T` says.
 macro_rules! setter_arg {
-    ($ty:ty) => { $ty };
-    ($ty:ty, $arg:ty) => { $arg };
+    ($ty:ty) => {
+        $ty
+    };
+    ($ty:ty, $arg:ty) => {
+        $arg
+    };
 }
 pub(crate) use setter_arg;
 
@@ -77,7 +82,8 @@ macro_rules! property_group {
             $(
                 #[doc = $doc:literal]
                 $konst:ident $field:ident: $ty:ty = $name:literal,
-                    live $live:ident, default |$k:pat_param, $m:pat_param| $default:expr
+                    live $live:ident, $(required$req:vis,)?
+                    default |$k:pat_param, $m:pat_param| $default:expr
                     $(, min $min:literal)? $(, arg $arg:ty)?;
             )*
         }
@@ -97,6 +103,7 @@ macro_rules! property_group {
                     live: $crate::props::Live::$live,
                     doc: $doc,
                     min: 0 $(+ $min)?,
+                    required: false $(|| { stringify!($req); true })?,
                     get: |c| {
                         <$group as $crate::props::group::Group>::of(c)
                             .map(|g| $crate::props::Value::to_value(&g.$field))

@@ -57,10 +57,12 @@ pub struct Prop {
     pub ty: PropType,
     /// What setting it does to a live backend.
     pub live: Live,
-    /// One line for `qom-list`-style help.
+    /// One line of help (as the declaration's doc comment has it: a leading space).
     pub doc: &'static str,
     /// Smallest value an integer property takes (QEMU refuses `size=0`).
     pub min: u64,
+    /// Must be set before the backend is allocated (`size`, a file's `mem-path`).
+    pub required: bool,
     pub(crate) get: fn(&Config) -> Option<PropValue>,
     pub(crate) put: fn(&mut Config, PropValue) -> Option<()>,
 }
@@ -76,6 +78,11 @@ impl fmt::Debug for Prop {
 }
 
 impl Prop {
+    /// The one line of help, trimmed.
+    pub fn description(&self) -> &'static str {
+        self.doc.trim()
+    }
+
     /// Reads this property of `cfg` (None where the kind does not have it).
     pub fn get(&self, cfg: &Config) -> Option<PropValue> {
         (self.get)(cfg)
@@ -171,7 +178,9 @@ mod tests {
         let mut c = Config::new(Kind::Ram, &MachineDefaults::default());
         let size = lookup(Kind::Ram, "size").unwrap();
         assert_eq!(
-            size.store(&mut c, PropValue::Int(0)).unwrap_err().to_string(),
+            size.store(&mut c, PropValue::Int(0))
+                .unwrap_err()
+                .to_string(),
             "property 'size' of memory-backend-ram doesn't take value '0'"
         );
     }

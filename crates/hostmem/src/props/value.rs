@@ -137,6 +137,17 @@ pub enum PropValue {
     OnOffAuto(OnOffAuto),
 }
 
+impl PropValue {
+    /// Whether this is the "not set" value of a required property (0, an empty path).
+    pub fn is_unset(&self) -> bool {
+        match self {
+            PropValue::Int(v) => *v == 0,
+            PropValue::Path(p) => p.as_os_str().is_empty(),
+            _ => false,
+        }
+    }
+}
+
 impl fmt::Display for PropValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

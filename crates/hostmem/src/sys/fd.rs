@@ -65,7 +65,6 @@ pub(crate) fn statfs(path: &Path) -> io::Result<FsInfo> {
     }
 }
 
-
 /// A POSIX shared memory object (`shm_open`) that no other process can open: created
 /// with mode 0 under a fresh name and unlinked at once, as QEMU's `memory-backend-shm`
 /// does, so it lives exactly as long as its descriptor and mappings.

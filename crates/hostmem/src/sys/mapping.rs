@@ -204,7 +204,9 @@ impl RawMapping {
         self.range_ok(off, len)?;
         // SAFETY: the range lies within our own mapping; madvise cannot unmap it, and no
         // Rust reference into it exists whose contents an advice could change.
-        super::check(unsafe { libc::madvise((self.addr + off) as *mut libc::c_void, len, advice) })?;
+        super::check(unsafe {
+            libc::madvise((self.addr + off) as *mut libc::c_void, len, advice)
+        })?;
         Ok(())
     }
 

@@ -1,4 +1,4 @@
-//! The calling thread and process: CPU affinity, the CPU it runs on, 
+//! The calling thread and process: CPU affinity, the CPU it runs on,
 
 use std::io;
 
