@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hostmem_cli::{bench, host, run};
+use hostmem_cli::{host, run};
 
 #[derive(Parser)]
 #[command(
@@ -26,9 +26,6 @@ enum Command {
     /// Show the host as hostmem sees it: NUMA nodes, huge page pools, THP, KSM, features.
     #[command(after_help = host::EXAMPLES)]
     Host(host::HostArgs),
-    /// Preallocation speed against QEMU and memset, medians and ratios from one run.
-    #[command(after_help = bench::EXAMPLES)]
-    Bench(bench::BenchArgs),
 }
 
 /// QEMU spells its options with one dash; clap wants two.
@@ -45,6 +42,5 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(a) => run::main(a),
         Command::Host(a) => host::main(a),
-        Command::Bench(a) => bench::main(a),
     }
 }
