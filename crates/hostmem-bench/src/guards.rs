@@ -4,6 +4,7 @@
 //! restore them too.
 
 use hostmem::numa::HugePool;
+use rustix::thread::disable_transparent_huge_pages;
 
 use crate::plan::HUGE_2M;
 
@@ -45,7 +46,8 @@ impl Drop for HugePagesGuard {
     }
 }
 
-/// THP off for this process and its children while alive (the 4 KiB case).
+/// THP off for this process and its children while alive (the 4 KiB case): the flag
+/// belongs to the process's mm, is inherited across fork and kept across execve.
 pub struct NoThp;
 
 impl NoThp {
@@ -53,7 +55,7 @@ impl NoThp {
         if !on {
             return Ok(None);
         }
-        hostmem::sys::set_thp_disabled(true)
+        disable_transparent_huge_pages(true)
             .map_err(|e| format!("prctl(PR_SET_THP_DISABLE): {e}"))?;
         Ok(Some(NoThp))
     }
@@ -61,6 +63,6 @@ impl NoThp {
 
 impl Drop for NoThp {
     fn drop(&mut self) {
-        let _ = hostmem::sys::set_thp_disabled(false);
+        let _ = disable_transparent_huge_pages(false);
     }
 }

@@ -9,6 +9,9 @@
 //! their order every other repetition), and reports medians and ratios measured in the
 //! same run. Process runs are timed whole (startup included) for hostmem and QEMU alike;
 //! per-GiB rates subtract each tool's own startup with the same objects, prealloc=off.
+//!
+//! No unsafe code: syscalls the library does not offer come from rustix.
+#![forbid(unsafe_code)]
 
 mod guards;
 mod inproc;
@@ -26,6 +29,7 @@ use std::sync::Arc;
 use clap::Parser;
 use hostmem::Progress;
 use hostmem_cli::signals;
+use rustix::thread::sched_getaffinity;
 
 use guards::HugePagesGuard;
 use measure::{repetition, Ctx};
@@ -62,8 +66,15 @@ pub struct BenchArgs {
     json: bool,
 }
 
+/// CPUs this process may run on (its affinity mask, as the library's default
+/// prealloc-threads counts them; not `available_parallelism`, which also applies cgroup
+/// quotas), at least 1.
+fn allowed_cpus() -> usize {
+    sched_getaffinity(None).map_or(1, |set| set.count().max(1) as usize)
+}
+
 fn run(args: &BenchArgs) -> Result<String, String> {
-    let cpus = hostmem::sys::allowed_cpus().len().max(1);
+    let cpus = allowed_cpus();
     let plan = make_plan(args, cpus)?;
     let progress = Arc::new(Progress::new());
     let events = signals::install(progress.clone()).map_err(|e| format!("signals: {e}"))?;

@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 
 use hostmem::size::format_size;
+use rustix::system::uname;
 use serde_json::{json, Value};
 
 use crate::measure::Ctx;
@@ -16,6 +17,11 @@ use crate::targets::{targets, Target};
 
 /// How the 4 KiB case is made, printed with the results.
 const FOUR_K_HOW: &str = "4 KiB pages for memory-backend-ram: THP disabled for the bench and the processes it starts with prctl(PR_SET_THP_DISABLE); hostmem and QEMU both still advise MADV_HUGEPAGE";
+
+/// The running kernel's release (`6.18.44-...`), from uname.
+fn kernel_release() -> String {
+    uname().release().to_string_lossy().into_owned()
+}
 
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
@@ -42,7 +48,7 @@ fn header(ctx: &Ctx, reps: usize, warmup: usize) -> String {
         s,
         "host: {}, Linux {}; absolute numbers vary with the host, ratios are from this run",
         cpu_model(),
-        hostmem::sys::kernel_release()
+        kernel_release()
     );
     let _ = writeln!(s, "QEMU: {}", qemu_version(&p.qemu));
     let _ = writeln!(
@@ -166,7 +172,7 @@ pub fn json_output(ctx: &Ctx, reps: usize, warmup: usize) -> Value {
         "warmup": warmup,
         "threads": ctx.plan.threads,
         "cpu": cpu_model(),
-        "kernel": hostmem::sys::kernel_release(),
+        "kernel": kernel_release(),
         "qemu": qemu_version(&ctx.plan.qemu),
         "four-kib-pages": FOUR_K_HOW,
         "thp-bytes-in-4k-backend": ctx.thp_seen_4k,

@@ -3,6 +3,10 @@
 //! line; the fuzz targets (`fuzz/`) drive the QMP monitor in process through
 //! [`qmp::Monitor`], the same request path the socket server takes; the QEMU
 //! comparison (`crates/hostmem-bench`) uses the report and the signal handling.
+//!
+//! No unsafe code: the library fences every unsafe syscall; what it does not offer
+//! comes from rustix.
+#![forbid(unsafe_code)]
 
 pub mod host;
 pub mod qmp;

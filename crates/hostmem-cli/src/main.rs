@@ -1,5 +1,9 @@
 //! `hostmem`: host memory backends from QEMU `-object` specs, reports read from the
 //! kernel, and a QMP monitor.
+//!
+//! No unsafe code: the library fences every unsafe syscall; what it does not offer
+//! comes from rustix.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

@@ -31,6 +31,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hostmem::{Backend, MachineDefaults, Progress};
+use rustix::fs::Mode;
+use rustix::process::umask;
 use serde_json::{json, Value};
 
 use crate::signals::{Events, Stop};
@@ -128,14 +130,21 @@ impl std::fmt::Display for ServeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ServeError::PathTaken(p, why) => write!(f, "{}: {why}", p.display()),
-            ServeError::Bind(p, e) => write!(
-                f,
-                "cannot listen on {}: {}",
-                p.display(),
-                hostmem::sys::strerror(e)
-            ),
+            ServeError::Bind(p, e) => {
+                write!(f, "cannot listen on {}: {}", p.display(), os_error_text(e))
+            }
             ServeError::Thread(e) => write!(f, "cannot start the monitor thread: {e}"),
         }
+    }
+}
+
+/// An I/O error's text without Rust's ` (os error N)` suffix, as C's strerror gives it:
+/// messages here read like QEMU's (`cannot listen on PATH: Permission denied`).
+fn os_error_text(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" (os error ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
     }
 }
 
@@ -356,11 +365,13 @@ impl Drop for SocketFile {
 
 /// Creates the listening socket with mode 0600 from the start: bind(2) takes no mode,
 /// so the umask decides it; it is narrowed around the bind (no other thread creates
-/// files at this point).
+/// files at this point) and put back right after.
 fn listen(path: &Path) -> Result<(UnixListener, SocketFile), ServeError> {
     clear_stale(path)?;
-    let listener = hostmem::sys::with_umask(0o177, || UnixListener::bind(path))
-        .map_err(|e| ServeError::Bind(path.to_path_buf(), e))?;
+    let old = umask(Mode::XUSR | Mode::RWXG | Mode::RWXO);
+    let bound = UnixListener::bind(path);
+    umask(old);
+    let listener = bound.map_err(|e| ServeError::Bind(path.to_path_buf(), e))?;
     let m = std::fs::symlink_metadata(path).map_err(|e| ServeError::Bind(path.to_path_buf(), e))?;
     Ok((
         listener,
@@ -772,6 +783,14 @@ mod tests {
             json!({"qom-type": "memory-backend-ram", "id": "big", "size": 8 << 20}),
         );
         assert_eq!(r, json!({"return": {}}));
+    }
+
+    #[test]
+    fn os_errors_read_like_strerror() {
+        let e = std::io::Error::from_raw_os_error(13);
+        assert_eq!(os_error_text(&e), "Permission denied");
+        let e = std::io::Error::other("no such thing");
+        assert_eq!(os_error_text(&e), "no such thing");
     }
 
     #[test]
