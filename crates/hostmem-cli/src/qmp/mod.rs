@@ -5,8 +5,8 @@
 //! stops reading never holds up the others. Every request is bounded in size, every
 //! write in time; nothing a client sends can panic the server. The serve loop ends on
 //! `quit`, SIGINT or SIGTERM; then running preallocations are cancelled, commands in
-//! flight are waited for, the socket file is removed and the backends are handed back
-//! to be deleted.
+//! flight are waited for (up to 30 s), the socket file is removed and every backend is
+//! deleted; one that cannot be (still held) is named on stderr, never dropped silently.
 //!
 //! [`Monitor`] is the same request path without a socket (for the fuzz target and
 //! tests): bytes in, replies out, through the [`Conversation`] every connection
@@ -35,6 +35,7 @@ mod spec;
 pub use conversation::{Conversation, Flow, Session, MAX_REQUEST};
 pub use limits::Limits;
 pub use monitor::Monitor;
+pub use registry::NotDeleted;
 pub use server::{serve, ServeError};
 pub use shared::{Shared, Tracked};
 pub use spec::{parse_spec, SpecError};

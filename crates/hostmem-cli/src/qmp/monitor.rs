@@ -76,6 +76,17 @@ impl Monitor {
     }
 }
 
+impl Drop for Monitor {
+    /// Deletes the backends through `Backend::delete`, as the socket server does when
+    /// it stops (so `discard-data` is honoured); none can be busy, the monitor runs no
+    /// thread of its own.
+    fn drop(&mut self) {
+        for n in self.shared.registry.delete_all() {
+            eprintln!("hostmem: {n}");
+        }
+    }
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
@@ -128,6 +139,28 @@ pub(super) mod tests {
         assert_eq!(r[0]["return"][0]["size"], 2 << 20);
         assert_eq!(r[1], json!({"return": {}}));
         assert!(m.quit_requested() && !m.is_closed());
+    }
+
+    #[test]
+    fn dropping_the_monitor_deletes_its_backends() {
+        use std::os::unix::fs::MetadataExt;
+        let path = std::env::temp_dir().join(format!("hostmem-monitor-{}", std::process::id()));
+        let mut m = monitor(Limits::default());
+        let r = add(
+            &mut m,
+            json!({"qom-type": "memory-backend-file", "id": "f", "size": 2 << 20,
+                   "mem-path": path.to_str().unwrap(), "share": true, "prealloc": true,
+                   "discard-data": true}),
+        );
+        assert_eq!(r, json!({"return": {}}));
+        assert!(std::fs::metadata(&path).unwrap().blocks() > 0);
+        drop(m);
+        let blocks = std::fs::metadata(&path).unwrap().blocks();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            blocks, 0,
+            "Backend::delete ran: discard-data punched the blocks"
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use super::conversation::{Conversation, Flow};
 use super::error::QmpError;
 use super::limits::Limits;
 use super::monitor::Monitor;
+use super::registry::NotDeleted;
 use super::shared::{lock, message_bytes, Client, Shared};
 use crate::signals::{Events, Stop};
 
@@ -118,13 +119,14 @@ fn listen(path: &Path) -> Result<(UnixListener, SocketFile), ServeError> {
 }
 
 /// Serves QMP on `path` over `backends` until `quit`, SIGINT or SIGTERM (or whatever
-/// else sends on `events`). Returns the backends that are left, for deletion.
+/// else sends on `events`). The monitor owns the backends from here on and deletes
+/// every one of them when it stops; it returns those it could not delete, by name.
 pub fn serve(
     path: &Path,
     backends: Vec<Backend>,
     defaults: MachineDefaults,
     events: &Events,
-) -> Result<Vec<Backend>, ServeError> {
+) -> Result<Vec<NotDeleted>, ServeError> {
     let (listener, socket_file) = listen(path)?;
     let shared = Arc::new(Shared::new(
         backends,
@@ -157,14 +159,7 @@ pub fn serve(
         let _ = acceptor.join();
     }
     drop(socket_file);
-    {
-        let n = lock(&shared.running);
-        let _ = shared.idle.wait_timeout_while(n, DRAIN_TIMEOUT, |n| *n > 0);
-    }
-    for c in lock(&shared.clients).iter() {
-        let _ = lock(&c.writer).shutdown(std::net::Shutdown::Both);
-    }
-    Ok(shared.registry.drain())
+    Ok(shared.finish(DRAIN_TIMEOUT))
 }
 
 fn accept_loop(shared: &Arc<Shared>, listener: UnixListener) {
