@@ -1,9 +1,13 @@
-//! The `hostmem` command as a library: the subcommands (`run`, `host`, `bench`), the
-//! report, and the QMP monitor. The binary (`src/main.rs`) only parses the command
+//! The `hostmem` command as a library: the subcommands (`run`, `host`), the report,
+//! and the QMP monitor. The binary (`src/main.rs`) only parses the command
 //! line; the fuzz targets (`fuzz/`) drive the QMP monitor in process through
-//! [`qmp::Monitor`], the same request path the socket server takes.
+//! [`qmp::Monitor`], the same request path the socket server takes; the QEMU
+//! comparison (`crates/hostmem-bench`) uses the report and the signal handling.
+//!
+//! No unsafe code: the library fences every unsafe syscall; what it does not offer
+//! comes from rustix.
+#![forbid(unsafe_code)]
 
-pub mod bench;
 pub mod host;
 pub mod qmp;
 pub mod report;

@@ -1,10 +1,14 @@
 //! `hostmem`: host memory backends from QEMU `-object` specs, reports read from the
 //! kernel, and a QMP monitor.
+//!
+//! No unsafe code: the library fences every unsafe syscall; what it does not offer
+//! comes from rustix.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hostmem_cli::{bench, host, run};
+use hostmem_cli::{host, run};
 
 #[derive(Parser)]
 #[command(
@@ -26,9 +30,6 @@ enum Command {
     /// Show the host as hostmem sees it: NUMA nodes, huge page pools, THP, KSM, features.
     #[command(after_help = host::EXAMPLES)]
     Host(host::HostArgs),
-    /// Preallocation speed against QEMU and memset, medians and ratios from one run.
-    #[command(after_help = bench::EXAMPLES)]
-    Bench(bench::BenchArgs),
 }
 
 /// QEMU spells its options with one dash; clap wants two.
@@ -45,6 +46,5 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(a) => run::main(a),
         Command::Host(a) => host::main(a),
-        Command::Bench(a) => bench::main(a),
     }
 }

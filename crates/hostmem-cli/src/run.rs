@@ -189,11 +189,18 @@ pub fn main(args: RunArgs) -> ExitCode {
         signals::watch_stdin(events.tx.clone());
     }
     if let Some(path) = qmp_path {
-        // Backends added over QMP get the same machine-wide defaults.
-        backends = match qmp::serve(&path, backends, defaults, &events) {
-            Ok(left) => left,
+        // Backends added over QMP get the same machine-wide defaults. The monitor owns
+        // the backends from here and deletes them when it stops.
+        let backends = std::mem::take(&mut backends);
+        match qmp::serve(&path, backends, defaults, &events) {
+            Ok(not_deleted) => {
+                for n in not_deleted {
+                    eprintln!("hostmem: {n}");
+                    status = 1;
+                }
+            }
             Err(e) => return fail("-qmp", e),
-        };
+        }
     } else if args.hold {
         // Any stop (EOF, SIGINT, SIGTERM) ends the hold cleanly with status 0.
         let _ = events.rx.recv();

@@ -6,6 +6,7 @@
 //! rebind that migrates pages). Queries read a snapshot of the settings that is
 //! refreshed after every change, so they never wait for such an operation.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hostmem::props::Config;
@@ -167,9 +168,39 @@ impl std::fmt::Display for DeleteError {
     }
 }
 
+/// A backend shutdown could not delete, and why. Said on stderr by name: a backend is
+/// never dropped without [`Backend::delete`] unless someone is told.
+#[derive(Debug)]
+pub enum NotDeleted {
+    /// The library refused: a consumer still holds the memory.
+    Refused(hostmem::Error),
+    /// A command still works on it after the shutdown's wait (its lock is held).
+    Busy(String),
+    /// Its `object-add` was still running.
+    Creating(String),
+}
+
+impl std::fmt::Display for NotDeleted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotDeleted::Refused(e) => write!(f, "{e}; left to the end of the process"),
+            NotDeleted::Busy(id) => write!(
+                f,
+                "object '{id}' is still busy with a command at shutdown, can not be deleted; left to the end of the process"
+            ),
+            NotDeleted::Creating(id) => write!(
+                f,
+                "object '{id}' was still being created at shutdown; deleted if its creation ends before the process"
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Registry {
     slots: Mutex<Vec<Slot>>,
+    /// Set (under the `slots` lock) by [`Registry::delete_all`]: nothing is added after.
+    closed: AtomicBool,
 }
 
 impl Registry {
@@ -181,6 +212,7 @@ impl Registry {
                     .map(|b| Slot::Live(Arc::new(Entry::new(b))))
                     .collect(),
             ),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -194,9 +226,17 @@ impl Registry {
         Ok(())
     }
 
-    /// Puts the created backend where its reservation was.
-    pub fn fill(&self, b: Backend) {
+    /// Puts the created backend where its reservation was; after
+    /// [`Registry::delete_all`], deletes it instead (a shutdown has emptied the table).
+    pub fn fill(&self, mut b: Backend) {
         let mut slots = lock(&self.slots);
+        if self.closed.load(Ordering::SeqCst) {
+            drop(slots);
+            if let Err(e) = b.delete() {
+                eprintln!("hostmem: {}", NotDeleted::Refused(e));
+            }
+            return;
+        }
         let entry = Slot::Live(Arc::new(Entry::new(b)));
         match slots
             .iter_mut()
@@ -252,22 +292,33 @@ impl Registry {
         Ok(())
     }
 
-    /// Empties the table, handing back the backends (at shutdown, when no command
-    /// runs any more).
-    pub fn drain(&self) -> Vec<Backend> {
-        let slots = std::mem::take(&mut *lock(&self.slots));
-        slots
-            .into_iter()
-            .filter_map(|s| match s {
-                Slot::Live(e) => match Arc::try_unwrap(e) {
-                    Ok(e) => Some(e.backend.into_inner().unwrap_or_else(|p| p.into_inner())),
-                    // Still referenced by a command thread: that thread ends with the
-                    // process; the memory goes with it.
-                    Err(_) => None,
+    /// Deletes every backend through [`Backend::delete`] and empties the table, for
+    /// good (at shutdown, after the wait for commands in flight). A command that still
+    /// refers to a backend sees it deleted; one still working on it (holding its lock)
+    /// keeps it, and so does a consumer's hold: those are returned, by name, never
+    /// dropped silently. An `object-add` still running is returned too, and its backend
+    /// is deleted as soon as it arrives ([`Registry::fill`]).
+    pub fn delete_all(&self) -> Vec<NotDeleted> {
+        let slots = {
+            let mut slots = lock(&self.slots);
+            self.closed.store(true, Ordering::SeqCst);
+            std::mem::take(&mut *slots)
+        };
+        let mut left = Vec::new();
+        for slot in slots {
+            match slot {
+                Slot::Creating(id) => left.push(NotDeleted::Creating(id)),
+                Slot::Live(e) => match e.try_lock() {
+                    Some(mut b) => {
+                        if let Err(err) = b.delete() {
+                            left.push(NotDeleted::Refused(err));
+                        }
+                    }
+                    None => left.push(NotDeleted::Busy(e.id.clone())),
                 },
-                Slot::Creating(_) => None,
-            })
-            .collect()
+            }
+        }
+        left
     }
 }
 
@@ -317,6 +368,6 @@ mod tests {
             r.delete("m").unwrap_err().to_string(),
             "object 'm' not found"
         );
-        assert!(r.drain().is_empty());
+        assert!(r.delete_all().is_empty());
     }
 }

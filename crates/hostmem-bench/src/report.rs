@@ -1,0 +1,183 @@
+//! What a finished run prints: a header naming the host, tables of medians and ratios,
+//! and the targets; or all of it, with every sample, as one JSON document. The host's
+//! CPU, kernel and QEMU version are part of it because absolute numbers mean nothing
+//! without them.
+
+use std::fmt::Write as _;
+
+use hostmem::size::format_size;
+use rustix::system::uname;
+use serde_json::{json, Value};
+
+use crate::measure::Ctx;
+use crate::plan::{Mem, HUGE_2M};
+use crate::runner::qemu_version;
+use crate::stats::{fmt_num, fmt_ratio, ratio, Samples};
+use crate::targets::{targets, Target};
+
+/// How the 4 KiB case is made, printed with the results.
+const FOUR_K_HOW: &str = "4 KiB pages for memory-backend-ram: THP disabled for the bench and the processes it starts with prctl(PR_SET_THP_DISABLE); hostmem and QEMU both still advise MADV_HUGEPAGE";
+
+/// The running kernel's release (`6.18.44-...`), from uname.
+fn kernel_release() -> String {
+    uname().release().to_string_lossy().into_owned()
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn header(ctx: &Ctx, reps: usize, warmup: usize) -> String {
+    let p = &ctx.plan;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "hostmem-bench: {} per backend, medians of {reps} interleaved repetitions after {warmup} warm-up, threads {:?}",
+        format_size(p.size),
+        p.threads
+    );
+    let _ = writeln!(
+        s,
+        "host: {}, Linux {}; absolute numbers vary with the host, ratios are from this run",
+        cpu_model(),
+        kernel_release()
+    );
+    let _ = writeln!(s, "QEMU: {}", qemu_version(&p.qemu));
+    let _ = writeln!(
+        s,
+        "{FOUR_K_HOW} (THP bytes seen in the 4 KiB backend: {})",
+        ctx.thp_seen_4k
+    );
+    s.push_str("process runs are timed whole; GiB/s = size / (time - same tool's time with prealloc=off)\n");
+    s
+}
+
+fn single_table(s: &Samples, threads: &[usize]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n{:<22}{:>4} {:>12} {:>10} {:>9} {:>11} {:>9} {:>10}",
+        "prealloc GiB/s",
+        "thr",
+        "hostmem run",
+        "QEMU 7.2",
+        "hm/QEMU",
+        "in-process",
+        "memset",
+        "pre/memset"
+    );
+    for mem in Mem::ALL {
+        for t in threads {
+            let k = format!("{}/{t}", mem.key());
+            let m = |x: &str| s.median(&format!("{k}/{x}"));
+            let _ = writeln!(
+                out,
+                "{:<22}{:>4} {:>12} {:>10} {:>9} {:>11} {:>9} {:>10}",
+                mem.label(),
+                t,
+                fmt_num(m("run"), 2),
+                fmt_num(m("qemu"), 2),
+                fmt_ratio(ratio(m("run"), m("qemu"))),
+                fmt_num(m("inproc"), 2),
+                fmt_num(m("memset"), 2),
+                fmt_ratio(ratio(m("inproc"), m("memset"))),
+            );
+        }
+    }
+    out
+}
+
+fn other_tables(s: &Samples, size: u64) -> String {
+    let mut out = String::new();
+    let ms = |k: &str| fmt_num(s.median(k), 1);
+    let _ = writeln!(
+        out,
+        "\nstartup with prealloc=off, ms        hostmem run   QEMU 7.2"
+    );
+    for mem in Mem::ALL {
+        let k = mem.key();
+        let (h, q) = (
+            s.median(&format!("{k}/base-run")).map(|x| x * 1e3),
+            s.median(&format!("{k}/base-qemu")).map(|x| x * 1e3),
+        );
+        let _ = writeln!(
+            out,
+            "  {:<34} {:>11} {:>10}",
+            mem.label(),
+            fmt_num(h, 1),
+            fmt_num(q, 1)
+        );
+    }
+    let four = (s.median("four/run"), s.median("four/qemu"));
+    let _ = writeln!(
+        out,
+        "\nfour backends of {} together, prealloc-threads=1: hostmem {} GiB/s, QEMU {} GiB/s, {}",
+        format_size(size / 4 / HUGE_2M * HUGE_2M),
+        fmt_num(four.0, 2),
+        fmt_num(four.1, 2),
+        fmt_ratio(ratio(four.0, four.1))
+    );
+    let (h, q) = (s.median("e2e/run"), s.median("e2e/qemu"));
+    let _ = writeln!(
+        out,
+        "end to end, 2 MiB ram backend: hostmem run {} ms, QEMU startup {} ms, hostmem {} faster",
+        ms("e2e/run"),
+        ms("e2e/qemu"),
+        fmt_ratio(ratio(q, h))
+    );
+    let _ = writeln!(
+        out,
+        "report of a preallocated {} backend, ms: 4 KiB inspect {} / backend_json {}; THP inspect {} / backend_json {}",
+        format_size(size),
+        ms("report/ram-4k/inspect"),
+        ms("report/ram-4k/json"),
+        ms("report/ram-thp/inspect"),
+        ms("report/ram-thp/json"),
+    );
+    out
+}
+
+/// The run as people read it.
+pub fn text_output(ctx: &Ctx, reps: usize, warmup: usize) -> String {
+    let s = &ctx.samples;
+    let mut out = header(ctx, reps, warmup);
+    out.push_str(&single_table(s, &ctx.plan.threads));
+    out.push_str(&other_tables(s, ctx.plan.size));
+    out.push_str("\ntargets (medians)\n");
+    for t in targets(s, &ctx.plan.threads, ctx.plan.size) {
+        out.push_str(&t.line());
+        out.push('\n');
+    }
+    out
+}
+
+/// The run for programs: medians, every sample and the targets.
+pub fn json_output(ctx: &Ctx, reps: usize, warmup: usize) -> Value {
+    let s = &ctx.samples;
+    let medians: serde_json::Map<String, Value> =
+        s.0.keys()
+            .map(|k| (k.clone(), json!(s.median(k))))
+            .collect();
+    json!({
+        "size": ctx.plan.size,
+        "reps": reps,
+        "warmup": warmup,
+        "threads": ctx.plan.threads,
+        "cpu": cpu_model(),
+        "kernel": kernel_release(),
+        "qemu": qemu_version(&ctx.plan.qemu),
+        "four-kib-pages": FOUR_K_HOW,
+        "thp-bytes-in-4k-backend": ctx.thp_seen_4k,
+        "medians": medians,
+        "samples": s.0,
+        "targets": targets(s, &ctx.plan.threads, ctx.plan.size).iter().map(Target::json).collect::<Vec<_>>(),
+    })
+}

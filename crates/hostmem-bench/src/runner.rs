@@ -1,0 +1,145 @@
+//! The two programs compared, run as whole processes: `hostmem run` and QEMU on a machine
+//! that does nothing, given the same `-object` text and timed from spawn to exit.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use hostmem::size::parse_size;
+use hostmem::{ObjectSpec, Progress};
+
+use crate::inproc::make_backend;
+use crate::plan::Plan;
+
+/// QEMU 7.2 on a machine that does nothing: it creates (and preallocates) the objects,
+/// then the monitor reads `quit` from stdin and the process exits by itself.
+const QEMU_ARGS: &[&str] = &[
+    "-machine",
+    "none",
+    "-nodefaults",
+    "-display",
+    "none",
+    "-qmp",
+    "stdio",
+];
+const QEMU_INPUT: &[u8] = b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"quit\"}\n";
+
+/// Wall time of a whole process, from spawn to exit; `input` is its stdin.
+fn time_process(mut cmd: Command, input: &[u8]) -> Result<f64, String> {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let name = cmd.get_program().to_string_lossy().into_owned();
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run {name}: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A process that exits without reading its input is no error here.
+        let _ = stdin.write_all(input);
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{name}: {e}"))?;
+    let secs = start.elapsed().as_secs_f64();
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!("{name} failed ({}): {}", out.status, err.trim()));
+    }
+    Ok(secs)
+}
+
+fn hostmem_cmd(plan: &Plan, specs: &[String]) -> Command {
+    let mut c = Command::new(&plan.hostmem);
+    c.arg("run");
+    for s in specs {
+        c.arg("--object").arg(s);
+    }
+    c
+}
+
+fn qemu_cmd(plan: &Plan, specs: &[String]) -> Command {
+    let mut c = Command::new(&plan.qemu);
+    c.args(QEMU_ARGS);
+    for s in specs {
+        c.arg("-object").arg(s);
+    }
+    c
+}
+
+/// Times `hostmem run` and QEMU with the same objects, in an order that flips with the
+/// repetition so neither tool always runs on memory the other just freed.
+///
+/// Each run is primed: on this host memory freed a few seconds ago may have been handed
+/// back to the hypervisor and costs several times more to touch again, and without the
+/// primer whichever tool ran first got that cold memory and the second the warm memory
+/// the first had just freed. The primer touches and frees as much memory as the run
+/// needs right before it, so both tools start alike.
+pub fn time_both(plan: &Plan, specs: &[String], rep: usize) -> Result<(f64, f64), String> {
+    let bytes = specs_bytes(specs);
+    let run_hm = || {
+        prime(bytes, plan.cpus)?;
+        time_process(hostmem_cmd(plan, specs), b"")
+    };
+    let run_qemu = || {
+        prime(bytes, plan.cpus)?;
+        time_process(qemu_cmd(plan, specs), QEMU_INPUT)
+    };
+    if rep.is_multiple_of(2) {
+        let h = run_hm()?;
+        Ok((h, run_qemu()?))
+    } else {
+        let q = run_qemu()?;
+        Ok((run_hm()?, q))
+    }
+}
+
+/// Bytes the objects ask for (those with prealloc=on).
+fn specs_bytes(specs: &[String]) -> u64 {
+    specs
+        .iter()
+        .filter(|s| s.contains("prealloc=on"))
+        .filter_map(|s| ObjectSpec::parse(s).ok())
+        .filter_map(|o| o.props.iter().find(|(k, _)| k == "size").cloned())
+        .filter_map(|(_, v)| parse_size(&v))
+        .sum()
+}
+
+/// Touches `bytes` of anonymous memory with `threads` threads (all CPUs) and frees it
+/// again (see [`time_both`]).
+fn prime(bytes: u64, threads: usize) -> Result<(), String> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    let spec =
+        format!("memory-backend-ram,id=primer,size={bytes},prealloc=on,prealloc-threads={threads}");
+    make_backend(&spec, &Progress::new()).map(drop)
+}
+
+/// The first line of `qemu --version`, for the report.
+pub fn qemu_version(qemu: &str) -> String {
+    Command::new(qemu)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Mem;
+
+    #[test]
+    fn primer_size_counts_preallocated_objects_only() {
+        let specs = [
+            Mem::RamThp.spec("a", 1 << 30, true, 1),
+            Mem::MemfdShmem.spec("b", 1 << 30, false, 1),
+        ];
+        assert_eq!(specs_bytes(&specs), 1 << 30);
+    }
+}

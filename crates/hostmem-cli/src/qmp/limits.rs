@@ -1,0 +1,102 @@
+//! What a monitor lets clients create. The socket server sets no bounds (the operator
+//! decides what the host can give); an in-process monitor fed arbitrary input (the
+//! fuzz target) does, so no request can exhaust the machine or write outside a
+//! directory. Checked in `object-add` before anything is mapped.
+
+use std::path::PathBuf;
+
+use super::error::QmpError;
+
+/// Bounds a monitor puts on what clients may create. The socket server sets none
+/// ([`Limits::default`], the operator decides what the host can give); an in-process
+/// monitor that takes arbitrary input (the fuzz target) sets them so that no request
+/// can make it allocate more than it can afford or touch files outside a directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest `size` an `object-add` may ask for, in bytes.
+    pub max_backend_size: Option<u64>,
+    /// The directory `mem-path` of a file backend must be in (compared component by
+    /// component, `..` refused).
+    pub mem_path_under: Option<PathBuf>,
+}
+
+impl Limits {
+    /// Refuses a backend these limits do not allow, before anything is mapped.
+    pub fn check(&self, id: &str, cfg: &hostmem::props::Config) -> Result<(), QmpError> {
+        if let (Some(max), Some(size)) = (self.max_backend_size, cfg.size) {
+            if size > max {
+                return Err(QmpError::generic(format!(
+                    "object '{id}': size {size} exceeds this monitor's limit of {max} bytes"
+                )));
+            }
+        }
+        if let (Some(dir), Some(path)) = (&self.mem_path_under, &cfg.mem_path) {
+            let inside = path.starts_with(dir)
+                && !path
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir));
+            if !inside {
+                return Err(QmpError::generic(format!(
+                    "object '{id}': mem-path {} is outside {}, the directory this monitor allows",
+                    path.display(),
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::qmp::monitor::tests::{add, error_desc, monitor};
+
+    #[test]
+    fn limits_refuse_before_mapping_and_the_server_sets_none() {
+        let dir = std::env::temp_dir().join(format!("hostmem-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let outside = dir.with_extension("outside");
+        let mut m = monitor(Limits {
+            max_backend_size: Some(4 << 20),
+            mem_path_under: Some(dir.clone()),
+        });
+        let r = add(
+            &mut m,
+            json!({"qom-type": "memory-backend-ram", "id": "big", "size": 8 << 20, "prealloc": true}),
+        );
+        assert_eq!(
+            error_desc(&r),
+            "object 'big': size 8388608 exceeds this monitor's limit of 4194304 bytes"
+        );
+        assert!(m.backend_ids().is_empty());
+        let file = |path: &Path| {
+            json!({"qom-type": "memory-backend-file", "id": "f", "size": 2 << 20,
+                   "mem-path": path.to_str().unwrap()})
+        };
+        for bad in [outside.clone(), dir.join("../x")] {
+            let r = add(&mut m, file(&bad));
+            assert!(error_desc(&r).contains("is outside"), "{r}");
+            assert!(!bad.exists(), "{} was created", bad.display());
+        }
+        assert_eq!(
+            add(&mut m, file(&dir.join("inside"))),
+            json!({"return": {}})
+        );
+        assert!(dir.join("inside").exists());
+        assert_eq!(m.backend_ids(), ["f"]);
+        drop(m);
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Unlimited (what `serve` uses): the same request passes.
+        let mut m = monitor(Limits::default());
+        let r = add(
+            &mut m,
+            json!({"qom-type": "memory-backend-ram", "id": "big", "size": 8 << 20}),
+        );
+        assert_eq!(r, json!({"return": {}}));
+    }
+}
