@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 /// Things the kernel view contradicts or qualifies in what was asked for.
 pub fn notes(b: &Backend, v: &KernelView) -> Vec<String> {
-    let cfg = b.config();
+    let cfg = &b.config().common;
     let mut notes = Vec::new();
     if cfg.merge && !v.has_flag("mg") {
         if b.mergeable_kind() {
@@ -42,41 +42,62 @@ pub fn value_json(v: PropValue) -> Value {
     match v {
         PropValue::Bool(b) => json!(b),
         PropValue::Int(i) => json!(i),
-        PropValue::Str(s) => json!(s),
+        // JSON strings are UTF-8; a path that is not is shown with replacement marks.
+        PropValue::Path(p) => json!(p.to_string_lossy()),
         PropValue::Nodes(n) => json!(n.iter().collect::<Vec<_>>()),
         PropValue::Policy(p) => json!(p.name()),
         PropValue::OnOffAuto(o) => json!(o.name()),
     }
 }
 
-/// The kernel part of a report.
+/// The kernel's policy for a range as JSON, or why it is unknown.
+pub fn mempolicy_json(v: &KernelView) -> Value {
+    match &v.mempolicy {
+        Ok(p) => json!({"mode": p.mode.name(), "nodes": p.nodes.iter().collect::<Vec<_>>()}),
+        Err(u) => json!({"unknown": u.to_string()}),
+    }
+}
+
+/// The kernel part of a report. What the kernel did not say is null, with the reason
+/// under `numa-unknown`, never a guess.
 pub fn kernel_json(v: &KernelView) -> Value {
-    let per_node: serde_json::Map<String, Value> = v
-        .pages_per_node
-        .iter()
-        .map(|(n, p)| (n.to_string(), json!(p)))
-        .collect();
-    json!({
+    let mut o = json!({
         "vmflags": v.vmflags,
         "resident-bytes": v.resident,
         "thp-bytes": v.thp,
         "hugetlb-bytes": v.hugetlb,
         "kernel-page-size": v.page_size,
-        "pages-per-node": per_node,
-        "pages-per-node-page-size": v.numa_page_size,
-        "numa-maps-policy": v.numa_policy,
-        "mempolicy": {"mode": v.mempolicy_name(), "nodes": v.mempolicy_nodes.iter().collect::<Vec<_>>()},
+        "mempolicy": mempolicy_json(v),
         "vmas": v.vmas,
-    })
+    });
+    match &v.numa {
+        Ok(n) => {
+            let per_node: serde_json::Map<String, Value> = n
+                .pages_per_node
+                .iter()
+                .map(|(n, p)| (n.to_string(), json!(p)))
+                .collect();
+            o["pages-per-node"] = json!(per_node);
+            o["pages-per-node-page-size"] = json!(n.page_size);
+            o["numa-maps-policy"] = json!(n.policy);
+        }
+        Err(u) => {
+            o["pages-per-node"] = Value::Null;
+            o["pages-per-node-page-size"] = Value::Null;
+            o["numa-maps-policy"] = Value::Null;
+            o["numa-unknown"] = json!(u.to_string());
+        }
+    }
+    o
 }
 
 /// One backend as JSON: settings, plus what the kernel says now.
 pub fn backend_json(b: &Backend) -> Value {
-    let cfg = b.config();
+    let cfg = &b.config().common;
     let mut o = json!({
         "id": b.id(),
         "qom-type": b.kind().qom_type(),
-        "size": cfg.size.unwrap_or(0),
+        "size": cfg.size,
         "host-addr": b.host_addr(),
         "page-size": b.page_size(),
         "policy": cfg.policy.name(),
@@ -87,7 +108,7 @@ pub fn backend_json(b: &Backend) -> Value {
         "share": cfg.share,
         "reserve": cfg.reserve,
     });
-    for p in b.properties().filter(|p| p.only.is_some()) {
+    for p in b.kind().own_props() {
         if let Ok(v) = b.get(p.name) {
             o[p.name] = value_json(v);
         }
@@ -110,9 +131,13 @@ const BAR: usize = 40;
 
 /// Per-node pages as bars: people compare lengths faster than numbers.
 pub fn node_bars(v: &KernelView) -> String {
-    let total: u64 = v.pages_per_node.values().sum();
+    let numa = match &v.numa {
+        Ok(n) => n,
+        Err(u) => return format!("    pages per node {u}\n"),
+    };
+    let total: u64 = numa.pages_per_node.values().sum();
     let mut s = String::new();
-    for (n, &pages) in &v.pages_per_node {
+    for (n, &pages) in &numa.pages_per_node {
         let filled = if total == 0 {
             0
         } else {
@@ -128,10 +153,10 @@ pub fn node_bars(v: &KernelView) -> String {
             "    node {n:<3} [{}{}] {pages:>10} pages  {:>10}  {pct:5.1}%",
             "#".repeat(filled),
             ".".repeat(BAR - filled),
-            format_size(pages * v.numa_page_size)
+            format_size(pages * numa.page_size)
         );
     }
-    if v.pages_per_node.is_empty() {
+    if numa.pages_per_node.is_empty() {
         s.push_str("    (no pages resident yet)\n");
     }
     s
@@ -139,7 +164,7 @@ pub fn node_bars(v: &KernelView) -> String {
 
 /// One backend as text.
 pub fn backend_text(b: &Backend) -> String {
-    let cfg = b.config();
+    let cfg = &b.config().common;
     let mut s = String::new();
     let page = b.page_size().map_or("?".into(), format_size);
     let nodes = if cfg.host_nodes.is_empty() {
@@ -152,7 +177,7 @@ pub fn backend_text(b: &Backend) -> String {
         "{}  {}  {}  page {}  policy {}{}",
         b.id(),
         b.kind().qom_type(),
-        format_size(cfg.size.unwrap_or(0)),
+        format_size(cfg.size),
         page,
         cfg.policy,
         nodes
@@ -170,7 +195,7 @@ pub fn backend_text(b: &Backend) -> String {
                 "    resident {}{}  kernel policy {}",
                 format_size(v.resident),
                 huge,
-                v.numa_policy
+                v.mempolicy_text()
             );
             let _ = writeln!(s, "    VmFlags: {}", v.vmflags.join(" "));
             s.push_str(&node_bars(&v));

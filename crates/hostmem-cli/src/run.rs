@@ -99,8 +99,8 @@ fn default_spec() -> String {
 fn create(backends: &mut [Backend], progress: &Progress) -> Result<(), hostmem::BatchError> {
     let total: u64 = backends
         .iter()
-        .filter(|b| b.config().prealloc)
-        .map(|b| b.len() as u64)
+        .filter(|b| b.config().common.prealloc)
+        .map(|b| b.size())
         .sum();
     // The bar thread waits on this channel, so it ends the moment the batch does: a
     // plain 100 ms sleep kept every `hostmem run` of 1 GiB or more up to 100 ms longer.

@@ -9,9 +9,15 @@ use crate::size::format_size;
 /// The step of allocation that failed, for errors that are not about one property.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
+    /// Mapping the memory or making what is mapped (memfd and its seals, the shm object
+    /// and its length), or a size larger than the address space.
     Map,
+    /// madvise on the mapping: MADV_DONTFORK and MADV_DONTDUMP at allocation, `dump`
+    /// changed on a live backend (refused KSM advice is not an error).
     Advise,
-    Bind,
+
+    /// Faulting the pages in: creating the threads, the populate call itself, or a
+    /// kernel without MADV_POPULATE_WRITE for memory that touching could SIGBUS.
     Prealloc,
 }
 
@@ -20,7 +26,6 @@ impl std::fmt::Display for Step {
         f.write_str(match self {
             Step::Map => "mapping memory",
             Step::Advise => "advising memory",
-            Step::Bind => "binding memory",
             Step::Prealloc => "preallocating memory",
         })
     }
@@ -29,8 +34,13 @@ impl std::fmt::Display for Step {
 /// Who lacked huge pages, for [`Error::HugePagesShort`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shortage {
+    /// Bytes per huge page of the pool that fell short.
     pub page_size: u64,
+    /// Pages the backend needs: its whole length, or the pages not yet faulted in when
+    /// a live backend without `reserve` is preallocated.
     pub needed: u64,
+    /// Pages the pool can give: host-wide free less reserved, or the bound nodes' free
+    /// pages added up when the check before mapping was per node.
     pub free: u64,
     /// The node(s) the memory is bound to, with each one's free pages; empty = host-wide.
     pub nodes: Vec<(u32, u64)>,
@@ -58,29 +68,53 @@ impl std::fmt::Display for Shortage {
     }
 }
 
+/// Everything that can go wrong with a backend: setting its properties, parsing
+/// `-object` text, allocating, changing it live and reading it back from the kernel.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     // --- QEMU's own messages, word for word -------------------------------------------
+    /// Policy `default` was given host-nodes (checked at allocation and rebind).
     #[error("host-nodes must be empty for policy default, or you should explicitly specify a policy other than default")]
     NodesWithDefaultPolicy,
+    /// A policy that places memory on nodes (preferred, bind, interleave, ...) has an
+    /// empty host-nodes.
     #[error("host-nodes must be set for policy {0}")]
     NodesMissing(Policy),
+    /// mbind refused the policy on freshly mapped memory; holds the errno text.
     #[error("cannot bind memory to host NUMA nodes: {0}")]
     Mbind(String),
+    /// An integer property was set below its minimum (`size=0`, `prealloc-threads=0`).
     #[error("property '{prop}' of {kind} doesn't take value '{value}'")]
     ZeroValue {
+        /// Property name (`size`).
         prop: &'static str,
+        /// QEMU type name.
         kind: &'static str,
+        /// The refused value, in decimal.
         value: String,
     },
+    /// host-nodes text is not a node list, or names a node at or past
+    /// [`MAX_NODES`](crate::numa::MAX_NODES).
     #[error("{0}")]
     NodeList(#[from] NodeListError),
+    /// The file backend's `mem-path` cannot be examined (statfs), opened, created, or
+    /// given a temp file when it is a directory.
     #[error("can't open backing store {path} for guest RAM: {reason}")]
-    OpenBackingStore { path: PathBuf, reason: String },
+    OpenBackingStore {
+        /// The `mem-path` as set (the directory, for a temp file).
+        path: PathBuf,
+        /// The errno text.
+        reason: String,
+    },
+    /// A required parameter is unset: `size` or the file backend's `mem-path` at
+    /// allocation, `qom-type` or `id` in `-object` text.
     #[error("Parameter '{0}' is missing")]
     Missing(&'static str),
+    /// `prealloc=on` together with `reserve=off`, refused at allocation as QEMU does.
     #[error("'prealloc=on' and 'reserve=off' are incompatible")]
     PreallocWithoutReserve,
+    /// Delete was asked while a consumer holds the memory (a hold from
+    /// [`Backend::hold`](crate::Backend::hold)); holds the object id.
     #[error("object '{0}' is in use, can not be deleted")]
     InUse(String),
     /// QEMU 9.1+: file, memfd and shm memory must be whole pages.
@@ -91,76 +125,158 @@ pub enum Error {
         /// The memory's page size.
         page_size: u64,
     },
+    /// `memory-backend-shm` with `share=off`: private shm memory would only be anonymous
+    /// memory.
     #[error("can't create shm backend with `share=off`")]
     ShmNotShared,
 
     // --- property access ---------------------------------------------------------------
+    /// The backend's kind has no property of that name.
     #[error("Property '{kind}.{prop}' not found")]
-    UnknownProperty { kind: &'static str, prop: String },
+    UnknownProperty {
+        /// QEMU type name.
+        kind: &'static str,
+        /// The name asked for.
+        prop: String,
+    },
     /// QEMU's keyval wording: `Parameter 'size' expects a size value`.
     #[error("Parameter '{prop}' expects {expected}")]
     BadType {
+        /// Property name, or the `-object` key (`id`, `object` for an empty pair).
         prop: String,
+        /// What the value must be, in QEMU's words (`a size value`, `uint32`).
         expected: &'static str,
     },
+    /// A value that is none of the names the parameter takes: a policy, on/off/auto, or
+    /// a `qom-type` that is not a backend kind.
     #[error("Parameter '{prop}' does not accept value '{value}'")]
-    BadEnum { prop: String, value: String },
+    BadEnum {
+        /// Property name, or `qom-type`.
+        prop: String,
+        /// The text given.
+        value: String,
+    },
+    /// A change was asked of a property that would need the memory remade (size, share,
+    /// mem-path, ...) on a live backend.
     #[error("cannot change property '{prop}' of {kind} '{id}': it is fixed once the backend is allocated")]
     FixedAfterAllocation {
+        /// QEMU type name.
         kind: &'static str,
+        /// Object id.
         id: String,
+        /// Property name.
         prop: &'static str,
     },
+    /// `policy` or `host-nodes` was set alone to a new value on a live backend; the two
+    /// change together through [`Backend::rebind`](crate::Backend::rebind).
     #[error("cannot change '{prop}' of live backend '{id}' on its own: rebind it instead (policy and host-nodes together, existing pages are migrated)")]
-    PlacementNeedsRebind { id: String, prop: &'static str },
+    PlacementNeedsRebind {
+        /// Object id.
+        id: String,
+        /// `policy` or `host-nodes`.
+        prop: &'static str,
+    },
+    /// A property's value does not fit the other settings, the host or the file, found
+    /// before or while mapping (file `align`, `offset`, `rom`, `pmem`, a `size` the file
+    /// cannot hold; memfd `hugetlbsize`, a memfd that cannot be resized).
     #[error("{kind} '{id}': property '{prop}' = '{value}' is invalid: {why}")]
     Invalid {
+        /// QEMU type name.
         kind: &'static str,
+        /// Object id.
         id: String,
+        /// Property name.
         prop: &'static str,
+        /// The value, as text.
         value: String,
+        /// Why it is refused, naming what would be accepted where there is a choice.
         why: String,
     },
 
     // --- NUMA, better than QEMU --------------------------------------------------------
+    /// A policy other than `default` that takes no nodes (`local`) was given host-nodes.
     #[error("host-nodes must be empty for policy {0}")]
     NodesNotTaken(Policy),
+    /// A node of host-nodes does not exist on this host, is offline or has no memory.
     #[error("{kind} '{id}': host-nodes = '{nodes}': {why}")]
     BadNode {
+        /// QEMU type name.
         kind: &'static str,
+        /// Object id.
         id: String,
+        /// host-nodes in list form (`0-1,4`).
         nodes: String,
+        /// Which node and why, with the nodes that could be used (from sysfs).
         why: String,
     },
+    /// The running kernel's mbind does not know the policy (preferred-many,
+    /// weighted-interleave, local).
     #[error("{kind} '{id}': policy '{policy}' needs Linux {}.{} or later; this kernel is {}.{}", need.0, need.1, have.0, have.1)]
     PolicyUnsupported {
+        /// QEMU type name.
         kind: &'static str,
+        /// Object id.
         id: String,
+        /// The policy asked for.
         policy: Policy,
+        /// Oldest kernel (major, minor) that has the policy.
         need: (u32, u32),
+        /// The running kernel's (major, minor), from uname.
         have: (u32, u32),
     },
 
     // --- allocation ---------------------------------------------------------------------
+    /// The huge page pool (host-wide, or the bound nodes' for `bind`) cannot give the
+    /// pages: found before mapping, before preallocating a live backend with
+    /// `reserve=off`, or after a failed prealloc of hugetlb memory.
     #[error("{kind} '{id}': {shortage}")]
     HugePagesShort {
+        /// QEMU type name.
         kind: &'static str,
+        /// Object id.
         id: String,
+        /// Page size, pages needed and free, and the nodes.
         shortage: Shortage,
     },
+    /// A step of allocation failed for a reason that is not one property's.
     #[error("{kind} '{id}': {step} failed: {reason}")]
     Alloc {
+        /// QEMU type name.
         kind: &'static str,
+        /// Object id.
         id: String,
+        /// The step that failed.
         step: Step,
+        /// The errno text, or what was short and where (memory, file system room).
         reason: String,
     },
+    /// Preallocation was stopped through [`Progress::cancel`](crate::Progress::cancel).
     #[error("{kind} '{id}': preallocation cancelled")]
-    Cancelled { kind: &'static str, id: String },
+    Cancelled {
+        /// QEMU type name.
+        kind: &'static str,
+        /// Object id.
+        id: String,
+    },
+    /// The backend has no memory: not allocated yet, or deleted (a deleted backend
+    /// refuses every later change too).
     #[error("{kind} '{id}' is not allocated")]
-    NotAllocated { kind: &'static str, id: String },
+    NotAllocated {
+        /// QEMU type name.
+        kind: &'static str,
+        /// Object id.
+        id: String,
+    },
+    /// Allocation was asked of a backend that is already live.
     #[error("{kind} '{id}' is already allocated")]
-    AlreadyAllocated { kind: &'static str, id: String },
+    AlreadyAllocated {
+        /// QEMU type name.
+        kind: &'static str,
+        /// Object id.
+        id: String,
+    },
+    /// A rebind's mbind (MPOL_MF_MOVE | MPOL_MF_STRICT) failed, typically on pages that
+    /// cannot migrate; the previous policy is put back where the kernel lets it.
     #[error("cannot rebind '{id}' to {policy} {nodes}: {reason}; its policy is {now}, pages already moved stay where they are")]
     RebindFailed {
         /// Object id.
@@ -174,13 +290,20 @@ pub enum Error {
         /// The policy and nodes in force now (the previous ones, put back).
         now: String,
     },
+    /// Reading what the kernel says about a live backend failed (/proc/self/smaps,
+    /// page placement through move_pages).
     #[error("{kind} '{id}': {what}: {reason}")]
     Io {
+        /// QEMU type name.
         kind: &'static str,
+        /// Object id.
         id: String,
+        /// What was being read (`reading /proc/self/smaps`).
         what: String,
+        /// The errno text.
         reason: String,
     },
 }
 
+/// A result whose error is this crate's [`Error`] unless another is named.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

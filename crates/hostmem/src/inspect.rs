@@ -87,6 +87,25 @@ impl KernelView {
         self.vmflags.iter().any(|f| f == flag)
     }
 
+    /// The kernel's mode for the range; None when get_mempolicy failed.
+    pub fn mempolicy_mode(&self) -> Option<KernelMode> {
+        self.mempolicy.as_ref().ok().map(|p| p.mode)
+    }
+
+    /// The kernel's nodes for the range; None when get_mempolicy failed.
+    pub fn mempolicy_nodes(&self) -> Option<&NodeSet> {
+        self.mempolicy.as_ref().ok().map(|p| &p.nodes)
+    }
+
+    /// The kernel's policy as text (`bind 0-1`), or why it is unknown.
+    pub fn mempolicy_text(&self) -> String {
+        match &self.mempolicy {
+            Ok(p) if p.nodes.is_empty() => p.mode.name().to_string(),
+            Ok(p) => format!("{} {}", p.mode.name(), p.nodes),
+            Err(u) => u.to_string(),
+        }
+    }
+
     /// Bytes per node, from numa_maps; None when numa_maps could not be read.
     pub fn bytes_per_node(&self) -> Option<BTreeMap<u32, u64>> {
         self.numa.as_ref().ok().map(NumaView::bytes_per_node)
@@ -234,8 +253,15 @@ fn assemble(
 
 /// Reads the kernel's view of a whole mapping now.
 pub(crate) fn inspect(map: &RawMapping) -> io::Result<KernelView> {
-    let start = map.addr() as u64;
-    let end = start + map.len() as u64;
+    inspect_range(map.addr(), map.len())
+}
+
+/// Reads the kernel's view of [start, start+len) of this process now, whatever maps it
+/// (a backend another thread is preallocating, a VMM's own memory).
+pub fn inspect_range(start: usize, len: usize) -> io::Result<KernelView> {
+    let addr = start;
+    let start = start as u64;
+    let end = start.saturating_add(len as u64);
     // Both files walk the page tables of every mapping: for 4 GiB of 4 KiB pages each
     // read costs ~40 ms of kernel time, so they are read at the same time.
     let (smaps, numa_maps) = std::thread::scope(|s| {
@@ -251,7 +277,7 @@ pub(crate) fn inspect(map: &RawMapping) -> io::Result<KernelView> {
         end,
         &smaps?,
         numa_maps,
-        map.mempolicy_at(0),
+        crate::sys::mempolicy_at(addr),
     ))
 }
 

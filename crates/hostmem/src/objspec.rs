@@ -10,7 +10,9 @@ use crate::props::{MachineDefaults, PropType, PropValue};
 /// A parsed `-object` argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectSpec {
+    /// The backend kind, from the leading type name or `qom-type=`.
     pub kind: Kind,
+    /// The object id (`id=`), checked against QEMU's rule ([`valid_id`]).
     pub id: String,
     /// Properties in the order given (without `qom-type` and `id`).
     pub props: Vec<(String, String)>,

@@ -29,23 +29,28 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Nothing done, nothing planned, not cancelled.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Bytes faulted in so far, over every job of every run using this progress.
     pub fn done(&self) -> u64 {
         self.done.load(Ordering::Relaxed)
     }
 
+    /// Bytes planned: each run adds the length of all its jobs' memory when it starts.
     pub fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// Asks every thread to stop after its current step (at most [`STEP`] bytes).
+    /// Asks every thread to stop after its current step (at most 16 MiB).
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Relaxed);
     }
 
+    /// Whether [`Progress::cancel`] was called. It is never reset, so every later run
+    /// with this progress is cancelled too.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
     }
@@ -55,7 +60,10 @@ impl Progress {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     /// MADV_POPULATE_WRITE (or _READ for read-only mappings).
-    Populate { write: bool },
+    Populate {
+        /// MADV_POPULATE_WRITE when true; MADV_POPULATE_READ for read-only mappings.
+        write: bool,
+    },
     /// Read and write back a byte per page: only for memory that cannot SIGBUS.
     Touch,
 }
@@ -74,18 +82,25 @@ pub(crate) struct Job<'a> {
 /// What a finished job did, for reports and tests.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stats {
+    /// Bytes preallocated: the whole mapping of the job.
     pub bytes: u64,
+    /// Threads used: those asked for (`prealloc-threads`), fewer where each would get
+    /// less than [`MIN_CHUNK`] bytes.
     pub threads: usize,
+    /// Wall time from the release of all the run's threads to this job's last thread
+    /// finishing.
     pub seconds: f64,
     /// The CPUs the threads were seen running on (sched_getcpu inside each thread).
     pub cpus_seen: Vec<usize>,
     /// When the job's first thread began faulting and its last one finished: jobs of
     /// one run overlap in time.
     pub began: Instant,
+    /// When the job's last thread finished.
     pub ended: Instant,
 }
 
 impl Stats {
+    /// Throughput in GiB (2^30 bytes) per second of `seconds`; 0 when no time was measured.
     pub fn gib_per_sec(&self) -> f64 {
         if self.seconds > 0.0 {
             self.bytes as f64 / (1u64 << 30) as f64 / self.seconds
@@ -101,9 +116,13 @@ pub enum Failure {
     /// The populate call failed at `offset` (EFAULT: no huge page or SIGBUS-class fault;
     /// ENOMEM: out of memory; EHWPOISON ...).
     Fault {
+        /// Byte offset in the mapping where the failing call began (a call covers 16 MiB,
+        /// or one page where pages are larger); the lowest over the job's threads.
         offset: u64,
+        /// What madvise (or the page touch) returned.
         err: io::Error,
     },
+    /// The run's [`Progress`] was cancelled; the job may be partly faulted in.
     Cancelled,
     /// Another job of the same run failed first, so this one was stopped.
     Aborted,

@@ -57,16 +57,28 @@ pub enum VmmError {
     },
     /// The fd could not be duplicated for the region's FileOffset.
     #[error("cannot duplicate the fd of backend '{id}' for vm-memory: {err}")]
-    DupFd { id: String, err: std::io::Error },
+    DupFd {
+        /// Object id.
+        id: String,
+        /// What dup said.
+        err: std::io::Error,
+    },
     /// vm-memory refused the mapping.
     #[error("vm-memory refused the mapping of backend '{id}': {err}")]
     Mmap {
+        /// Object id.
         id: String,
+        /// What vm-memory said.
         err: vm_memory::mmap::MmapRegionError,
     },
     /// The region would end beyond the guest address space.
     #[error("backend '{id}' at guest address {base:#x} overflows the guest address space")]
-    Overflow { id: String, base: u64 },
+    Overflow {
+        /// Object id.
+        id: String,
+        /// The guest address asked for.
+        base: u64,
+    },
     /// Regions overlap or are out of order.
     #[error("guest memory layout: {0}")]
     Layout(#[from] vm_memory::GuestRegionCollectionError),

@@ -3,7 +3,8 @@
 //! values turned into the library's typed property values.
 
 use hostmem::numa::NodeSet;
-use hostmem::props::{self, Kind, PropInfo, PropType};
+use hostmem::props::{Common, Prop, PropType};
+use hostmem::Kind;
 use hostmem::PropValue;
 use serde_json::{Map, Value};
 
@@ -56,22 +57,13 @@ fn as_string(name: &str, v: Value) -> Result<String, QmpError> {
 
 /// `object-add`'s members of one kind, in the order QEMU's schema visits them: the
 /// common memory-backend members, then the kind's own, each group alphabetically.
-fn schema_order(kind: Kind) -> Vec<&'static PropInfo> {
-    let mut common: Vec<_> = props::properties(kind)
-        .filter(|p| p.only.is_none())
-        .collect();
-    let mut own: Vec<_> = props::properties(kind)
-        .filter(|p| p.only.is_some())
-        .collect();
+fn schema_order(kind: Kind) -> Vec<&'static Prop> {
+    let mut common: Vec<_> = Common::PROPS.iter().collect();
+    let mut own: Vec<_> = kind.own_props().iter().collect();
     common.sort_by_key(|p| p.name);
     own.sort_by_key(|p| p.name);
     common.extend(own);
     common
-}
-
-/// Members `object-add` cannot do without, per kind.
-fn required(kind: Kind, name: &str) -> bool {
-    name == "size" || (kind == Kind::File && name == "mem-path")
 }
 
 /// `object-add`'s backend members: every member typed, required ones present, no
@@ -84,7 +76,7 @@ pub fn backend_props(
     for info in schema_order(kind) {
         match args.opt_value(info.name) {
             Some(v) => out.push((info.name, prop_value(info.name, info.ty, &v)?)),
-            None if required(kind, info.name) => return Err(QmpError::missing(info.name)),
+            None if info.required => return Err(QmpError::missing(info.name)),
             None => {}
         }
     }

@@ -2,8 +2,9 @@
 //! downstream extensions (`__org.hostmem_*`, QMP's rule for names outside QEMU).
 
 use hostmem::numa::{NodeSet, Policy};
-use hostmem::props::{self, Kind, Live};
-use hostmem::{objspec, Backend, KernelView, PropValue};
+use hostmem::props::{self, Common};
+use hostmem::Kind;
+use hostmem::{objspec, Backend};
 use serde_json::{json, Map, Value};
 
 use super::args::{self, Args};
@@ -287,40 +288,24 @@ fn qom_set(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
         return Err(not_found(&node, &prop));
     };
     let info = props::lookup(e.kind, &prop).ok_or_else(|| not_found(&node, &prop))?;
-    let fixed = || -> QmpError {
-        hostmem::Error::FixedAfterAllocation {
-            kind: e.kind.qom_type(),
-            id: e.id.clone(),
-            prop: info.name,
-        }
-        .into()
-    };
     // QEMU refuses a live `size` before reading the value, other properties after.
-    if info.name == "size" {
-        return Err(fixed());
+    if info.name == Common::SIZE.name {
+        e.lock().refuse_live_change(info.name)?;
     }
     let v = args::prop_value(info.name, info.ty, &value)?;
-    if info.live == Live::Fixed {
-        return Err(fixed());
-    }
-    let mut b = e.lock();
-    if info.name == "prealloc" && v == PropValue::Bool(true) && !b.config().prealloc {
-        // Through the library's prealloc so that quit and signals can cancel it.
-        let progress = shared.track_prealloc();
-        let threads = b.config().prealloc_threads;
-        b.prealloc_now(threads, &progress)?;
-    } else {
-        b.set(info.name, v)?;
-    }
+    // Through the library, with a progress that quit and signals can cancel (a live
+    // prealloc off→on preallocates now).
+    let progress = shared.track_prealloc();
+    e.lock().set_with(info.name, v, &progress)?;
     Ok(json!({}))
 }
 
 /// One `query-memdev` element (QEMU's `Memdev`).
 fn memdev(id: &str, s: &Snapshot) -> Value {
-    let c = &s.cfg;
+    let c = &s.cfg.common;
     json!({
         "id": id,
-        "size": c.size.unwrap_or(0),
+        "size": c.size,
         "merge": c.merge,
         "dump": c.dump,
         "prealloc": c.prealloc,
@@ -362,18 +347,15 @@ fn rebind(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
         .collect();
     Ok(json!({
         "id": id,
-        "policy": b.config().policy.name(),
-        "host-nodes": b.config().host_nodes.iter().collect::<Vec<_>>(),
+        "policy": b.config().common.policy.name(),
+        "host-nodes": b.config().common.host_nodes.iter().collect::<Vec<_>>(),
         "pages-per-node": per_node,
         "pages-on-target": r.pages_on_target,
         "pages-present": r.pages_present,
         "pages-absent": r.pages_absent,
         "fraction-on-target": r.fraction_on_target(),
         "seconds": r.seconds,
-        "mempolicy": {
-            "mode": view.mempolicy_name(),
-            "nodes": view.mempolicy_nodes.iter().collect::<Vec<_>>(),
-        },
+        "mempolicy": report::mempolicy_json(&view),
     }))
 }
 
@@ -400,22 +382,16 @@ fn residency(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
 }
 
 /// The kernel's view of a backend another client is working on (a preallocation in
-/// progress shows its resident bytes growing), read from /proc without the backend.
-/// The VMA's policy needs the mapping itself, so `mempolicy` is left out.
+/// progress shows its resident bytes growing), read by address range without the
+/// backend's lock.
 fn busy_view(s: &Snapshot) -> Value {
     let Some(addr) = s.addr else {
         return json!({"busy": true});
     };
-    let (start, end) = (addr as u64, (addr + s.len) as u64);
-    let mut view = KernelView::default();
-    if let Ok(text) = std::fs::read_to_string("/proc/self/smaps") {
-        hostmem::inspect::parse_smaps(&text, start, end, &mut view);
-    }
-    if let Ok(text) = std::fs::read_to_string("/proc/self/numa_maps") {
-        hostmem::inspect::parse_numa_maps(&text, start, end, &mut view);
-    }
-    let mut o = report::kernel_json(&view);
-    o["mempolicy"] = Value::Null;
+    let mut o = match hostmem::inspect::inspect_range(addr, s.len) {
+        Ok(view) => report::kernel_json(&view),
+        Err(e) => json!({"error": e.to_string()}),
+    };
     o["busy"] = json!(true);
     o
 }

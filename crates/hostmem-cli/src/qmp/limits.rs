@@ -23,14 +23,23 @@ pub struct Limits {
 impl Limits {
     /// Refuses a backend these limits do not allow, before anything is mapped.
     pub fn check(&self, id: &str, cfg: &hostmem::props::Config) -> Result<(), QmpError> {
-        if let (Some(max), Some(size)) = (self.max_backend_size, cfg.size) {
+        if let Some(max) = self.max_backend_size {
+            let size = cfg.common.size;
             if size > max {
                 return Err(QmpError::generic(format!(
                     "object '{id}': size {size} exceeds this monitor's limit of {max} bytes"
                 )));
             }
         }
-        if let (Some(dir), Some(path)) = (&self.mem_path_under, &cfg.mem_path) {
+        // Every path-typed property (a file backend's mem-path) must lie in the directory.
+        let paths = hostmem::props::properties(cfg.kind())
+            .filter(|p| p.ty == hostmem::PropType::Path)
+            .filter_map(|p| match p.get(cfg) {
+                Some(hostmem::PropValue::Path(path)) if !path.as_os_str().is_empty() => Some(path),
+                _ => None,
+            });
+        let dir = self.mem_path_under.as_ref();
+        for (dir, path) in paths.filter_map(|p| Some((dir?, p))) {
             let inside = path.starts_with(dir)
                 && !path
                     .components()

@@ -26,7 +26,7 @@ impl Snapshot {
         Snapshot {
             cfg: b.config().clone(),
             addr: b.host_addr(),
-            len: b.len(),
+            len: b.mapped_len().unwrap_or(0),
         }
     }
 }

@@ -46,14 +46,14 @@ pub(super) fn check_pool(
 
 /// The shortage as the pools are now (after a failed prealloc gave its pages back).
 pub(super) fn shortage_now(b: &Backend, needed: u64, page_size: u64) -> Error {
-    let free = HugePool::read(page_size, None).map_or(0, |p| p.available());
-    let nodes = if b.cfg.common.policy.is_strict() {
+    if b.cfg.common.policy.is_strict() {
         // Read again: the error must show the pools as they are after the failure.
-        bound_pools(b, &HostTopology::read(), page_size)
-    } else {
-        Vec::new()
-    };
-    shortage(b, needed, page_size, free, nodes)
+        let nodes = bound_pools(b, &HostTopology::read(), page_size);
+        let free = nodes.iter().map(|(_, f)| f).sum();
+        return shortage(b, needed, page_size, free, nodes);
+    }
+    let free = HugePool::read(page_size, None).map_or(0, |p| p.available());
+    shortage(b, needed, page_size, free, Vec::new())
 }
 
 fn shortage(b: &Backend, needed: u64, page_size: u64, free: u64, nodes: Vec<(u32, u64)>) -> Error {

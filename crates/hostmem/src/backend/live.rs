@@ -46,6 +46,21 @@ impl Backend {
         self.set_with(name, value, &Progress::new())
     }
 
+    /// Refuses, without a value, a change of a property that is fixed once the memory
+    /// exists: for callers that must refuse before they read the value (QEMU's QMP
+    /// refuses a live `size` first).
+    pub fn refuse_live_change(&self, name: &str) -> Result<()> {
+        let prop = self.prop(name)?;
+        if self.live.is_some() && prop.live == Live::Fixed {
+            return Err(Error::FixedAfterAllocation {
+                kind: self.kind().qom_type(),
+                id: self.id.clone(),
+                prop: prop.name,
+            });
+        }
+        Ok(())
+    }
+
     /// [`Backend::set`] with progress and cancellation for what a live change may do
     /// at length (prealloc off→on).
     pub fn set_with(&mut self, name: &str, value: PropValue, progress: &Progress) -> Result<()> {
@@ -56,12 +71,9 @@ impl Backend {
         if self.live.is_none() {
             return prop.store(&mut self.cfg, value);
         }
+        self.refuse_live_change(name)?;
         match prop.live {
-            Live::Fixed => Err(Error::FixedAfterAllocation {
-                kind: self.kind().qom_type(),
-                id: self.id.clone(),
-                prop: prop.name,
-            }),
+            Live::Fixed => Ok(()),
             // Setting the value it already has changes nothing and is harmless.
             Live::Rebind if prop.get(&self.cfg).as_ref() == Some(&value) => Ok(()),
             Live::Rebind => Err(Error::PlacementNeedsRebind {

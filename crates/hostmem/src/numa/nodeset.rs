@@ -17,11 +17,14 @@ pub enum NodeListError {
     /// A node id at or past [`MAX_NODES`] (QEMU's wording).
     #[error("Invalid host-nodes value: {0}")]
     OutOfRange(u64),
+    /// Text that is not ids and `lo-hi` ranges separated by `,` or `:`, or a range that
+    /// runs backwards (`3-1`); holds the text, trimmed.
     #[error("'{0}' is not a node list (expected e.g. 0, 0-3 or 0,2)")]
     Syntax(String),
 }
 
 impl NodeSet {
+    /// The empty set: no host-nodes, as policies `default` and `local` take.
     pub fn new() -> Self {
         Self::default()
     }
@@ -70,22 +73,28 @@ impl NodeSet {
         Ok(())
     }
 
+    /// Whether node `node` is in the set.
     pub fn contains(&self, node: u32) -> bool {
         self.0.contains(&node)
     }
 
+    /// Whether the set has no node (host-nodes unset).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// Number of nodes in the set; on Linux 5.15+ a preferred policy over more than one
+    /// becomes MPOL_PREFERRED_MANY.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// The node ids, lowest first.
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
         self.0.iter().copied()
     }
 
+    /// The highest node id, which sizes the kernel nodemask; None when empty.
     pub fn highest(&self) -> Option<u32> {
         self.0.iter().next_back().copied()
     }

@@ -41,11 +41,16 @@ pub fn kernel_version() -> (u32, u32) {
 /// One huge page pool: pages of one size, host-wide or on one node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HugePool {
+    /// Bytes per page, from the `hugepages-<N>kB` directory name.
     pub page_size: u64,
+    /// Pages in the pool (`nr_hugepages`).
     pub total: u64,
+    /// Pages not in use (`free_hugepages`); some may be reserved already.
     pub free: u64,
     /// Pages promised to existing mappings but not yet faulted (host-wide pools only).
     pub reserved: u64,
+    /// Pages allocated past `nr_hugepages` under overcommit (`surplus_hugepages`); 0 when
+    /// the file cannot be read.
     pub surplus: u64,
 }
 
@@ -114,10 +119,17 @@ pub fn default_huge_page_size() -> Option<u64> {
 /// One online node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
+    /// Node number, as in `/sys/devices/system/node/node<id>`.
     pub id: u32,
+    /// The node's CPUs (`node<id>/cpulist`); empty for a node without CPUs or when the
+    /// file cannot be read.
     pub cpus: Vec<usize>,
+    /// Bytes of memory on the node (`MemTotal` in `node<id>/meminfo`); 0 when unreadable.
     pub mem_total: u64,
+    /// Bytes free on the node (`MemFree` in `node<id>/meminfo`); 0 when unreadable.
     pub mem_free: u64,
+    /// The node's huge page pools (`node<id>/hugepages`), one per size the host offers,
+    /// smallest first.
     pub huge_pools: Vec<HugePool>,
 }
 
@@ -165,6 +177,8 @@ impl NodeInfo {
         }
     }
 
+    /// The node's pool of `page_size`-byte pages; None when the host has no such size or
+    /// the node's pool files cannot be read.
     pub fn pool(&self, page_size: u64) -> Option<&HugePool> {
         self.huge_pools.iter().find(|p| p.page_size == page_size)
     }
@@ -182,6 +196,8 @@ pub struct Features {
 }
 
 impl Features {
+    /// What a kernel of version `v` (major, minor) has, judged by the version alone:
+    /// nothing is probed, so backported features are not seen.
     pub fn for_version(v: (u32, u32)) -> Features {
         Features {
             populate_write: v >= (5, 14),
@@ -194,16 +210,31 @@ impl Features {
 /// Everything hostmem reads about the host, in one snapshot.
 #[derive(Debug, Clone)]
 pub struct HostTopology {
+    /// The running kernel's release (uname), e.g. `6.8.0-45-generic`; empty if uname
+    /// fails.
     pub kernel_release: String,
+    /// (major, minor) of `kernel_release`: policies and features are checked against it.
     pub kernel_version: (u32, u32),
+    /// Kernel interfaces, judged from `kernel_version`.
     pub features: Features,
+    /// Nodes this kernel could ever have (`/sys/devices/system/node/possible`): a
+    /// host-nodes id outside it does not exist here. Just node 0 without NUMA.
     pub possible: NodeSet,
+    /// Nodes online now (`/sys/devices/system/node/online`). Just node 0 without NUMA.
     pub online: NodeSet,
+    /// Nodes with memory (`/sys/devices/system/node/has_memory`): host-nodes must be
+    /// among them. Just node 0 without NUMA.
     pub has_memory: NodeSet,
+    /// Nodes with CPUs (`/sys/devices/system/node/has_cpu`); empty without NUMA.
     pub has_cpu: NodeSet,
+    /// Each online node's CPUs, memory and huge page pools, in id order.
     pub nodes: Vec<NodeInfo>,
+    /// Huge page sizes in bytes (`/sys/kernel/mm/hugepages`), smallest first.
     pub huge_page_sizes: Vec<u64>,
+    /// Bytes; `Hugepagesize` in /proc/meminfo, the size a memfd with `hugetlb=on` and no
+    /// `hugetlbsize` gets. None when /proc/meminfo has no such line (no hugetlb support).
     pub default_huge_page_size: Option<u64>,
+    /// The host-wide pool of each size in `huge_page_sizes`, smallest first.
     pub huge_pools: Vec<HugePool>,
     /// /sys/kernel/mm/transparent_hugepage: enabled, defrag, shmem_enabled (the
     /// bracketed choice of each).
@@ -303,6 +334,7 @@ impl HostTopology {
         }
     }
 
+    /// The online node `id`; None when it is offline or does not exist.
     pub fn node(&self, id: u32) -> Option<&NodeInfo> {
         self.nodes.iter().find(|n| n.id == id)
     }

@@ -58,8 +58,8 @@ fn read_only() -> io::Error {
 unsafe fn copy_volatile(dst: *mut u8, src: *const u8, len: usize) {
     const W: usize = std::mem::size_of::<u64>();
     let mut i = 0;
-    if (dst as usize ^ src as usize) % W == 0 {
-        while i < len && (dst as usize + i) % W != 0 {
+    if (dst as usize ^ src as usize).is_multiple_of(W) {
+        while i < len && !(dst as usize + i).is_multiple_of(W) {
             // SAFETY: i < len, inside both ranges (the caller's promise).
             unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
             i += 1;

@@ -42,28 +42,6 @@ impl RawMapping {
         }
     }
 
-    /// The policy of the VMA holding `off`: (mode without flags, node mask words).
-    pub fn mempolicy_at(&self, off: usize) -> io::Result<(i32, Vec<u64>)> {
-        self.range_ok(off, 1)?;
-        let mut mode: libc::c_int = 0;
-        let mut mask = vec![0u64; 1024 / 64];
-        // SAFETY: mode and mask are writable buffers; maxnode matches mask's bit count.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_get_mempolicy,
-                &mut mode as *mut libc::c_int,
-                mask.as_mut_ptr(),
-                (mask.len() * 64) as u64,
-                self.addr() + off,
-                mpol::F_ADDR,
-            )
-        };
-        if r < 0 {
-            return Err(last_err());
-        }
-        Ok((mode & !mpol::MODE_FLAGS, mask))
-    }
-
     /// Which node each page holding the given offsets is on (`move_pages(2)` query):
     /// a node id, or a negative errno (-ENOENT: not present).
     pub fn node_of_pages(&self, offsets: &[usize]) -> io::Result<Vec<i32>> {
@@ -95,4 +73,28 @@ impl RawMapping {
         }
         Ok(out)
     }
+}
+
+/// The policy of the VMA holding `addr` in this process: (mode without flags, node mask
+/// words). Safe for any address: the kernel only looks the address up (EFAULT where
+/// nothing is mapped).
+pub(crate) fn mempolicy_at(addr: usize) -> io::Result<(i32, Vec<u64>)> {
+    let mut mode: libc::c_int = 0;
+    let mut mask = vec![0u64; 1024 / 64];
+    // SAFETY: mode and mask are writable buffers; maxnode matches mask's bit count; the
+    // address is only looked up, never accessed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_get_mempolicy,
+            &mut mode as *mut libc::c_int,
+            mask.as_mut_ptr(),
+            (mask.len() * 64) as u64,
+            addr,
+            mpol::F_ADDR,
+        )
+    };
+    if r < 0 {
+        return Err(last_err());
+    }
+    Ok((mode & !mpol::MODE_FLAGS, mask))
 }

@@ -9,8 +9,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use hostmem::numa::HugePool;
-use hostmem::sys::{self, mpol};
+use hostmem::numa::KernelMode;
 use hostmem::{Backend, HostTopology, Kind, NodeSet, Policy};
+use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
 
 const MIB: u64 = 1 << 20;
 type Check = Result<String, String>;
@@ -115,14 +116,9 @@ fn bind_one(t: &Topo) -> Check {
     })?;
     let v = b.inspect().map_err(|e| e.to_string())?;
     ensure(
-        v.mempolicy_mode == mpol::BIND && v.mempolicy_nodes == nodes(&n.to_string()),
-        || {
-            format!(
-                "get_mempolicy says {} {}",
-                v.mempolicy_name(),
-                v.mempolicy_nodes
-            )
-        },
+        v.mempolicy_mode() == Some(KernelMode::Bind)
+            && v.mempolicy_nodes() == Some(&nodes(&n.to_string())),
+        || format!("get_mempolicy says {}", v.mempolicy_text()),
     )?;
     Ok(format!("bind:{n} {}", dist(&p)))
 }
@@ -166,9 +162,10 @@ fn preferred(t: &Topo) -> Check {
     let set = format!("{},{}", t.mem[1], t.mem[2]);
     let many = ram("pm", 32 * MIB, Policy::Preferred, &set)?;
     let v = many.inspect().map_err(|e| e.to_string())?;
-    ensure(v.mempolicy_mode == mpol::PREFERRED_MANY, || {
-        format!("several preferred nodes gave {}", v.mempolicy_name())
-    })?;
+    ensure(
+        v.mempolicy_mode() == Some(KernelMode::PreferredMany),
+        || format!("several preferred nodes gave {}", v.mempolicy_text()),
+    )?;
     let pm = placement(&many)?;
     let allowed = nodes(&set);
     ensure(pm.keys().all(|&k| allowed.contains(k)), || {
@@ -177,7 +174,7 @@ fn preferred(t: &Topo) -> Check {
     Ok(format!(
         "preferred:{n} {}; preferred:{set} -> {} {}",
         dist(&p),
-        v.mempolicy_name(),
+        v.mempolicy_text(),
         dist(&pm)
     ))
 }
@@ -215,9 +212,10 @@ fn weighted_interleave(t: &Topo) -> Check {
         format!("ratio {ratio:.3}, want 3 within 5 %: {}", dist(&p))
     })?;
     let v = bk.inspect().map_err(|e| e.to_string())?;
-    ensure(v.mempolicy_mode == mpol::WEIGHTED_INTERLEAVE, || {
-        format!("get_mempolicy says {}", v.mempolicy_name())
-    })?;
+    ensure(
+        v.mempolicy_mode() == Some(KernelMode::WeightedInterleave),
+        || format!("get_mempolicy says {}", v.mempolicy_text()),
+    )?;
     Ok(format!(
         "weighted-interleave 3:1 over {a},{b}: {} ratio {ratio:.3}",
         dist(&p)
@@ -230,18 +228,22 @@ fn local(t: &Topo) -> Check {
         .get(1)
         .ok_or("need two memory nodes with CPUs")?;
     let cpus = t.host.node(n).map(|i| i.cpus.clone()).unwrap_or_default();
-    let all = sys::allowed_cpus();
-    sys::pin_current_thread(&cpus).map_err(|e| e.to_string())?;
+    let all = sched_getaffinity(None).map_err(|e| e.to_string())?;
+    let mut only = CpuSet::new();
+    for &c in &cpus {
+        only.set(c);
+    }
+    sched_setaffinity(None, &only).map_err(|e| e.to_string())?;
     let r = ram("lo", 32 * MIB, Policy::Local, "");
-    let _ = sys::pin_current_thread(&all);
+    let _ = sched_setaffinity(None, &all);
     let b = r?;
     let p = placement(&b)?;
     ensure(p.keys().all(|&k| k == n), || {
         format!("local on node {n}'s CPUs {cpus:?}, yet {}", dist(&p))
     })?;
     let v = b.inspect().map_err(|e| e.to_string())?;
-    ensure(v.mempolicy_mode == mpol::LOCAL, || {
-        format!("get_mempolicy says {}", v.mempolicy_name())
+    ensure(v.mempolicy_mode() == Some(KernelMode::Local), || {
+        format!("get_mempolicy says {}", v.mempolicy_text())
     })?;
     Ok(format!("local from CPUs {cpus:?}: {}", dist(&p)))
 }
@@ -296,17 +298,13 @@ fn live_rebind(t: &Topo) -> Check {
     })?;
     let v = b.inspect().map_err(|e| e.to_string())?;
     ensure(
-        v.mempolicy_mode == mpol::BIND && v.mempolicy_nodes == nodes(&to.to_string()),
-        || {
-            format!(
-                "policy after rebind: {} {}",
-                v.mempolicy_name(),
-                v.mempolicy_nodes
-            )
-        },
+        v.mempolicy_mode() == Some(KernelMode::Bind)
+            && v.mempolicy_nodes() == Some(&nodes(&to.to_string())),
+        || format!("policy after rebind: {}", v.mempolicy_text()),
     )?;
     ensure(
-        b.config().policy == Policy::Bind && b.config().host_nodes == nodes(&to.to_string()),
+        b.config().common.policy == Policy::Bind
+            && b.config().common.host_nodes == nodes(&to.to_string()),
         || "reported policy differs".into(),
     )?;
     Ok(format!(
