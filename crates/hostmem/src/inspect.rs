@@ -281,27 +281,41 @@ pub fn inspect_range(start: usize, len: usize) -> io::Result<KernelView> {
     ))
 }
 
-/// Where each page of a mapping is, page by page (`move_pages`): pages per node, and
-/// the count of pages not present.
-pub(crate) fn page_nodes(
-    map: &RawMapping,
-    page_size: u64,
-) -> io::Result<(BTreeMap<u32, u64>, u64)> {
+/// Where the pages of a range are, page by page, as move_pages(2) reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Present pages per node.
+    pub per_node: BTreeMap<u32, u64>,
+    /// Pages not faulted in (ENOENT).
+    pub absent: u64,
+    /// Pages the kernel gave another status for (errno → count): EFAULT for the zero
+    /// page or a hole, EBUSY for a page being migrated, ...
+    pub other: BTreeMap<i32, u64>,
+}
+
+impl Placement {
+    /// Present pages in all.
+    pub fn present(&self) -> u64 {
+        self.per_node.values().sum()
+    }
+}
+
+/// Where each page of a mapping is, page by page (`move_pages`).
+pub(crate) fn page_nodes(map: &RawMapping, page_size: u64) -> io::Result<Placement> {
     let offsets: Vec<usize> = (0..map.len() as u64)
         .step_by(page_size as usize)
         .map(|o| o as usize)
         .collect();
     let status = map.node_of_pages(&offsets)?;
-    let mut per_node = BTreeMap::new();
-    let mut absent = 0;
+    let mut p = Placement::default();
     for s in status {
-        if s >= 0 {
-            *per_node.entry(s as u32).or_default() += 1;
-        } else {
-            absent += 1;
+        match s {
+            s if s >= 0 => *p.per_node.entry(s as u32).or_default() += 1,
+            s if s == -libc::ENOENT => p.absent += 1,
+            s => *p.other.entry(-s).or_default() += 1,
         }
     }
-    Ok((per_node, absent))
+    Ok(p)
 }
 
 #[cfg(test)]

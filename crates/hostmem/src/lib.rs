@@ -43,7 +43,7 @@ pub mod vmm;
 
 pub use backend::{Backend, BatchError, Builder, InUse, RebindReport};
 pub use error::{Error, Result};
-pub use inspect::KernelView;
+pub use inspect::{KernelView, Placement};
 pub use kind::{Kind, KindConfig};
 pub use numa::{HostTopology, NodeSet, Policy};
 pub use objspec::ObjectSpec;

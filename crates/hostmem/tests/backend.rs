@@ -117,8 +117,9 @@ fn bind_puts_every_page_on_the_node_and_get_mempolicy_agrees() {
         .prealloc(true)
         .create()
         .unwrap();
-    let (per_node, absent) = b.page_nodes().unwrap();
-    assert_eq!(absent, 0);
+    let placed = b.page_nodes().unwrap();
+    let per_node = placed.per_node;
+    assert_eq!((placed.absent, placed.other.len()), (0, 0));
     assert_eq!(
         per_node.get(&0).copied(),
         Some(64 * MIB / 4096),

@@ -53,6 +53,12 @@ impl InUse {
         self.0.page_size
     }
 
+    /// Whether the memory is mapped shared: other mappings of the fd see the same
+    /// bytes (what a vhost-user back end needs).
+    pub fn is_shared(&self) -> bool {
+        self.0.shared
+    }
+
     /// Whether the memory may be written.
     pub fn is_writable(&self) -> bool {
         self.0.mapped.map.is_writable()

@@ -19,6 +19,8 @@ pub struct RebindReport {
     pub pages_per_node: BTreeMap<u32, u64>,
     /// Pages not faulted in.
     pub pages_absent: u64,
+    /// Pages move_pages gave another status for (errno → count).
+    pub pages_other: BTreeMap<i32, u64>,
     /// Present pages on the target nodes.
     pub pages_on_target: u64,
     /// Present pages in all.
@@ -134,8 +136,9 @@ impl Backend {
         // faulting any in, so a failure leaves the pool as it was (the pages already
         // there are the guest's and stay).
         if region.hugetlb && !self.cfg.common.reserve {
-            let (_, absent) = inspect::page_nodes(&region.mapped.map, region.page_size)
-                .map_err(|e| self.io_error("reading page placement", &e))?;
+            let absent = inspect::page_nodes(&region.mapped.map, region.page_size)
+                .map_err(|e| self.io_error("reading page placement", &e))?
+                .absent;
             capacity::check_pool(self, absent, region.page_size, &host, true)?;
         }
         let job = self.job(&region, &host, threads)?;
@@ -194,20 +197,22 @@ impl Backend {
         }
         self.cfg.common.policy = policy;
         self.cfg.common.host_nodes = nodes.clone();
-        let (per_node, absent) = self.page_nodes()?;
-        let present: u64 = per_node.values().sum();
+        let placed = self.page_nodes()?;
+        let present = placed.present();
         let on_target = if nodes.is_empty() {
             present
         } else {
-            per_node
+            placed
+                .per_node
                 .iter()
                 .filter(|(n, _)| nodes.contains(**n))
                 .map(|(_, c)| c)
                 .sum()
         };
         Ok(RebindReport {
-            pages_per_node: per_node,
-            pages_absent: absent,
+            pages_per_node: placed.per_node,
+            pages_absent: placed.absent,
+            pages_other: placed.other,
             pages_on_target: on_target,
             pages_present: present,
             seconds: start.elapsed().as_secs_f64(),

@@ -9,7 +9,6 @@ mod failure;
 mod hold;
 mod live;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,7 +17,7 @@ pub use hold::InUse;
 pub use live::RebindReport;
 
 use crate::error::{Error, Result, Step};
-use crate::inspect::{self, KernelView};
+use crate::inspect::{self, KernelView, Placement};
 use crate::kind::{Kind, KindOps, Plan, Target};
 use crate::numa::{HostTopology, NodeSet, Policy};
 use crate::prealloc::{self, Failure, Job, Progress, Stats};
@@ -434,8 +433,9 @@ impl Backend {
             .map_err(|e| self.io_error("reading /proc/self/smaps", &e))
     }
 
-    /// Where each page is, page by page (move_pages): per node, and pages not present.
-    pub fn page_nodes(&self) -> Result<(BTreeMap<u32, u64>, u64)> {
+    /// Where each page is, page by page (move_pages): per node, pages not present, and
+    /// pages the kernel reported another status for.
+    pub fn page_nodes(&self) -> Result<Placement> {
         let region = self.region()?;
         inspect::page_nodes(&region.mapped.map, region.page_size)
             .map_err(|e| self.io_error("reading page placement", &e))

@@ -84,11 +84,14 @@ fn ram(id: &str, size: u64, policy: Policy, set: &str) -> Result<Backend, String
 }
 
 fn placement(b: &Backend) -> Result<BTreeMap<u32, u64>, String> {
-    let (per_node, absent) = b.page_nodes().map_err(|e| e.to_string())?;
-    ensure(absent == 0, || {
-        format!("{absent} pages not present after prealloc")
+    let p = b.page_nodes().map_err(|e| e.to_string())?;
+    ensure(p.absent == 0 && p.other.is_empty(), || {
+        format!(
+            "{} pages not present, {:?} (errno: pages) unreadable",
+            p.absent, p.other
+        )
     })?;
-    Ok(per_node)
+    Ok(p.per_node)
 }
 
 /// Sets THP for the guest while a closure runs (4 KiB pages make page counts exact).
@@ -316,6 +319,61 @@ fn live_rebind(t: &Topo) -> Check {
     ))
 }
 
+/// A rebind that fails part-way: the target node is nearly full (a filler backend bound
+/// to it), so the kernel applies the new policy, moves what fits and returns EIO for
+/// the rest (MPOL_MF_STRICT). The backend must put its old policy back, so its settings
+/// and get_mempolicy agree again; the pages that moved stay moved.
+fn failed_rebind_keeps_settings_and_kernel_agreeing(t: &Topo) -> Check {
+    with_thp("never", || failed_rebind(t))
+}
+
+fn failed_rebind(t: &Topo) -> Check {
+    let from = t.mem[0];
+    // The smallest memory node is the one to fill.
+    let to = *t
+        .mem
+        .iter()
+        .filter(|&&n| n != from)
+        .min_by_key(|&&n| t.host.node(n).map_or(u64::MAX, |i| i.mem_total))
+        .ok_or("need a second memory node")?;
+    let free = HostTopology::read().node(to).map_or(0, |i| i.mem_free);
+    // Leave 48 MiB free on the target: far above its min watermark (no OOM), far below
+    // the 128 MiB the rebind wants to move there.
+    let fill = (free.saturating_sub(48 * MIB)) / (2 * MIB) * (2 * MIB);
+    ensure(fill > 0, || format!("node {to} has only {free} bytes free"))?;
+    let _filler = ram("fill", fill, Policy::Bind, &to.to_string())?;
+    let mut b = ram("mv", 128 * MIB, Policy::Bind, &from.to_string())?;
+    let err = match b.rebind(Policy::Bind, nodes(&to.to_string())) {
+        Ok(r) => return Err(format!(
+            "rebind into a full node succeeded: {} of {} pages on target, {} absent, other {:?}",
+            r.pages_on_target, r.pages_present, r.pages_absent, r.pages_other
+        )),
+        Err(e) => e.to_string(),
+    };
+    let after = placement(&b)?;
+    let v = b.inspect().map_err(|e| e.to_string())?;
+    let cfg = &b.config().common;
+    ensure(
+        cfg.policy == Policy::Bind && cfg.host_nodes == nodes(&from.to_string()),
+        || {
+            format!(
+                "settings say {} {} after: {err}",
+                cfg.policy, cfg.host_nodes
+            )
+        },
+    )?;
+    ensure(
+        v.mempolicy_mode() == Some(KernelMode::Bind)
+            && v.mempolicy_nodes() == Some(&nodes(&from.to_string())),
+        || format!("kernel says {} after: {err}", v.mempolicy_text()),
+    )?;
+    Ok(format!(
+        "node {to} filled ({} MiB); pages now {}; error: {err}; settings and get_mempolicy: bind {from}",
+        fill / MIB,
+        dist(&after)
+    ))
+}
+
 fn threads_on_bound_cpus(t: &Topo) -> Check {
     let mut out = Vec::new();
     for n in t.mem_with_cpus() {
@@ -507,7 +565,7 @@ fn main() {
         println!("numa-suite: 0 passed, 1 failed");
         std::process::exit(1);
     }
-    let tests: [Test; 11] = [
+    let tests: [Test; 12] = [
         ("bind-one-node", bind_one),
         ("bind-two-nodes", bind_two),
         ("interleave-four-nodes", interleave_four),
@@ -516,6 +574,10 @@ fn main() {
         ("local", local),
         ("refuse-memoryless-and-missing-nodes", refuses_bad_nodes),
         ("live-rebind-0-to-2", live_rebind),
+        (
+            "failed-rebind-restores-policy",
+            failed_rebind_keeps_settings_and_kernel_agreeing,
+        ),
         ("prealloc-threads-on-bound-cpus", threads_on_bound_cpus),
         ("empty-node-pool-named", empty_pool_named),
         ("run-two-backends-vs-numa-maps", run_two_backends),
