@@ -1,4 +1,4 @@
-//! The per-backend report (DESIGN.md §5): everything in it is read back from the kernel
+//! The per-backend report (README: every claim is read back from the kernel): everything in it is read back from the kernel
 //! at report time, except the requested settings it compares them with.
 
 use std::fmt::Write as _;

@@ -1,4 +1,4 @@
-//! What the kernel says about a mapping (DESIGN.md §5): VmFlags, resident and huge page
+//! What the kernel says about a mapping (README: every claim is read back from the kernel): VmFlags, resident and huge page
 //! bytes from /proc/self/smaps, pages per node and policy from /proc/self/numa_maps,
 //! and the VMA policy from get_mempolicy. Reports and tests use these, never our own
 //! bookkeeping.

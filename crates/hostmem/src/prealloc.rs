@@ -1,4 +1,4 @@
-//! The parallel populate engine (DESIGN.md §4).
+//! The parallel populate engine (docs/design.md §1, step 3).
 //!
 //! Each job (one backend's memory) is split into contiguous chunks of whole pages, at
 //! least [`MIN_CHUNK`] each, one per thread. Every thread of every job is created before

@@ -1,5 +1,5 @@
 //! Changes to a live backend: properties that take effect at once, preallocation now,
-//! and the atomic rebind of policy and nodes (DESIGN.md §3).
+//! and the atomic rebind of policy and nodes (docs/design.md §1, live changes).
 
 use std::collections::BTreeMap;
 use std::time::Instant;

@@ -1,4 +1,4 @@
-//! The backend object and its life (DESIGN.md §1): configured → complete → live →
+//! The backend object and its life (docs/design.md §1): configured → complete → live →
 //! deleted. This file owns the order of the steps; what differs by kind is asked of the
 //! kind (`kind::KindOps`), policy rules of `numa::Policy`, pool accounting of
 //! [`capacity`], and live changes are in [`live`].
@@ -155,7 +155,7 @@ impl Backend {
         self.cfg.common.size
     }
 
-    /// Allocates: validate, map, advise, bind, preallocate (DESIGN.md §1). On failure
+    /// Allocates: validate, map, advise, bind, preallocate (docs/design.md §1). On failure
     /// nothing is left: no mapping, no created file, no huge pages held.
     pub fn complete(&mut self) -> Result<()> {
         Backend::complete_all(&mut [self], &Progress::new())

@@ -344,10 +344,12 @@ fn failed_rebind(t: &Topo) -> Check {
     let _filler = ram("fill", fill, Policy::Bind, &to.to_string())?;
     let mut b = ram("mv", 128 * MIB, Policy::Bind, &from.to_string())?;
     let err = match b.rebind(Policy::Bind, nodes(&to.to_string())) {
-        Ok(r) => return Err(format!(
+        Ok(r) => {
+            return Err(format!(
             "rebind into a full node succeeded: {} of {} pages on target, {} absent, other {:?}",
             r.pages_on_target, r.pages_present, r.pages_absent, r.pages_other
-        )),
+        ))
+        }
         Err(e) => e.to_string(),
     };
     let after = placement(&b)?;
