@@ -91,24 +91,15 @@ pub fn kernel_json(v: &KernelView) -> Value {
     o
 }
 
-/// One backend as JSON: settings, plus what the kernel says now.
+/// One backend as JSON: every property as set, plus what the kernel says now.
 pub fn backend_json(b: &Backend) -> Value {
-    let cfg = &b.config().common;
     let mut o = json!({
         "id": b.id(),
         "qom-type": b.kind().qom_type(),
-        "size": cfg.size,
         "host-addr": b.host_addr(),
         "page-size": b.page_size(),
-        "policy": cfg.policy.name(),
-        "host-nodes": cfg.host_nodes.iter().collect::<Vec<_>>(),
-        "merge": cfg.merge,
-        "dump": cfg.dump,
-        "prealloc": cfg.prealloc,
-        "share": cfg.share,
-        "reserve": cfg.reserve,
     });
-    for p in b.kind().own_props() {
+    for p in b.properties() {
         if let Ok(v) = b.get(p.name) {
             o[p.name] = value_json(v);
         }

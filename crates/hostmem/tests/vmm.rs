@@ -94,3 +94,50 @@ fn an_unallocated_backend_is_refused() {
     let e = b.guest_region(GuestAddress(0)).unwrap_err();
     assert_eq!(e.to_string(), "memory-backend-ram 'r' is not allocated");
 }
+
+/// vm-memory writes do not check protection, so a region over read-only memory would
+/// be one `write_slice` away from SIGSEGV: hostmem refuses to make it. Run in a child
+/// so that the old behaviour (a region, then a crash) fails the test instead of the run.
+#[test]
+fn a_readonly_backend_never_becomes_a_writable_region() {
+    if std::env::var_os("HOSTMEM_CHILD").is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "a_readonly_backend_never_becomes_a_writable_region",
+                "--exact",
+                "--nocapture",
+            ])
+            .env("HOSTMEM_CHILD", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "child died: {:?}\n{stdout}",
+            out.status
+        );
+        assert!(
+            stdout.contains("CHILD: refused: backend 'ro' is read-only"),
+            "{stdout}"
+        );
+        return;
+    }
+    let path = std::env::temp_dir().join(format!("hostmem-vmm-ro-{}", std::process::id()));
+    std::fs::write(&path, vec![0u8; 2 * MIB as usize]).unwrap();
+    let b = Backend::builder(Kind::File, "ro")
+        .size(2 * MIB)
+        .mem_path(&path)
+        .readonly(true)
+        .create()
+        .unwrap();
+    let r = b.guest_region(GuestAddress(0));
+    std::fs::remove_file(&path).unwrap();
+    match r {
+        Ok(region) => {
+            // What the old code allowed: this write kills the process.
+            let _ = region.write_obj(7u64, vm_memory::MemoryRegionAddress(0));
+            println!("CHILD: wrote through a read-only region");
+        }
+        Err(e) => println!("CHILD: refused: {e}"),
+    }
+}

@@ -171,33 +171,35 @@ pub trait Value: Sized {
     fn from_value(v: PropValue) -> Option<Self>;
 }
 
-impl Value for bool {
-    const TYPE: PropType = PropType::Bool;
-    fn to_value(&self) -> PropValue {
-        PropValue::Bool(*self)
-    }
-    fn from_value(v: PropValue) -> Option<Self> {
-        match v {
-            PropValue::Bool(b) => Some(b),
-            _ => None,
+/// `Value` for a type that one `PropValue` variant holds as it is.
+macro_rules! held_as {
+    ($(#[$doc:meta])* $t:ty => $ty:ident in $variant:ident) => {
+        $(#[$doc])*
+        impl Value for $t {
+            const TYPE: PropType = PropType::$ty;
+            fn to_value(&self) -> PropValue {
+                PropValue::$variant(self.clone())
+            }
+            fn from_value(v: PropValue) -> Option<Self> {
+                match v {
+                    PropValue::$variant(x) => Some(x),
+                    _ => None,
+                }
+            }
         }
-    }
+    };
 }
 
-/// Sizes (bytes).
-impl Value for u64 {
-    const TYPE: PropType = PropType::Size;
-    fn to_value(&self) -> PropValue {
-        PropValue::Int(*self)
-    }
-    fn from_value(v: PropValue) -> Option<Self> {
-        match v {
-            PropValue::Int(i) => Some(i),
-            _ => None,
-        }
-    }
-}
+held_as!(bool => Bool in Bool);
+held_as!(/// Sizes (bytes).
+    u64 => Size in Int);
+held_as!(NodeSet => Nodes in Nodes);
+held_as!(Policy => Policy in Policy);
+held_as!(/// Paths; the empty path means "not set" (QEMU reads an unset string as empty).
+    PathBuf => Path in Path);
+held_as!(OnOffAuto => OnOffAuto in OnOffAuto);
 
+/// Counts: stored as `Int`, refused when they do not fit.
 impl Value for u32 {
     const TYPE: PropType = PropType::U32;
     fn to_value(&self) -> PropValue {
@@ -206,59 +208,6 @@ impl Value for u32 {
     fn from_value(v: PropValue) -> Option<Self> {
         match v {
             PropValue::Int(i) => u32::try_from(i).ok(),
-            _ => None,
-        }
-    }
-}
-
-impl Value for NodeSet {
-    const TYPE: PropType = PropType::Nodes;
-    fn to_value(&self) -> PropValue {
-        PropValue::Nodes(self.clone())
-    }
-    fn from_value(v: PropValue) -> Option<Self> {
-        match v {
-            PropValue::Nodes(n) => Some(n),
-            _ => None,
-        }
-    }
-}
-
-impl Value for Policy {
-    const TYPE: PropType = PropType::Policy;
-    fn to_value(&self) -> PropValue {
-        PropValue::Policy(*self)
-    }
-    fn from_value(v: PropValue) -> Option<Self> {
-        match v {
-            PropValue::Policy(p) => Some(p),
-            _ => None,
-        }
-    }
-}
-
-/// Paths; the empty path means "not set" (QEMU reads an unset string as empty).
-impl Value for PathBuf {
-    const TYPE: PropType = PropType::Path;
-    fn to_value(&self) -> PropValue {
-        PropValue::Path(self.clone())
-    }
-    fn from_value(v: PropValue) -> Option<Self> {
-        match v {
-            PropValue::Path(p) => Some(p),
-            _ => None,
-        }
-    }
-}
-
-impl Value for OnOffAuto {
-    const TYPE: PropType = PropType::OnOffAuto;
-    fn to_value(&self) -> PropValue {
-        PropValue::OnOffAuto(*self)
-    }
-    fn from_value(v: PropValue) -> Option<Self> {
-        match v {
-            PropValue::OnOffAuto(o) => Some(o),
             _ => None,
         }
     }
