@@ -5,7 +5,6 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use hostmem::size::parse_size;
 use hostmem::{ObjectSpec, Progress};
 
 use crate::inproc::make_backend;
@@ -94,12 +93,16 @@ pub fn time_both(plan: &Plan, specs: &[String], rep: usize) -> Result<(f64, f64)
 
 /// Bytes the objects ask for (those with prealloc=on).
 fn specs_bytes(specs: &[String]) -> u64 {
+    let defaults = hostmem::MachineDefaults::default();
     specs
         .iter()
-        .filter(|s| s.contains("prealloc=on"))
-        .filter_map(|s| ObjectSpec::parse(s).ok())
-        .filter_map(|o| o.props.iter().find(|(k, _)| k == "size").cloned())
-        .filter_map(|(_, v)| parse_size(&v))
+        .filter_map(|s| {
+            ObjectSpec::parse(s)
+                .and_then(|o| o.to_backend(&defaults))
+                .ok()
+        })
+        .filter(|b| b.config().common.prealloc)
+        .map(|b| b.size())
         .sum()
 }
 

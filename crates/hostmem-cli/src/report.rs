@@ -34,6 +34,7 @@ pub fn notes(b: &Backend, v: &KernelView) -> Vec<String> {
     if !cfg.dump && !v.has_flag("dd") {
         notes.push("dump=off did not take: the kernel does not show dd".to_string());
     }
+    notes.extend(b.notes().iter().cloned());
     notes
 }
 
@@ -47,6 +48,8 @@ pub fn value_json(v: PropValue) -> Value {
         PropValue::Nodes(n) => json!(n.iter().collect::<Vec<_>>()),
         PropValue::Policy(p) => json!(p.name()),
         PropValue::OnOffAuto(o) => json!(o.name()),
+        // A link reads as the object's canonical path, or "" when unset (like QEMU).
+        PropValue::Link(l) => json!(l.to_string()),
     }
 }
 

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use hostmem::objspec::ObjectType;
 use hostmem::props::parse_bool;
-use hostmem::{Backend, HostTopology, MachineDefaults, ObjectSpec, Progress};
+use hostmem::props::Lookup;
+use hostmem::{Backend, HostTopology, MachineDefaults, ObjectSpec, Progress, ThreadContext};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
@@ -24,11 +26,15 @@ pub const EXAMPLES: &str = "Examples:
               -object memory-backend-ram,id=n1,size=1G,policy=bind,host-nodes=1,prealloc=on
   hostmem run -object memory-backend-memfd,id=hp,size=2G,hugetlb=on,hugetlbsize=2M,prealloc=on --json
   hostmem run -object memory-backend-file,id=f,size=1G,mem-path=/dev/hugepages,share=on --hold
-  hostmem run -machine mem-merge=off,dump-guest-core=off -mem-prealloc -object memory-backend-ram,id=m,size=512M";
+  hostmem run -machine mem-merge=off,dump-guest-core=off -mem-prealloc -object memory-backend-ram,id=m,size=512M
+  hostmem run -object '{\"qom-type\":\"thread-context\",\"id\":\"tc0\",\"node-affinity\":[0]}' \\
+              -object '{\"qom-type\":\"memory-backend-ram\",\"id\":\"ram-node0\",\"size\":1073741824,\"prealloc\":true,\"prealloc-context\":\"tc0\"}'";
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// A backend in QEMU syntax: TYPE,id=ID,key=value,... (repeatable; also -object).
+    /// A backend or thread-context in QEMU syntax: TYPE,id=ID,key=value,... or QEMU's
+    /// JSON form {"qom-type":TYPE,"id":ID,...} as libvirt writes it (repeatable; also
+    /// -object).
     #[arg(long = "object", value_name = "SPEC")]
     objects: Vec<String>,
     /// Machine-wide defaults: mem-merge=on|off,dump-guest-core=on|off (also -machine).
@@ -143,18 +149,54 @@ pub fn main(args: RunArgs) -> ExitCode {
     } else {
         args.objects.clone()
     };
-    let mut backends: Vec<Backend> = Vec::with_capacity(specs.len());
+    // Like QEMU, thread-contexts are made first (they are "early" objects), so a
+    // backend may name a context given after it; ids are unique across both.
+    let mut parsed = Vec::with_capacity(specs.len());
     for spec in &specs {
-        let b = ObjectSpec::parse(spec).and_then(|s| s.to_backend(&defaults));
-        match b {
-            Ok(b) if backends.iter().any(|o| o.id() == b.id()) => {
+        match ObjectSpec::parse(spec) {
+            Ok(s)
+                if parsed
+                    .iter()
+                    .any(|(_, o): &(&String, ObjectSpec)| o.id == s.id) =>
+            {
                 let msg = format!(
                     "attempt to add duplicate property '{}' to object (type 'container')",
-                    b.id()
+                    s.id
                 );
                 return fail(&format!("-object {spec}"), msg);
             }
-            Ok(b) => backends.push(b),
+            Ok(s) => parsed.push((spec, s)),
+            Err(e) => return fail(&format!("-object {spec}"), e),
+        }
+    }
+    let mut contexts: Vec<Arc<ThreadContext>> = Vec::new();
+    for (spec, s) in parsed
+        .iter()
+        .filter(|(_, s)| s.ty == ObjectType::ThreadContext)
+    {
+        match s.to_context().and_then(|c| c.complete().map(|()| c)) {
+            Ok(c) => contexts.push(c),
+            Err(e) => return fail(&format!("-object {spec}"), e),
+        }
+    }
+    let find = |id: &str| match contexts.iter().find(|c| c.id() == id) {
+        Some(c) => Some(Lookup::Context(c.clone())),
+        None => parsed
+            .iter()
+            .any(|(_, s)| s.id == id)
+            .then_some(Lookup::Other),
+    };
+    let mut backends: Vec<Backend> = Vec::with_capacity(specs.len());
+    let mut backend_specs: Vec<&String> = Vec::with_capacity(specs.len());
+    for (spec, s) in parsed
+        .iter()
+        .filter(|(_, s)| s.ty != ObjectType::ThreadContext)
+    {
+        match s.to_backend_with(&defaults, &find) {
+            Ok(b) => {
+                backends.push(b);
+                backend_specs.push(spec);
+            }
             Err(e) => return fail(&format!("-object {spec}"), e),
         }
     }
@@ -168,7 +210,13 @@ pub fn main(args: RunArgs) -> ExitCode {
             eprintln!("hostmem: interrupted by signal {sig}; nothing was left allocated");
             return ExitCode::from(Stop::Signal(sig).status());
         }
-        return fail(&format!("-object {}", specs[e.index]), e.error);
+        return fail(&format!("-object {}", backend_specs[e.index]), e.error);
+    }
+    // What QEMU prints as warnings (a pmem=on file that is not on DAX, ...).
+    for (b, spec) in backends.iter().zip(&backend_specs) {
+        for n in b.notes() {
+            eprintln!("hostmem: warning: -object {spec}: {n}");
+        }
     }
     let mut out = std::io::stdout().lock();
     let printed = if args.json {
@@ -192,7 +240,7 @@ pub fn main(args: RunArgs) -> ExitCode {
         // Backends added over QMP get the same machine-wide defaults. The monitor owns
         // the backends from here and deletes them when it stops.
         let backends = std::mem::take(&mut backends);
-        match qmp::serve(&path, backends, defaults, &events) {
+        match qmp::serve(&path, backends, contexts, defaults, &events) {
             Ok(not_deleted) => {
                 for n in not_deleted {
                     eprintln!("hostmem: {n}");
@@ -239,8 +287,10 @@ mod tests {
 
     #[test]
     fn default_spec_is_a_preallocated_ram_backend() {
-        let s = ObjectSpec::parse(&default_spec()).unwrap();
-        assert_eq!(s.kind, hostmem::Kind::Ram);
-        assert!(s.props.contains(&("prealloc".into(), "on".into())));
+        let b = ObjectSpec::parse(&default_spec())
+            .and_then(|s| s.to_backend(&MachineDefaults::default()))
+            .unwrap();
+        assert_eq!(b.kind(), hostmem::Kind::Ram);
+        assert!(b.config().common.prealloc);
     }
 }

@@ -129,6 +129,27 @@ pub enum Error {
     /// memory.
     #[error("can't create shm backend with `share=off`")]
     ShmNotShared,
+    /// A link property (`prealloc-context`) names no object.
+    #[error("Device '{0}' not found")]
+    DeviceNotFound(String),
+    /// A JSON member of the wrong type, or a link to an object of the wrong type:
+    /// QEMU's QAPI wording.
+    #[error("Invalid parameter type for '{prop}', expected: {expected}")]
+    InvalidType {
+        /// The member or property.
+        prop: String,
+        /// What it must be (`uint64`, `boolean`, `thread-context`, ...).
+        expected: &'static str,
+    },
+    /// A JSON member no property takes (QEMU's QAPI wording).
+    #[error("Parameter '{0}' is unexpected")]
+    Unexpected(String),
+    /// A thread-context refused a setting (QEMU's own words).
+    #[error("{0}")]
+    Context(String),
+    /// A combination QEMU refuses, in QEMU's own words.
+    #[error("{0}")]
+    Refused(String),
 
     // --- property access ---------------------------------------------------------------
     /// The backend's kind has no property of that name.

@@ -27,6 +27,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod backend;
+pub mod context;
 pub mod error;
 pub mod inspect;
 pub mod kind;
@@ -42,6 +43,7 @@ pub(crate) mod sys;
 pub mod vmm;
 
 pub use backend::{Backend, BatchError, Builder, InUse, RebindReport};
+pub use context::{ContextLink, ThreadContext};
 pub use error::{Error, Result};
 pub use inspect::{KernelView, Placement};
 pub use kind::{Kind, KindConfig};

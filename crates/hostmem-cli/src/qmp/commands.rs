@@ -2,15 +2,12 @@
 //! downstream extensions (`__org.hostmem_*`, QMP's rule for names outside QEMU).
 
 use hostmem::numa::{NodeSet, Policy};
-use hostmem::props::{self, Common};
-use hostmem::Kind;
-use hostmem::{objspec, Backend};
 use serde_json::{json, Map, Value};
 
-use super::args::{self, Args};
+use super::args::Args;
 use super::error::QmpError;
-use super::qom::{self, Node};
 use super::registry::{Entry, Snapshot};
+use super::{objects, qom_cmds};
 use super::{Session, Shared};
 use crate::report;
 
@@ -63,7 +60,7 @@ pub fn execute(
     arguments: Map<String, Value>,
     oob: bool,
 ) -> Result<(Value, After), QmpError> {
-    let mut args = Args::new(arguments);
+    let args = Args::new(arguments);
     if !session.negotiated && command != "qmp_capabilities" {
         return Err(QmpError::command_not_found(
             "Expecting capabilities negotiation with 'qmp_capabilities'",
@@ -91,23 +88,11 @@ pub fn execute(
             args.finish()?;
             done(version())
         }
-        "object-add" => done(object_add(shared, args)?),
-        "object-del" => {
-            let id = args.string("id")?;
-            args.finish()?;
-            shared
-                .registry
-                .delete(&id)
-                .map_err(|e| QmpError::generic(e.to_string()))?;
-            done(json!({}))
-        }
-        "qom-list" => {
-            let path = args.string("path")?;
-            args.finish()?;
-            done(qom_list(shared, &path)?)
-        }
-        "qom-get" => done(qom_get(shared, args)?),
-        "qom-set" => done(qom_set(shared, args)?),
+        "object-add" => done(objects::add(shared, args)?),
+        "object-del" => done(objects::del(shared, args)?),
+        "qom-list" => done(qom_cmds::list(shared, args)?),
+        "qom-get" => done(qom_cmds::get(shared, args)?),
+        "qom-set" => done(qom_cmds::set(shared, args)?),
         "query-memdev" => {
             args.finish()?;
             done(
@@ -161,145 +146,6 @@ fn capabilities(session: &mut Session, mut args: Args) -> Result<Value, QmpError
     Ok(json!({}))
 }
 
-fn object_add(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
-    let qom_type = args.string("qom-type")?;
-    let kind = Kind::from_qom_type(&qom_type).ok_or_else(|| {
-        QmpError::generic(format!(
-            "Parameter 'qom-type' does not accept value '{qom_type}'"
-        ))
-    })?;
-    let id = args.string("id")?;
-    let values = args::backend_props(kind, &mut args)?;
-    args.finish()?;
-    if !objspec::valid_id(&id) {
-        return Err(QmpError::bad_value("id", "an identifier"));
-    }
-    let mut b = Backend::new(kind, id.clone(), &shared.defaults);
-    for (name, v) in values {
-        b.set(name, v)?;
-    }
-    shared.limits.check(&id, b.config())?;
-    shared
-        .registry
-        .reserve(&id)
-        .map_err(|e| QmpError::generic(e.to_string()))?;
-    // No lock is held while the memory is mapped and preallocated.
-    let progress = shared.track_prealloc();
-    match b.complete_with(&progress) {
-        Ok(()) => {
-            shared.registry.fill(b);
-            Ok(json!({}))
-        }
-        Err(e) => {
-            shared.registry.release(&id);
-            Err(e.into())
-        }
-    }
-}
-
-fn children(shared: &Shared) -> Vec<(String, String)> {
-    shared
-        .registry
-        .live()
-        .iter()
-        .map(|e| (e.id.clone(), format!("child<{}>", e.kind.qom_type())))
-        .collect()
-}
-
-fn qom_list(shared: &Shared, path: &str) -> Result<Value, QmpError> {
-    let node = qom::resolve(&shared.registry, path).map_err(|e| e.into_qmp(true))?;
-    let mut list = vec![("type".to_string(), "string".to_string())];
-    match node {
-        Node::Root => list.push(("objects".into(), "child<container>".into())),
-        Node::Objects => list.extend(children(shared)),
-        Node::Object(e) => list.extend(
-            props::properties(e.kind).map(|p| (p.name.to_string(), p.ty.qom_name().to_string())),
-        ),
-    }
-    Ok(list
-        .into_iter()
-        .map(|(name, ty)| json!({"name": name, "type": ty}))
-        .collect())
-}
-
-/// The type name QEMU uses in `Property 'TYPE.NAME' ...` messages.
-fn type_name(node: &Node) -> &'static str {
-    match node {
-        Node::Root | Node::Objects => "container",
-        Node::Object(e) => e.kind.qom_type(),
-    }
-}
-
-/// The child properties of a container: name and the path they link to.
-fn child_paths(shared: &Shared, node: &Node) -> Vec<(String, String)> {
-    match node {
-        Node::Root => vec![("objects".into(), "/objects".into())],
-        Node::Objects => shared
-            .registry
-            .live()
-            .iter()
-            .map(|e| (e.id.clone(), format!("/objects/{}", e.id)))
-            .collect(),
-        Node::Object(_) => Vec::new(),
-    }
-}
-
-fn qom_get(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
-    let path = args.string("path")?;
-    let prop = args.string("property")?;
-    args.finish()?;
-    let node = qom::resolve(&shared.registry, &path).map_err(|e| e.into_qmp(false))?;
-    if prop == "type" {
-        return Ok(json!(type_name(&node)));
-    }
-    if let Some((_, target)) = child_paths(shared, &node)
-        .into_iter()
-        .find(|(n, _)| *n == prop)
-    {
-        return Ok(json!(target));
-    }
-    let not_found = || not_found(&node, &prop);
-    let Node::Object(e) = &node else {
-        return Err(not_found());
-    };
-    let info = props::lookup(e.kind, &prop).ok_or_else(not_found)?;
-    let value = e.snapshot().cfg.get(info.name).ok_or_else(not_found)?;
-    Ok(report::value_json(value))
-}
-
-fn not_found(node: &Node, prop: &str) -> QmpError {
-    QmpError::generic(format!("Property '{}.{prop}' not found", type_name(node)))
-}
-
-fn qom_set(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
-    let path = args.string("path")?;
-    let prop = args.string("property")?;
-    let value = args.value("value")?;
-    args.finish()?;
-    let node = qom::resolve(&shared.registry, &path).map_err(|e| e.into_qmp(false))?;
-    let read_only = prop == "type" || child_paths(shared, &node).iter().any(|(n, _)| *n == prop);
-    if read_only {
-        return Err(QmpError::generic(format!(
-            "Property '{}.{prop}' is not writable",
-            type_name(&node)
-        )));
-    }
-    let Node::Object(e) = &node else {
-        return Err(not_found(&node, &prop));
-    };
-    let info = props::lookup(e.kind, &prop).ok_or_else(|| not_found(&node, &prop))?;
-    // QEMU refuses a live `size` before reading the value, other properties after.
-    if info.name == Common::SIZE.name {
-        e.lock().refuse_live_change(info.name)?;
-    }
-    let v = args::prop_value(info.name, info.ty, &value)?;
-    // Through the library, with a progress that quit and signals can cancel (a live
-    // prealloc off→on preallocates now).
-    let progress = shared.track_prealloc();
-    e.lock().set_with(info.name, v, &progress)?;
-    Ok(json!({}))
-}
-
 /// One `query-memdev` element (QEMU's `Memdev`).
 fn memdev(id: &str, s: &Snapshot) -> Value {
     let c = &s.cfg.common;
@@ -332,7 +178,7 @@ fn rebind(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
         ))
     })?;
     let nodes = match args.opt_value("host-nodes") {
-        Some(v) => args::node_list("host-nodes", &v)?,
+        Some(v) => hostmem::props::json::node_list("host-nodes", &v)?,
         None => NodeSet::new(),
     };
     args.finish()?;

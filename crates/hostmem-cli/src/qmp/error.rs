@@ -90,7 +90,10 @@ impl QmpError {
 /// Library errors carry QEMU's wording where QEMU has one; all are GenericError.
 impl From<hostmem::Error> for QmpError {
     fn from(e: hostmem::Error) -> Self {
-        QmpError::generic(e.to_string())
+        match e {
+            hostmem::Error::DeviceNotFound(path) => QmpError::device_not_found(&path),
+            e => QmpError::generic(e.to_string()),
+        }
     }
 }
 

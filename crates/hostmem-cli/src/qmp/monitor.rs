@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use super::commands;
 use super::conversation::{Conversation, Flow};
 use super::limits::Limits;
+use super::registry::Registry;
 use super::shared::Shared;
 use crate::signals::Stop;
 
@@ -27,7 +28,7 @@ impl Monitor {
     pub fn new(backends: Vec<Backend>, defaults: MachineDefaults, limits: Limits) -> Self {
         let (tx, stop) = channel();
         Monitor {
-            shared: Shared::new(backends, defaults, limits, tx),
+            shared: Shared::new(Registry::new(backends, Vec::new()), defaults, limits, tx),
             conversation: Conversation::new(),
             closed: false,
             stop,

@@ -1,8 +1,10 @@
 //! The QOM tree this monitor shows: `/` holds the `/objects` container, which holds
-//! the backends. Paths resolve like QEMU's: absolute (`/objects/m0`, empty components
+//! the backends and thread-contexts. Paths resolve like QEMU's: absolute (`/objects/m0`, empty components
 //! ignored) or partial (`m0`, `objects/m0`: the unique node whose path ends so).
 
 use std::sync::Arc;
+
+use hostmem::ThreadContext;
 
 use super::error::{ErrorClass, QmpError};
 use super::registry::{Entry, Registry};
@@ -13,6 +15,7 @@ pub enum Node {
     Root,
     Objects,
     Object(Arc<Entry>),
+    Context(Arc<ThreadContext>),
 }
 
 /// Why a path names no single node.
@@ -43,7 +46,11 @@ pub fn resolve(registry: &Registry, path: &str) -> Result<Node, PathError> {
         return match parts.as_slice() {
             [] => Ok(Node::Root),
             ["objects"] => Ok(Node::Objects),
-            ["objects", id] => registry.get(id).map(Node::Object).ok_or_else(not_found),
+            ["objects", id] => registry
+                .get(id)
+                .map(Node::Object)
+                .or_else(|| registry.context(id).map(Node::Context))
+                .ok_or_else(not_found),
             _ => Err(not_found()),
         };
     }
@@ -55,9 +62,13 @@ pub fn resolve(registry: &Registry, path: &str) -> Result<Node, PathError> {
     if ends_with(&["objects"]) {
         found.push(Node::Objects);
     }
-    for e in registry.live() {
-        if ends_with(&["objects", e.id.as_str()]) {
-            found.push(Node::Object(e));
+    for (id, _) in registry.children() {
+        if ends_with(&["objects", id.as_str()]) {
+            if let Some(e) = registry.get(&id) {
+                found.push(Node::Object(e));
+            } else if let Some(c) = registry.context(&id) {
+                found.push(Node::Context(c));
+            }
         }
     }
     match found.len() {
@@ -74,7 +85,7 @@ mod tests {
 
     fn registry() -> Registry {
         let b = Backend::new(Kind::Ram, "m0", &MachineDefaults::default());
-        Registry::new(vec![b])
+        Registry::new(vec![b], Vec::new())
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The monitor's `/objects` container: backends by id, in creation order.
+//! The monitor's `/objects` container: backends and thread-contexts by id, in creation
+//! order.
 //!
 //! Locking is two-level so that a long operation never stalls other clients: the table
 //! lock is held only to look up, reserve or remove an id; each backend has its own lock,
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hostmem::props::Config;
-use hostmem::{Backend, Kind};
+use hostmem::{Backend, Kind, ThreadContext};
 
 /// What queries read without taking the backend's lock.
 #[derive(Debug, Clone)]
@@ -110,6 +111,9 @@ enum Slot {
     /// An `object-add` in progress: the id is taken, the object not there yet.
     Creating(String),
     Live(Arc<Entry>),
+    /// A thread-context; backends that name it hold it too, and keep it after it is
+    /// deleted from the table, as QEMU's links do.
+    Context(Arc<ThreadContext>),
 }
 
 impl Slot {
@@ -117,6 +121,7 @@ impl Slot {
         match self {
             Slot::Creating(id) => id,
             Slot::Live(e) => &e.id,
+            Slot::Context(c) => c.id(),
         }
     }
 }
@@ -204,16 +209,59 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(backends: Vec<Backend>) -> Self {
+    /// A table of the objects `hostmem run` made: contexts first, as QEMU makes them.
+    pub fn new(backends: Vec<Backend>, contexts: Vec<Arc<ThreadContext>>) -> Self {
         Registry {
             slots: Mutex::new(
-                backends
+                contexts
                     .into_iter()
-                    .map(|b| Slot::Live(Arc::new(Entry::new(b))))
+                    .map(Slot::Context)
+                    .chain(
+                        backends
+                            .into_iter()
+                            .map(|b| Slot::Live(Arc::new(Entry::new(b)))),
+                    )
                     .collect(),
             ),
             closed: AtomicBool::new(false),
         }
+    }
+
+    /// Puts a started thread-context where its reservation was.
+    pub fn fill_context(&self, c: Arc<ThreadContext>) {
+        let mut slots = lock(&self.slots);
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let id = c.id().to_string();
+        let slot = Slot::Context(c);
+        match slots
+            .iter_mut()
+            .find(|s| matches!(s, Slot::Creating(c) if *c == id))
+        {
+            Some(s) => *s = slot,
+            None => slots.push(slot),
+        }
+    }
+
+    /// A thread-context by id.
+    pub fn context(&self, id: &str) -> Option<Arc<ThreadContext>> {
+        lock(&self.slots).iter().find_map(|s| match s {
+            Slot::Context(c) if c.id() == id => Some(c.clone()),
+            _ => None,
+        })
+    }
+
+    /// Every object's id and QEMU type name, in creation order (`qom-list /objects`).
+    pub fn children(&self) -> Vec<(String, &'static str)> {
+        lock(&self.slots)
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Creating(_) => None,
+                Slot::Live(e) => Some((e.id.clone(), e.kind.qom_type())),
+                Slot::Context(c) => Some((c.id().to_string(), hostmem::context::QOM_TYPE)),
+            })
+            .collect()
     }
 
     /// Takes an id for an object about to be created.
@@ -258,7 +306,7 @@ impl Registry {
             .iter()
             .filter_map(|s| match s {
                 Slot::Live(e) => Some(e.clone()),
-                Slot::Creating(_) => None,
+                Slot::Creating(_) | Slot::Context(_) => None,
             })
             .collect()
     }
@@ -270,14 +318,26 @@ impl Registry {
         })
     }
 
-    /// Deletes a backend (refused while in use) and takes it out of the table. The
-    /// table lock is not held while waiting for an operation on the backend.
+    /// Deletes a backend (refused while in use) or a thread-context and takes it out of
+    /// the table. The table lock is not held while waiting for an operation on a backend.
     pub fn delete(&self, id: &str) -> Result<(), DeleteError> {
-        let entry = match lock(&self.slots).iter().find(|s| s.id() == id) {
-            Some(Slot::Live(e)) => e.clone(),
-            Some(Slot::Creating(_)) => return Err(SlotError::BeingCreated(id.into()).into()),
+        let mut slots = lock(&self.slots);
+        let entry = match slots.iter().position(|s| s.id() == id) {
+            Some(at) if matches!(slots[at], Slot::Context(_)) => {
+                // Like QEMU: a context goes from the table at once; backends that name
+                // it keep it (and its thread) until they go, their link reading empty.
+                if let Slot::Context(c) = slots.remove(at) {
+                    c.detach();
+                }
+                return Ok(());
+            }
+            Some(at) => match &slots[at] {
+                Slot::Live(e) => e.clone(),
+                _ => return Err(SlotError::BeingCreated(id.into()).into()),
+            },
             None => return Err(SlotError::NotFound(id.into()).into()),
         };
+        drop(slots);
         let mut backend = entry.lock();
         let mut slots = lock(&self.slots);
         // Another client may have deleted it while this one waited for the lock.
@@ -308,6 +368,7 @@ impl Registry {
         for slot in slots {
             match slot {
                 Slot::Creating(id) => left.push(NotDeleted::Creating(id)),
+                Slot::Context(_) => {}
                 Slot::Live(e) => match e.try_lock() {
                     Some(mut b) => {
                         if let Err(err) = b.delete() {
@@ -336,7 +397,7 @@ mod tests {
 
     #[test]
     fn ids_are_unique_while_creating_and_after() {
-        let r = Registry::new(vec![ram("a")]);
+        let r = Registry::new(vec![ram("a")], Vec::new());
         assert_eq!(r.reserve("a"), Err(SlotError::Duplicate("a".into())));
         r.reserve("b").unwrap();
         assert!(
@@ -356,7 +417,7 @@ mod tests {
 
     #[test]
     fn delete_is_refused_while_in_use_and_unknown_ids_are_named() {
-        let r = Registry::new(vec![ram("m")]);
+        let r = Registry::new(vec![ram("m")], Vec::new());
         let hold = r.get("m").unwrap().lock().hold().unwrap();
         assert_eq!(
             r.delete("m").unwrap_err().to_string(),

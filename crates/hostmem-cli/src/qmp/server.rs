@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hostmem::{Backend, MachineDefaults};
+use hostmem::{Backend, MachineDefaults, ThreadContext};
 use rustix::fs::Mode;
 use rustix::process::umask;
 use serde_json::Value;
@@ -21,7 +21,7 @@ use super::conversation::{Conversation, Flow};
 use super::error::QmpError;
 use super::limits::Limits;
 use super::monitor::Monitor;
-use super::registry::NotDeleted;
+use super::registry::{NotDeleted, Registry};
 use super::shared::{lock, message_bytes, Client, Shared};
 use crate::signals::{Events, Stop};
 
@@ -124,12 +124,13 @@ fn listen(path: &Path) -> Result<(UnixListener, SocketFile), ServeError> {
 pub fn serve(
     path: &Path,
     backends: Vec<Backend>,
+    contexts: Vec<Arc<ThreadContext>>,
     defaults: MachineDefaults,
     events: &Events,
 ) -> Result<Vec<NotDeleted>, ServeError> {
     let (listener, socket_file) = listen(path)?;
     let shared = Arc::new(Shared::new(
-        backends,
+        Registry::new(backends, contexts),
         defaults,
         Limits::default(),
         events.tx.clone(),

@@ -9,7 +9,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hostmem::{Backend, MachineDefaults, Progress};
+use hostmem::{MachineDefaults, Progress};
 use serde_json::{json, Value};
 
 use super::limits::Limits;
@@ -78,13 +78,13 @@ impl Drop for Running<'_> {
 
 impl Shared {
     pub(super) fn new(
-        backends: Vec<Backend>,
+        registry: Registry,
         defaults: MachineDefaults,
         limits: Limits,
         stop: Sender<Stop>,
     ) -> Self {
         Shared {
-            registry: Registry::new(backends),
+            registry,
             defaults,
             limits,
             stop: Mutex::new(stop),
@@ -177,6 +177,7 @@ mod tests {
     use hostmem::ObjectSpec;
 
     use super::*;
+    use hostmem::Backend;
 
     /// A file backend whose deletion the kernel shows: `discard-data=on` punches the
     /// file's blocks out on `Backend::delete` and only there (dropping the backend
@@ -204,7 +205,7 @@ mod tests {
 
     fn shared(backends: Vec<Backend>) -> Shared {
         Shared::new(
-            backends,
+            Registry::new(backends, Vec::new()),
             MachineDefaults::default(),
             Limits::default(),
             channel().0,

@@ -228,6 +228,7 @@ impl Backend {
             if let Some(r) = Arc::get_mut(&mut region) {
                 r.mapped.created_file.keep();
             }
+            b.cfg.kind.ops_mut().settle();
             b.live = Some(LiveState {
                 region,
                 prealloc: s,
@@ -354,10 +355,17 @@ impl Backend {
                     ),
                 )
             })?;
-        let cpus = if c.policy.takes_nodes() {
-            host.cpus_of(&c.host_nodes)
-        } else {
-            Vec::new()
+        // A thread-context decides the CPUs (what its thread may run on now, as the
+        // kernel says); without one, the CPUs of the nodes the memory goes to.
+        let cpus = match &c.prealloc_context.0 {
+            Some(ctx) => ctx.cpu_affinity().map_err(|e| {
+                self.alloc_error(
+                    Step::Prealloc,
+                    format!("prealloc-context '{}': {e}", ctx.id()),
+                )
+            })?,
+            None if c.policy.takes_nodes() => host.cpus_of(&c.host_nodes),
+            None => Vec::new(),
         };
         Ok(Job {
             map: &region.mapped.map,
@@ -414,6 +422,14 @@ impl Backend {
     /// The page size the memory is made of.
     pub fn page_size(&self) -> Option<u64> {
         self.live.as_ref().map(|l| l.region.page_size)
+    }
+
+    /// Warnings about the memory as mapped (a `pmem=on` file that is not on DAX, ...),
+    /// which QEMU prints as warnings; empty before allocation.
+    pub fn notes(&self) -> &[String] {
+        self.live
+            .as_ref()
+            .map_or(&[][..], |l| l.region.mapped.notes.as_slice())
     }
 
     /// What the last preallocation did.

@@ -51,6 +51,17 @@ fn open_error(path: &Path, e: &std::io::Error) -> Error {
 }
 
 impl FileConfig {
+    /// Whether the guest sees ROM: `rom`, or for `auto` whether the file is read-only
+    /// (QEMU's rule). ROM is mapped read-only; a read-only file with `rom=off` is mapped
+    /// writable and private (copy on write), as QEMU does.
+    fn rom_on(&self) -> bool {
+        match self.rom {
+            OnOffAuto::On => true,
+            OnOffAuto::Off => false,
+            OnOffAuto::Auto => self.readonly,
+        }
+    }
+
     fn path_set(&self) -> Result<&Path> {
         if self.mem_path.as_os_str().is_empty() {
             Err(Error::Missing(FileConfig::MEM_PATH.name))
@@ -90,15 +101,21 @@ impl KindOps for FileConfig {
                 format!("offset + size ({size}) is beyond the largest file size"),
             ));
         }
-        if self.rom == OnOffAuto::On && !self.readonly && t.common.share {
-            return Err(t.invalid(
-                &FileConfig::ROM,
-                "on",
-                "a shared writable file cannot be ROM: set readonly=on or share=off",
-            ));
-        }
-        if self.pmem && !t.common.share {
-            return Err(t.invalid(&FileConfig::PMEM, "on", "persistent memory needs share=on"));
+        // QEMU 10's rules: ROM needs a read-only file; a read-only file mapped
+        // writable must be private (copy on write).
+        match self.rom {
+            OnOffAuto::On if !self.readonly => {
+                return Err(Error::Refused(
+                    "property 'rom' = 'on' is not supported with 'readonly' = 'off'".into(),
+                ))
+            }
+            OnOffAuto::Off if self.readonly && t.common.share => {
+                return Err(Error::Refused(
+                    "property 'rom' = 'off' is incompatible with 'readonly' = 'on' and 'share' = 'on'"
+                        .into(),
+                ))
+            }
+            _ => {}
         }
         Ok(Plan {
             len: size,
@@ -166,37 +183,52 @@ impl KindOps for FileConfig {
         } else {
             self.align
         };
-        let opts = MapOptions {
+        let mut opts = MapOptions {
             shared: t.common.share,
             noreserve: !t.common.reserve,
-            readonly: self.readonly,
-            sync: self.pmem,
+            readonly: self.rom_on(),
+            // Like QEMU: persistence (MAP_SYNC) only for shared pmem; private pmem is
+            // plain memory.
+            sync: self.pmem && t.common.share,
             align: align as usize,
         };
-        let map = RawMapping::map(size as usize, Some(&fd), self.offset, opts).map_err(|e| {
-            if self.pmem && e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-                t.invalid(
-                    &FileConfig::PMEM,
-                    "on",
-                    format!(
-                        "{} is not on a DAX file system (MAP_SYNC refused)",
-                        path.display()
-                    ),
-                )
-            } else {
-                t.map_failed(&e)
+        let mut notes = Vec::new();
+        let map = match RawMapping::map(size as usize, Some(&fd), self.offset, opts) {
+            Err(e) if opts.sync && e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                // QEMU 10 maps a non-DAX file anyway, with a deprecation warning.
+                notes.push(format!(
+                    "requesting persistence across crashes for backend file {} failed. \
+                     Proceeding without persistence, data might become corrupted in case of \
+                     host crash.",
+                    path.display()
+                ));
+                notes.push("Using non DAX backing file with 'pmem=on' option is deprecated".into());
+                opts.sync = false;
+                RawMapping::map(size as usize, Some(&fd), self.offset, opts)
             }
-        })?;
+            r => r,
+        }
+        .map_err(|e| t.map_failed(&e))?;
         Ok(Mapped {
             map,
             fd: Some(fd),
             fd_offset: self.offset,
             created_file: created,
+            notes,
         })
     }
 
     fn writable(&self) -> bool {
-        !self.readonly
+        !self.rom_on()
+    }
+
+    fn settle(&mut self) {
+        // QEMU reads `rom` back as what it resolved to: auto follows readonly.
+        self.rom = if self.rom_on() {
+            OnOffAuto::On
+        } else {
+            OnOffAuto::Off
+        };
     }
 
     fn path(&self) -> Option<&Path> {

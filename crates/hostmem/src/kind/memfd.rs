@@ -102,6 +102,7 @@ impl KindOps for MemfdConfig {
             fd: Some(fd),
             fd_offset: 0,
             created_file: CreatedFile::default(),
+            notes: Vec::new(),
         })
     }
 }

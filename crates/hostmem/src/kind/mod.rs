@@ -70,6 +70,9 @@ pub(crate) trait KindOps: fmt::Debug {
 
     /// What delete does before the memory is unmapped.
     fn on_delete(&self, _mapped: &Mapped) {}
+
+    /// The backend came to life: settle properties QEMU reads back resolved (`rom`).
+    fn settle(&mut self) {}
 }
 
 /// Lists the kinds: `Variant(module::ConfigGroup)`. Declares the modules and makes
@@ -138,6 +141,12 @@ macro_rules! kinds {
             }
 
             pub(crate) fn ops(&self) -> &dyn KindOps {
+                match self {
+                    $(KindConfig::$variant(c) => c,)*
+                }
+            }
+
+            pub(crate) fn ops_mut(&mut self) -> &mut dyn KindOps {
                 match self {
                     $(KindConfig::$variant(c) => c,)*
                 }
@@ -220,6 +229,8 @@ pub(crate) struct Mapped {
     pub fd_offset: u64,
     /// A file this backend created at a named path: removed if allocation fails.
     pub created_file: CreatedFile,
+    /// Warnings about the memory as mapped (QEMU prints them; reports show them).
+    pub notes: Vec<String>,
 }
 
 impl Mapped {
@@ -230,6 +241,7 @@ impl Mapped {
             fd: None,
             fd_offset: 0,
             created_file: CreatedFile::default(),
+            notes: Vec::new(),
         }
     }
 }

@@ -45,6 +45,7 @@ impl KindOps for ShmConfig {
             fd: Some(fd),
             fd_offset: 0,
             created_file: CreatedFile::default(),
+            notes: Vec::new(),
         })
     }
 }

@@ -1,5 +1,7 @@
-//! The properties every kind has (QEMU's `memory-backend` abstract class).
+//! The properties every kind has (QEMU's `memory-backend` abstract class), in the
+//! order QEMU 10's qom-list shows them.
 
+use crate::context::ContextLink;
 use crate::numa::{NodeSet, Policy};
 
 use super::default_threads;
@@ -17,8 +19,14 @@ property_group! {
         /// threads that preallocate
         PREALLOC_THREADS prealloc_threads: u32 = "prealloc-threads", live Immediate,
             default |_, _| default_threads(), min 1;
+        /// name the RAM block by the QOM path instead of the id (QEMU migration compat)
+        X_USE_CANONICAL_PATH x_use_canonical_path: bool = "x-use-canonical-path-for-ramblock-id",
+            live Immediate, default |_, _| false;
         /// NUMA memory policy
         POLICY policy: Policy = "policy", live Rebind, default |_, _| Policy::Default;
+        /// thread-context whose CPUs the prealloc threads run on (none: node-local)
+        PREALLOC_CONTEXT prealloc_context: ContextLink = "prealloc-context", live Immediate,
+            default |_, _| ContextLink::default(), arg impl Into<ContextLink>;
         /// fault all memory in up front
         PREALLOC prealloc: bool = "prealloc", live Immediate, default |_, m| m.prealloc;
         /// reserve swap space or huge pages for the memory

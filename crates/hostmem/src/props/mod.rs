@@ -6,12 +6,14 @@
 
 mod common;
 pub(crate) mod group;
+#[cfg(feature = "json")]
+pub mod json;
 mod value;
 
 use std::fmt;
 
 pub use common::Common;
-pub use value::{parse_bool, OnOffAuto, PropType, PropValue, Value};
+pub use value::{parse_bool, Lookup, OnOffAuto, PropType, PropValue, Resolver, Value};
 
 use crate::error::{Error, Result};
 use crate::kind::{Kind, KindConfig};
@@ -160,7 +162,7 @@ mod tests {
         assert!(lookup(Kind::Ram, "mem-path").is_none());
         assert!(lookup(Kind::Memfd, "hugetlbsize").is_some());
         assert!(lookup(Kind::Shm, "hugetlb").is_none());
-        assert_eq!(properties(Kind::Ram).count(), 9);
+        assert_eq!(properties(Kind::Ram).count(), 11);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use crate::context::{ContextLink, ThreadContext};
 use crate::error::{Error, Result};
 use crate::numa::{NodeSet, Policy};
 use crate::size::parse_size;
@@ -48,6 +50,8 @@ pub enum PropType {
     Path,
     /// on/off/auto.
     OnOffAuto,
+    /// A link to a thread-context (`prealloc-context`), by id or QOM path.
+    Link,
 }
 
 impl PropType {
@@ -59,6 +63,7 @@ impl PropType {
             PropType::Policy => "HostMemPolicy",
             PropType::Path => "string",
             PropType::OnOffAuto => "OnOffAuto",
+            PropType::Link => "link<thread-context>",
         }
     }
 
@@ -69,12 +74,19 @@ impl PropType {
             PropType::Bool => "boolean",
             PropType::U32 => "uint32",
             PropType::Nodes => "a list of node ids",
-            PropType::Policy | PropType::OnOffAuto | PropType::Path => "string",
+            PropType::Policy | PropType::OnOffAuto | PropType::Path | PropType::Link => "string",
         }
     }
 
-    /// Parses the text form (`-object` keyval), with QEMU's error wording.
+    /// Parses the text form (`-object` keyval), with QEMU's error wording. A link
+    /// names an object: [`PropType::parse_with`] resolves it; here only the empty
+    /// link (none) parses.
     pub fn parse(self, prop: &str, text: &str) -> Result<PropValue> {
+        self.parse_with(prop, text, &|_| None)
+    }
+
+    /// [`PropType::parse`], resolving a link's id or `/objects/ID` path with `objects`.
+    pub fn parse_with(self, prop: &str, text: &str, objects: &Resolver<'_>) -> Result<PropValue> {
         let bad = |expected| Error::BadType {
             prop: prop.to_string(),
             expected,
@@ -107,7 +119,37 @@ impl PropType {
                 "auto" => Ok(PropValue::OnOffAuto(OnOffAuto::Auto)),
                 _ => Err(bad_enum()),
             },
+            PropType::Link => resolve_link(prop, text, objects).map(PropValue::Link),
         }
+    }
+}
+
+/// What an id names among a caller's objects, for resolving links.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// A thread-context.
+    Context(Arc<ThreadContext>),
+    /// An object of another type (a link to it is refused with QEMU's type error).
+    Other,
+}
+
+/// Finds an object by id; what a caller that holds objects passes to resolve links
+/// (QEMU resolves a link's path among all objects).
+pub type Resolver<'a> = dyn Fn(&str) -> Option<Lookup> + 'a;
+
+/// A link's text: empty (no link), an id, or a `/objects/ID` path.
+fn resolve_link(prop: &str, text: &str, objects: &Resolver<'_>) -> Result<ContextLink> {
+    if text.is_empty() {
+        return Ok(ContextLink(None));
+    }
+    let id = text.strip_prefix("/objects/").unwrap_or(text);
+    match objects(id) {
+        Some(Lookup::Context(c)) => Ok(ContextLink(Some(c))),
+        Some(Lookup::Other) => Err(Error::InvalidType {
+            prop: prop.to_string(),
+            expected: crate::context::QOM_TYPE,
+        }),
+        None => Err(Error::DeviceNotFound(text.to_string())),
     }
 }
 
@@ -135,6 +177,8 @@ pub enum PropValue {
     Policy(Policy),
     /// on/off/auto.
     OnOffAuto(OnOffAuto),
+    /// A link to a thread-context, or none.
+    Link(ContextLink),
 }
 
 impl PropValue {
@@ -157,6 +201,7 @@ impl fmt::Display for PropValue {
             PropValue::Nodes(n) => write!(f, "{n}"),
             PropValue::Policy(p) => write!(f, "{p}"),
             PropValue::OnOffAuto(o) => f.write_str(o.name()),
+            PropValue::Link(l) => write!(f, "{l}"),
         }
     }
 }
@@ -198,6 +243,7 @@ held_as!(Policy => Policy in Policy);
 held_as!(/// Paths; the empty path means "not set" (QEMU reads an unset string as empty).
     PathBuf => Path in Path);
 held_as!(OnOffAuto => OnOffAuto in OnOffAuto);
+held_as!(ContextLink => Link in Link);
 
 /// Counts: stored as `Int`, refused when they do not fit.
 impl Value for u32 {

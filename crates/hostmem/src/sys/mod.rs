@@ -19,7 +19,9 @@ use std::io;
 pub(crate) use fd::{add_seals, memfd_create, punch_hole, shm_create_unlinked, statfs};
 pub(crate) use mapping::{MapOptions, RawMapping};
 pub(crate) use numa::mempolicy_at;
-pub(crate) use thread::{allowed_cpus, current_cpu, pin_current_thread};
+pub(crate) use thread::{
+    allowed_cpus, current_cpu, gettid, pin_current_thread, set_thread_affinity, thread_affinity,
+};
 
 /// `madvise` advice values; spelled out because older libc releases lack the newer ones.
 pub(crate) mod advice {

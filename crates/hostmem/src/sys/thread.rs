@@ -20,19 +20,49 @@ pub(crate) fn allowed_cpus() -> Vec<usize> {
 
 /// Pins the calling thread to `cpus`.
 pub(crate) fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; we only set bits below CPU_SETSIZE.
+    set_thread_affinity(0, cpus)
+}
+
+/// Sets the CPUs thread `tid` of this process may run on (0: the calling thread).
+/// CPUs past CPU_SETSIZE are left out; a set with no CPU the kernel allows is EINVAL.
+pub(crate) fn set_thread_affinity(tid: i32, cpus: &[usize]) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data, valid zeroed; we only set bits below
+    // CPU_SETSIZE; sched_setaffinity reads exactly size_of::<cpu_set_t>() bytes.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         for &c in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
             libc::CPU_SET(c, &mut set);
         }
         check(libc::sched_setaffinity(
-            0,
+            tid,
             std::mem::size_of::<libc::cpu_set_t>(),
             &set,
         ))?;
     }
     Ok(())
+}
+
+/// The CPUs thread `tid` may run on, as the kernel has them now.
+pub(crate) fn thread_affinity(tid: i32) -> io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it and we read it only
+    // on success.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        check(libc::sched_getaffinity(
+            tid,
+            std::mem::size_of::<libc::cpu_set_t>(),
+            &mut set,
+        ))?;
+        Ok((0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect())
+    }
+}
+
+/// The kernel's id of the calling thread (what `thread-id` and taskset show).
+pub(crate) fn gettid() -> i32 {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    unsafe { libc::gettid() }
 }
 
 /// The CPU the calling thread runs on now.

@@ -1,0 +1,74 @@
+//! `object-add` and `object-del`: memory backends and thread-contexts, made from the
+//! arguments exactly as the library makes a JSON `-object` (`ObjectSpec::from_json`),
+//! so QMP and the command line check members the same way.
+
+use hostmem::objspec::ObjectType;
+use hostmem::props::Lookup;
+use hostmem::ObjectSpec;
+use serde_json::{json, Value};
+
+use super::args::Args;
+use super::error::QmpError;
+use super::Shared;
+
+/// The monitor's objects, for links (`prealloc-context`).
+pub fn resolver(shared: &Shared) -> impl Fn(&str) -> Option<Lookup> + '_ {
+    |id| match shared.registry.context(id) {
+        Some(c) => Some(Lookup::Context(c)),
+        None => shared.registry.get(id).map(|_| Lookup::Other),
+    }
+}
+
+pub fn add(shared: &Shared, args: Args) -> Result<Value, QmpError> {
+    let spec = ObjectSpec::from_json(args.into_map())?;
+    let id = spec.id.clone();
+    match spec.ty {
+        ObjectType::ThreadContext => {
+            let tc = spec.to_context()?;
+            shared
+                .registry
+                .reserve(&id)
+                .map_err(|e| QmpError::generic(e.to_string()))?;
+            match tc.complete() {
+                Ok(()) => {
+                    shared.registry.fill_context(tc);
+                    Ok(json!({}))
+                }
+                Err(e) => {
+                    shared.registry.release(&id);
+                    Err(e.into())
+                }
+            }
+        }
+        ObjectType::Backend(_) => {
+            let mut b = spec.to_backend_with(&shared.defaults, &resolver(shared))?;
+            shared.limits.check(&id, b.config())?;
+            shared
+                .registry
+                .reserve(&id)
+                .map_err(|e| QmpError::generic(e.to_string()))?;
+            // No lock is held while the memory is mapped and preallocated.
+            let progress = shared.track_prealloc();
+            match b.complete_with(&progress) {
+                Ok(()) => {
+                    shared.registry.fill(b);
+                    Ok(json!({}))
+                }
+                Err(e) => {
+                    shared.registry.release(&id);
+                    Err(e.into())
+                }
+            }
+        }
+    }
+}
+
+pub fn del(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
+    let id = args.string("id")?;
+    args.finish()?;
+    shared
+        .registry
+        .delete(&id)
+        .map_err(|e| QmpError::generic(e.to_string()))?;
+    Ok(json!({}))
+}
