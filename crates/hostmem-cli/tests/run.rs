@@ -290,3 +290,67 @@ fn sigint_during_a_multi_gib_prealloc_exits_within_a_second_and_leaves_nothing()
     assert!(!file.exists(), "created file removed");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A libvirt-style line: JSON objects, a thread-context named by the backend's
+/// prealloc-context (given after it, as QEMU allows: contexts are made first). The
+/// held process's smaps shows the memory resident, and the context thread exists in
+/// /proc/PID/task with the affinity it was given.
+#[test]
+fn libvirt_style_json_objects_with_a_thread_context() {
+    let mut child = Command::new(BIN)
+        .args(["run", "--json", "--hold"])
+        .args([
+            "-object",
+            r#"{"qom-type":"memory-backend-ram","id":"ram-node0","size":33554432,"prealloc":true,"prealloc-context":"tc-ram-node0","x-use-canonical-path-for-ramblock-id":false}"#,
+        ])
+        .args([
+            "-object",
+            r#"{"qom-type":"thread-context","id":"tc-ram-node0","cpu-affinity":[0]}"#,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let b = &doc["backends"][0];
+    assert_eq!(b["prealloc-context"], "/objects/tc-ram-node0");
+    let addr = b["host-addr"].as_u64().unwrap();
+    let (rss, _) = kernel_view(child.id(), addr);
+    assert_eq!(rss, 32 * MIB);
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap();
+    let tc = tasks
+        .filter_map(|t| {
+            let p = t.unwrap().path();
+            let comm = std::fs::read_to_string(p.join("comm")).ok()?;
+            comm.starts_with("TC tc-ram-node0").then_some(p)
+        })
+        .next()
+        .expect("a context thread named like QEMU's");
+    let status = std::fs::read_to_string(tc.join("status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.replace('\t', " ") == "Cpus_allowed_list: 0"),
+        "{status}"
+    );
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_prealloc_context_that_names_no_object_is_qemus_error() {
+    let out = run(&[
+        "-object",
+        r#"{"qom-type":"memory-backend-ram","id":"m","size":4096,"prealloc-context":"tcX"}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.trim_end().ends_with(": Device 'tcX' not found"),
+        "{err}"
+    );
+}
