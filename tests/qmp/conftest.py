@@ -2,13 +2,15 @@
 a raw-socket client (for what a well-behaved client never sends) and the real
 `qemu.qmp` client.
 
-The binary is target/release/hostmem (HOSTMEM_BIN overrides). A missing binary or a
-missing QEMU fails the tests: a skipped suite would pass unnoticed.
+The binary is target/release/hostmem (HOSTMEM_BIN overrides). A missing binary, a
+missing QEMU or a QEMU other than 10.0.x (the reference of docs/qmp.md) fails the
+tests: a skipped suite would pass unnoticed.
 """
 
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -38,10 +40,48 @@ def hostmem_bin():
     return str(path)
 
 
-def qemu_bin():
+# The QEMU the differential test compares against (docs/qmp.md lists the intended
+# differences from exactly this release), and how to get it on Debian bookworm.
+QEMU_REFERENCE = (10, 0)
+QEMU_INSTALL = ("add Debian's bookworm-backports suite to apt's sources, then "
+                "`apt-get update && apt-get install -t bookworm-backports qemu-system-x86` "
+                "(scripts/test does both)")
+
+
+def qemu_version(path):
+    """(major, minor, micro) and the first line of `path --version`; None for the
+    tuple when the line does not say which QEMU it is."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, f"`{path} --version` failed: {e}"
+    line = (out.stdout or out.stderr).strip().splitlines()[0:1]
+    line = line[0] if line else f"(no output, exit status {out.returncode})"
+    m = re.search(r"QEMU emulator version (\d+)\.(\d+)\.(\d+)", line)
+    return (tuple(int(g) for g in m.groups()) if m else None), line
+
+
+def pytest_report_header(config):
     path = shutil.which("qemu-system-x86_64")
     if path is None:
-        pytest.fail("qemu-system-x86_64 is missing: apt-get install -y qemu-system-x86")
+        return "reference QEMU: qemu-system-x86_64 is missing"
+    return f"reference QEMU: {qemu_version(path)[1]} ({path})"
+
+
+def qemu_bin():
+    """The QEMU to compare against: it must be 10.0.x, else the test fails (a
+    comparison with another release would report its differences as ours)."""
+    want = ".".join(map(str, QEMU_REFERENCE))
+    path = shutil.which("qemu-system-x86_64")
+    if path is None:
+        pytest.fail(f"qemu-system-x86_64 is missing; the QMP tests compare against QEMU "
+                    f"{want}.x: {QEMU_INSTALL}")
+    version, line = qemu_version(path)
+    if version is None or version[:2] != QEMU_REFERENCE:
+        found = ".".join(map(str, version)) if version else "of unknown version"
+        pytest.fail(f"{path} is QEMU {found} ({line!r}), but the QMP tests compare "
+                    f"against QEMU {want}.x: {QEMU_INSTALL}")
     return path
 
 
@@ -97,9 +137,9 @@ def start_hostmem(sock, *args, spec=None):
     return Server([hostmem_bin(), "run", "-qmp", spec, *args], sock)
 
 
-def start_qemu(sock):
+def start_qemu(sock, *args):
     return Server([qemu_bin(), "-machine", "none", "-nodefaults", "-display", "none",
-                   "-qmp", f"unix:{sock},server=on,wait=off"], sock)
+                   "-qmp", f"unix:{sock},server=on,wait=off", *args], sock)
 
 
 @pytest.fixture
