@@ -8,6 +8,7 @@
 //! comes from rustix.
 #![forbid(unsafe_code)]
 
+pub mod cmdline;
 pub mod host;
 pub mod qmp;
 pub mod report;

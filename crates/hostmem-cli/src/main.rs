@@ -32,11 +32,22 @@ enum Command {
     Host(host::HostArgs),
 }
 
-/// QEMU spells its options with one dash; clap wants two.
+/// QEMU spells its options with one dash; clap wants two. A QEMU command line after
+/// `--` is left as it is.
 fn qemu_style(args: impl Iterator<Item = String>) -> Vec<String> {
-    args.map(|a| match a.as_str() {
-        "-object" | "-machine" | "-mem-prealloc" | "-qmp" => format!("-{a}"),
-        _ => a,
+    let mut after_dashes = false;
+    args.map(|a| {
+        if after_dashes {
+            return a;
+        }
+        match a.as_str() {
+            "--" => {
+                after_dashes = true;
+                a
+            }
+            "-object" | "-machine" | "-mem-prealloc" | "-qmp" => format!("-{a}"),
+            _ => a,
+        }
     })
     .collect()
 }

@@ -212,3 +212,56 @@ pub fn backend_text(b: &Backend) -> String {
     }
     s
 }
+
+/// One backend's pre-flight verdict as text: what it needs, what each node it may use
+/// has free now, and every reason it would fail.
+pub fn check_text(c: &hostmem::preflight::BackendCheck) -> String {
+    let mut s = String::new();
+    let page = c.page_size.map_or("?".into(), format_size);
+    let _ = writeln!(
+        s,
+        "{}  {}  needs {}  page {}{}  policy {}  {}",
+        c.id,
+        c.kind.qom_type(),
+        format_size(c.bytes),
+        page,
+        if c.hugetlb { " (huge page pool)" } else { "" },
+        c.policy,
+        if c.fits() { "fits" } else { "WOULD FAIL" }
+    );
+    for n in &c.nodes {
+        let huge = match (n.huge_free, c.page_size) {
+            (Some(free), Some(p)) => format!("  {free} free {} huge pages", format_size(p)),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "    node {:<3} {} free{huge}",
+            n.node,
+            format_size(n.mem_free)
+        );
+    }
+    for p in &c.problems {
+        let _ = writeln!(s, "    would fail: {p}");
+    }
+    s
+}
+
+/// One backend's pre-flight verdict as JSON.
+pub fn check_json(c: &hostmem::preflight::BackendCheck) -> Value {
+    json!({
+        "id": c.id,
+        "qom-type": c.kind.qom_type(),
+        "bytes": c.bytes,
+        "page-size": c.page_size,
+        "hugetlb": c.hugetlb,
+        "policy": c.policy.name(),
+        "fits": c.fits(),
+        "nodes": c.nodes.iter().map(|n| json!({
+            "node": n.node,
+            "mem-free": n.mem_free,
+            "huge-pages-free": n.huge_free,
+        })).collect::<Vec<_>>(),
+        "problems": c.problems,
+    })
+}

@@ -16,7 +16,53 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use crate::signals::{self, Stop};
-use crate::{qmp, report};
+use crate::{cmdline, qmp, report};
+
+/// The distinct words of `names`, first seen first.
+fn dedup<'a>(names: &[&'a str]) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for n in names {
+        if !out.contains(n) {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// `--check`: the pre-flight verdict of every backend, nothing allocated.
+fn check(backends: &[Backend], specs: &[&String], json: bool) -> ExitCode {
+    let refs: Vec<&Backend> = backends.iter().collect();
+    let verdicts = hostmem::preflight::check(&refs, &HostTopology::read());
+    let mut out = std::io::stdout().lock();
+    let printed = if json {
+        let doc = json!({"backends": verdicts.iter().map(report::check_json).collect::<Vec<_>>()});
+        writeln!(out, "{doc}")
+    } else {
+        write!(
+            out,
+            "{}",
+            verdicts.iter().map(report::check_text).collect::<String>()
+        )
+    };
+    if printed.and_then(|_| out.flush()).is_err() {
+        return ExitCode::from(1);
+    }
+    let failing: Vec<String> = verdicts
+        .iter()
+        .zip(specs)
+        .filter(|(v, _)| !v.fits())
+        .map(|(v, s)| {
+            format!(
+                "hostmem: -object {s}: would fail: {}",
+                v.problems.join("; ")
+            )
+        })
+        .collect();
+    for f in &failing {
+        eprintln!("{f}");
+    }
+    ExitCode::from(u8::from(!failing.is_empty()))
+}
 
 pub const EXAMPLES: &str = "Examples:
   hostmem run
@@ -54,6 +100,20 @@ pub struct RunArgs {
     /// no -object, starts with no backends. See docs/qmp.md.
     #[arg(long, value_name = "SOCKET")]
     qmp: Option<String>,
+    /// A whole QEMU command line in a file (libvirt's shell-quoted .args files, or one
+    /// argument per line): its memory part (-object, -m, -mem-path, -mem-prealloc,
+    /// -machine memory-backend=/mem-merge=/dump-guest-core=, -numa node,memdev=) makes
+    /// the backends QEMU would; the rest is listed as ignored.
+    #[arg(long, value_name = "FILE")]
+    qemu_cmdline: Option<std::path::PathBuf>,
+    /// Check only: would these backends come to life on this host, and where? Per
+    /// backend the nodes it may use with their free memory and huge pages, and every
+    /// reason it would fail; nothing is allocated. Exit 1 if any would fail.
+    #[arg(long)]
+    check: bool,
+    /// A QEMU command line after `--`: `hostmem run -- qemu-system-x86_64 -m 4G ...`.
+    #[arg(last = true, value_name = "QEMU ARGS")]
+    qemu: Vec<String>,
 }
 
 fn fail(context: &str, msg: impl std::fmt::Display) -> ExitCode {
@@ -143,12 +203,46 @@ pub fn main(args: RunArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail("-qmp", e),
     };
-    // A monitor starts empty like QEMU's `-machine none`; backends come over QMP.
-    let specs = if args.objects.is_empty() && qmp_path.is_none() {
-        vec![default_spec()]
-    } else {
-        args.objects.clone()
+    let qemu_line = match (&args.qemu_cmdline, args.qemu.is_empty()) {
+        (Some(file), _) => match std::fs::read_to_string(file).map_err(|e| e.to_string()) {
+            Ok(text) => match cmdline::split_file(&text) {
+                Ok(words) => Some((file.display().to_string(), words)),
+                Err(e) => return fail(&format!("--qemu-cmdline {}", file.display()), e),
+            },
+            Err(e) => return fail(&format!("--qemu-cmdline {}", file.display()), e),
+        },
+        (None, false) => Some(("the QEMU command line".to_string(), args.qemu.clone())),
+        (None, true) => None,
     };
+    let mut defaults = defaults;
+    let mut specs = args.objects.clone();
+    if let Some((what, words)) = qemu_line {
+        match cmdline::memory_part(&words) {
+            Ok(part) => {
+                defaults = MachineDefaults {
+                    prealloc: part.defaults.prealloc || defaults.prealloc,
+                    ..part.defaults
+                };
+                let names: Vec<&str> = part
+                    .ignored
+                    .iter()
+                    .map(|i| i.split(' ').next().unwrap_or(""))
+                    .collect();
+                eprintln!(
+                    "hostmem: {what}: {} memory objects; ignored {} other arguments{}{}",
+                    part.objects.len(),
+                    part.ignored.len(),
+                    if names.is_empty() { "" } else { ": " },
+                    dedup(&names).join(" ")
+                );
+                specs.extend(part.objects);
+            }
+            Err(e) => return fail(&what, e),
+        }
+    } else if specs.is_empty() && qmp_path.is_none() {
+        // A monitor starts empty like QEMU's `-machine none`; backends come over QMP.
+        specs.push(default_spec());
+    }
     // Like QEMU, thread-contexts are made first (they are "early" objects), so a
     // backend may name a context given after it; ids are unique across both.
     let mut parsed = Vec::with_capacity(specs.len());
@@ -199,6 +293,9 @@ pub fn main(args: RunArgs) -> ExitCode {
             }
             Err(e) => return fail(&format!("-object {spec}"), e),
         }
+    }
+    if args.check {
+        return check(&backends, &backend_specs, args.json);
     }
     let progress = Arc::new(Progress::new());
     let events = match signals::install(progress.clone()) {

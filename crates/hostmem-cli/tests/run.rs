@@ -354,3 +354,87 @@ fn a_prealloc_context_that_names_no_object_is_qemus_error() {
         "{err}"
     );
 }
+
+/// `--check` names every reason a backend would fail without allocating, in the words
+/// a real run of the same line then fails with.
+#[test]
+fn check_predicts_what_a_real_run_then_does() {
+    let spec = "memory-backend-ram,id=x,size=1M,policy=bind,host-nodes=5";
+    let check = run(&["--check", "-object", spec]);
+    assert_eq!(check.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        out.contains("x  memory-backend-ram") && out.contains("WOULD FAIL"),
+        "{out}"
+    );
+    let real = run(&["-object", spec]);
+    assert_eq!(real.status.code(), Some(1));
+    let real_err = String::from_utf8_lossy(&real.stderr);
+    let reason = real_err
+        .trim_end()
+        .rsplit(": host-nodes = ")
+        .next()
+        .unwrap();
+    assert!(reason.contains("node 5 does not exist"), "{real_err}");
+    assert!(
+        String::from_utf8_lossy(&check.stderr).contains(reason),
+        "check: {} / run: {real_err}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let ok = run(&[
+        "--check",
+        "--",
+        "qemu-system-x86_64",
+        "-m",
+        "64M",
+        "-nodefaults",
+    ]);
+    assert!(ok.status.success());
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        out.starts_with("pc.ram  memory-backend-ram  needs 64 MiB") && out.contains("fits"),
+        "{out}"
+    );
+}
+
+/// A libvirt `.args` file (environment, `\` continuations, quoted JSON, devices):
+/// the backends QEMU would make are made and reported; the rest is listed as ignored.
+#[test]
+fn a_libvirt_args_file_runs_its_memory_part() {
+    let path = std::env::temp_dir().join(format!("hostmem-args-{}", std::process::id()));
+    std::fs::write(
+        &path,
+        "LC_ALL=C \\\nPATH=/bin \\\n/usr/bin/qemu-system-x86_64 \\\n-name guest=vm1,debug-threads=on \\\n-machine pc-q35-10.0,usb=off,dump-guest-core=off \\\n-m size=65536k \\\n-object '{\"qom-type\":\"thread-context\",\"id\":\"tc-ram-node0\",\"node-affinity\":[0]}' \\\n-object '{\"qom-type\":\"memory-backend-ram\",\"id\":\"ram-node0\",\"size\":33554432,\"prealloc\":true,\"prealloc-context\":\"tc-ram-node0\"}' \\\n-numa node,nodeid=0,cpus=0,memdev=ram-node0 \\\n-object '{\"qom-type\":\"memory-backend-ram\",\"id\":\"ram-node1\",\"size\":33554432}' \\\n-numa node,nodeid=1,cpus=1,memdev=ram-node1 \\\n-device '{\"driver\":\"virtio-balloon-pci\",\"id\":\"balloon0\"}'\n",
+    )
+    .unwrap();
+    let out = run(&["--json", "--qemu-cmdline", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = doc["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["ram-node0", "ram-node1"]);
+    let b0 = &doc["backends"][0];
+    assert_eq!(b0["kernel"]["resident-bytes"], 32 * MIB, "preallocated");
+    assert!(
+        b0["kernel"]["vmflags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "dd"),
+        "dump-guest-core=off reached the kernel"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("3 memory objects") && err.contains("-name") && err.contains("-device"),
+        "{err}"
+    );
+}

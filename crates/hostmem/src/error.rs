@@ -44,6 +44,9 @@ pub struct Shortage {
     pub free: u64,
     /// The node(s) the memory is bound to, with each one's free pages; empty = host-wide.
     pub nodes: Vec<(u32, u64)>,
+    /// Backends of the same batch that take from the same pool first; `needed` counts
+    /// their pages too.
+    pub with: Vec<String>,
 }
 
 impl std::fmt::Display for Shortage {
@@ -56,15 +59,23 @@ impl std::fmt::Display for Shortage {
             self.free
         )?;
         if self.nodes.is_empty() {
-            write!(f, " on the host")
+            write!(f, " on the host")?;
         } else {
             let list: Vec<String> = self
                 .nodes
                 .iter()
                 .map(|(n, free)| format!("node {n}: {free} free"))
                 .collect();
-            write!(f, " on the bound nodes ({})", list.join(", "))
+            write!(f, " on the bound nodes ({})", list.join(", "))?;
         }
+        if !self.with.is_empty() {
+            write!(
+                f,
+                " (together with {} of the same batch)",
+                self.with.join(", ")
+            )?;
+        }
+        Ok(())
     }
 }
 

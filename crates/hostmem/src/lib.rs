@@ -34,6 +34,7 @@ pub mod kind;
 pub mod numa;
 pub mod objspec;
 pub mod prealloc;
+pub mod preflight;
 pub mod props;
 pub mod size;
 // The one module allowed to use `unsafe`; private to the crate.

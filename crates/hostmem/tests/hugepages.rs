@@ -216,3 +216,48 @@ fn hugetlbfs_exhaustion_is_clear_at_creation_and_live_and_returns_every_page() {
     assert_eq!(fs.entries(), 0);
     assert_eq!(pool.pool(), before, "pool as it was");
 }
+
+/// Two backends that each fit the pool but not together: the pre-flight check says so
+/// for both, and a real batch of the same two then fails with the pool as it was.
+#[test]
+fn preflight_sums_backends_against_the_pool_and_a_real_batch_agrees() {
+    let pool = PoolGuard::set(HUGE, 3);
+    let mk = |id: &str| {
+        Backend::builder(Kind::Memfd, id)
+            .size(4 * MIB)
+            .hugetlb(true)
+            .prealloc(true)
+            .build()
+            .unwrap()
+    };
+    let (mut a, mut b) = (mk("a"), mk("b"));
+    let alone = hostmem::preflight::check(&[&a], &hostmem::HostTopology::read());
+    assert!(alone[0].fits(), "{:?}", alone[0].problems);
+    let both = hostmem::preflight::check(&[&a, &b], &hostmem::HostTopology::read());
+    let want = "memory-backend-memfd 'b': not enough 2 MiB huge pages: 4 needed, 3 free on the host (together with a of the same batch)";
+    assert!(both[0].fits(), "{:?}", both[0].problems);
+    assert_eq!(both[1].problems, [want]);
+    let before = pool.pool();
+    let e = Backend::complete_all(&mut [&mut a, &mut b], &hostmem::Progress::new()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        want,
+        "the real batch fails the same way, before mapping"
+    );
+    assert_eq!(pool.pool(), before, "a failed batch gives every page back");
+}
+
+#[test]
+fn preflight_names_a_page_size_the_host_does_not_offer_as_the_real_run_does() {
+    let b = Backend::builder(Kind::Memfd, "m")
+        .size(4 * MIB)
+        .hugetlb(true)
+        .hugetlbsize(MIB)
+        .build()
+        .unwrap();
+    let c = &hostmem::preflight::check(&[&b], &hostmem::HostTopology::read())[0];
+    let mut real = b;
+    let e = real.complete().unwrap_err().to_string();
+    assert_eq!(c.problems, std::slice::from_ref(&e));
+    assert!(e.contains("'hugetlbsize' = '1048576' is invalid"), "{e}");
+}

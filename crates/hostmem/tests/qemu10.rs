@@ -130,3 +130,21 @@ fn canonical_path_flag_is_kept_and_reported() {
         PropValue::Bool(true)
     );
 }
+
+#[test]
+fn a_readonly_directory_is_qemus_open_error() {
+    let dir = TempDir::new("rodir");
+    let e = Backend::builder(Kind::File, "f")
+        .size(MIB)
+        .mem_path(dir.path())
+        .readonly(true)
+        .create()
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "can't open backing store {} for guest RAM: Is a directory",
+            dir.path().display()
+        )
+    );
+}

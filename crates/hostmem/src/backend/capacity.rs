@@ -2,8 +2,11 @@
 //! a backend its pages, asked before mapping so a shortage is an error naming the page
 //! size, the pages needed and free, and the nodes, never a SIGBUS or a half-made object.
 
+use std::collections::BTreeMap;
+
 use super::Backend;
 use crate::error::{Error, Result, Shortage};
+use crate::kind::Plan;
 use crate::numa::{HostTopology, HugePool};
 
 /// Names a huge page shortage before mapping: host-wide for the reservation, and
@@ -65,8 +68,39 @@ fn shortage(b: &Backend, needed: u64, page_size: u64, free: u64, nodes: Vec<(u32
             needed,
             free,
             nodes,
+            with: Vec::new(),
         },
     }
+}
+
+/// The backends of a batch summed per huge page size against the host-wide pools, in
+/// order: each backend that would find the pool empty after the ones before it gets
+/// an error naming them (its index in `items`). Each one alone was checked already.
+pub(crate) fn check_batch(items: &[(&Backend, &Plan)]) -> Vec<(usize, Error)> {
+    let mut taken: BTreeMap<u64, (u64, Vec<String>)> = BTreeMap::new();
+    let mut short = Vec::new();
+    for (i, (b, plan)) in items.iter().enumerate() {
+        let c = &b.cfg.common;
+        if !plan.hugetlb || plan.existing_file || !(c.reserve || c.prealloc) {
+            continue;
+        }
+        let page = plan.page_size;
+        let needed = plan.len / page;
+        let (before, ids) = taken.entry(page).or_default();
+        if !ids.is_empty() {
+            let free = HugePool::read(page, None).map_or(0, |p| p.available());
+            if *before + needed > free {
+                let mut e = shortage(b, *before + needed, page, free, Vec::new());
+                if let Error::HugePagesShort { shortage, .. } = &mut e {
+                    shortage.with = ids.clone();
+                }
+                short.push((i, e));
+            }
+        }
+        *before += needed;
+        ids.push(b.id.clone());
+    }
+    short
 }
 
 /// Free huge pages of `page_size` on each node of `host-nodes`.

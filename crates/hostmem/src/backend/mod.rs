@@ -4,7 +4,7 @@
 //! [`capacity`], and live changes are in [`live`].
 
 mod builder;
-mod capacity;
+pub(crate) mod capacity;
 mod failure;
 mod hold;
 mod live;
@@ -183,6 +183,11 @@ impl Backend {
         for (i, b) in backends.iter().enumerate() {
             plans.push(b.validate(&host).map_err(at(i))?);
         }
+        // Each fits alone; together they must fit the pools too, before any is mapped.
+        let items: Vec<(&Backend, &Plan)> = backends.iter().map(|b| &**b).zip(&plans).collect();
+        if let Some((i, e)) = capacity::check_batch(&items).into_iter().next() {
+            return Err(at(i)(e));
+        }
         let mut placed = Vec::with_capacity(backends.len());
         for (i, (b, plan)) in backends.iter().zip(&plans).enumerate() {
             placed.push(b.map_and_place(plan, &host).map_err(at(i))?);
@@ -235,6 +240,12 @@ impl Backend {
             });
         }
         Ok(())
+    }
+
+    /// Every check that can be made before mapping memory, and what they learned (for
+    /// `preflight`).
+    pub(crate) fn check_plan(&self, host: &HostTopology) -> Result<Plan> {
+        self.validate(host)
     }
 
     /// Every check that can be made before mapping memory.

@@ -76,6 +76,14 @@ impl KindOps for FileConfig {
         let path = self.path_set()?;
         let size = t.common.size;
         let (page, hugetlb) = fs_page_size(path).map_err(|e| open_error(path, &e))?;
+        // QEMU opens a read-only mem-path as a file: a directory cannot be one, and no
+        // temp file is made for memory nobody may write.
+        if self.readonly && path.is_dir() {
+            return Err(open_error(
+                path,
+                &std::io::Error::from_raw_os_error(libc::EISDIR),
+            ));
+        }
         if self.align != 0 && (!self.align.is_power_of_two() || !self.align.is_multiple_of(page))
         {
             return Err(t.invalid(

@@ -1,0 +1,111 @@
+//! A pre-flight check of backends that are configured but not allocated: would they
+//! come to life on this host, and where would their memory come from? Nothing is
+//! mapped. Every check `complete` makes before mapping runs for each backend (policy,
+//! nodes, the kind's own rules, sizes, huge page pools), and the backends are summed
+//! against the pools together, as a batch preallocates them together — so a VM whose
+//! backends each fit but not all at once is caught before it starts.
+
+use crate::backend::{capacity, Backend};
+use crate::kind::{Kind, Plan};
+use crate::numa::{HostTopology, NodeSet, Policy};
+
+/// What a node offers the backend's memory now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRoom {
+    /// The node.
+    pub node: u32,
+    /// Free bytes on the node (`MemFree` of its meminfo).
+    pub mem_free: u64,
+    /// Free huge pages of the backend's page size on the node; None for memory of
+    /// base pages.
+    pub huge_free: Option<u64>,
+}
+
+/// The verdict on one backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendCheck {
+    /// Object id.
+    pub id: String,
+    /// Kind.
+    pub kind: Kind,
+    /// Bytes it would map (the size, rounded up to the page where the kind rounds).
+    pub bytes: u64,
+    /// Page size of its memory; None when its checks failed before it was known.
+    pub page_size: Option<u64>,
+    /// Whether its pages come from a huge page pool.
+    pub hugetlb: bool,
+    /// Its policy.
+    pub policy: Policy,
+    /// The nodes its memory may come from: its host-nodes for a policy that takes
+    /// nodes, otherwise every node with memory.
+    pub nodes: Vec<NodeRoom>,
+    /// Every reason it would fail, in the words allocation would use; empty: it fits.
+    pub problems: Vec<String>,
+}
+
+impl BackendCheck {
+    /// Whether it would come to life.
+    pub fn fits(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks `backends` as one batch against `host` (read it with `HostTopology::read`).
+pub fn check(backends: &[&Backend], host: &HostTopology) -> Vec<BackendCheck> {
+    let (mut out, plans): (Vec<BackendCheck>, Vec<Option<Plan>>) =
+        backends.iter().map(|b| one(b, host)).unzip();
+    // The same sum a batch makes before mapping, with the same words.
+    let planned: Vec<(usize, (&Backend, &Plan))> = backends
+        .iter()
+        .zip(&plans)
+        .enumerate()
+        .filter_map(|(i, (b, p))| Some((i, (*b, p.as_ref()?))))
+        .collect();
+    let items: Vec<(&Backend, &Plan)> = planned.iter().map(|(_, it)| *it).collect();
+    for (k, e) in capacity::check_batch(&items) {
+        out[planned[k].0].problems.push(e.to_string());
+    }
+    out
+}
+
+fn one(b: &Backend, host: &HostTopology) -> (BackendCheck, Option<Plan>) {
+    let common = &b.config().common;
+    let mut problems = Vec::new();
+    let plan = match b.check_plan(host) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+    };
+    let node_ids: NodeSet = if common.policy.takes_nodes() {
+        common.host_nodes.clone()
+    } else {
+        host.has_memory.clone()
+    };
+    let hugetlb = plan.as_ref().is_some_and(|p| p.hugetlb);
+    let page_size = plan.as_ref().map(|p| p.page_size);
+    let nodes = node_ids
+        .iter()
+        .filter_map(|n| host.node(n))
+        .map(|n| NodeRoom {
+            node: n.id,
+            mem_free: n.mem_free,
+            huge_free: match (hugetlb, page_size) {
+                (true, Some(page)) => Some(n.pool(page).map_or(0, |p| p.free)),
+                _ => None,
+            },
+        })
+        .collect();
+    let check = BackendCheck {
+        id: b.id().to_string(),
+        kind: b.kind(),
+        bytes: plan.as_ref().map_or(common.size, |p| p.len),
+        page_size,
+        hugetlb,
+        policy: common.policy,
+        nodes,
+        problems,
+    };
+    (check, plan)
+}
