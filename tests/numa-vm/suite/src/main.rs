@@ -507,6 +507,132 @@ fn run_two_backends(t: &Topo) -> Check {
     Ok(out.join("; "))
 }
 
+/// A 4-node VM's QEMU command line (libvirt-style JSON backends, one bound to each
+/// memory node, `-numa node,memdev=`): `--check` says every backend fits, and the real
+/// run puts each backend's pages on its node, as numa_maps of that process shows.
+fn qemu_cmdline_checked_then_run(t: &Topo) -> Check {
+    let nodes = t.mem.get(..4).ok_or("need 4 memory nodes")?;
+    let mut args: Vec<String> = ["qemu-system-x86_64", "-m", "128M", "-nodefaults", "-S"]
+        .map(String::from)
+        .to_vec();
+    for (i, n) in nodes.iter().enumerate() {
+        args.push("-object".into());
+        args.push(format!(
+            r#"{{"qom-type":"memory-backend-ram","id":"ram-node{i}","size":33554432,"prealloc":true,"policy":"bind","host-nodes":[{n}]}}"#
+        ));
+        args.push("-numa".into());
+        args.push(format!("node,nodeid={i},memdev=ram-node{i}"));
+    }
+    let check = Command::new("/bin/hostmem")
+        .args(["run", "--check", "--"])
+        .args(&args)
+        .output()
+        .map_err(|e| format!("starting /bin/hostmem: {e}"))?;
+    let text = String::from_utf8_lossy(&check.stdout);
+    ensure(
+        check.status.success() && text.matches(" fits").count() == 4,
+        || format!("--check: {}\n{text}", check.status),
+    )?;
+    let mut child = Command::new("/bin/hostmem")
+        .args(["run", "--json", "--hold", "--"])
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting /bin/hostmem: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().ok_or("no stdout")?)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let numa = std::fs::read_to_string(format!("/proc/{}/numa_maps", child.id()))
+        .map_err(|e| e.to_string())?;
+    drop(child.stdin.take());
+    let status = child.wait().map_err(|e| e.to_string())?;
+    ensure(status.success(), || format!("hostmem run exited {status}"))?;
+    let mut out = Vec::new();
+    for (i, &node) in nodes.iter().enumerate() {
+        let id = format!("ram-node{i}");
+        let addr = extract_addr(&line, &id)?;
+        let kernel = numa_maps_pages(&numa, addr)?;
+        ensure(
+            kernel.keys().all(|&k| k == node) && kernel.values().sum::<u64>() == 8192,
+            || format!("{id}: predicted node {node}, numa_maps {}", dist(&kernel)),
+        )?;
+        out.push(format!("{id}@{node}: {}", dist(&kernel)));
+    }
+    Ok(format!("--check: 4 fit; run: {}", out.join("; ")))
+}
+
+/// Pages per node of the VMA at `addr` in a numa_maps text.
+fn numa_maps_pages(numa: &str, addr: u64) -> Result<BTreeMap<u32, u64>, String> {
+    Ok(numa
+        .lines()
+        .find(|l| l.starts_with(&format!("{addr:x} ")))
+        .ok_or_else(|| format!("no numa_maps line at {addr:x}"))?
+        .split_whitespace()
+        .filter_map(|w| {
+            let (n, p) = w.strip_prefix('N')?.split_once('=')?;
+            Some((n.parse().ok()?, p.parse().ok()?))
+        })
+        .collect())
+}
+
+/// Huge page pools that are uneven across nodes: enough pages in total, none on the
+/// node the backend is bound to. `--check` names the node; the real run of the same
+/// line then fails with the same words.
+fn check_names_an_empty_node_pool_like_the_run(t: &Topo) -> Check {
+    let (full, empty) = (t.mem[0], t.mem[1]);
+    let _restore = Pools(
+        [full, empty]
+            .iter()
+            .map(|&n| (n, HugePool::read(2 * MIB, Some(n)).map_or(0, |p| p.total)))
+            .collect(),
+    );
+    HugePool::set_total(2 * MIB, Some(full), 8).map_err(|e| e.to_string())?;
+    HugePool::set_total(2 * MIB, Some(empty), 0).map_err(|e| e.to_string())?;
+    let args = [
+        "qemu-system-x86_64".to_string(),
+        "-m".into(),
+        "16M".into(),
+        "-object".into(),
+        format!("memory-backend-memfd,id=hp,size=16M,hugetlb=on,prealloc=on,policy=bind,host-nodes={empty}"),
+        "-numa".into(),
+        "node,memdev=hp".into(),
+    ];
+    let go = |check: bool| {
+        Command::new("/bin/hostmem")
+            .arg("run")
+            .args(check.then_some("--check"))
+            .arg("--")
+            .args(&args)
+            .output()
+            .map_err(|e| format!("starting /bin/hostmem: {e}"))
+    };
+    let (check, real) = (go(true)?, go(false)?);
+    let reason = format!("node {empty}: 0 free");
+    let (ce, re) = (
+        String::from_utf8_lossy(&check.stderr).to_string(),
+        String::from_utf8_lossy(&real.stderr).to_string(),
+    );
+    ensure(!check.status.success() && ce.contains(&reason), || {
+        format!("--check did not name node {empty}: {ce}")
+    })?;
+    ensure(!real.status.success() && re.contains(&reason), || {
+        format!("the run did not fail the same way: {re}")
+    })?;
+    Ok(format!(
+        "--check and run both: {}",
+        re.trim()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .rsplit("hp': ")
+            .next()
+            .unwrap_or("")
+    ))
+}
+
 /// The backend object of `id` in the run's one-line JSON (no JSON crate in the guest
 /// suite: the report's shape is fixed and flat enough to slice).
 fn backend_slice<'a>(json: &'a str, id: &str) -> Result<&'a str, String> {
@@ -567,7 +693,7 @@ fn main() {
         println!("numa-suite: 0 passed, 1 failed");
         std::process::exit(1);
     }
-    let tests: [Test; 12] = [
+    let tests: [Test; 14] = [
         ("bind-one-node", bind_one),
         ("bind-two-nodes", bind_two),
         ("interleave-four-nodes", interleave_four),
@@ -583,6 +709,14 @@ fn main() {
         ("prealloc-threads-on-bound-cpus", threads_on_bound_cpus),
         ("empty-node-pool-named", empty_pool_named),
         ("run-two-backends-vs-numa-maps", run_two_backends),
+        (
+            "qemu-cmdline-checked-then-run",
+            qemu_cmdline_checked_then_run,
+        ),
+        (
+            "check-names-empty-node-pool",
+            check_names_an_empty_node_pool_like_the_run,
+        ),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, f) in tests {
