@@ -312,6 +312,45 @@ mod tests {
         assert_eq!(tc.cpu_affinity().unwrap(), all);
     }
 
+    fn threads_named(name: &str) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter(|t| {
+                let comm = t.as_ref().unwrap().path().join("comm");
+                std::fs::read_to_string(comm).is_ok_and(|c| c.trim() == name)
+            })
+            .count()
+    }
+
+    #[test]
+    fn the_context_thread_ends_with_the_last_reference() {
+        let tc = Arc::new(ThreadContext::new("dropme"));
+        tc.complete().unwrap();
+        assert_eq!(threads_named("TC dropme"), 1);
+        let link = ContextLink::from(tc.clone());
+        drop(tc);
+        assert_eq!(threads_named("TC dropme"), 1, "a link keeps it");
+        drop(link);
+        assert_eq!(threads_named("TC dropme"), 0);
+    }
+
+    #[test]
+    fn links_compare_by_object_and_read_empty_once_detached() {
+        let a = Arc::new(ThreadContext::new("a"));
+        let b = Arc::new(ThreadContext::new("a"));
+        assert_eq!(ContextLink::from(a.clone()), ContextLink::from(a.clone()));
+        assert_ne!(ContextLink::from(a.clone()), ContextLink::from(b));
+        assert_ne!(ContextLink::from(a.clone()), ContextLink::default());
+        assert_eq!(ContextLink::default(), ContextLink::default());
+        let link = ContextLink::from(a.clone());
+        assert_eq!(link.to_string(), "/objects/a");
+        a.detach();
+        assert_eq!(link.to_string(), "");
+        assert_eq!(Affinity::from_name("node-affinity"), Some(Affinity::Nodes));
+        assert_eq!(Affinity::from_name("cpu-affinity"), Some(Affinity::Cpus));
+        assert_eq!(Affinity::from_name("thread-id"), None);
+    }
+
     #[test]
     fn empty_lists_and_nodes_without_cpus_get_qemus_messages() {
         let tc = ThreadContext::new("tc");

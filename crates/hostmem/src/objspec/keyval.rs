@@ -92,6 +92,24 @@ mod tests {
     }
 
     #[test]
+    fn qom_type_spelled_out_and_repeated_affinity_keys() {
+        let s = ObjectSpec::parse("qom-type=memory-backend-ram,id=m,size=1M").unwrap();
+        assert_eq!(s.ty, ObjectType::Backend(Kind::Ram));
+        let tc = ObjectSpec::parse("thread-context,id=t,cpu-affinity=0,cpu-affinity=1")
+            .unwrap()
+            .to_context()
+            .unwrap();
+        tc.complete().unwrap();
+        let allowed = crate::sys::allowed_cpus();
+        let want: Vec<usize> = [0, 1].into_iter().filter(|c| allowed.contains(c)).collect();
+        assert_eq!(tc.cpu_affinity().unwrap(), want, "both keys add up");
+        assert!(ObjectSpec::parse("memory-backend-ram,id=m,size=1M")
+            .unwrap()
+            .to_context()
+            .is_err());
+    }
+
+    #[test]
     fn errors_use_qemu_wording() {
         let e = |t: &str| {
             ObjectSpec::parse(t)

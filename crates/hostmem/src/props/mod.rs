@@ -188,6 +188,16 @@ mod tests {
     }
 
     #[test]
+    fn the_minimum_itself_is_taken_and_values_read_back_by_name() {
+        let mut c = Config::new(Kind::Ram, &MachineDefaults::default());
+        let size = lookup(Kind::Ram, "size").unwrap();
+        size.store(&mut c, PropValue::Int(1)).unwrap();
+        assert_eq!(c.get("size"), Some(PropValue::Int(1)));
+        assert_eq!(c.get("mem-path"), None, "not a ram property");
+        assert_eq!(size.description(), "size of the memory in bytes (required)");
+    }
+
+    #[test]
     fn memfd_and_shm_share_by_default() {
         let d = MachineDefaults::default();
         assert!(Config::new(Kind::Memfd, &d).common.share);

@@ -291,6 +291,63 @@ mod tests {
     }
 
     #[test]
+    fn on_off_auto_and_bool_spellings() {
+        for o in [OnOffAuto::On, OnOffAuto::Off, OnOffAuto::Auto] {
+            assert_eq!(
+                PropType::OnOffAuto.parse("rom", o.name()).unwrap(),
+                PropValue::OnOffAuto(o)
+            );
+        }
+        assert!(PropType::OnOffAuto.parse("rom", "maybe").is_err());
+        for t in ["on", "yes", "true", "y"] {
+            assert_eq!(parse_bool(t), Some(true), "{t}");
+        }
+        for f in ["off", "no", "false", "n"] {
+            assert_eq!(parse_bool(f), Some(false), "{f}");
+        }
+        assert_eq!(parse_bool("1"), None);
+    }
+
+    #[test]
+    fn qom_type_names_and_qapi_wording() {
+        let names: Vec<_> = [
+            PropType::Size,
+            PropType::Bool,
+            PropType::U32,
+            PropType::Nodes,
+            PropType::Policy,
+            PropType::Path,
+            PropType::OnOffAuto,
+            PropType::Link,
+        ]
+        .iter()
+        .map(|t| (t.qom_name(), t.expected()))
+        .collect();
+        assert_eq!(
+            names,
+            [
+                ("int", "uint64"),
+                ("bool", "boolean"),
+                ("int", "uint32"),
+                ("int", "a list of node ids"),
+                ("HostMemPolicy", "string"),
+                ("string", "string"),
+                ("OnOffAuto", "string"),
+                ("link<thread-context>", "string"),
+            ]
+        );
+    }
+
+    #[test]
+    fn unset_means_zero_or_an_empty_path() {
+        assert!(PropValue::Int(0).is_unset());
+        assert!(!PropValue::Int(1).is_unset());
+        assert!(PropValue::Path(PathBuf::new()).is_unset());
+        assert!(!PropValue::Path(PathBuf::from("/x")).is_unset());
+        assert!(!PropValue::Bool(false).is_unset());
+    }
+
+    #[test]
     fn u32_refuses_what_does_not_fit() {
         assert_eq!(u32::from_value(PropValue::Int(1 << 32)), None);
         assert_eq!(u32::from_value(PropValue::Int(7)), Some(7));
