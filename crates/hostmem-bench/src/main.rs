@@ -1,5 +1,6 @@
-//! `hostmem-bench`: preallocation speed of `hostmem run` against QEMU 7.2 and against
-//! memset, in one run (docs/bench.md). A separate program, not a subcommand of
+//! `hostmem-bench`: preallocation speed of `hostmem run` against QEMU (the reference is
+//! 10.0) and against memset, in one run (docs/bench.md), including a libvirt-style
+//! line (one `thread-context` per backend, named by its `prealloc-context`). A separate program, not a subcommand of
 //! `hostmem`: it runs QEMU, resizes the huge page pool and turns THP off, none of which
 //! belongs in the product binary.
 //!
@@ -51,9 +52,13 @@ pub struct BenchArgs {
     /// Unmeasured repetitions first, so memory the host has not backed yet is touched.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
-    /// Backend size (the four-backend case uses a quarter each).
+    /// Backend size (the four-backend case uses a quarter each, the libvirt-style case
+    /// shares it among its backends).
     #[arg(long, default_value = "4G")]
     size: String,
+    /// Backends in the libvirt-style line, each with its own thread-context.
+    #[arg(long, default_value_t = 2)]
+    libvirt_backends: usize,
     /// QEMU binary to compare with.
     #[arg(long, default_value = "qemu-system-x86_64")]
     qemu: String,
@@ -64,6 +69,10 @@ pub struct BenchArgs {
     /// Print one JSON document instead of tables.
     #[arg(long)]
     json: bool,
+    /// Also write the JSON document (medians, every sample, targets) to this file, so a
+    /// run printed as tables keeps its samples.
+    #[arg(long, value_name = "FILE")]
+    save_json: Option<PathBuf>,
 }
 
 /// CPUs this process may run on (its affinity mask, as the library's default
@@ -95,8 +104,12 @@ fn run(args: &BenchArgs) -> Result<String, String> {
     for rep in 0..reps {
         repetition(&mut ctx, rep)?;
     }
+    let json = format!("{}\n", report::json_output(&ctx, reps, args.warmup));
+    if let Some(path) = &args.save_json {
+        std::fs::write(path, &json).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     Ok(if args.json {
-        format!("{}\n", report::json_output(&ctx, reps, args.warmup))
+        json
     } else {
         report::text_output(&ctx, reps, args.warmup)
     })

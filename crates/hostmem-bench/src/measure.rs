@@ -13,7 +13,7 @@ use hostmem_cli::signals::Stop;
 use crate::guards::NoThp;
 use crate::inproc::{make_backend, memset_gibs, time_ms};
 use crate::plan::{Mem, Plan, HUGE_2M};
-use crate::runner::time_both;
+use crate::runner::{time_both, time_runs, Tool};
 use crate::stats::{rate_beyond, Samples};
 
 /// Stops the bench between measurements after SIGINT/SIGTERM (the running prealloc is
@@ -108,6 +108,46 @@ fn four(ctx: &mut Ctx, rep: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// The libvirt-style line and the same backends without contexts, each given to
+/// `hostmem run` and to QEMU: four runs per repetition, in an order that rotates, after
+/// the same four with prealloc off (the startup baselines).
+fn libvirt(ctx: &mut Ctx, rep: usize) -> Result<(), String> {
+    const RUNS: [(&str, Tool, bool); 4] = [
+        ("run-tc", Tool::Hostmem, true),
+        ("qemu-tc", Tool::Qemu, true),
+        ("run-plain", Tool::Hostmem, false),
+        ("qemu-plain", Tool::Qemu, false),
+    ];
+    fn runs(lines: &[Vec<String>]) -> Vec<(Tool, &[String])> {
+        RUNS.iter()
+            .zip(lines)
+            .map(|(&(_, tool, _), l)| (tool, l.as_slice()))
+            .collect()
+    }
+    let lv = &ctx.plan.libvirt;
+    let lines = |prealloc| -> Vec<Vec<String>> {
+        RUNS.iter()
+            .map(|&(_, _, tc)| lv.line(tc, prealloc))
+            .collect()
+    };
+    let (off, on) = (lines(false), lines(true));
+    let total = lv.total();
+    let base = time_runs(&ctx.plan, &runs(&off), rep)?;
+    ctx.check_stop()?;
+    let full = time_runs(&ctx.plan, &runs(&on), rep)?;
+    for (i, &(key, _, _)) in RUNS.iter().enumerate() {
+        ctx.samples.push(
+            format!("libvirt/{key}"),
+            rate_beyond(total, full[i], base[i]),
+        );
+        ctx.samples
+            .push(format!("libvirt/{key}/ms"), Some(full[i] * 1e3));
+        ctx.samples
+            .push(format!("libvirt/{key}/base-ms"), Some(base[i] * 1e3));
+    }
+    Ok(())
+}
+
 /// `hostmem run` of a preallocated 2 MiB backend against QEMU starting with it.
 fn end_to_end(ctx: &mut Ctx, rep: usize) -> Result<(), String> {
     let spec = [Mem::RamThp.spec("m0", HUGE_2M, true, 1)];
@@ -125,6 +165,8 @@ pub fn repetition(ctx: &mut Ctx, rep: usize) -> Result<(), String> {
     }
     ctx.check_stop()?;
     four(ctx, rep)?;
+    ctx.check_stop()?;
+    libvirt(ctx, rep)?;
     ctx.check_stop()?;
     end_to_end(ctx, rep)
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use hostmem::size::parse_size;
+use hostmem::HostTopology;
 
 use crate::BenchArgs;
 
@@ -57,6 +58,64 @@ impl Mem {
     }
 }
 
+/// The libvirt-style case: several `memory-backend-ram` objects written the way
+/// libvirt writes a NUMA guest's memory (JSON `-object`, each backend bound to a host
+/// node, `prealloc`, and one `thread-context` per backend with that node's
+/// `node-affinity`, named by the backend's `prealloc-context`; no `prealloc-threads`,
+/// as libvirt without `<allocation threads=...>`), and the same backends without the
+/// contexts ("plain").
+pub struct Libvirt {
+    /// Bytes per backend (whole 2 MiB pages).
+    pub each: u64,
+    /// The host node each backend is bound to (and its context's `node-affinity`).
+    pub nodes: Vec<u32>,
+}
+
+impl Libvirt {
+    /// Backends that share `total` bytes, spread round robin over the nodes that have
+    /// both memory and CPUs (node 0 where the host says nothing).
+    pub fn new(total: u64, backends: usize, host: &HostTopology) -> Libvirt {
+        let mut usable: Vec<u32> = host
+            .has_memory
+            .iter()
+            .filter(|&n| host.has_cpu.contains(n))
+            .collect();
+        if usable.is_empty() {
+            usable = vec![0];
+        }
+        let backends = backends.max(1);
+        Libvirt {
+            each: total / backends as u64 / HUGE_2M * HUGE_2M,
+            nodes: (0..backends).map(|i| usable[i % usable.len()]).collect(),
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.each * self.nodes.len() as u64
+    }
+
+    /// The objects, in libvirt's order and key order (each context right before its
+    /// backend); `contexts: false` is the same line without them.
+    pub fn line(&self, contexts: bool, prealloc: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let tc = if contexts {
+                out.push(format!(
+                    r#"{{"qom-type":"thread-context","id":"tc-ram-node{i}","node-affinity":[{node}]}}"#
+                ));
+                format!(r#","prealloc-context":"tc-ram-node{i}""#)
+            } else {
+                String::new()
+            };
+            out.push(format!(
+                r#"{{"qom-type":"memory-backend-ram","id":"ram-node{i}","prealloc":{prealloc},"size":{},"host-nodes":[{node}],"policy":"bind"{tc}}}"#,
+                self.each
+            ));
+        }
+        out
+    }
+}
+
 /// What the run measures and with what.
 pub struct Plan {
     pub size: u64,
@@ -66,6 +125,9 @@ pub struct Plan {
     /// The `hostmem` binary whose `run` is timed against QEMU.
     pub hostmem: PathBuf,
     pub qemu: String,
+    /// How the tables name QEMU: `QEMU 10.0` from its `--version`.
+    pub qemu_label: String,
+    pub libvirt: Libvirt,
 }
 
 /// The `hostmem` binary built next to this one (`target/release/hostmem` when the bench
@@ -79,6 +141,20 @@ fn sibling_hostmem() -> Result<PathBuf, String> {
 /// Whether `program --version` runs at all.
 fn runs(program: &std::ffi::OsStr) -> bool {
     Command::new(program).arg("--version").output().is_ok()
+}
+
+/// `QEMU 10.0` from `QEMU emulator version 10.0.2 (Debian ...)`; `QEMU` when the line
+/// says no version.
+pub fn qemu_label(version_line: &str) -> String {
+    version_line
+        .split_whitespace()
+        .skip_while(|w| *w != "version")
+        .nth(1)
+        .and_then(|v| {
+            let mut p = v.split('.');
+            Some(format!("QEMU {}.{}", p.next()?, p.next()?))
+        })
+        .unwrap_or_else(|| "QEMU".into())
 }
 
 pub fn make_plan(args: &BenchArgs, cpus: usize) -> Result<Plan, String> {
@@ -106,12 +182,17 @@ pub fn make_plan(args: &BenchArgs, cpus: usize) -> Result<Plan, String> {
             args.qemu
         ));
     }
+    if args.libvirt_backends == 0 {
+        return Err("--libvirt-backends: expected at least 1".into());
+    }
     Ok(Plan {
         size,
         cpus,
         threads,
         hostmem,
         qemu: args.qemu.clone(),
+        qemu_label: qemu_label(&crate::runner::qemu_version(&args.qemu)),
+        libvirt: Libvirt::new(size, args.libvirt_backends, &HostTopology::read()),
     })
 }
 
@@ -125,5 +206,37 @@ mod tests {
         let s = Mem::MemfdHuge2m.spec("m0", 1 << 30, true, 2);
         assert_eq!(s, "memory-backend-memfd,id=m0,size=1073741824,hugetlb=on,hugetlbsize=2M,prealloc=on,prealloc-threads=2");
         assert!(ObjectSpec::parse(&s).is_ok());
+    }
+
+    #[test]
+    fn libvirt_line_has_one_context_per_backend() {
+        let lv = Libvirt {
+            each: 1 << 30,
+            nodes: vec![0, 0],
+        };
+        let line = lv.line(true, true);
+        assert_eq!(line.len(), 4);
+        assert_eq!(
+            line[0],
+            r#"{"qom-type":"thread-context","id":"tc-ram-node0","node-affinity":[0]}"#
+        );
+        assert_eq!(
+            line[1],
+            r#"{"qom-type":"memory-backend-ram","id":"ram-node0","prealloc":true,"size":1073741824,"host-nodes":[0],"policy":"bind","prealloc-context":"tc-ram-node0"}"#
+        );
+        for s in &line {
+            ObjectSpec::parse(s).unwrap();
+        }
+        let plain = lv.line(false, false);
+        assert_eq!(plain.len(), 2);
+        assert!(plain.iter().all(|s| !s.contains("context")));
+        assert!(plain[1].contains(r#""id":"ram-node1","prealloc":false"#));
+    }
+
+    #[test]
+    fn qemu_label_from_version_line() {
+        let v = "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)";
+        assert_eq!(qemu_label(v), "QEMU 10.0");
+        assert_eq!(qemu_label("unknown"), "QEMU");
     }
 }

@@ -10,7 +10,7 @@ use rustix::system::uname;
 use serde_json::{json, Value};
 
 use crate::measure::Ctx;
-use crate::plan::{Mem, HUGE_2M};
+use crate::plan::{Libvirt, Mem, HUGE_2M};
 use crate::runner::qemu_version;
 use crate::stats::{fmt_num, fmt_ratio, ratio, Samples};
 use crate::targets::{targets, Target};
@@ -60,7 +60,7 @@ fn header(ctx: &Ctx, reps: usize, warmup: usize) -> String {
     s
 }
 
-fn single_table(s: &Samples, threads: &[usize]) -> String {
+fn single_table(s: &Samples, threads: &[usize], qemu: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -68,7 +68,7 @@ fn single_table(s: &Samples, threads: &[usize]) -> String {
         "prealloc GiB/s",
         "thr",
         "hostmem run",
-        "QEMU 7.2",
+        qemu,
         "hm/QEMU",
         "in-process",
         "memset",
@@ -95,12 +95,12 @@ fn single_table(s: &Samples, threads: &[usize]) -> String {
     out
 }
 
-fn other_tables(s: &Samples, size: u64) -> String {
+fn other_tables(s: &Samples, size: u64, qemu: &str) -> String {
     let mut out = String::new();
     let ms = |k: &str| fmt_num(s.median(k), 1);
     let _ = writeln!(
         out,
-        "\nstartup with prealloc=off, ms        hostmem run   QEMU 7.2"
+        "\nstartup with prealloc=off, ms        hostmem run {qemu:>10}"
     );
     for mem in Mem::ALL {
         let k = mem.key();
@@ -145,14 +145,63 @@ fn other_tables(s: &Samples, size: u64) -> String {
     out
 }
 
+/// The libvirt-style line against QEMU, with and without its thread-contexts.
+fn libvirt_table(s: &Samples, lv: &Libvirt, qemu: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nlibvirt-style line: {} memory-backend-ram of {} (JSON -object, prealloc, policy bind, host nodes {}),",
+        lv.nodes.len(),
+        format_size(lv.each),
+        lv.nodes
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "each with its own thread-context (node-affinity: its node) as prealloc-context; prealloc-threads unset"
+    );
+    let _ = writeln!(
+        out,
+        "  {:<36} {:>8} {:>11} {:>11}",
+        "", "GiB/s", "process ms", "startup ms"
+    );
+    let rows = [
+        ("run-tc", "hostmem run, with contexts".to_string()),
+        ("qemu-tc", format!("{qemu}, with contexts")),
+        ("run-plain", "hostmem run, plain (no contexts)".to_string()),
+        ("qemu-plain", format!("{qemu}, plain (no contexts)")),
+    ];
+    for (k, label) in rows {
+        let _ = writeln!(
+            out,
+            "  {label:<36} {:>8} {:>11} {:>11}",
+            fmt_num(s.median(&format!("libvirt/{k}")), 2),
+            fmt_num(s.median(&format!("libvirt/{k}/ms")), 1),
+            fmt_num(s.median(&format!("libvirt/{k}/base-ms")), 1),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  (a) hostmem / {qemu}, same line with contexts: {}   (b) hostmem plain / {qemu} with contexts: {}",
+        fmt_ratio(s.ratio("libvirt/run-tc", "libvirt/qemu-tc")),
+        fmt_ratio(s.ratio("libvirt/run-plain", "libvirt/qemu-tc")),
+    );
+    out
+}
+
 /// The run as people read it.
 pub fn text_output(ctx: &Ctx, reps: usize, warmup: usize) -> String {
     let s = &ctx.samples;
     let mut out = header(ctx, reps, warmup);
-    out.push_str(&single_table(s, &ctx.plan.threads));
-    out.push_str(&other_tables(s, ctx.plan.size));
+    let q = &ctx.plan.qemu_label;
+    out.push_str(&single_table(s, &ctx.plan.threads, q));
+    out.push_str(&other_tables(s, ctx.plan.size, q));
+    out.push_str(&libvirt_table(s, &ctx.plan.libvirt, q));
     out.push_str("\ntargets (medians)\n");
-    for t in targets(s, &ctx.plan.threads, ctx.plan.size) {
+    for t in targets(s, &ctx.plan) {
         out.push_str(&t.line());
         out.push('\n');
     }
@@ -178,6 +227,8 @@ pub fn json_output(ctx: &Ctx, reps: usize, warmup: usize) -> Value {
         "thp-bytes-in-4k-backend": ctx.thp_seen_4k,
         "medians": medians,
         "samples": s.0,
-        "targets": targets(s, &ctx.plan.threads, ctx.plan.size).iter().map(Target::json).collect::<Vec<_>>(),
+        "libvirt-line": ctx.plan.libvirt.line(true, true),
+        "libvirt-plain-line": ctx.plan.libvirt.line(false, true),
+        "targets": targets(s, &ctx.plan).iter().map(Target::json).collect::<Vec<_>>(),
     })
 }

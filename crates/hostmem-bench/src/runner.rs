@@ -10,7 +10,7 @@ use hostmem::{ObjectSpec, Progress};
 use crate::inproc::make_backend;
 use crate::plan::Plan;
 
-/// QEMU 7.2 on a machine that does nothing: it creates (and preallocates) the objects,
+/// QEMU (10.0 is the reference) on a machine that does nothing: it creates (and preallocates) the objects,
 /// then the monitor reads `quit` from stdin and the process exits by itself.
 const QEMU_ARGS: &[&str] = &[
     "-machine",
@@ -64,42 +64,57 @@ fn qemu_cmd(plan: &Plan, specs: &[String]) -> Command {
     c
 }
 
+/// Which program a run starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    Hostmem,
+    Qemu,
+}
+
 /// Times `hostmem run` and QEMU with the same objects, in an order that flips with the
 /// repetition so neither tool always runs on memory the other just freed.
+pub fn time_both(plan: &Plan, specs: &[String], rep: usize) -> Result<(f64, f64), String> {
+    let t = time_runs(plan, &[(Tool::Hostmem, specs), (Tool::Qemu, specs)], rep)?;
+    Ok((t[0], t[1]))
+}
+
+/// Times each run (a program and its objects), returned in the order given but run in
+/// an order rotated by the repetition (for two runs: flipped every other one), so no
+/// run always goes first.
 ///
 /// Each run is primed: on this host memory freed a few seconds ago may have been handed
 /// back to the hypervisor and costs several times more to touch again, and without the
 /// primer whichever tool ran first got that cold memory and the second the warm memory
 /// the first had just freed. The primer touches and frees as much memory as the run
-/// needs right before it, so both tools start alike.
-pub fn time_both(plan: &Plan, specs: &[String], rep: usize) -> Result<(f64, f64), String> {
-    let bytes = specs_bytes(specs);
-    let run_hm = || {
-        prime(bytes, plan.cpus)?;
-        time_process(hostmem_cmd(plan, specs), b"")
-    };
-    let run_qemu = || {
-        prime(bytes, plan.cpus)?;
-        time_process(qemu_cmd(plan, specs), QEMU_INPUT)
-    };
-    if rep.is_multiple_of(2) {
-        let h = run_hm()?;
-        Ok((h, run_qemu()?))
-    } else {
-        let q = run_qemu()?;
-        Ok((run_hm()?, q))
+/// needs right before it, so every run starts alike.
+pub fn time_runs(plan: &Plan, runs: &[(Tool, &[String])], rep: usize) -> Result<Vec<f64>, String> {
+    let mut times = vec![0.0; runs.len()];
+    for i in run_order(runs.len(), rep) {
+        let (tool, specs) = runs[i];
+        prime(specs_bytes(specs), plan.cpus)?;
+        times[i] = match tool {
+            Tool::Hostmem => time_process(hostmem_cmd(plan, specs), b"")?,
+            Tool::Qemu => time_process(qemu_cmd(plan, specs), QEMU_INPUT)?,
+        };
     }
+    Ok(times)
 }
 
-/// Bytes the objects ask for (those with prealloc=on).
+/// 0..n rotated left by `rep`.
+fn run_order(n: usize, rep: usize) -> Vec<usize> {
+    (0..n).map(|i| (i + rep) % n.max(1)).collect()
+}
+
+/// Bytes the objects ask for (backends with prealloc=on; a `prealloc-context` does not
+/// change the size, so it is left out rather than resolved).
 fn specs_bytes(specs: &[String]) -> u64 {
     let defaults = hostmem::MachineDefaults::default();
     specs
         .iter()
         .filter_map(|s| {
-            ObjectSpec::parse(s)
-                .and_then(|o| o.to_backend(&defaults))
-                .ok()
+            let mut o = ObjectSpec::parse(s).ok()?;
+            o.props.retain(|(k, _)| k != "prealloc-context");
+            o.to_backend(&defaults).ok()
         })
         .filter(|b| b.config().common.prealloc)
         .map(|b| b.size())
@@ -144,5 +159,21 @@ mod tests {
             Mem::MemfdShmem.spec("b", 1 << 30, false, 1),
         ];
         assert_eq!(specs_bytes(&specs), 1 << 30);
+    }
+
+    #[test]
+    fn primer_size_counts_backends_with_a_prealloc_context() {
+        let specs = [
+            r#"{"qom-type":"thread-context","id":"tc0","node-affinity":[0]}"#.to_string(),
+            r#"{"qom-type":"memory-backend-ram","id":"r0","prealloc":true,"size":4194304,"prealloc-context":"tc0"}"#.to_string(),
+        ];
+        assert_eq!(specs_bytes(&specs), 4 << 20);
+    }
+
+    #[test]
+    fn run_order_rotates_with_the_repetition() {
+        assert_eq!(run_order(2, 0), [0, 1]);
+        assert_eq!(run_order(2, 1), [1, 0]);
+        assert_eq!(run_order(4, 2), [2, 3, 0, 1]);
     }
 }

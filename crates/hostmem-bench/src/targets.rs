@@ -4,7 +4,7 @@
 use hostmem::size::format_size;
 use serde_json::{json, Value};
 
-use crate::plan::Mem;
+use crate::plan::{Mem, Plan};
 use crate::stats::Samples;
 
 /// One target: what is compared, the bound, and the measured value.
@@ -49,7 +49,8 @@ impl Target {
     }
 }
 
-pub fn targets(s: &Samples, threads: &[usize], size: u64) -> Vec<Target> {
+pub fn targets(s: &Samples, plan: &Plan) -> Vec<Target> {
+    let (threads, size) = (&plan.threads, plan.size);
     let mut out = Vec::new();
     let at_least = |what: String, measured, bound, unit| Target {
         what,
@@ -71,6 +72,20 @@ pub fn targets(s: &Samples, threads: &[usize], size: u64) -> Vec<Target> {
         what.into(),
         s.ratio("four/run", "four/qemu"),
         1.6,
+        "×",
+    ));
+    let what = "(a) libvirt line: hostmem / QEMU GiB/s";
+    out.push(at_least(
+        what.into(),
+        s.ratio("libvirt/run-tc", "libvirt/qemu-tc"),
+        1.0,
+        "×",
+    ));
+    let what = "(b) plain line / QEMU's libvirt line GiB/s";
+    out.push(at_least(
+        what.into(),
+        s.ratio("libvirt/run-plain", "libvirt/qemu-tc"),
+        1.0,
         "×",
     ));
     for t in threads {

@@ -25,40 +25,48 @@ pub fn add(shared: &Shared, args: Args) -> Result<Value, QmpError> {
     match spec.ty {
         ObjectType::ThreadContext => {
             let tc = spec.to_context()?;
-            shared
-                .registry
-                .reserve(&id)
-                .map_err(|e| QmpError::generic(e.to_string()))?;
-            match tc.complete() {
-                Ok(()) => {
-                    shared.registry.fill_context(tc);
-                    Ok(json!({}))
-                }
-                Err(e) => {
-                    shared.registry.release(&id);
-                    Err(e.into())
-                }
-            }
+            in_slot(
+                shared,
+                &id,
+                || tc.complete().map(|()| tc),
+                |tc| shared.registry.fill_context(tc),
+            )
         }
         ObjectType::Backend(_) => {
             let mut b = spec.to_backend_with(&shared.defaults, &resolver(shared))?;
             shared.limits.check(&id, b.config())?;
-            shared
-                .registry
-                .reserve(&id)
-                .map_err(|e| QmpError::generic(e.to_string()))?;
             // No lock is held while the memory is mapped and preallocated.
             let progress = shared.track_prealloc();
-            match b.complete_with(&progress) {
-                Ok(()) => {
-                    shared.registry.fill(b);
-                    Ok(json!({}))
-                }
-                Err(e) => {
-                    shared.registry.release(&id);
-                    Err(e.into())
-                }
-            }
+            in_slot(
+                shared,
+                &id,
+                || b.complete_with(&progress).map(|()| b),
+                |b| shared.registry.fill(b),
+            )
+        }
+    }
+}
+
+/// Takes the id, makes the object (which may take long: no table lock is held), then
+/// puts it in its slot, or gives the id back if making it failed.
+fn in_slot<T>(
+    shared: &Shared,
+    id: &str,
+    make: impl FnOnce() -> hostmem::Result<T>,
+    fill: impl FnOnce(T),
+) -> Result<Value, QmpError> {
+    shared
+        .registry
+        .reserve(id)
+        .map_err(|e| QmpError::generic(e.to_string()))?;
+    match make() {
+        Ok(object) => {
+            fill(object);
+            Ok(json!({}))
+        }
+        Err(e) => {
+            shared.registry.release(id);
+            Err(e.into())
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::os::fd::OwnedFd;
 
-use super::{CreatedFile, KindOps, KindSpec, Mapped, Plan, Target};
+use super::{KindOps, KindSpec, Mapped, Plan, Target};
 use crate::error::Result;
 use crate::numa::topology::{default_huge_page_size, huge_page_sizes};
 use crate::props::group::property_group;
@@ -97,12 +97,6 @@ impl KindOps for MemfdConfig {
             ..Default::default()
         };
         let map = RawMapping::map(plan.len as usize, Some(&fd), 0, opts).map_err(fail)?;
-        Ok(Mapped {
-            map,
-            fd: Some(fd),
-            fd_offset: 0,
-            created_file: CreatedFile::default(),
-            notes: Vec::new(),
-        })
+        Ok(Mapped::of_fd(map, fd))
     }
 }

@@ -234,6 +234,14 @@ pub(crate) struct Mapped {
 }
 
 impl Mapped {
+    /// Memory mapped from the whole of a descriptor this kind made (memfd, shm).
+    pub fn of_fd(map: RawMapping, fd: OwnedFd) -> Mapped {
+        Mapped {
+            fd: Some(fd),
+            ..Mapped::anonymous(map)
+        }
+    }
+
     /// Memory without a descriptor or created file.
     pub fn anonymous(map: RawMapping) -> Mapped {
         Mapped {
