@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::NodeSet;
-use crate::sys;
+use std::sync::OnceLock;
+
+use super::{KernelMode, NodeSet, Policy};
+use crate::sys::{self, mpol};
 
 const NODE_DIR: &str = "/sys/devices/system/node";
 const HUGEPAGES_DIR: &str = "/sys/kernel/mm/hugepages";
@@ -184,26 +186,102 @@ impl NodeInfo {
     }
 }
 
-/// Which optional kernel interfaces the running kernel has.
+/// Where the per-node weights of MPOL_WEIGHTED_INTERLEAVE live (Linux 6.9+).
+pub const WEIGHTED_INTERLEAVE_DIR: &str = "/sys/kernel/mm/mempolicy/weighted_interleave";
+
+/// Which optional kernel interfaces the running kernel has, probed on scratch mappings
+/// (never judged from the version string: distributions backport features and kernel
+/// configs leave some out). Probed once per process: [`Features::probe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Features {
-    /// MADV_POPULATE_WRITE (5.14): prealloc without SIGBUS risk.
+    /// MADV_POPULATE_WRITE (5.14): prealloc without SIGBUS risk. The madvise succeeded
+    /// on a scratch page.
     pub populate_write: bool,
-    /// MPOL_PREFERRED_MANY (5.15).
+    /// MPOL_PREFERRED_MANY (5.15): mbind accepted it on a scratch page.
     pub preferred_many: bool,
-    /// MPOL_WEIGHTED_INTERLEAVE (6.9).
+    /// MPOL_WEIGHTED_INTERLEAVE (6.9): mbind accepted it on a scratch page.
     pub weighted_interleave: bool,
+    /// The weights weighted interleave uses are in sysfs
+    /// ([`WEIGHTED_INTERLEAVE_DIR`] is a directory).
+    pub interleave_weights: bool,
+    /// Per policy of [`Policy::ALL`]: the mode get_mempolicy read back after mbind set
+    /// the policy's mode on a scratch page (on one node with memory for the policies
+    /// that take nodes); None where mbind refused it.
+    modes: [Option<KernelMode>; Policy::ALL.len()],
 }
 
+/// The kernel's mode number for a policy, as probed: one node for those that take nodes.
+fn probe_mode(p: Policy) -> i32 {
+    match p {
+        Policy::Default => mpol::DEFAULT,
+        Policy::Preferred => mpol::PREFERRED,
+        Policy::Bind => mpol::BIND,
+        Policy::Interleave => mpol::INTERLEAVE,
+        Policy::PreferredMany => mpol::PREFERRED_MANY,
+        Policy::WeightedInterleave => mpol::WEIGHTED_INTERLEAVE,
+        Policy::Local => mpol::LOCAL,
+    }
+}
+
+/// A node this process may allocate on and that has memory, for the policy probes: the
+/// first of `has_memory` in the process's `Mems_allowed_list` (cpusets), else node 0.
+fn probe_node() -> u32 {
+    let has_memory = read_nodes("has_memory");
+    let allowed = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            let l = t.lines().find(|l| l.starts_with("Mems_allowed_list:"))?;
+            NodeSet::parse(l.split_once(':')?.1.trim()).ok()
+        })
+        .unwrap_or_default();
+    let first = has_memory
+        .iter()
+        .find(|&n| allowed.is_empty() || allowed.contains(n));
+    first.unwrap_or(0)
+}
+
+static PROBED: OnceLock<Features> = OnceLock::new();
+
 impl Features {
-    /// What a kernel of version `v` (major, minor) has, judged by the version alone:
-    /// nothing is probed, so backported features are not seen.
-    pub fn for_version(v: (u32, u32)) -> Features {
-        Features {
-            populate_write: v >= (5, 14),
-            preferred_many: v >= (5, 15),
-            weighted_interleave: v >= (6, 9),
-        }
+    /// The running kernel's features, probed on the first call in this process and
+    /// remembered after: MADV_POPULATE_WRITE on a scratch page, every policy's mode set
+    /// with mbind and read back with get_mempolicy on a scratch page, the weighted
+    /// interleave weights by their sysfs directory.
+    pub fn probe() -> Features {
+        *PROBED.get_or_init(Features::probe_now)
+    }
+
+    fn probe_now() -> Features {
+        let node = probe_node();
+        let modes = Policy::ALL.map(|p| {
+            let nodes = p.takes_nodes().then_some(node);
+            sys::probe_mempolicy(probe_mode(p), nodes)
+                .ok()
+                .map(KernelMode::from_raw)
+        });
+        let mut f = Features {
+            populate_write: sys::probe_populate_write().is_ok(),
+            preferred_many: false,
+            weighted_interleave: false,
+            interleave_weights: Path::new(WEIGHTED_INTERLEAVE_DIR).is_dir(),
+            modes,
+        };
+        f.preferred_many = f.supports(Policy::PreferredMany);
+        f.weighted_interleave = f.supports(Policy::WeightedInterleave);
+        f
+    }
+
+    /// Whether mbind accepted the policy's mode on a scratch page.
+    pub fn supports(&self, p: Policy) -> bool {
+        self.read_back(p).is_some()
+    }
+
+    /// The mode get_mempolicy reported after the policy's mode was set on a scratch
+    /// page (older kernels report `local` as `preferred` without nodes); None where
+    /// mbind refused the mode.
+    pub fn read_back(&self, p: Policy) -> Option<KernelMode> {
+        let i = Policy::ALL.iter().position(|&q| q == p)?;
+        self.modes[i]
     }
 }
 
@@ -213,9 +291,10 @@ pub struct HostTopology {
     /// The running kernel's release (uname), e.g. `6.8.0-45-generic`; empty if uname
     /// fails.
     pub kernel_release: String,
-    /// (major, minor) of `kernel_release`: policies and features are checked against it.
+    /// (major, minor) of `kernel_release`: policies are checked against it
+    /// ([`Policy::min_kernel`]); kernel interfaces are probed instead (`features`).
     pub kernel_version: (u32, u32),
-    /// Kernel interfaces, judged from `kernel_version`.
+    /// Kernel interfaces, probed once per process ([`Features::probe`]).
     pub features: Features,
     /// Nodes this kernel could ever have (`/sys/devices/system/node/possible`): a
     /// host-nodes id outside it does not exist here. Just node 0 without NUMA.
@@ -309,16 +388,14 @@ impl HostTopology {
         let interleave_weights = online
             .iter()
             .filter_map(|n| {
-                let w = read_u64(format!(
-                    "/sys/kernel/mm/mempolicy/weighted_interleave/node{n}"
-                ))?;
+                let w = read_u64(format!("{WEIGHTED_INTERLEAVE_DIR}/node{n}"))?;
                 Some((n, w as u32))
             })
             .collect();
         HostTopology {
             kernel_release,
             kernel_version,
-            features: Features::for_version(kernel_version),
+            features: Features::probe(),
             possible,
             online,
             has_memory,
@@ -399,6 +476,28 @@ mod tests {
     fn cpu_lists() {
         assert_eq!(parse_cpu_list("0-2,5\n"), vec![0, 1, 2, 5]);
         assert!(parse_cpu_list("").is_empty());
+    }
+
+    /// The probes can say no: a mode number past the kernel's last one, and a node that
+    /// does not exist, are refused by mbind on the scratch page.
+    #[test]
+    fn the_policy_probe_reports_what_mbind_refuses() {
+        let e = sys::probe_mempolicy(mpol::WEIGHTED_INTERLEAVE + 10, Some(0)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+        let missing = sys::probe_mempolicy(mpol::BIND, Some(1000));
+        assert!(missing.is_err(), "{missing:?}");
+        assert_eq!(
+            sys::probe_mempolicy(mpol::BIND, Some(probe_node())).unwrap(),
+            mpol::BIND,
+            "get_mempolicy reads back the mode mbind set"
+        );
+    }
+
+    #[test]
+    fn features_are_probed_once_per_process() {
+        let a = Features::probe();
+        assert_eq!(PROBED.get(), Some(&a));
+        assert_eq!(HostTopology::read().features, a);
     }
 
     #[test]
