@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Args;
+use hostmem::numa::Features;
 use hostmem::size::format_size;
-use hostmem::HostTopology;
+use hostmem::{HostTopology, Policy};
 use serde_json::{json, Value};
 
 pub const EXAMPLES: &str = "Examples:
@@ -26,11 +27,7 @@ pub fn to_json(t: &HostTopology) -> Value {
     };
     json!({
         "kernel": t.kernel_release,
-        "features": {
-            "madv-populate-write": t.features.populate_write,
-            "mpol-preferred-many": t.features.preferred_many,
-            "mpol-weighted-interleave": t.features.weighted_interleave,
-        },
+        "features": features_json(&t.features),
         "possible-nodes": t.possible.iter().collect::<Vec<_>>(),
         "online-nodes": t.online.iter().collect::<Vec<_>>(),
         "nodes-with-memory": t.has_memory.iter().collect::<Vec<_>>(),
@@ -52,6 +49,27 @@ pub fn to_json(t: &HostTopology) -> Value {
     })
 }
 
+/// The probed kernel features: each policy's mode as get_mempolicy read it back after
+/// mbind set it on a scratch page (null: mbind refused it).
+fn features_json(f: &Features) -> Value {
+    let modes: serde_json::Map<String, Value> = Policy::ALL
+        .iter()
+        .map(|&p| {
+            (
+                p.name().to_string(),
+                json!(f.read_back(p).map(|m| m.name())),
+            )
+        })
+        .collect();
+    json!({
+        "madv-populate-write": f.populate_write,
+        "mpol-preferred-many": f.preferred_many,
+        "mpol-weighted-interleave": f.weighted_interleave,
+        "weighted-interleave-weights": f.interleave_weights,
+        "mempolicy-modes": modes,
+    })
+}
+
 fn yes(b: bool) -> &'static str {
     if b {
         "yes"
@@ -67,11 +85,25 @@ pub fn main(args: HostArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     println!("kernel {}", t.kernel_release);
+    let f = &t.features;
     println!(
-        "features: MADV_POPULATE_WRITE {}, MPOL_PREFERRED_MANY {}, MPOL_WEIGHTED_INTERLEAVE {}",
-        yes(t.features.populate_write),
-        yes(t.features.preferred_many),
-        yes(t.features.weighted_interleave)
+        "features (probed): MADV_POPULATE_WRITE {}, MPOL_PREFERRED_MANY {}, MPOL_WEIGHTED_INTERLEAVE {} (weights in sysfs: {})",
+        yes(f.populate_write),
+        yes(f.preferred_many),
+        yes(f.weighted_interleave),
+        yes(f.interleave_weights)
+    );
+    let (ok, refused): (Vec<Policy>, Vec<Policy>) =
+        Policy::ALL.iter().partition(|&&p| f.supports(p));
+    let names = |v: &[Policy]| v.iter().map(|p| p.name()).collect::<Vec<_>>().join(" ");
+    println!(
+        "policies mbind accepts: {}{}",
+        names(&ok),
+        if refused.is_empty() {
+            String::new()
+        } else {
+            format!("; refused: {}", names(&refused))
+        }
     );
     println!(
         "nodes: possible {}, online {}, with memory {}, with CPUs {}",

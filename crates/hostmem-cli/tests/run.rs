@@ -230,9 +230,120 @@ fn host_json_describes_this_host() {
         .as_array()
         .unwrap()
         .contains(&serde_json::json!(0)));
-    assert_eq!(doc["features"]["madv-populate-write"], true);
     let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap();
     assert!(thp.contains(&format!("[{}]", doc["thp"]["enabled"].as_str().unwrap())));
+}
+
+/// `hostmem host` reports kernel features as probed; each one is checked here against
+/// what the kernel does for a real `hostmem run`, and against sysfs.
+#[test]
+fn host_features_agree_with_what_the_kernel_does() {
+    let o = Command::new(BIN).args(["host", "--json"]).output().unwrap();
+    assert!(o.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let f = &doc["features"];
+    // Weighted interleave's weights: the sysfs directory, present or not.
+    let dir = std::path::Path::new("/sys/kernel/mm/mempolicy/weighted_interleave");
+    assert_eq!(f["weighted-interleave-weights"], dir.is_dir(), "{f}");
+    // MADV_POPULATE_WRITE: a shared memfd can only be preallocated with it (touching
+    // shared memory could raise SIGBUS, so there is no fallback); smaps of the holding
+    // process shows whether its pages came in.
+    let populate = f["madv-populate-write"].as_bool().unwrap();
+    assert!(populate, "Linux 5.14+ has MADV_POPULATE_WRITE: {f}");
+    let mut child = Command::new(BIN)
+        .args(["run", "--json", "--hold", "-object"])
+        .arg("memory-backend-memfd,id=m,size=8M,prealloc=on")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let rep: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let addr = rep["backends"][0]["host-addr"].as_u64().unwrap();
+    assert_eq!(
+        kernel_view(child.id(), addr).0,
+        8 * MIB,
+        "memfd preallocated"
+    );
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    // Each policy: where the probe read a mode back, a backend with the policy is made
+    // and numa_maps of the holding process shows that mode; where mbind refused it, the
+    // run fails.
+    let modes = f["mempolicy-modes"].as_object().unwrap();
+    assert_eq!(modes.len(), 7, "{f}");
+    assert_eq!(
+        f["mpol-preferred-many"],
+        !modes["preferred-many"].is_null(),
+        "{f}"
+    );
+    assert_eq!(
+        f["mpol-weighted-interleave"],
+        !modes["weighted-interleave"].is_null(),
+        "{f}"
+    );
+    let spec = |i: usize, policy: &str| {
+        let nodes = if matches!(policy, "default" | "local") {
+            ""
+        } else {
+            ",host-nodes=0"
+        };
+        format!("memory-backend-ram,id=p{i},size=2M,prealloc=on,policy={policy}{nodes}")
+    };
+    let mut args = vec!["run".to_string(), "--json".into(), "--hold".into()];
+    let mut want = Vec::new();
+    for (i, (policy, mode)) in modes.iter().enumerate() {
+        match mode.as_str() {
+            Some(mode) => {
+                args.push("-object".into());
+                args.push(spec(i, policy));
+                want.push((format!("p{i}"), policy.clone(), mode.to_string()));
+            }
+            None => {
+                let o = run(&["-object", &spec(i, policy)]);
+                assert!(!o.status.success(), "{policy} was refused by the probe");
+            }
+        }
+    }
+    assert_eq!(want.len(), 7, "Linux 6.9+ accepts every policy: {f}");
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let rep: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let numa = std::fs::read_to_string(format!("/proc/{}/numa_maps", child.id())).unwrap();
+    for (id, policy, mode) in want {
+        let b = rep["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["id"] == id.as_str())
+            .unwrap();
+        let addr = b["host-addr"].as_u64().unwrap();
+        let l = numa
+            .lines()
+            .find(|l| l.starts_with(&format!("{addr:x} ")))
+            .unwrap_or_else(|| panic!("no numa_maps line at {addr:x}"));
+        let kernel = l.split_once(' ').unwrap().1;
+        assert!(
+            kernel == mode
+                || kernel.starts_with(&format!("{mode}:"))
+                || kernel.starts_with(&format!("{mode} ")),
+            "policy {policy}: the probe read back {mode:?}, numa_maps says {l:?}"
+        );
+    }
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
 }
 
 #[test]
