@@ -22,6 +22,97 @@ pub fn mapped(start: usize, len: usize) -> bool {
     })
 }
 
+/// One line of /proc/self/maps.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Vma {
+    pub start: usize,
+    pub end: usize,
+    /// `rw-p`, `rw-s`, ...
+    pub perms: String,
+    /// The file (with ` (deleted)` when unlinked), `[heap]`, or empty for anonymous.
+    pub path: String,
+}
+
+impl Vma {
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+}
+
+/// Every mapping of this process, as /proc/self/maps lists them.
+pub fn vmas() -> Vec<Vma> {
+    let text = std::fs::read_to_string("/proc/self/maps").unwrap();
+    text.lines()
+        .map(|l| {
+            let mut f = l.splitn(6, ' ');
+            let (range, perms) = (f.next().unwrap(), f.next().unwrap());
+            let (a, b) = range.split_once('-').unwrap();
+            Vma {
+                start: usize::from_str_radix(a, 16).unwrap(),
+                end: usize::from_str_radix(b, 16).unwrap(),
+                perms: perms.to_string(),
+                path: f.nth(3).unwrap_or("").trim().to_string(),
+            }
+        })
+        .collect()
+}
+
+/// The /proc/self/numa_maps line of the mapping at `start`.
+pub fn numa_maps_line(start: usize) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/numa_maps").unwrap();
+    let prefix = format!("{start:x} ");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .map(str::to_string)
+}
+
+/// Resident bytes (smaps `Rss`) of the mappings that start in [start, start+len).
+pub fn smaps_rss(start: usize, len: usize) -> u64 {
+    let text = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    let mut total = 0;
+    for l in text.lines() {
+        let head = l.split_whitespace().next().unwrap_or("");
+        if let Some((a, _)) = head.split_once('-').filter(|_| !head.ends_with(':')) {
+            let a = usize::from_str_radix(a, 16).unwrap_or(usize::MAX);
+            inside = a >= start && a < start + len;
+        } else if inside && head == "Rss:" {
+            total += l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024;
+        }
+    }
+    total
+}
+
+/// Resident bytes of the whole process (`VmRSS` of /proc/self/status, shmem included).
+pub fn process_rss() -> u64 {
+    let text = std::fs::read_to_string("/proc/self/status").unwrap();
+    let l = text.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// Runs the named test in a child process of its own (the test binary with
+/// HOSTMEM_CHILD set), where no other test maps or unmaps memory meanwhile, so
+/// /proc/self/maps and Rss change only by what the test does. In the child: false (go
+/// on with the test). In the parent: true after asserting the child passed.
+pub fn ran_in_child(test: &str) -> bool {
+    if std::env::var_os("HOSTMEM_CHILD").is_some() {
+        return false;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env("HOSTMEM_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child for {test}: {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
+
 /// The /proc/self/maps line of the mapping at `start`.
 pub fn maps_line(start: usize) -> Option<String> {
     let text = std::fs::read_to_string("/proc/self/maps").unwrap();
