@@ -92,20 +92,34 @@ fn huge_page_exhaustion_is_a_clear_error_and_returns_every_page() {
     assert_eq!(pool.pool(), before, "pool as it was");
 }
 
+/// On this one-node host the host-wide pool is node 0's, and the host-wide check (free
+/// less reserved) comes first: here a bound prealloc's shortage is named host-wide. A
+/// bound node's own pool named while the host has pages enough elsewhere: the NUMA
+/// guest (`empty-node-pool-named`, `check-names-empty-node-pool`).
 #[test]
-fn bound_prealloc_names_the_node_whose_pool_is_short() {
+fn bound_prealloc_takes_the_nodes_pages_and_a_short_pool_is_named_host_wide() {
     let pool = PoolGuard::set(HUGE, 2);
-    let e = Backend::builder(Kind::Memfd, "d")
+    let node0 = || HugePool::read(HUGE, Some(0)).expect("node 0's 2 MiB pool in sysfs");
+    let before = node0();
+    let b = Backend::builder(Kind::Memfd, "d")
         .size(2 * MIB)
         .hugetlb(true)
         .prealloc(true)
         .policy(Policy::Bind)
         .host_nodes(NodeSet::parse("0").unwrap())
-        .create();
-    assert!(e.is_ok(), "2 MiB fits a 2-page pool on node 0");
-    drop(e);
+        .create()
+        .unwrap();
+    assert_eq!(
+        before.free - node0().free,
+        1,
+        "the page came from node 0's pool"
+    );
+    assert_eq!(b.inspect().unwrap().hugetlb, 2 * MIB, "smaps *_Hugetlb");
+    drop(b);
+    assert_eq!(node0().free, before.free, "and went back to it");
     drop(pool);
-    let _pool = PoolGuard::set(HUGE, 1);
+    let pool = PoolGuard::set(HUGE, 1);
+    let before = pool.pool();
     let e = Backend::builder(Kind::Memfd, "d")
         .size(4 * MIB)
         .hugetlb(true)
@@ -114,7 +128,11 @@ fn bound_prealloc_names_the_node_whose_pool_is_short() {
         .host_nodes(NodeSet::parse("0").unwrap())
         .create()
         .unwrap_err();
-    assert!(e.to_string().contains("2 needed, 1 free"), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "memory-backend-memfd 'd': not enough 2 MiB huge pages: 2 needed, 1 free on the host"
+    );
+    assert_eq!(pool.pool(), before, "pool as it was");
 }
 
 #[test]
