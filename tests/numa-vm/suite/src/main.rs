@@ -83,7 +83,12 @@ fn ram(id: &str, size: u64, policy: Policy, set: &str) -> Result<Backend, String
     b.create().map_err(|e| e.to_string())
 }
 
+/// Where a preallocated backend's pages are, page by page (move_pages): every page of
+/// its size present, none unreadable, so that "all on node N" is never said of nothing.
+/// The page size is the kernel's (smaps KernelPageSize).
 fn placement(b: &Backend) -> Result<BTreeMap<u32, u64>, String> {
+    let page = b.inspect().map_err(|e| e.to_string())?.page_size;
+    let want = b.size() / page.max(1);
     let p = b.page_nodes().map_err(|e| e.to_string())?;
     ensure(p.absent == 0 && p.other.is_empty(), || {
         format!(
@@ -91,22 +96,66 @@ fn placement(b: &Backend) -> Result<BTreeMap<u32, u64>, String> {
             p.absent, p.other
         )
     })?;
+    ensure(p.present() == want && want > 0, || {
+        format!(
+            "move_pages found {} pages, the backend has {want}: {}",
+            p.present(),
+            dist(&p.per_node)
+        )
+    })?;
     Ok(p.per_node)
 }
 
+/// Pages per node of this process's mapping at `addr`, from /proc/self/numa_maps.
+fn own_numa_maps(addr: usize) -> Result<BTreeMap<u32, u64>, String> {
+    let numa = std::fs::read_to_string("/proc/self/numa_maps").map_err(|e| e.to_string())?;
+    numa_maps_pages(&numa, addr as u64)
+}
+
+/// The policy field of this process's mapping at `addr` in /proc/self/numa_maps (it
+/// may hold a space: `prefer (many):1-2`).
+fn own_numa_maps_policy(addr: usize) -> Result<String, String> {
+    let numa = std::fs::read_to_string("/proc/self/numa_maps").map_err(|e| e.to_string())?;
+    let line = numa
+        .lines()
+        .find(|l| l.starts_with(&format!("{addr:x} ")))
+        .ok_or_else(|| format!("no numa_maps line at {addr:x}"))?;
+    let rest = line.split_once(' ').map_or("", |(_, r)| r);
+    // The policy ends where the first `key=value` word begins.
+    let end = rest
+        .split(' ')
+        .take_while(|w| !w.contains('='))
+        .map(|w| w.len() + 1)
+        .sum::<usize>();
+    Ok(rest[..end.min(rest.len())].trim().to_string())
+}
+
+/// Writes a sysfs file, then reads it back: a setup step that did not take fails.
+fn write_sysfs(path: &str, value: &str, took: impl Fn(&str) -> bool) -> Result<(), String> {
+    std::fs::write(path, value).map_err(|e| format!("writing {value:?} to {path}: {e}"))?;
+    let now = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?;
+    ensure(took(now.trim()), || {
+        format!("wrote {value:?} to {path}, it reads {:?}", now.trim())
+    })
+}
+
 /// Sets THP for the guest while a closure runs (4 KiB pages make page counts exact).
-fn with_thp<T>(mode: &str, f: impl FnOnce() -> T) -> T {
+/// Reading, setting or restoring the mode fails the test, as does the closure.
+fn with_thp<T>(mode: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     let path = "/sys/kernel/mm/transparent_hugepage/enabled";
-    let before = std::fs::read_to_string(path).unwrap_or_default();
-    let old = before
-        .split('[')
-        .nth(1)
-        .and_then(|s| s.split(']').next())
-        .unwrap_or("madvise")
-        .to_string();
-    let _ = std::fs::write(path, mode);
+    let chosen = |s: &str| {
+        s.split('[')
+            .nth(1)
+            .and_then(|s| s.split(']').next())
+            .map(str::to_string)
+    };
+    let before = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?;
+    let old = chosen(&before).ok_or_else(|| format!("{path} has no [mode]: {before:?}"))?;
+    write_sysfs(path, mode, |now| chosen(now).as_deref() == Some(mode))?;
     let r = f();
-    let _ = std::fs::write(path, old);
+    write_sysfs(path, &old, |now| {
+        chosen(now).as_deref() == Some(old.as_str())
+    })?;
     r
 }
 
@@ -189,8 +238,8 @@ fn weighted_interleave(t: &Topo) -> Check {
     let wb = format!("{dir}/node{b}");
     let old_a = std::fs::read_to_string(&wa).map_err(|e| format!("{wa}: {e}"))?;
     let old_b = std::fs::read_to_string(&wb).map_err(|e| format!("{wb}: {e}"))?;
-    std::fs::write(&wa, "3").map_err(|e| format!("{wa}: {e}"))?;
-    std::fs::write(&wb, "1").map_err(|e| format!("{wb}: {e}"))?;
+    write_sysfs(&wa, "3", |now| now == "3")?;
+    write_sysfs(&wb, "1", |now| now == "1")?;
     // Placement is read while THP is still off: khugepaged would otherwise collapse
     // 4 KiB pages into huge pages on one node and blur the ratio.
     let r = with_thp("never", || {
@@ -203,9 +252,13 @@ fn weighted_interleave(t: &Topo) -> Check {
         let p = placement(&bk)?;
         Ok::<_, String>((bk, p))
     });
-    let _ = std::fs::write(&wa, old_a.trim());
-    let _ = std::fs::write(&wb, old_b.trim());
+    let restored = write_sysfs(&wa, old_a.trim(), |now| now == old_a.trim()).and(write_sysfs(
+        &wb,
+        old_b.trim(),
+        |now| now == old_b.trim(),
+    ));
     let (bk, p) = r?;
+    restored?;
     let (pa, pb) = (
         p.get(&a).copied().unwrap_or(0),
         p.get(&b).copied().unwrap_or(0),
@@ -238,8 +291,9 @@ fn local(t: &Topo) -> Check {
     }
     sched_setaffinity(None, &only).map_err(|e| e.to_string())?;
     let r = ram("lo", 32 * MIB, Policy::Local, "");
-    let _ = sched_setaffinity(None, &all);
+    let restored = sched_setaffinity(None, &all).map_err(|e| format!("restoring affinity: {e}"));
     let b = r?;
+    restored?;
     let p = placement(&b)?;
     ensure(p.keys().all(|&k| k == n), || {
         format!("local on node {n}'s CPUs {cpus:?}, yet {}", dist(&p))
@@ -296,20 +350,34 @@ fn live_rebind(t: &Topo) -> Check {
     ensure(frac >= 0.99, || {
         format!("only {:.2} % on node {to}: {}", frac * 100.0, dist(&after))
     })?;
-    ensure(r.pages_on_target == on, || {
-        format!("rebind report {} vs move_pages {on}", r.pages_on_target)
-    })?;
+    // The report (move_pages inside the library) against the kernel's other account
+    // of the same pages, numa_maps.
+    let addr = b.host_addr().ok_or("no host address")?;
+    let kernel = own_numa_maps(addr)?;
+    let on_numa = kernel.get(&to).copied().unwrap_or(0);
+    ensure(
+        r.pages_on_target == on_numa
+            && r.pages_present == kernel.values().sum::<u64>()
+            && r.pages_present == 128 * MIB / 4096,
+        || {
+            format!(
+                "rebind report {} on node {to} of {} present, numa_maps {}",
+                r.pages_on_target,
+                r.pages_present,
+                dist(&kernel)
+            )
+        },
+    )?;
     let v = b.inspect().map_err(|e| e.to_string())?;
     ensure(
         v.mempolicy_mode() == Some(KernelMode::Bind)
             && v.mempolicy_nodes() == Some(&nodes(&to.to_string())),
         || format!("policy after rebind: {}", v.mempolicy_text()),
     )?;
-    ensure(
-        b.config().common.policy == Policy::Bind
-            && b.config().common.host_nodes == nodes(&to.to_string()),
-        || "reported policy differs".into(),
-    )?;
+    let numa_policy = own_numa_maps_policy(addr)?;
+    ensure(numa_policy == format!("bind:{to}"), || {
+        format!("numa_maps policy after rebind: {numa_policy}")
+    })?;
     Ok(format!(
         "node {from} -> {to}: before {} after {} ({:.2} % on target, {:.3} s)",
         dist(&before),
@@ -354,6 +422,8 @@ fn failed_rebind(t: &Topo) -> Check {
     };
     let after = placement(&b)?;
     let v = b.inspect().map_err(|e| e.to_string())?;
+    // The name's promise: the backend's settings (what query-memdev shows) put back,
+    // and the kernel's policy with them.
     let cfg = &b.config().common;
     ensure(
         cfg.policy == Policy::Bind && cfg.host_nodes == nodes(&from.to_string()),
@@ -364,6 +434,11 @@ fn failed_rebind(t: &Topo) -> Check {
             )
         },
     )?;
+    let addr = b.host_addr().ok_or("no host address")?;
+    let numa_policy = own_numa_maps_policy(addr)?;
+    ensure(numa_policy == format!("bind:{from}"), || {
+        format!("numa_maps policy after: {numa_policy}: {err}")
+    })?;
     ensure(
         v.mempolicy_mode() == Some(KernelMode::Bind)
             && v.mempolicy_nodes() == Some(&nodes(&from.to_string())),
@@ -378,7 +453,11 @@ fn failed_rebind(t: &Topo) -> Check {
 
 fn threads_on_bound_cpus(t: &Topo) -> Check {
     let mut out = Vec::new();
-    for n in t.mem_with_cpus() {
+    let with_cpus = t.mem_with_cpus();
+    ensure(with_cpus.len() >= 2, || {
+        format!("need two memory nodes with CPUs, have {with_cpus:?}")
+    })?;
+    for n in with_cpus {
         let cpus = t.host.node(n).map(|i| i.cpus.clone()).unwrap_or_default();
         let b = Backend::builder(Kind::Ram, "th")
             .size(256 * MIB)
@@ -406,27 +485,51 @@ fn threads_on_bound_cpus(t: &Topo) -> Check {
     Ok(out.join("; "))
 }
 
-/// Restores per-node 2 MiB pools on drop.
-struct Pools(Vec<(u32, u64)>);
-
-impl Drop for Pools {
-    fn drop(&mut self) {
-        for &(n, v) in &self.0 {
-            let _ = HugePool::set_total(2 * MIB, Some(n), v);
-        }
+/// Sets per-node 2 MiB pools (node, pages) while a closure runs, and puts them back.
+/// A pool the kernel does not make exactly as asked, or cannot put back, fails the
+/// test; so does the host-wide pool not having `host_wide` pages available (the check
+/// must see the node, not the host, fall short).
+fn with_node_pools(set: &[(u32, u64)], host_wide: u64, f: impl FnOnce() -> Check) -> Check {
+    let pool = |n: Option<u32>| {
+        HugePool::read(2 * MIB, n).ok_or_else(|| format!("no 2 MiB pool for node {n:?}"))
+    };
+    let mut saved = Vec::new();
+    for &(n, _) in set {
+        saved.push((n, pool(Some(n))?.total));
     }
+    let apply = |v: &[(u32, u64)]| -> Result<(), String> {
+        for &(n, pages) in v {
+            let got = HugePool::set_total(2 * MIB, Some(n), pages)
+                .map_err(|e| format!("node {n} pool: {e}"))?;
+            ensure(got == pages, || {
+                format!("node {n}: asked for {pages} huge pages, the kernel made {got}")
+            })?;
+        }
+        Ok(())
+    };
+    let r = apply(set).and_then(|()| {
+        let avail = pool(None)?.available();
+        ensure(avail >= host_wide, || {
+            format!("host-wide pool has {avail} pages available, the test needs {host_wide}")
+        })?;
+        f()
+    });
+    let restored = apply(&saved);
+    let r = r?;
+    restored?;
+    Ok(r)
 }
 
+/// Enough huge pages host-wide (8 on one node), none on the bound node: the error
+/// names the node, which only the per-node check can do.
 fn empty_pool_named(t: &Topo) -> Check {
     let (full, empty) = (t.mem[0], t.mem[1]);
-    let _restore = Pools(
-        [full, empty]
-            .iter()
-            .map(|&n| (n, HugePool::read(2 * MIB, Some(n)).map_or(0, |p| p.total)))
-            .collect(),
-    );
-    HugePool::set_total(2 * MIB, Some(full), 8).map_err(|e| e.to_string())?;
-    HugePool::set_total(2 * MIB, Some(empty), 0).map_err(|e| e.to_string())?;
+    with_node_pools(&[(full, 8), (empty, 0)], 4, || {
+        empty_pool_named_now(full, empty)
+    })
+}
+
+fn empty_pool_named_now(full: u32, empty: u32) -> Check {
     let mk = |n: u32| {
         Backend::builder(Kind::Memfd, "hp")
             .size(8 * MIB)
@@ -446,9 +549,10 @@ fn empty_pool_named(t: &Topo) -> Check {
         .err()
         .ok_or("bind to a node with an empty pool succeeded")?
         .to_string();
-    ensure(e.contains(&format!("node {empty}: 0 free")), || {
-        format!("message: {e}")
-    })?;
+    ensure(
+        e.contains(&format!("on the bound nodes (node {empty}: 0 free)")),
+        || format!("message: {e}"),
+    )?;
     Ok(e)
 }
 
@@ -499,9 +603,16 @@ fn run_two_backends(t: &Topo) -> Check {
                 dist(&kernel)
             )
         })?;
-        ensure(kernel.keys().all(|&k| k == node), || {
-            format!("{id}: pages off node {node}: {}", dist(&kernel))
-        })?;
+        let want = if id == "a" { 48 * MIB } else { 32 * MIB } / 4096;
+        ensure(
+            kernel.keys().all(|&k| k == node) && kernel.values().sum::<u64>() == want,
+            || {
+                format!(
+                    "{id}: want {want} pages on node {node}, numa_maps {}",
+                    dist(&kernel)
+                )
+            },
+        )?;
         out.push(format!("{id}@{node}: {}", dist(&kernel)));
     }
     Ok(out.join("; "))
@@ -583,14 +694,10 @@ fn numa_maps_pages(numa: &str, addr: u64) -> Result<BTreeMap<u32, u64>, String> 
 /// line then fails with the same words.
 fn check_names_an_empty_node_pool_like_the_run(t: &Topo) -> Check {
     let (full, empty) = (t.mem[0], t.mem[1]);
-    let _restore = Pools(
-        [full, empty]
-            .iter()
-            .map(|&n| (n, HugePool::read(2 * MIB, Some(n)).map_or(0, |p| p.total)))
-            .collect(),
-    );
-    HugePool::set_total(2 * MIB, Some(full), 8).map_err(|e| e.to_string())?;
-    HugePool::set_total(2 * MIB, Some(empty), 0).map_err(|e| e.to_string())?;
+    with_node_pools(&[(full, 8), (empty, 0)], 8, || check_names_now(empty))
+}
+
+fn check_names_now(empty: u32) -> Check {
     let args = [
         "qemu-system-x86_64".to_string(),
         "-m".into(),
