@@ -360,12 +360,45 @@ def test_bad_input_never_disturbs_others(hostmem):
     q.close()
 
 
+def maps_ranges(pid):
+    """(start, end) of every mapping in /proc/PID/maps."""
+    with open(f"/proc/{pid}/maps") as f:
+        return [tuple(int(x, 16) for x in line.split()[0].split("-")) for line in f]
+
+
+def fd_targets(pid):
+    """What each open fd of `pid` refers to (/proc/PID/fd links)."""
+    d = f"/proc/{pid}/fd"
+    return {os.readlink(f"{d}/{n}") for n in os.listdir(d)}
+
+
 @pytest.mark.parametrize("how", ["quit", "SIGINT", "SIGTERM"])
 def test_stop_deletes_everything_and_exits_0(sockdir, how):
-    srv = start_hostmem(sockdir / "s.sock", "-object", "memory-backend-ram,id=boot,size=8M")
+    """The backends are seen in /proc/PID/maps, smaps and fd before the stop; after it
+    the process is gone with its memory, and each file backend's blocks are punched out
+    (discard-data=on): only Backend::delete does that, an exit alone keeps the data."""
+    boot_file, added_file = sockdir / "boot.ram", sockdir / "added.ram"
+    srv = start_hostmem(sockdir / "s.sock", "-object",
+                        f"memory-backend-file,id=boot,size=8M,mem-path={boot_file},"
+                        "share=on,prealloc=on,discard-data=on")
     watcher = Qmp(srv.sock, "watcher")
     q = Qmp(srv.sock)
-    ram(q, "added", 8 * MIB)
+    ram(q, "added", 8 * MIB, prealloc=True)
+    assert q("object-add", **{"qom-type": "memory-backend-file", "id": "added-file",
+                              "size": 8 * MIB, "mem-path": str(added_file), "share": True,
+                              "prealloc": True, "discard-data": True}) == {}
+    # What the kernel shows of each backend before the stop.
+    res = {r["id"]: r for r in q("__org.hostmem_query-memdev-residency")}
+    assert set(res) == {"boot", "added", "added-file"}
+    ranges = maps_ranges(srv.pid)
+    for r in res.values():
+        start, size = r["host-addr"], r["size"]
+        assert any(a <= start and start + size <= b for a, b in ranges), (r["id"], ranges)
+        assert smaps_rss(srv.pid, start, size) == size, r["id"]
+    fds = fd_targets(srv.pid)
+    assert {str(boot_file), str(added_file)} <= fds, fds
+    for f in (boot_file, added_file):
+        assert os.stat(f).st_blocks * 512 >= 8 * MIB, f
     # A long prealloc in flight: stopping must cancel it rather than wait.
     r = Raw(srv.sock)
     r.send({"execute": "object-add", "arguments": {
@@ -387,6 +420,11 @@ def test_stop_deletes_everything_and_exits_0(sockdir, how):
     assert event["data"]["reason"] == ("host-qmp-quit" if how == "quit" else "host-signal")
     assert srv.wait() == 0
     assert time.monotonic() - t0 < 5, "stopping waited for the prealloc"
+    assert not os.path.exists(f"/proc/{srv.pid}"), "the process and its memory are gone"
+    for f in (boot_file, added_file):
+        st = os.stat(f)
+        assert st.st_blocks == 0, f"{f}: {st.st_blocks} blocks: not deleted through discard-data"
+        assert st.st_size == 8 * MIB, f
     assert not os.path.exists(srv.sock)
     err = srv.stderr()
     assert "panick" not in err, err
