@@ -156,8 +156,8 @@ fn hugetlbfs_file_backend_uses_the_file_systems_page_size() {
         .prealloc(true)
         .create()
         .unwrap();
-    assert_eq!(b.page_size(), Some(HUGE));
     let v = b.inspect().unwrap();
+    assert_eq!(v.page_size, HUGE, "smaps KernelPageSize");
     assert_eq!(v.hugetlb, 4 * MIB);
     assert_eq!(HugePool::read(HUGE, None).unwrap().free, 2);
     drop(b);
