@@ -1,5 +1,7 @@
 //! `hostmem host`: the host as hostmem sees it.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Args;
@@ -80,13 +82,26 @@ fn yes(b: bool) -> &'static str {
 
 pub fn main(args: HostArgs) -> ExitCode {
     let t = HostTopology::read();
-    if args.json {
-        println!("{}", to_json(&t));
-        return ExitCode::SUCCESS;
+    let text = if args.json {
+        format!("{}\n", to_json(&t))
+    } else {
+        host_text(&t)
+    };
+    // A reader that goes away early (`hostmem host | head`) is not an error of ours.
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(_) => ExitCode::from(1),
     }
-    println!("kernel {}", t.kernel_release);
+}
+
+/// The host as text: kernel, probed features, nodes, pools, THP, KSM.
+fn host_text(t: &HostTopology) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "kernel {}", t.kernel_release);
     let f = &t.features;
-    println!(
+    let _ = writeln!(
+        s,
         "features (probed): MADV_POPULATE_WRITE {}, MPOL_PREFERRED_MANY {}, MPOL_WEIGHTED_INTERLEAVE {} (weights in sysfs: {})",
         yes(f.populate_write),
         yes(f.preferred_many),
@@ -96,7 +111,8 @@ pub fn main(args: HostArgs) -> ExitCode {
     let (ok, refused): (Vec<Policy>, Vec<Policy>) =
         Policy::ALL.iter().partition(|&&p| f.supports(p));
     let names = |v: &[Policy]| v.iter().map(|p| p.name()).collect::<Vec<_>>().join(" ");
-    println!(
+    let _ = writeln!(
+        s,
         "policies mbind accepts: {}{}",
         names(&ok),
         if refused.is_empty() {
@@ -105,13 +121,15 @@ pub fn main(args: HostArgs) -> ExitCode {
             format!("; refused: {}", names(&refused))
         }
     );
-    println!(
+    let _ = writeln!(
+        s,
         "nodes: possible {}, online {}, with memory {}, with CPUs {}",
         t.possible, t.online, t.has_memory, t.has_cpu
     );
     for n in &t.nodes {
         let cpus = hostmem::NodeSet::from_iter(n.cpus.iter().map(|&c| c as u32));
-        println!(
+        let _ = writeln!(
+            s,
             "  node {}: cpus {}, memory {} ({} free)",
             n.id,
             if n.cpus.is_empty() {
@@ -123,7 +141,8 @@ pub fn main(args: HostArgs) -> ExitCode {
             format_size(n.mem_free)
         );
         for p in &n.huge_pools {
-            println!(
+            let _ = writeln!(
+                s,
                 "    {} pages: {} total, {} free",
                 format_size(p.page_size),
                 p.total,
@@ -132,7 +151,8 @@ pub fn main(args: HostArgs) -> ExitCode {
         }
     }
     for p in &t.huge_pools {
-        println!(
+        let _ = writeln!(
+            s,
             "huge pages {}: {} total, {} free, {} reserved, {} surplus{}",
             format_size(p.page_size),
             p.total,
@@ -152,15 +172,15 @@ pub fn main(args: HostArgs) -> ExitCode {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    println!("THP: {}", kv(&t.thp));
-    println!("KSM: {}", kv(&t.ksm));
+    let _ = writeln!(s, "THP: {}", kv(&t.thp));
+    let _ = writeln!(s, "KSM: {}", kv(&t.ksm));
     if !t.interleave_weights.is_empty() {
         let w: Vec<String> = t
             .interleave_weights
             .iter()
             .map(|(n, w)| format!("node{n}={w}"))
             .collect();
-        println!("weighted interleave: {}", w.join(" "));
+        let _ = writeln!(s, "weighted interleave: {}", w.join(" "));
     }
-    ExitCode::SUCCESS
+    s
 }

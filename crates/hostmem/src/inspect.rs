@@ -186,11 +186,21 @@ fn parse_numa_maps(text: &str, start: u64, end: u64) -> NumaView {
         if addr < start || addr >= end {
             continue;
         }
-        let policy = words.next().unwrap_or("");
-        if view.policy.is_empty() {
-            view.policy = policy.to_string();
+        // The policy may hold spaces ("prefer (many):1-2", "weighted interleave:0-1"):
+        // it runs up to the first key=value word or mapping tag.
+        let mut policy = Vec::new();
+        let mut rest = Vec::new();
+        for w in words.by_ref() {
+            if w.contains('=') || ["heap", "stack", "huge"].contains(&w) {
+                rest.push(w);
+                break;
+            }
+            policy.push(w);
         }
-        for w in words {
+        if view.policy.is_empty() {
+            view.policy = policy.join(" ");
+        }
+        for w in rest.into_iter().chain(words) {
             if let Some(rest) = w.strip_prefix('N') {
                 if let Some((n, p)) = rest.split_once('=') {
                     if let (Ok(n), Ok(p)) = (n.parse::<u32>(), p.parse::<u64>()) {
@@ -361,6 +371,18 @@ VmFlags: rd wr
         assert_eq!(v.pages_per_node.get(&0), Some(&256));
         assert_eq!(v.pages_per_node.get(&1), Some(&258));
         assert_eq!(v.page_size, 4096);
+    }
+
+    #[test]
+    fn policies_with_spaces_are_read_whole() {
+        let text = "7f0000000000 prefer (many):1-2 anon=4 dirty=4 N1=4 kernelpagesize_kB=4\n\
+                    7f0000200000 weighted interleave:0-1 anon=3 N0=2 N1=1 kernelpagesize_kB=4\n";
+        let v = parse_numa_maps(text, 0x7f00_0000_0000, 0x7f00_0020_0000);
+        assert_eq!(v.policy, "prefer (many):1-2");
+        assert_eq!(v.pages_per_node.get(&1), Some(&4));
+        let w = parse_numa_maps(text, 0x7f00_0020_0000, 0x7f00_0040_0000);
+        assert_eq!(w.policy, "weighted interleave:0-1");
+        assert_eq!(w.pages_per_node.values().sum::<u64>(), 3);
     }
 
     #[test]

@@ -109,8 +109,7 @@ fn rss_of(start: usize) -> u64 {
 #[test]
 fn a_ram_size_of_4097_is_rounded_up_preallocated_whole_and_unmapped_whole() {
     // In a child of its own: another test's thread could map the freed range again.
-    if in_child("a_ram_size_of_4097_is_rounded_up_preallocated_whole_and_unmapped_whole")
-        .is_some()
+    if in_child("a_ram_size_of_4097_is_rounded_up_preallocated_whole_and_unmapped_whole").is_some()
     {
         return;
     }

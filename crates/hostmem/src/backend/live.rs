@@ -175,7 +175,7 @@ impl Backend {
             let (old_policy, old_nodes) =
                 (self.cfg.common.policy, self.cfg.common.host_nodes.clone());
             // Put the old policy back without moving anything (no MOVE, no STRICT).
-            let mode = old_policy.kernel_mode(old_nodes.len(), host.kernel_version);
+            let mode = old_policy.kernel_mode(old_nodes.len(), host.features.preferred_many);
             let (mask, maxnode) = old_nodes.to_mask();
             let restored = map.mbind(0, map.len(), mode, &mask, maxnode, 0);
             if restored.is_err() {

@@ -300,8 +300,9 @@ impl Backend {
     /// Policy and nodes make sense together, on this kernel and this host.
     fn check_placement(&self, policy: Policy, nodes: &NodeSet, host: &HostTopology) -> Result<()> {
         policy.check_nodes(nodes)?;
-        let need = policy.min_kernel();
-        if host.kernel_version < need {
+        // Probed: mbind took the mode on a scratch page (the version is only named).
+        if !host.features.supports(policy) {
+            let need = policy.min_kernel();
             return Err(Error::PolicyUnsupported {
                 kind: self.kind().qom_type(),
                 id: self.id.clone(),
@@ -492,7 +493,7 @@ fn bind(
     host: &HostTopology,
     strict: bool,
 ) -> std::io::Result<()> {
-    let mode = policy.kernel_mode(nodes.len(), host.kernel_version);
+    let mode = policy.kernel_mode(nodes.len(), host.features.preferred_many);
     let (mask, maxnode) = nodes.to_mask();
     let mut flags = mpol::MF_MOVE;
     if strict || policy.takes_nodes() {

@@ -86,15 +86,12 @@ impl Policy {
         }
     }
 
-    /// The mbind mode for this policy over `node_count` nodes on a kernel of `version`.
-    pub(crate) fn kernel_mode(self, node_count: usize, version: (u32, u32)) -> i32 {
+    /// The mbind mode for this policy over `node_count` nodes, on a kernel that has
+    /// MPOL_PREFERRED_MANY or not (probed: `Features::preferred_many`).
+    pub(crate) fn kernel_mode(self, node_count: usize, preferred_many: bool) -> i32 {
         match self {
             Policy::Default => mpol::DEFAULT,
-            Policy::Preferred
-                if node_count > 1 && version >= Policy::PreferredMany.min_kernel() =>
-            {
-                mpol::PREFERRED_MANY
-            }
+            Policy::Preferred if node_count > 1 && preferred_many => mpol::PREFERRED_MANY,
             Policy::Preferred => mpol::PREFERRED,
             Policy::Bind => mpol::BIND,
             Policy::Interleave => mpol::INTERLEAVE,
@@ -182,12 +179,9 @@ mod tests {
 
     #[test]
     fn preferred_with_several_nodes_is_preferred_many_on_new_kernels() {
-        assert_eq!(
-            Policy::Preferred.kernel_mode(2, (6, 1)),
-            mpol::PREFERRED_MANY
-        );
-        assert_eq!(Policy::Preferred.kernel_mode(2, (5, 10)), mpol::PREFERRED);
-        assert_eq!(Policy::Preferred.kernel_mode(1, (6, 1)), mpol::PREFERRED);
+        assert_eq!(Policy::Preferred.kernel_mode(2, true), mpol::PREFERRED_MANY);
+        assert_eq!(Policy::Preferred.kernel_mode(2, false), mpol::PREFERRED);
+        assert_eq!(Policy::Preferred.kernel_mode(1, true), mpol::PREFERRED);
     }
 
     #[test]
