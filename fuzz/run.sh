@@ -31,7 +31,8 @@ for t in $targets; do
     if [ "$status" != 0 ] || [ "$crashes" != 0 ] || [ -z "$runs" ]; then
         failed=1
         # The start of the panic or sanitizer report (else the end of the output).
-        report=$(sed -n '/panicked at\|ERROR: /,$p' <<<"$out" | head -n 12)
+        # (awk reads to the end: a reader that stops early would SIGPIPE under pipefail)
+        report=$(awk '/panicked at|ERROR: / { on = 1 } on && n++ < 12' <<<"$out")
         if [ -n "$report" ]; then echo "$report"; else tail -n 40 <<<"$out"; fi
         grep -o 'Test unit written to .*' <<<"$out" | sed 's/^/fuzz: /' || true
     fi
