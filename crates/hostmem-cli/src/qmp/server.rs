@@ -104,10 +104,25 @@ impl Drop for SocketFile {
 /// files at this point) and put back right after.
 fn listen(path: &Path) -> Result<(UnixListener, SocketFile), ServeError> {
     clear_stale(path)?;
+    // Bound and listening under a temporary name first, then renamed into place: the
+    // socket file appears only once it accepts connections (between bind and listen a
+    // client that saw the file would be refused). A name too long for sun_path binds
+    // in place instead.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let staged = tmp.as_os_str().len() < 100;
+    let at = if staged { tmp.as_path() } else { path };
     let old = umask(Mode::XUSR | Mode::RWXG | Mode::RWXO);
-    let bound = UnixListener::bind(path);
+    let bound = UnixListener::bind(at);
     umask(old);
     let listener = bound.map_err(|e| ServeError::Bind(path.to_path_buf(), e))?;
+    if staged {
+        if let Err(e) = std::fs::rename(&tmp, path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(ServeError::Bind(path.to_path_buf(), e));
+        }
+    }
     let m = std::fs::symlink_metadata(path).map_err(|e| ServeError::Bind(path.to_path_buf(), e))?;
     Ok((
         listener,
