@@ -331,6 +331,7 @@ pub(crate) fn page_nodes(map: &RawMapping, page_size: u64) -> io::Result<Placeme
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::mpol;
 
     const SMAPS: &str = "\
 7f0000000000-7f0000200000 rw-p 00000000 00:00 0
@@ -402,5 +403,115 @@ VmFlags: rd wr
         assert_eq!(v.mempolicy.unwrap_err().what, "get_mempolicy");
         // What could be read still is.
         assert_eq!(v.resident, (2 << 20) + 4096);
+    }
+
+    #[test]
+    fn smaps_counts_hugetlb_pages_as_resident_and_keeps_the_first_page_size() {
+        let text = "\
+7f0000000000-7f0000600000 rw-s 00000000 00:0f 7 /memfd:m (deleted)
+Size:               6144 kB
+KernelPageSize:     2048 kB
+Rss:                   0 kB
+Private_Hugetlb:    4096 kB
+Shared_Hugetlb:     2048 kB
+VmFlags: rd wr sh mr mw me ms de ht
+7f0000600000-7f0000608000 rw-p 00000000 00:00 0
+Size:                 32 kB
+KernelPageSize:        4 kB
+Rss:                   8 kB
+Shared_Hugetlb:        0 kB
+VmFlags: rd wr mr mw me ac
+";
+        let mut v = Smaps::default();
+        parse_smaps(text, 0x7f00_0000_0000, 0x7f00_0060_8000, &mut v);
+        assert_eq!(v.vmas, 2);
+        assert_eq!(v.hugetlb, 6 << 20);
+        assert_eq!(v.resident, (6 << 20) + 8192, "hugetlb pages are not in Rss");
+        assert_eq!(v.page_size, 2 << 20, "the first VMA's KernelPageSize");
+        assert_eq!(v.vmflags.join(" "), "rd wr sh mr mw me ms de ht");
+    }
+
+    #[test]
+    fn the_view_answers_in_the_kernels_words() {
+        let (start, end) = (0x7f00_0000_0000, 0x7f00_0040_0000);
+        let numa = "7f0000000000 bind:0-1 anon=8 N0=3 N1=5 kernelpagesize_kB=4\n";
+        let v = assemble(
+            start,
+            end,
+            SMAPS,
+            Ok(numa.into()),
+            Ok((mpol::BIND, vec![0b11])),
+        );
+        assert_eq!(
+            v.bytes_per_node(),
+            Some([(0, 3 * 4096), (1, 5 * 4096)].into())
+        );
+        assert!(v.has_flag("mg") && v.has_flag("hg"));
+        assert!(!v.has_flag("dd") && !v.has_flag("m"));
+        assert_eq!(v.mempolicy_mode(), Some(KernelMode::Bind));
+        assert_eq!(v.mempolicy_nodes(), Some(&NodeSet::parse("0-1").unwrap()));
+        assert_eq!(v.mempolicy_text(), "bind 0-1");
+
+        let d = assemble(
+            start,
+            end,
+            SMAPS,
+            Ok(String::new()),
+            Ok((mpol::DEFAULT, vec![0])),
+        );
+        assert_eq!(d.mempolicy_text(), "default", "no nodes, no list");
+        assert_eq!(d.mempolicy_nodes(), Some(&NodeSet::new()));
+
+        let enosys = io::Error::from_raw_os_error(libc::ENOSYS);
+        let u = assemble(start, end, SMAPS, Ok(String::new()), Err(enosys));
+        assert_eq!(u.mempolicy_mode(), None);
+        assert_eq!(u.mempolicy_nodes(), None);
+        let text = "unknown (get_mempolicy: Function not implemented)";
+        assert_eq!(u.mempolicy_text(), text);
+        assert_eq!(u.mempolicy.unwrap_err().to_string(), text);
+    }
+
+    #[test]
+    fn numa_maps_page_size_falls_back_to_smaps_only_when_missing() {
+        let (start, end) = (0x7f00_0000_0000, 0x7f00_0040_0000);
+        // A VMA with no pages yet: numa_maps prints no kernelpagesize_kB.
+        let empty = assemble(
+            start,
+            end,
+            SMAPS,
+            Ok("7f0000000000 default\n".into()),
+            Err(io::Error::from_raw_os_error(libc::ENOSYS)),
+        );
+        let numa = empty.numa.unwrap();
+        assert_eq!(numa.page_size, 4096, "smaps' KernelPageSize");
+        assert_eq!(numa.policy, "default");
+        let huge = "7f0000000000 bind:0 huge dirty=1 N0=1 kernelpagesize_kB=2048\n";
+        let h = assemble(
+            start,
+            end,
+            SMAPS,
+            Ok(huge.into()),
+            Err(io::Error::from_raw_os_error(libc::ENOSYS)),
+        );
+        assert_eq!(
+            h.numa.unwrap().page_size,
+            2 << 20,
+            "numa_maps' own size kept"
+        );
+    }
+
+    #[test]
+    fn placement_counts_present_absent_and_other_pages_apart() {
+        let page = crate::sys::page_size();
+        let map = RawMapping::map(4 * page, None, 0, Default::default()).unwrap();
+        map.write_at(0, &[1]).unwrap();
+        map.write_at(page, &[1]).unwrap();
+        let mut b = [0u8];
+        map.read_at(2 * page, &mut b).unwrap(); // the shared zero page
+        let p = page_nodes(&map, page as u64).unwrap();
+        assert_eq!(p.present(), 2, "{p:?}");
+        assert_eq!(p.per_node.values().sum::<u64>(), 2, "{p:?}");
+        assert_eq!(p.absent, 1, "{p:?}");
+        assert_eq!(p.other, [(libc::EFAULT, 1)].into(), "{p:?}");
     }
 }
