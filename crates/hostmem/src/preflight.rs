@@ -109,3 +109,113 @@ fn one(b: &Backend, host: &HostTopology) -> (BackendCheck, Option<Plan>) {
     };
     (check, plan)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::numa::{HugePool, NodeInfo};
+    use crate::props::MachineDefaults;
+
+    fn backend(kind: Kind, id: &str, props: &[(&str, &str)]) -> Backend {
+        let mut b = Backend::new(kind, id, &MachineDefaults::default());
+        for (k, v) in props {
+            b.set_str(k, v).unwrap();
+        }
+        b
+    }
+
+    /// This host with two nodes of made-up free memory and huge pages of `page`.
+    fn two_nodes(page: u64) -> HostTopology {
+        let mut host = HostTopology::read();
+        let node = |id, mem_free, huge_free| NodeInfo {
+            id,
+            cpus: vec![],
+            mem_total: 8 << 30,
+            mem_free,
+            huge_pools: vec![HugePool {
+                page_size: page,
+                total: 10,
+                free: huge_free,
+                reserved: 0,
+                surplus: 0,
+            }],
+        };
+        host.nodes = vec![node(0, 5 << 30, 7), node(1, 3 << 30, 2)];
+        let both = NodeSet::parse("0-1").unwrap();
+        (host.possible, host.online, host.has_memory) = (both.clone(), both.clone(), both);
+        host
+    }
+
+    #[test]
+    fn each_backend_gets_its_nodes_their_room_and_its_problems() {
+        let page = *crate::numa::topology::huge_page_sizes()
+            .first()
+            .expect("this host offers huge pages");
+        let host = two_nodes(page);
+        let bound = backend(
+            Kind::Ram,
+            "bound",
+            &[("size", "4097"), ("policy", "bind"), ("host-nodes", "1")],
+        );
+        let anywhere = backend(Kind::Ram, "anywhere", &[("size", "1G")]);
+        let huge = backend(
+            Kind::Memfd,
+            "huge",
+            &[
+                ("size", &(2 * page).to_string()),
+                ("hugetlb", "on"),
+                ("hugetlbsize", &page.to_string()),
+                ("reserve", "off"),
+                ("policy", "preferred"),
+                ("host-nodes", "0"),
+            ],
+        );
+        let missing = backend(
+            Kind::Ram,
+            "missing",
+            &[("size", "4096"), ("policy", "bind"), ("host-nodes", "2")],
+        );
+        let out = check(&[&bound, &anywhere, &huge, &missing], &host);
+        assert_eq!(out.len(), 4);
+        let room = |node, mem_free, huge_free| NodeRoom {
+            node,
+            mem_free,
+            huge_free,
+        };
+
+        assert_eq!(out[0].id, "bound");
+        assert_eq!(out[0].kind, Kind::Ram);
+        assert_eq!(out[0].bytes, 8192, "ram rounds up to the page");
+        assert_eq!(out[0].page_size, Some(4096));
+        assert!(!out[0].hugetlb);
+        assert_eq!(out[0].policy, Policy::Bind);
+        assert_eq!(out[0].nodes, [room(1, 3 << 30, None)]);
+        assert!(out[0].fits(), "{:?}", out[0].problems);
+
+        assert_eq!(out[1].policy, Policy::Default);
+        assert_eq!(
+            out[1].nodes,
+            [room(0, 5 << 30, None), room(1, 3 << 30, None)],
+            "a policy without nodes may use every node with memory"
+        );
+        assert!(out[1].fits());
+
+        assert!(out[2].hugetlb);
+        assert_eq!((out[2].bytes, out[2].page_size), (2 * page, Some(page)));
+        assert_eq!(out[2].nodes, [room(0, 5 << 30, Some(7))]);
+        assert!(out[2].fits(), "{:?}", out[2].problems);
+
+        assert_eq!(out[3].bytes, 4096);
+        assert_eq!(out[3].page_size, None, "its checks failed first");
+        assert!(!out[3].hugetlb);
+        assert_eq!(out[3].nodes, [], "node 2 is not on this host");
+        assert!(!out[3].fits());
+        assert_eq!(
+            out[3].problems,
+            [
+                "memory-backend-ram 'missing': host-nodes = '2': node 2 does not exist on \
+                 this host (online nodes: 0-1)"
+            ]
+        );
+    }
+}
