@@ -191,4 +191,80 @@ mod tests {
         }
         assert!("weird".parse::<Policy>().is_err());
     }
+
+    #[test]
+    fn which_policies_take_nodes_with_qemus_messages() {
+        let none = NodeSet::new();
+        let some = NodeSet::parse("0").unwrap();
+        let err = |p: Policy, n: &NodeSet| p.check_nodes(n).unwrap_err().to_string();
+        for p in [Policy::Default, Policy::Local] {
+            assert!(!p.takes_nodes(), "{p}");
+            assert!(p.check_nodes(&none).is_ok(), "{p}");
+        }
+        assert_eq!(
+            err(Policy::Default, &some),
+            "host-nodes must be empty for policy default, or you should explicitly \
+             specify a policy other than default"
+        );
+        assert_eq!(
+            err(Policy::Local, &some),
+            "host-nodes must be empty for policy local"
+        );
+        for p in Policy::ALL.into_iter().filter(|p| p.takes_nodes()) {
+            assert!(p.check_nodes(&some).is_ok(), "{p}");
+            assert_eq!(
+                err(p, &none),
+                format!("host-nodes must be set for policy {p}")
+            );
+        }
+        assert_eq!(Policy::ALL.iter().filter(|p| p.takes_nodes()).count(), 5);
+    }
+
+    #[test]
+    fn only_bind_is_strict() {
+        let strict: Vec<Policy> = Policy::ALL.into_iter().filter(|p| p.is_strict()).collect();
+        assert_eq!(strict, [Policy::Bind]);
+    }
+
+    #[test]
+    fn oldest_kernels() {
+        let v: Vec<(u32, u32)> = Policy::ALL.iter().map(|p| p.min_kernel()).collect();
+        // default, preferred, bind, interleave, preferred-many, weighted-interleave, local
+        assert_eq!(v, [(2, 6), (2, 6), (2, 6), (2, 6), (5, 15), (6, 9), (3, 8)]);
+    }
+
+    #[test]
+    fn kernel_modes_by_numa_maps_names() {
+        let names: Vec<&str> = [
+            mpol::DEFAULT,
+            mpol::PREFERRED,
+            mpol::BIND,
+            mpol::INTERLEAVE,
+            mpol::LOCAL,
+            mpol::PREFERRED_MANY,
+            mpol::WEIGHTED_INTERLEAVE,
+            99,
+        ]
+        .into_iter()
+        .map(|m| KernelMode::from_raw(m).name())
+        .collect();
+        assert_eq!(
+            names,
+            [
+                "default",
+                "prefer",
+                "bind",
+                "interleave",
+                "local",
+                "prefer (many)",
+                "weighted interleave",
+                "unknown"
+            ]
+        );
+        assert_eq!(KernelMode::from_raw(99), KernelMode::Other(99));
+        assert_eq!(
+            Policy::WeightedInterleave.to_string(),
+            "weighted-interleave"
+        );
+    }
 }
