@@ -186,4 +186,35 @@ mod tests {
         assert_eq!(maxnode, 67);
         assert_eq!(NodeSet::from_mask(&mask).to_string(), "0,65");
     }
+
+    #[test]
+    fn mask_words_and_bits_of_high_nodes() {
+        let set = NodeSet::parse("0,3,69,200").unwrap();
+        let (mask, maxnode) = set.to_mask();
+        assert_eq!(mask, vec![0b1001, 1 << 5, 0, 1 << 8]);
+        assert_eq!(maxnode, 202);
+        assert_eq!(NodeSet::from_mask(&mask), set);
+        let (one, maxnode) = NodeSet::parse("64").unwrap().to_mask();
+        assert_eq!((one, maxnode), (vec![0, 1], 66));
+        assert_eq!(NodeSet::new().to_mask(), (vec![], 0));
+    }
+
+    #[test]
+    fn membership_size_and_emptiness() {
+        let set = NodeSet::parse("1-2,5").unwrap();
+        assert!(set.contains(1) && set.contains(2) && set.contains(5));
+        assert!(!set.contains(0) && !set.contains(3));
+        assert_eq!(set.len(), 3);
+        assert!(!set.is_empty());
+        assert_eq!(set.highest(), Some(5));
+        assert!(NodeSet::new().is_empty());
+        assert_eq!(NodeSet::new().len(), 0);
+        assert_eq!(NodeSet::new().highest(), None);
+    }
+
+    #[test]
+    fn collected_sets_drop_ids_the_kernel_cannot_have() {
+        let set: NodeSet = [4, 1, MAX_NODES - 1, MAX_NODES, 5000].into_iter().collect();
+        assert_eq!(set.iter().collect::<Vec<_>>(), [1, 4, MAX_NODES - 1]);
+    }
 }
