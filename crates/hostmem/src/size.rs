@@ -74,6 +74,23 @@ mod tests {
     }
 
     #[test]
+    fn every_suffix_qemu_takes() {
+        assert_eq!(parse_size("4096b"), Some(4096));
+        assert_eq!(parse_size("512B"), Some(512));
+        assert_eq!(parse_size("b"), None);
+        assert_eq!(parse_size("1P"), Some(1 << 50));
+        assert_eq!(parse_size("1.5p"), Some(3 << 49));
+        assert_eq!(parse_size("1E"), Some(1 << 60));
+        assert_eq!(parse_size("15E"), Some(15 << 60));
+        assert_eq!(parse_size("16383P"), Some(16383 << 50));
+        assert_eq!(parse_size("16384P"), None, "2^64 does not fit");
+        // Digits only: no sign (u64's own parser would take "+1").
+        assert_eq!(parse_size("+1"), None);
+        assert_eq!(parse_size("+1G"), None);
+        assert_eq!(parse_size(" 2M "), Some(2 << 20));
+    }
+
+    #[test]
     fn human_sizes() {
         assert_eq!(format_size(1 << 30), "1 GiB");
         assert_eq!(format_size(3 << 29), "1.50 GiB");
