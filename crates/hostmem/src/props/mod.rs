@@ -216,4 +216,29 @@ mod tests {
         let c = Config::new(Kind::Ram, &d);
         assert!(!c.common.merge && !c.common.dump && c.common.prealloc);
     }
+
+    /// A CPU quota of this process's cgroup (v2 `cpu.max`, v1 `cpu.cfs_quota_us`) may
+    /// lower the count below the CPUs it may run on.
+    fn cpu_quota() -> bool {
+        let read = |p| std::fs::read_to_string(p).unwrap_or_default();
+        let v2 = read("/sys/fs/cgroup/cpu.max");
+        let v1 = read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us");
+        !(v2.is_empty() || v2.starts_with("max")) || !(v1.is_empty() || v1.trim() == "-1")
+    }
+
+    #[test]
+    fn default_threads_are_the_cpus_this_thread_may_run_on() {
+        let cpus = crate::sys::allowed_cpus();
+        let n = default_threads() as usize;
+        assert!((1..=cpus.len()).contains(&n), "{n} threads, CPUs {cpus:?}");
+        if !cpu_quota() {
+            assert_eq!(n, cpus.len(), "sched_getaffinity: {cpus:?}");
+        }
+        std::thread::spawn(move || {
+            crate::sys::set_thread_affinity(crate::sys::gettid(), &cpus[..1]).unwrap();
+            assert_eq!(default_threads(), 1, "pinned to CPU {}", cpus[0]);
+        })
+        .join()
+        .unwrap();
+    }
 }
