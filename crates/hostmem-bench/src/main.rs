@@ -14,6 +14,7 @@
 //! No unsafe code: syscalls the library does not offer come from rustix.
 #![forbid(unsafe_code)]
 
+mod busy;
 mod guards;
 mod inproc;
 mod measure;
@@ -38,8 +39,10 @@ use plan::{make_plan, HUGE_2M};
 use stats::Samples;
 
 const EXAMPLES: &str = "Examples:
-  hostmem-bench                         4 GiB backends, 5 repetitions (a few minutes)
+  hostmem-bench                         4 GiB backends, 1 warm-up + 5 repetitions (~9 min on 2 vCPUs)
+  hostmem-bench --size 2G               a shorter profile (~5 min)
   hostmem-bench --size 256M --reps 1    a quick smoke run
+  hostmem-bench --save-json run.json    tables on stdout, medians, samples and targets in run.json
   hostmem-bench --json                  medians, ratios and targets as one JSON document";
 
 /// Preallocation speed against QEMU and memset, medians and ratios from one run.
@@ -59,6 +62,9 @@ pub struct BenchArgs {
     /// Backends in the libvirt-style line, each with its own thread-context.
     #[arg(long, default_value_t = 2)]
     libvirt_backends: usize,
+    /// Times the libvirt-style case runs in each repetition (its samples are pooled).
+    #[arg(long, default_value_t = 3)]
+    libvirt_rounds: usize,
     /// QEMU binary to compare with.
     #[arg(long, default_value = "qemu-system-x86_64")]
     qemu: String,
@@ -94,6 +100,7 @@ fn run(args: &BenchArgs) -> Result<String, String> {
         stop: events.rx,
         samples: Samples::default(),
         thp_seen_4k: 0,
+        busy: None,
     };
     for w in 0..args.warmup {
         repetition(&mut ctx, w)?;
@@ -101,9 +108,13 @@ fn run(args: &BenchArgs) -> Result<String, String> {
     ctx.samples = Samples::default();
     ctx.thp_seen_4k = 0;
     let reps = args.reps.max(1);
+    let before = busy::CpuSnapshot::now();
     for rep in 0..reps {
         repetition(&mut ctx, rep)?;
     }
+    ctx.busy = before
+        .zip(busy::CpuSnapshot::now())
+        .and_then(|(a, b)| a.until(&b));
     let json = format!("{}\n", report::json_output(&ctx, reps, args.warmup));
     if let Some(path) = &args.save_json {
         std::fs::write(path, &json).map_err(|e| format!("{}: {e}", path.display()))?;

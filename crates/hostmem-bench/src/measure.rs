@@ -10,10 +10,11 @@ use hostmem::Progress;
 use hostmem_cli::report;
 use hostmem_cli::signals::Stop;
 
+use crate::busy::Busy;
 use crate::guards::NoThp;
 use crate::inproc::{make_backend, memset_gibs, time_ms};
 use crate::plan::{Mem, Plan, HUGE_2M};
-use crate::runner::{time_both, time_runs, Tool};
+use crate::runner::{prime, time_both, time_runs, Tool};
 use crate::stats::{rate_beyond, Samples};
 
 /// Stops the bench between measurements after SIGINT/SIGTERM (the running prealloc is
@@ -25,6 +26,8 @@ pub struct Ctx {
     pub samples: Samples,
     /// THP bytes the kernel showed in the 4 KiB backend: proof that case had no THP.
     pub thp_seen_4k: u64,
+    /// How busy the host was with other work during the measured repetitions.
+    pub busy: Option<Busy>,
 }
 
 impl Ctx {
@@ -37,19 +40,22 @@ impl Ctx {
     }
 }
 
-/// The library in this process: prealloc GiB/s from its own stats, memset on the same
-/// memory, and for the ram kinds the cost of the kernel-read report.
+/// The library in this process: prealloc GiB/s from its own stats, memset of as many
+/// bytes with the same threads, and for the ram kinds the cost of the kernel-read report.
 /// The caller keeps THP off for the 4 KiB case (a guard here would turn it back on for
 /// the caller's later child processes when dropped).
 fn in_process(ctx: &mut Ctx, mem: Mem, threads: usize, report: bool) -> Result<(), String> {
     let spec = mem.spec("bench0", ctx.plan.size, true, threads);
+    // Primed like the process runs: the memory the processes just freed may have gone
+    // back to the hypervisor (page reporting), and the in-process prealloc would pay
+    // for bringing it back (ram THP, 1 thread, median of 5: 3.6 GiB/s unprimed,
+    // 10.2 primed, in two quiet runs of the same day).
+    prime(ctx.plan.size, ctx.plan.cpus)?;
     let b = make_backend(&spec, &ctx.progress)?;
     let key = format!("{}/{threads}", mem.key());
     let gibs = b.prealloc_stats().map(|s| s.gib_per_sec());
     ctx.samples.push(format!("{key}/inproc"), gibs);
-    let held = b.hold().map_err(|e| e.to_string())?;
-    let fill = memset_gibs(&held, threads)?;
-    drop(held);
+    let fill = memset_gibs(b.size() as usize, threads)?;
     ctx.samples.push(format!("{key}/memset"), Some(fill));
     if report {
         let (view, ms) = time_ms(|| b.inspect());
@@ -109,9 +115,19 @@ fn four(ctx: &mut Ctx, rep: usize) -> Result<(), String> {
 }
 
 /// The libvirt-style line and the same backends without contexts, each given to
-/// `hostmem run` and to QEMU: four runs per repetition, in an order that rotates, after
-/// the same four with prealloc off (the startup baselines).
+/// `hostmem run` and to QEMU: four runs in an order that rotates, after the same four
+/// with prealloc off (the startup baselines); `--libvirt-rounds` times per repetition,
+/// as the case is short and its two ratios are the targets.
 fn libvirt(ctx: &mut Ctx, rep: usize) -> Result<(), String> {
+    let rounds = ctx.plan.libvirt.rounds;
+    for round in 0..rounds {
+        ctx.check_stop()?;
+        libvirt_round(ctx, rep * rounds + round)?;
+    }
+    Ok(())
+}
+
+fn libvirt_round(ctx: &mut Ctx, turn: usize) -> Result<(), String> {
     const RUNS: [(&str, Tool, bool); 4] = [
         ("run-tc", Tool::Hostmem, true),
         ("qemu-tc", Tool::Qemu, true),
@@ -132,9 +148,9 @@ fn libvirt(ctx: &mut Ctx, rep: usize) -> Result<(), String> {
     };
     let (off, on) = (lines(false), lines(true));
     let total = lv.total();
-    let base = time_runs(&ctx.plan, &runs(&off), rep)?;
+    let base = time_runs(&ctx.plan, &runs(&off), turn)?;
     ctx.check_stop()?;
-    let full = time_runs(&ctx.plan, &runs(&on), rep)?;
+    let full = time_runs(&ctx.plan, &runs(&on), turn)?;
     for (i, &(key, _, _)) in RUNS.iter().enumerate() {
         ctx.samples.push(
             format!("libvirt/{key}"),

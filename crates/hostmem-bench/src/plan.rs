@@ -69,12 +69,14 @@ pub struct Libvirt {
     pub each: u64,
     /// The host node each backend is bound to (and its context's `node-affinity`).
     pub nodes: Vec<u32>,
+    /// Times the case runs per repetition.
+    pub rounds: usize,
 }
 
 impl Libvirt {
     /// Backends that share `total` bytes, spread round robin over the nodes that have
     /// both memory and CPUs (node 0 where the host says nothing).
-    pub fn new(total: u64, backends: usize, host: &HostTopology) -> Libvirt {
+    pub fn new(total: u64, backends: usize, rounds: usize, host: &HostTopology) -> Libvirt {
         let mut usable: Vec<u32> = host
             .has_memory
             .iter()
@@ -87,6 +89,7 @@ impl Libvirt {
         Libvirt {
             each: total / backends as u64 / HUGE_2M * HUGE_2M,
             nodes: (0..backends).map(|i| usable[i % usable.len()]).collect(),
+            rounds: rounds.max(1),
         }
     }
 
@@ -192,7 +195,12 @@ pub fn make_plan(args: &BenchArgs, cpus: usize) -> Result<Plan, String> {
         hostmem,
         qemu: args.qemu.clone(),
         qemu_label: qemu_label(&crate::runner::qemu_version(&args.qemu)),
-        libvirt: Libvirt::new(size, args.libvirt_backends, &HostTopology::read()),
+        libvirt: Libvirt::new(
+            size,
+            args.libvirt_backends,
+            args.libvirt_rounds,
+            &HostTopology::read(),
+        ),
     })
 }
 
@@ -213,6 +221,7 @@ mod tests {
         let lv = Libvirt {
             each: 1 << 30,
             nodes: vec![0, 0],
+            rounds: 1,
         };
         let line = lv.line(true, true);
         assert_eq!(line.len(), 4);

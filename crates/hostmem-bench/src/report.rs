@@ -57,6 +57,10 @@ fn header(ctx: &Ctx, reps: usize, warmup: usize) -> String {
         ctx.thp_seen_4k
     );
     s.push_str("process runs are timed whole; GiB/s = size / (time - same tool's time with prealloc=off)\n");
+    if let Some(b) = &ctx.busy {
+        s.push_str(&b.line());
+        s.push('\n');
+    }
     s
 }
 
@@ -161,7 +165,13 @@ fn libvirt_table(s: &Samples, lv: &Libvirt, qemu: &str) -> String {
     );
     let _ = writeln!(
         out,
-        "each with its own thread-context (node-affinity: its node) as prealloc-context; prealloc-threads unset"
+        "each with its own thread-context (node-affinity: its node) as prealloc-context; prealloc-threads unset;"
+    );
+    let _ = writeln!(
+        out,
+        "medians of {} runs each ({} per repetition)",
+        s.0.get("libvirt/run-tc").map_or(0, Vec::len),
+        lv.rounds
     );
     let _ = writeln!(
         out,
@@ -185,9 +195,15 @@ fn libvirt_table(s: &Samples, lv: &Libvirt, qemu: &str) -> String {
     }
     let _ = writeln!(
         out,
-        "  (a) hostmem / {qemu}, same line with contexts: {}   (b) hostmem plain / {qemu} with contexts: {}",
+        "  (a) hostmem / {qemu}, same line with contexts: {} GiB/s, {} whole process (QEMU time / hostmem time)",
         fmt_ratio(s.ratio("libvirt/run-tc", "libvirt/qemu-tc")),
+        fmt_ratio(s.ratio("libvirt/qemu-tc/ms", "libvirt/run-tc/ms")),
+    );
+    let _ = writeln!(
+        out,
+        "  (b) hostmem plain / {qemu} with contexts: {} GiB/s, {} whole process",
         fmt_ratio(s.ratio("libvirt/run-plain", "libvirt/qemu-tc")),
+        fmt_ratio(s.ratio("libvirt/qemu-tc/ms", "libvirt/run-plain/ms")),
     );
     out
 }
@@ -225,8 +241,15 @@ pub fn json_output(ctx: &Ctx, reps: usize, warmup: usize) -> Value {
         "qemu": qemu_version(&ctx.plan.qemu),
         "four-kib-pages": FOUR_K_HOW,
         "thp-bytes-in-4k-backend": ctx.thp_seen_4k,
+        "host-busy": ctx.busy.map(|b| json!({
+            "other-processes-cpu-share": b.others,
+            "steal-share": b.steal,
+            "load-before": b.load_before,
+            "load-after": b.load_after,
+        })),
         "medians": medians,
         "samples": s.0,
+        "libvirt-rounds": ctx.plan.libvirt.rounds,
         "libvirt-line": ctx.plan.libvirt.line(true, true),
         "libvirt-plain-line": ctx.plan.libvirt.line(false, true),
         "targets": targets(s, &ctx.plan).iter().map(Target::json).collect::<Vec<_>>(),

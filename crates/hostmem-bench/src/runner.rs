@@ -122,8 +122,8 @@ fn specs_bytes(specs: &[String]) -> u64 {
 }
 
 /// Touches `bytes` of anonymous memory with `threads` threads (all CPUs) and frees it
-/// again (see [`time_both`]).
-fn prime(bytes: u64, threads: usize) -> Result<(), String> {
+/// again (see [`time_runs`]).
+pub fn prime(bytes: u64, threads: usize) -> Result<(), String> {
     if bytes == 0 {
         return Ok(());
     }
