@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use super::{KernelMode, NodeSet, Policy};
-use crate::sys::{self, mpol};
+use crate::sys;
 
 const NODE_DIR: &str = "/sys/devices/system/node";
 const HUGEPAGES_DIR: &str = "/sys/kernel/mm/hugepages";
@@ -210,19 +210,6 @@ pub struct Features {
     modes: [Option<KernelMode>; Policy::ALL.len()],
 }
 
-/// The kernel's mode number for a policy, as probed: one node for those that take nodes.
-fn probe_mode(p: Policy) -> i32 {
-    match p {
-        Policy::Default => mpol::DEFAULT,
-        Policy::Preferred => mpol::PREFERRED,
-        Policy::Bind => mpol::BIND,
-        Policy::Interleave => mpol::INTERLEAVE,
-        Policy::PreferredMany => mpol::PREFERRED_MANY,
-        Policy::WeightedInterleave => mpol::WEIGHTED_INTERLEAVE,
-        Policy::Local => mpol::LOCAL,
-    }
-}
-
 /// A node this process may allocate on and that has memory, for the policy probes: the
 /// first of `has_memory` in the process's `Mems_allowed_list` (cpusets), else node 0.
 fn probe_node() -> u32 {
@@ -255,7 +242,8 @@ impl Features {
         let node = probe_node();
         let modes = Policy::ALL.map(|p| {
             let nodes = p.takes_nodes().then_some(node);
-            sys::probe_mempolicy(probe_mode(p), nodes)
+            // One node: the mode is the policy's own (preferred stays PREFERRED).
+            sys::probe_mempolicy(p.kernel_mode(1, false), nodes)
                 .ok()
                 .map(KernelMode::from_raw)
         });
@@ -465,6 +453,7 @@ impl HostTopology {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::mpol;
 
     #[test]
     fn kernel_versions() {
