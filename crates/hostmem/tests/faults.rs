@@ -8,28 +8,11 @@ use std::process::Command;
 use common::*;
 use hostmem::{Backend, Kind};
 
-/// A tmpfs of `size` mounted on a fresh temp dir, unmounted on drop.
-fn tmpfs(size: &str) -> TempDir {
-    let d = TempDir::new("tmpfs");
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "none"])
-        .arg(d.path())
-        .status()
-        .unwrap();
-    assert!(st.success(), "mounting tmpfs needs root");
-    d
-}
-
-fn avail(d: &TempDir) -> u64 {
-    let s = rustix::fs::statvfs(d.path()).unwrap();
-    s.f_bavail * s.f_frsize
-}
-
 #[test]
 fn a_full_file_system_is_named_and_gives_its_room_back() {
     let _serial = serial();
-    let fs = tmpfs("16M");
-    let before = avail(&fs);
+    let fs = mount_tmpfs("16M");
+    let before = fs_avail(&fs);
     // Temp file in the directory: sparse until faulted, then the file system runs out.
     let e = Backend::builder(Kind::File, "f")
         .size(64 * MIB)
@@ -51,7 +34,7 @@ fn a_full_file_system_is_named_and_gives_its_room_back() {
         "{msg}"
     );
     assert_eq!(fs.entries(), 0);
-    assert_eq!(avail(&fs), before, "every block given back");
+    assert_eq!(fs_avail(&fs), before, "every block given back");
     // A named file it created is removed again.
     // It is named the same way (the file is gone by the time the error is made).
     let path = fs.path().join("guest.ram");
@@ -71,13 +54,13 @@ fn a_full_file_system_is_named_and_gives_its_room_back() {
         "{msg}"
     );
     assert!(!path.exists());
-    assert_eq!(avail(&fs), before);
+    assert_eq!(fs_avail(&fs), before);
 }
 
 #[test]
 fn a_read_only_file_system_refuses_a_writable_backend_clearly() {
     let _serial = serial();
-    let fs = tmpfs("8M");
+    let fs = mount_tmpfs("8M");
     let path = fs.path().join("rom");
     std::fs::write(&path, vec![0x5a_u8; 2 * MIB as usize]).unwrap();
     let st = Command::new("mount")

@@ -225,3 +225,26 @@ pub fn mount_hugetlbfs(page_size: u64) -> TempDir {
     assert!(st.success(), "mounting hugetlbfs needs root");
     d
 }
+
+/// A tmpfs of `size` mounted on a fresh temp dir (root), unmounted on drop.
+pub fn mount_tmpfs(size: &str) -> TempDir {
+    let d = TempDir::new("tmpfs");
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "none"])
+        .arg(d.path())
+        .status()
+        .expect("running mount");
+    assert!(st.success(), "mounting tmpfs needs root");
+    d
+}
+
+/// Bytes an unprivileged writer could still put on the file system at `d`.
+pub fn fs_avail(d: &TempDir) -> u64 {
+    let s = rustix::fs::statvfs(d.path()).expect("statvfs");
+    s.f_bavail * s.f_frsize
+}
+
+/// A RAM backend of `size` to be configured further.
+pub fn ram(id: &str, size: u64) -> hostmem::Builder {
+    hostmem::Backend::builder(hostmem::Kind::Ram, id).size(size)
+}
