@@ -247,3 +247,29 @@ pub fn extract_pages(json: &str, id: &str) -> Result<BTreeMap<u32, u64>, String>
         .collect::<Result<_, &str>>()
         .map_err(str::to_string)
 }
+
+/// Runs `hostmem run --json --hold ARGS` and, while it holds its backends, reads its
+/// report line and the kernel's numa_maps of that process; then lets it exit and
+/// requires success.
+pub fn held_run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Result<(String, String), String> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("/bin/hostmem")
+        .args(["run", "--json", "--hold"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting /bin/hostmem: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().ok_or("no stdout")?)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let numa = std::fs::read_to_string(format!("/proc/{}/numa_maps", child.id()))
+        .map_err(|e| e.to_string())?;
+    drop(child.stdin.take());
+    let status = child.wait().map_err(|e| e.to_string())?;
+    ensure(status.success(), || format!("hostmem run exited {status}"))?;
+    Ok((line, numa))
+}

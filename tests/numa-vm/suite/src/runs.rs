@@ -1,51 +1,22 @@
 //! `hostmem run` as a separate process: its report against the kernel's numa_maps.
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::common::*;
 
 pub fn run_two_backends(t: &Topo) -> Check {
     let (a, b) = (t.mem[1], t.mem[2]);
-    let mut child = Command::new("/bin/hostmem")
-        .args(["run", "--json", "--hold"])
-        .args([
-            "-object",
-            &format!("memory-backend-ram,id=a,size=48M,prealloc=on,policy=bind,host-nodes={a}"),
-        ])
-        .args([
-            "-object",
-            &format!("memory-backend-ram,id=b,size=32M,prealloc=on,policy=bind,host-nodes={b}"),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("starting /bin/hostmem: {e}"))?;
-    let mut line = String::new();
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    let numa = std::fs::read_to_string(format!("/proc/{}/numa_maps", child.id()))
-        .map_err(|e| e.to_string())?;
-    drop(child.stdin.take());
-    let status = child.wait().map_err(|e| e.to_string())?;
-    ensure(status.success(), || format!("hostmem run exited {status}"))?;
+    let (line, numa) = held_run(&[
+        "-object",
+        &format!("memory-backend-ram,id=a,size=48M,prealloc=on,policy=bind,host-nodes={a}"),
+        "-object",
+        &format!("memory-backend-ram,id=b,size=32M,prealloc=on,policy=bind,host-nodes={b}"),
+    ])?;
     let mut out = Vec::new();
     for (id, node) in [("a", a), ("b", b)] {
         let reported = extract_pages(&line, id)?;
         let addr = extract_addr(&line, id)?;
-        let kernel: BTreeMap<u32, u64> = numa
-            .lines()
-            .find(|l| l.starts_with(&format!("{addr:x} ")))
-            .ok_or_else(|| format!("no numa_maps line at {addr:x}"))?
-            .split_whitespace()
-            .filter_map(|w| {
-                let (n, p) = w.strip_prefix('N')?.split_once('=')?;
-                Some((n.parse().ok()?, p.parse().ok()?))
-            })
-            .collect();
+        let kernel = numa_maps_pages(&numa, addr)?;
         ensure(reported == kernel, || {
             format!(
                 "{id}: report {} vs numa_maps {}",
@@ -94,23 +65,9 @@ pub fn qemu_cmdline_checked_then_run(t: &Topo) -> Check {
         check.status.success() && text.matches(" fits").count() == 4,
         || format!("--check: {}\n{text}", check.status),
     )?;
-    let mut child = Command::new("/bin/hostmem")
-        .args(["run", "--json", "--hold", "--"])
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting /bin/hostmem: {e}"))?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().ok_or("no stdout")?)
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    let numa = std::fs::read_to_string(format!("/proc/{}/numa_maps", child.id()))
-        .map_err(|e| e.to_string())?;
-    drop(child.stdin.take());
-    let status = child.wait().map_err(|e| e.to_string())?;
-    ensure(status.success(), || format!("hostmem run exited {status}"))?;
+    let mut held = vec!["--".to_string()];
+    held.extend(args.iter().cloned());
+    let (line, numa) = held_run(&held)?;
     let mut out = Vec::new();
     for (i, &node) in nodes.iter().enumerate() {
         let id = format!("ram-node{i}");
