@@ -1,8 +1,9 @@
 //! `hostmem run` as a process: its report checked against the kernel's view of that
 //! process (/proc/PID/smaps, numa_maps), its errors, and its clean exit.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hostmem");
 const MIB: u64 = 1 << 20;
@@ -38,24 +39,50 @@ fn kernel_view(pid: u32, addr: u64) -> (u64, Vec<(u32, u64)>) {
     (rss, nodes)
 }
 
+/// `hostmem run --json --hold ARGS` while it holds its backends: the process and the
+/// report it printed.
+struct Held {
+    child: Child,
+    report: serde_json::Value,
+}
+
+impl Held {
+    fn start<S: AsRef<OsStr>>(args: &[S]) -> Held {
+        let mut child = Command::new(BIN)
+            .args(["run", "--json", "--hold"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let report = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        Held { child, report }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// EOF on stdin ends the hold: the backends are deleted and the exit is clean.
+    fn finish(mut self) {
+        drop(self.child.stdin.take());
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
 #[test]
 fn json_report_agrees_with_the_kernel_view_of_the_holding_process() {
-    let mut child = Command::new(BIN)
-        .args(["run", "--json", "--hold"])
-        .args([
-            "-object",
-            "memory-backend-ram,id=a,size=64M,prealloc=on,policy=bind,host-nodes=0",
-        ])
-        .args(["--object", "memory-backend-memfd,id=b,size=32M,merge=off"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let doc: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let held = Held::start(&[
+        "-object",
+        "memory-backend-ram,id=a,size=64M,prealloc=on,policy=bind,host-nodes=0",
+        "--object",
+        "memory-backend-memfd,id=b,size=32M,merge=off",
+    ]);
+    let doc = &held.report;
     let backends = doc["backends"].as_array().unwrap();
     assert_eq!(backends.len(), 2);
     let a = &backends[0];
@@ -80,7 +107,7 @@ fn json_report_agrees_with_the_kernel_view_of_the_holding_process() {
     assert_eq!(a["policy"], "bind");
     assert_eq!(a["host-nodes"], serde_json::json!([0]));
     let addr = a["host-addr"].as_u64().unwrap();
-    let (rss, nodes) = kernel_view(child.id(), addr);
+    let (rss, nodes) = kernel_view(held.pid(), addr);
     assert_eq!(
         rss,
         64 * MIB,
@@ -102,9 +129,7 @@ fn json_report_agrees_with_the_kernel_view_of_the_holding_process() {
         .unwrap()
         .iter()
         .any(|f| f == "sh"));
-    // EOF on stdin ends the hold; the backends are deleted and the exit is clean.
-    drop(child.stdin.take());
-    assert!(child.wait().unwrap().success());
+    held.finish();
 }
 
 #[test]
@@ -250,27 +275,14 @@ fn host_features_agree_with_what_the_kernel_does() {
     // process shows whether its pages came in.
     let populate = f["madv-populate-write"].as_bool().unwrap();
     assert!(populate, "Linux 5.14+ has MADV_POPULATE_WRITE: {f}");
-    let mut child = Command::new(BIN)
-        .args(["run", "--json", "--hold", "-object"])
-        .arg("memory-backend-memfd,id=m,size=8M,prealloc=on")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let rep: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let addr = rep["backends"][0]["host-addr"].as_u64().unwrap();
+    let held = Held::start(&["-object", "memory-backend-memfd,id=m,size=8M,prealloc=on"]);
+    let addr = held.report["backends"][0]["host-addr"].as_u64().unwrap();
     assert_eq!(
-        kernel_view(child.id(), addr).0,
+        kernel_view(held.pid(), addr).0,
         8 * MIB,
         "memfd preallocated"
     );
-    drop(child.stdin.take());
-    assert!(child.wait().unwrap().success());
+    held.finish();
     // Each policy: where the probe read a mode back, a backend with the policy is made
     // and numa_maps of the holding process shows that mode; where mbind refused it, the
     // run fails.
@@ -294,7 +306,7 @@ fn host_features_agree_with_what_the_kernel_does() {
         };
         format!("memory-backend-ram,id=p{i},size=2M,prealloc=on,policy={policy}{nodes}")
     };
-    let mut args = vec!["run".to_string(), "--json".into(), "--hold".into()];
+    let mut args: Vec<String> = Vec::new();
     let mut want = Vec::new();
     for (i, (policy, mode)) in modes.iter().enumerate() {
         match mode.as_str() {
@@ -310,20 +322,10 @@ fn host_features_agree_with_what_the_kernel_does() {
         }
     }
     assert_eq!(want.len(), 7, "Linux 6.9+ accepts every policy: {f}");
-    let mut child = Command::new(BIN)
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let rep: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let numa = std::fs::read_to_string(format!("/proc/{}/numa_maps", child.id())).unwrap();
+    let held = Held::start(&args);
+    let numa = std::fs::read_to_string(format!("/proc/{}/numa_maps", held.pid())).unwrap();
     for (id, policy, mode) in want {
-        let b = rep["backends"]
+        let b = held.report["backends"]
             .as_array()
             .unwrap()
             .iter()
@@ -342,8 +344,7 @@ fn host_features_agree_with_what_the_kernel_does() {
             "policy {policy}: the probe read back {mode:?}, numa_maps says {l:?}"
         );
     }
-    drop(child.stdin.take());
-    assert!(child.wait().unwrap().success());
+    held.finish();
 }
 
 #[test]
@@ -408,31 +409,19 @@ fn sigint_during_a_multi_gib_prealloc_exits_within_a_second_and_leaves_nothing()
 /// /proc/PID/task with the affinity it was given.
 #[test]
 fn libvirt_style_json_objects_with_a_thread_context() {
-    let mut child = Command::new(BIN)
-        .args(["run", "--json", "--hold"])
-        .args([
-            "-object",
-            r#"{"qom-type":"memory-backend-ram","id":"ram-node0","size":33554432,"prealloc":true,"prealloc-context":"tc-ram-node0","x-use-canonical-path-for-ramblock-id":false}"#,
-        ])
-        .args([
-            "-object",
-            r#"{"qom-type":"thread-context","id":"tc-ram-node0","cpu-affinity":[0]}"#,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let doc: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let held = Held::start(&[
+        "-object",
+        r#"{"qom-type":"memory-backend-ram","id":"ram-node0","size":33554432,"prealloc":true,"prealloc-context":"tc-ram-node0","x-use-canonical-path-for-ramblock-id":false}"#,
+        "-object",
+        r#"{"qom-type":"thread-context","id":"tc-ram-node0","cpu-affinity":[0]}"#,
+    ]);
+    let doc = &held.report;
     let b = &doc["backends"][0];
     assert_eq!(b["prealloc-context"], "/objects/tc-ram-node0");
     let addr = b["host-addr"].as_u64().unwrap();
-    let (rss, _) = kernel_view(child.id(), addr);
+    let (rss, _) = kernel_view(held.pid(), addr);
     assert_eq!(rss, 32 * MIB);
-    let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap();
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", held.pid())).unwrap();
     let tc = tasks
         .filter_map(|t| {
             let p = t.unwrap().path();
@@ -448,8 +437,7 @@ fn libvirt_style_json_objects_with_a_thread_context() {
             .any(|l| l.replace('\t', " ") == "Cpus_allowed_list: 0"),
         "{status}"
     );
-    drop(child.stdin.take());
-    assert!(child.wait().unwrap().success());
+    held.finish();
 }
 
 #[test]
