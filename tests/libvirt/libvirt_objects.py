@@ -481,6 +481,32 @@ def warnings_of(prog, text):
     return out
 
 
+def stderr_of(errf):
+    errf.seek(0)
+    return errf.read().decode(errors="replace")
+
+
+def refused(prog, errf, objs):
+    """The set was refused: the message and warnings `prog` wrote to `errf`."""
+    err = stderr_of(errf)
+    return Outcome(False, clean_message(prog, err, objs), warnings_of(prog, err))
+
+
+def accepted(prog, errf, rb):
+    """The set was made and read back as `rb`; the warnings `prog` wrote to `errf`."""
+    return Outcome(True, warnings=warnings_of(prog, stderr_of(errf)), rb=rb)
+
+
+def read_or_kill(q, p, errf, ids, backend_ids, extra_props=None):
+    """readback(), or the process killed and the error given with its last stderr."""
+    try:
+        return readback(q, ids, backend_ids, extra_props)
+    except QmpError as e:
+        p.kill()
+        p.wait()
+        raise QmpError(f"{e}; stderr: {stderr_of(errf)[-300:]}")
+
+
 class Runner:
     def __init__(self, qemu, hostmem, workdir):
         self.qemu, self.hostmem, self.work = qemu, hostmem, Path(workdir)
@@ -499,22 +525,11 @@ class Runner:
                 q = Qmp(p.stdout.fileno(), p.stdin)
             except QmpError:
                 p.wait(timeout=60)
-                errf.seek(0)
-                err = errf.read().decode(errors="replace")
-                return Outcome(False, clean_message(self.qemu_name, err, objs),
-                               warnings_of(self.qemu_name, err))
-            try:
-                rb = readback(q, ids, backend_ids)
-            except QmpError as e:
-                p.kill()
-                p.wait()
-                errf.seek(0)
-                raise QmpError(f"{e}; stderr: {errf.read().decode(errors='replace')[-300:]}")
+                return refused(self.qemu_name, errf, objs)
+            rb = read_or_kill(q, p, errf, ids, backend_ids)
             q.cmd("quit")
             p.wait(timeout=60)
-            errf.seek(0)
-            err = errf.read().decode(errors="replace")
-            return Outcome(True, warnings=warnings_of(self.qemu_name, err), rb=rb)
+            return accepted(self.qemu_name, errf, rb)
         finally:
             if p.poll() is None:
                 p.kill()
@@ -535,32 +550,18 @@ class Runner:
                     raise QmpError("hostmem did not listen within %d s" % QMP_TIMEOUT)
                 time.sleep(0.002)
             if p.poll() is not None and not sock.exists():
-                errf.seek(0)
-                err = errf.read().decode(errors="replace")
-                return Outcome(False, clean_message("hostmem", err, objs),
-                               warnings_of("hostmem", err))
+                return refused("hostmem", errf, objs)
             try:
                 q = Qmp.unix(sock, p)
             except (QmpError, OSError):
                 if p.wait(timeout=60) != 0:  # gone between listening and our connect
-                    errf.seek(0)
-                    err = errf.read().decode(errors="replace")
-                    return Outcome(False, clean_message("hostmem", err, objs),
-                                   warnings_of("hostmem", err))
+                    return refused("hostmem", errf, objs)
                 raise
-            try:
-                rb = readback(q, ids, backend_ids, extra_props)
-            except QmpError as e:
-                p.kill()
-                p.wait()
-                errf.seek(0)
-                raise QmpError(f"{e}; stderr: {errf.read().decode(errors='replace')[-300:]}")
+            rb = read_or_kill(q, p, errf, ids, backend_ids, extra_props)
             q.cmd("quit")
             q.close()
             p.wait(timeout=60)
-            errf.seek(0)
-            err = errf.read().decode(errors="replace")
-            return Outcome(True, warnings=warnings_of("hostmem", err), rb=rb)
+            return accepted("hostmem", errf, rb)
         finally:
             if p.poll() is None:
                 p.terminate()
