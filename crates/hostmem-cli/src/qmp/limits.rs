@@ -87,7 +87,9 @@ mod tests {
             json!({"qom-type": "memory-backend-file", "id": "f", "size": 2 << 20,
                    "mem-path": path.to_str().unwrap()})
         };
-        for bad in [outside.clone(), dir.join("../x")] {
+        // `..` out of the directory, to a name no other program uses.
+        let escaped = dir.join(format!("../hostmem-limits-{}.escaped", std::process::id()));
+        for bad in [outside.clone(), escaped] {
             let r = add(&mut m, file(&bad));
             assert!(error_desc(&r).contains("is outside"), "{r}");
             assert!(!bad.exists(), "{} was created", bad.display());
