@@ -14,9 +14,7 @@ pub enum VmmError {
         id: String,
     },
     /// An offset, length or guest address that is not whole pages of the backend.
-    #[error(
-        "backend '{id}': {what} {value:#x} is not a multiple of the page size {page:#x}"
-    )]
+    #[error("backend '{id}': {what} {value:#x} is not a multiple of the page size {page:#x}")]
     NotAligned {
         /// Object id.
         id: String,
