@@ -1,6 +1,6 @@
-//! The `hostmem` command as a library: the subcommands (`run`, `host`), the report,
-//! and the QMP monitor. The binary (`src/main.rs`) only parses the command
-//! line; the fuzz targets (`fuzz/`) drive the QMP monitor in process through
+//! The `hostmem` command as a library: its command line ([`cli`]), the subcommands
+//! (`run`, `host`), the report, and the QMP monitor. The binary (`src/main.rs`) only
+//! parses the command line; the fuzz targets (`fuzz/`) drive the QMP monitor in process through
 //! [`qmp::Monitor`], the same request path the socket server takes; the QEMU
 //! comparison (`crates/hostmem-bench`) uses the report and the signal handling.
 //!
@@ -8,6 +8,7 @@
 //! comes from rustix.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod cmdline;
 pub mod host;
 pub mod qmp;

@@ -7,6 +7,16 @@ use hostmem::size::format_size;
 use hostmem::{Backend, KernelView, PropValue};
 use serde_json::{json, Value};
 
+/// Version of the JSON report's shape (`docs/report.schema.json`, whose `$id` ends in
+/// it): raised when a member is removed, renamed or changes type, so consumers can
+/// refuse a report they do not know.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The JSON document `--json` prints: the schema version and one entry per backend.
+pub fn document(backends: Vec<Value>) -> Value {
+    json!({"schema-version": SCHEMA_VERSION, "backends": backends})
+}
+
 /// Things the kernel view contradicts or qualifies in what was asked for.
 pub fn notes(b: &Backend, v: &KernelView) -> Vec<String> {
     let cfg = &b.config().common;

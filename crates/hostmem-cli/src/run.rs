@@ -13,7 +13,6 @@ use hostmem::props::parse_bool;
 use hostmem::props::Lookup;
 use hostmem::{Backend, HostTopology, MachineDefaults, ObjectSpec, Progress, ThreadContext};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::json;
 
 use crate::signals::{self, Stop};
 use crate::{cmdline, qmp, report};
@@ -35,7 +34,7 @@ fn check(backends: &[Backend], specs: &[&String], json: bool) -> ExitCode {
     let verdicts = hostmem::preflight::check(&refs, &HostTopology::read());
     let mut out = std::io::stdout().lock();
     let printed = if json {
-        let doc = json!({"backends": verdicts.iter().map(report::check_json).collect::<Vec<_>>()});
+        let doc = report::document(verdicts.iter().map(report::check_json).collect());
         writeln!(out, "{doc}")
     } else {
         write!(
@@ -317,8 +316,7 @@ pub fn main(args: RunArgs) -> ExitCode {
     }
     let mut out = std::io::stdout().lock();
     let printed = if args.json {
-        let doc =
-            json!({"backends": backends.iter().map(report::backend_json).collect::<Vec<_>>()});
+        let doc = report::document(backends.iter().map(report::backend_json).collect());
         writeln!(out, "{doc}")
     } else {
         backends

@@ -2,9 +2,9 @@
 //! memory, high RAM as a shared memfd that a vhost-user back end could map through its
 //! fd. Run: cargo run -p hostmem --features vm-memory --example guest_memory
 
+use hostmem::vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use hostmem::vmm::guest_memory;
 use hostmem::{Backend, Kind};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let low = Backend::builder(Kind::Ram, "low")
@@ -14,16 +14,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let high = Backend::builder(Kind::Memfd, "high")
         .size(512 << 20)
         .create()?;
-    let mem = guest_memory(&[(&low, GuestAddress(0)), (&high, GuestAddress(1 << 32))])?;
+    let mem = guest_memory::<()>(&[
+        (&low, 0, 256 << 20, GuestAddress(0)),
+        (&high, 0, 512 << 20, GuestAddress(1 << 32)),
+    ])?;
     for r in mem.iter() {
         let fd = r
             .file_offset()
             .map(|f| format!("fd offset {}", f.start()))
             .unwrap_or_else(|| "anonymous".into());
         println!(
-            "guest {:#012x}..{:#012x}  {}",
+            "guest {:#012x}..{:#012x}  {}  {}",
             r.start_addr().0,
             r.last_addr().0,
+            r.backend_id(),
             fd
         );
     }

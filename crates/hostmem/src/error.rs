@@ -299,6 +299,15 @@ pub enum Error {
         /// Object id.
         id: String,
     },
+    /// The fd of memory that has none was asked for (`memory-backend-ram` is
+    /// anonymous memory).
+    #[error("{kind} '{id}' has no fd: its memory is anonymous")]
+    NoFd {
+        /// QEMU type name.
+        kind: &'static str,
+        /// Object id.
+        id: String,
+    },
     /// Allocation was asked of a backend that is already live.
     #[error("{kind} '{id}' is already allocated")]
     AlreadyAllocated {

@@ -52,3 +52,10 @@ pub use numa::{HostTopology, NodeSet, Policy};
 pub use objspec::ObjectSpec;
 pub use prealloc::Progress;
 pub use props::{Config, MachineDefaults, Prop, PropType, PropValue};
+/// The vm-memory this crate's regions implement (0.18, with `backend-mmap` and
+/// `backend-bitmap`): use it rather than a dependency of your own, so the versions and
+/// features agree.
+#[cfg(feature = "vm-memory")]
+pub use vm_memory;
+#[cfg(feature = "vm-memory")]
+pub use vmm::VmmError;

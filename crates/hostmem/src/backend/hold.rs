@@ -1,8 +1,6 @@
 //! The memory of a live backend and the holds consumers take on it.
 
-#[cfg(feature = "vm-memory")]
-use std::os::fd::OwnedFd;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::kind::Mapped;
@@ -16,6 +14,9 @@ pub(crate) struct Region {
     pub hugetlb: bool,
     /// Mapped MAP_SHARED: other mappings of the fd see the same bytes.
     pub shared: bool,
+    /// Ranges of the memory that are guest regions now (`backend/claim.rs`).
+    #[cfg_attr(not(feature = "vm-memory"), allow(dead_code))]
+    pub claims: std::sync::Mutex<Vec<super::claim::Claimed>>,
 }
 
 /// A consumer's hold on a backend's memory (a guest region, a VMM): while one exists
@@ -91,7 +92,6 @@ impl InUse {
 }
 
 impl Region {
-    #[cfg(feature = "vm-memory")]
     pub(crate) fn fd_and_offset(&self) -> Option<(&OwnedFd, u64)> {
         self.mapped.fd.as_ref().map(|f| (f, self.mapped.fd_offset))
     }

@@ -5,9 +5,11 @@
 
 mod builder;
 pub(crate) mod capacity;
+pub(crate) mod claim;
 mod failure;
 mod hold;
 mod live;
+mod share;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -348,6 +350,7 @@ impl Backend {
             page_size: plan.page_size,
             hugetlb: plan.hugetlb,
             shared: c.share,
+            claims: Default::default(),
         }))
     }
 

@@ -73,7 +73,7 @@ impl KindOps for MemfdConfig {
             flags |= memfd::HUGETLB | (plan.page_size.trailing_zeros() << memfd::HUGE_SHIFT);
         }
         let fail = |e: std::io::Error| t.map_failed(&e);
-        let fd = sys::memfd_create("memory-backend-memfd", flags).map_err(fail)?;
+        let fd = sys::memfd_create(&memfd_name(t.id), flags).map_err(fail)?;
         let file = File::from(fd);
         file.set_len(plan.len).map_err(|e| {
             t.invalid(
@@ -98,5 +98,37 @@ impl KindOps for MemfdConfig {
         };
         let map = RawMapping::map(plan.len as usize, Some(&fd), 0, opts).map_err(fail)?;
         Ok(Mapped::of_fd(map, fd))
+    }
+}
+
+/// The memfd's name: the backend's id, so /proc/PID/maps and /proc/PID/fd show
+/// `/memfd:ID (deleted)` for each backend (QEMU 10 names every one
+/// `memory-backend-memfd`, so its backends cannot be told apart there). The kernel takes
+/// at most 249 bytes and no NUL: longer ids are cut on a character boundary, a NUL
+/// becomes `_`.
+fn memfd_name(id: &str) -> String {
+    const MAX: usize = 249;
+    let mut name = id.replace('\0', "_");
+    if name.len() > MAX {
+        let mut end = MAX;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::memfd_name;
+
+    #[test]
+    fn memfd_names_fit_the_kernels_limit_and_keep_the_id() {
+        assert_eq!(memfd_name("ram-node0"), "ram-node0");
+        assert_eq!(memfd_name("a\0b"), "a_b");
+        let long = "é".repeat(200);
+        let n = memfd_name(&long);
+        assert!(n.len() <= 249 && long.starts_with(&n) && n.len() == 248);
     }
 }

@@ -167,6 +167,12 @@ impl Kind {
     pub fn from_qom_type(s: &str) -> Option<Kind> {
         Kind::ALL.iter().copied().find(|k| k.qom_type() == s)
     }
+
+    /// Whether its memory comes from an fd another process can map (memfd, file,
+    /// shm); `memory-backend-ram` is anonymous.
+    pub fn has_fd(self) -> bool {
+        self != Kind::Ram
+    }
 }
 
 impl fmt::Display for Kind {

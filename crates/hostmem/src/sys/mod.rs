@@ -8,6 +8,8 @@
 //! caller's promise is an `unsafe fn` with a `# Safety` section.
 
 mod fd;
+#[cfg(feature = "kvm")]
+pub(crate) mod kvm;
 mod mapping;
 mod numa;
 mod probe;
