@@ -6,7 +6,9 @@
 DIR holds, for each suite in the order it ran, NN-KIND.name (its title), NN-KIND.log (its
 output) and NN-KIND.status (its exit status). KIND says how the log is read:
 
-  lint        lines `lint: WHAT exit N` (cargo fmt --check, cargo clippy): one check each
+  lint        lines `lint: WHAT exit N` (cargo fmt --check, cargo clippy, the
+              rust-version build): one check each; `lint: WHAT skipped: WHY` is a
+              skipped check (the rust-version toolchain cannot be fetched)
   cargo-test  every `test result: ... N passed; N failed; N ignored; ...` line
   pytest      pytest's summary line (`N passed, N failed, N skipped, N errors in S s`)
   libvirt     tests/libvirt's `object sets total ...` line of each phase (cli, qmp) and
@@ -52,8 +54,10 @@ class Unreadable(Exception):
 def lint(log):
     r = Result()
     checks = re.findall(r"^lint: (.+) exit (\d+)$", log, re.M)
+    skipped = re.findall(r"^lint: (.+) skipped: (.+)$", log, re.M)
     if not checks:
         raise Unreadable("no `lint: ... exit N` line")
+    r.skipped = len(skipped)
     for what, status in checks:
         if status == "0":
             r.passed += 1
@@ -61,6 +65,8 @@ def lint(log):
             r.failed += 1
             r.problems.append(f"{what} exit {status}")
     r.detail = f"{r.passed} passed, {r.failed} failed (" + ", ".join(w for w, _ in checks) + ")"
+    if skipped:
+        r.detail += "; skipped: " + "; ".join(f"{w} ({why})" for w, why in skipped)
     return r
 
 
