@@ -36,6 +36,7 @@ pub mod objspec;
 pub mod prealloc;
 pub mod preflight;
 pub mod props;
+pub mod remote;
 pub mod size;
 // The one module allowed to use `unsafe`; private to the crate.
 #[allow(unsafe_code)]
@@ -52,3 +53,4 @@ pub use numa::{HostTopology, NodeSet, Policy};
 pub use objspec::ObjectSpec;
 pub use prealloc::Progress;
 pub use props::{Config, MachineDefaults, Prop, PropType, PropValue};
+pub use remote::{Process, RemoteRegion};
