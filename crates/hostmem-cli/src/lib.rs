@@ -1,4 +1,4 @@
-//! The `hostmem` command as a library: the subcommands (`run`, `host`), the report,
+//! The `hostmem` command as a library: the subcommands (`run`, `host`, `vm`), the report,
 //! and the QMP monitor. The binary (`src/main.rs`) only parses the command
 //! line; the fuzz targets (`fuzz/`) drive the QMP monitor in process through
 //! [`qmp::Monitor`], the same request path the socket server takes; the QEMU
@@ -14,3 +14,4 @@ pub mod qmp;
 pub mod report;
 pub mod run;
 pub mod signals;
+pub mod vm;

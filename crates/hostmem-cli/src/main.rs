@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hostmem_cli::{host, run};
+use hostmem_cli::{host, run, vm};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +30,9 @@ enum Command {
     /// Show the host as hostmem sees it: NUMA nodes, huge page pools, THP, KSM, features.
     #[command(after_help = host::EXAMPLES)]
     Host(host::HostArgs),
+    /// A running QEMU's memory backends, node by node, read from the kernel; `rebind` moves one.
+    #[command(after_help = vm::EXAMPLES)]
+    Vm(vm::VmArgs),
 }
 
 /// QEMU spells its options with one dash; clap wants two. A QEMU command line after
@@ -57,5 +60,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(a) => run::main(a),
         Command::Host(a) => host::main(a),
+        Command::Vm(a) => vm::main(a),
     }
 }
