@@ -150,23 +150,24 @@ impl RemoteRegion {
         Ok(v)
     }
 
-    /// The address of every page of the range, for pages of `page_size` bytes.
-    pub(crate) fn page_addrs(&self, page_size: u64) -> Vec<u64> {
-        (0..self.len / page_size.max(1))
-            .map(|i| self.start + i * page_size)
-            .collect()
-    }
-
-    /// Where each page of the range is, page by page (move_pages(2) without nodes).
+    /// Where each page of the range is, page by page (move_pages(2) without nodes),
+    /// asked a window of pages at a time.
     pub fn placement(&self, page_size: u64) -> Result<Placement, RemoteError> {
-        let status = self.page_status(&self.page_addrs(page_size))?;
+        let page = page_size.max(1);
+        let pages = self.len / page;
         let mut p = Placement::default();
-        for s in status {
-            match s {
-                s if s >= 0 => *p.per_node.entry(s as u32).or_default() += 1,
-                s if s == -libc::ENOENT => p.absent += 1,
-                s => *p.other.entry(-s).or_default() += 1,
+        let mut first = 0;
+        while first < pages {
+            let n = (PAGES_PER_CALL as u64).min(pages - first);
+            let addrs: Vec<u64> = (first..first + n).map(|i| self.start + i * page).collect();
+            for s in self.page_status(&addrs)? {
+                match s {
+                    s if s >= 0 => *p.per_node.entry(s as u32).or_default() += 1,
+                    s if s == -libc::ENOENT => p.absent += 1,
+                    s => *p.other.entry(-s).or_default() += 1,
+                }
             }
+            first += n;
         }
         Ok(p)
     }

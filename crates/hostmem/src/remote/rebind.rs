@@ -121,50 +121,82 @@ impl RemoteRegion {
         } / page;
         let nodes: Vec<u32> = targets.iter().collect();
 
-        // Where every page is now, and where it should go.
-        let addrs = self.page_addrs(page);
-        let status = self.page_status(&addrs)?;
-        let mut plan: Vec<(u64, i32)> = Vec::new();
+        let target_of = |addr: u64| {
+            let i = (addr - self.start) / page;
+            nodes[(i / stripe) as usize % nodes.len()] as i32
+        };
         let mut report = RemoteRebindReport {
             page_size: page,
             ..Default::default()
         };
-        let mut headed: BTreeMap<u32, u64> = BTreeMap::new();
-        for (i, (&addr, &now)) in addrs.iter().zip(&status).enumerate() {
-            if now < 0 {
-                continue; // not resident: nothing to move
+        // Windows of the range, one move_pages call each: no per-page list of the
+        // whole range is ever held (64 GiB of 4 KiB pages would be 16 M entries).
+        let window = (PAGES_PER_CALL as u64 * 4096 / page).max(1);
+        let windows = |f: &mut dyn FnMut(Vec<u64>) -> Result<bool, RemoteError>| {
+            let pages = self.len / page;
+            let mut first = 0;
+            while first < pages {
+                let n = window.min(pages - first);
+                let addrs = (first..first + n).map(|i| self.start + i * page).collect();
+                if !f(addrs)? {
+                    break;
+                }
+                first += n;
             }
-            report.resident_pages += 1;
-            let to = nodes[(i as u64 / stripe) as usize % nodes.len()];
-            if now as u32 == to {
-                report.already_placed += 1;
-            } else {
-                plan.push((addr, to as i32));
-                *headed.entry(to).or_default() += 1;
-            }
-        }
-        check_capacity(&topo, &headed, page, hugetlb)?;
+            Ok::<(), RemoteError>(())
+        };
 
-        // The move, chunk by chunk.
-        progress.add_total(plan.len() as u64 * page);
+        // Pass 1: where every resident page is, and how many go to each node. Nothing
+        // moves before every node's share is known to fit.
+        let mut headed: BTreeMap<u32, u64> = BTreeMap::new();
+        windows(&mut |addrs| {
+            for (addr, now) in addrs.iter().zip(self.page_status(&addrs)?) {
+                if now < 0 {
+                    continue; // not resident: nothing to move
+                }
+                report.resident_pages += 1;
+                let to = target_of(*addr);
+                if now == to {
+                    report.already_placed += 1;
+                } else {
+                    *headed.entry(to as u32).or_default() += 1;
+                }
+            }
+            Ok(true)
+        })?;
+        check_capacity(&topo, &headed, page, hugetlb)?;
+        let planned: u64 = headed.values().sum();
+
+        // Pass 2: the move, window by window, asking again where each page is (the
+        // guest runs meanwhile).
+        progress.add_total(planned * page);
         let started = Instant::now();
-        let mut failed_at: Vec<(u64, i32, i32)> = Vec::new();
-        let chunk = (PAGES_PER_CALL as u64 * 4096 / page).max(1) as usize;
-        let mut done = 0usize;
-        for batch in plan.chunks(chunk) {
+        let mut tried = 0u64;
+        let exited = |moved| RemoteError::Exited { pid, moved };
+        windows(&mut |addrs| {
             if progress.is_cancelled() {
                 report.cancelled = true;
-                break;
+                return Ok(false);
+            }
+            let now = self.page_status(&addrs).map_err(|e| match e {
+                RemoteError::NoProcess { .. } => exited(report.moved),
+                e => e,
+            })?;
+            let batch: Vec<(u64, i32)> = addrs
+                .iter()
+                .zip(now)
+                .filter(|&(&a, n)| n >= 0 && n != target_of(a))
+                .map(|(&a, _)| (a, target_of(a)))
+                .collect();
+            if batch.is_empty() {
+                return Ok(true);
             }
             let a: Vec<u64> = batch.iter().map(|p| p.0).collect();
             let n: Vec<i32> = batch.iter().map(|p| p.1).collect();
             let st = match crate::sys::move_pages_of(pid, &a, Some(&n), options.move_all) {
                 Ok(st) => st,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ESRCH)) => {
-                    return Err(RemoteError::Exited {
-                        pid,
-                        moved: report.moved,
-                    })
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                    return Err(exited(report.moved))
                 }
                 Err(e) => {
                     let needs = if options.move_all && e.raw_os_error() == Some(libc::EPERM) {
@@ -175,41 +207,43 @@ impl RemoteRegion {
                     return Err(RemoteError::from_io(pid, "move_pages", &e, needs));
                 }
             };
+            // A tail page of a huge page moved with its head reports EBUSY or its old
+            // node: ask the kernel where such pages are now before calling them failed.
+            let mut unsure: Vec<(u64, i32, i32)> = Vec::new();
             for (&(addr, to), s) in batch.iter().zip(st) {
                 if s == to {
                     report.moved += 1;
                     *report.moved_per_node.entry(to as u32).or_default() += 1;
                 } else {
-                    failed_at.push((addr, to, s));
+                    unsure.push((addr, to, s));
                 }
             }
-            done += batch.len();
+            if !unsure.is_empty() {
+                let a: Vec<u64> = unsure.iter().map(|f| f.0).collect();
+                let now = self.page_status(&a).map_err(|e| match e {
+                    RemoteError::NoProcess { .. } => exited(report.moved),
+                    e => e,
+                })?;
+                for ((_, to, s), n) in unsure.into_iter().zip(now) {
+                    if n == to {
+                        report.moved += 1;
+                        *report.moved_per_node.entry(to as u32).or_default() += 1;
+                    } else {
+                        let errno = if s < 0 { -s } else { libc::EAGAIN };
+                        *report.failed.entry(errno).or_default() += 1;
+                    }
+                }
+            }
+            tried += batch.len() as u64;
             progress.add_done(batch.len() as u64 * page);
-        }
-        report.skipped = (plan.len() - done) as u64;
+            Ok(true)
+        })?;
+        report.skipped = if report.cancelled {
+            planned.saturating_sub(tried)
+        } else {
+            0
+        };
         report.seconds = started.elapsed().as_secs_f64();
-
-        // A tail page of a huge page moved with its head reports EBUSY or its old
-        // node: ask the kernel where such pages are now before calling them failed.
-        if !failed_at.is_empty() {
-            let a: Vec<u64> = failed_at.iter().map(|f| f.0).collect();
-            let now = self.page_status(&a).map_err(|e| match e {
-                RemoteError::NoProcess { .. } => RemoteError::Exited {
-                    pid,
-                    moved: report.moved,
-                },
-                e => e,
-            })?;
-            for ((_, to, s), n) in failed_at.into_iter().zip(now) {
-                if n == to {
-                    report.moved += 1;
-                    *report.moved_per_node.entry(to as u32).or_default() += 1;
-                } else {
-                    let errno = if s < 0 { -s } else { libc::EAGAIN };
-                    *report.failed.entry(errno).or_default() += 1;
-                }
-            }
-        }
 
         let after = self.inspect()?;
         report.policy_after = after
@@ -344,5 +378,35 @@ mod tests {
             (2, 2, 0)
         );
         assert!(rep.failed.is_empty());
+    }
+
+    #[test]
+    fn a_share_larger_than_the_nodes_free_memory_is_refused() {
+        let topo = HostTopology::read();
+        let free = node_free_bytes(&topo, 0);
+        assert!(free > 0, "node 0 reads as having free memory");
+        let fits: BTreeMap<u32, u64> = [(0, free / 4096 / 2)].into();
+        assert!(check_capacity(&topo, &fits, 4096, false).is_ok());
+        let too_many: BTreeMap<u32, u64> = [(0, free / 4096 + 1)].into();
+        match check_capacity(&topo, &too_many, 4096, false) {
+            Err(RemoteError::NotEnoughFree {
+                node: 0,
+                needed,
+                free: f,
+            }) => {
+                assert_eq!((needed, f), ((free / 4096 + 1) * 4096, free));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Huge pages are counted against the node's pool of that size.
+        let pool = topo
+            .node(0)
+            .and_then(|n| n.pool(2 << 20))
+            .map_or(0, |p| p.free);
+        let huge: BTreeMap<u32, u64> = [(0, pool + 1)].into();
+        assert!(matches!(
+            check_capacity(&topo, &huge, 2 << 20, true),
+            Err(RemoteError::NotEnoughHugePages { node: 0, .. })
+        ));
     }
 }
