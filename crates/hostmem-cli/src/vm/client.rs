@@ -162,7 +162,10 @@ impl QmpClient {
         let greeting = match c.next_message("the QMP greeting") {
             Ok(v) => v,
             Err(QmpError::Timeout { secs, .. }) => {
-                return Err(not_qmp(format!("no greeting within {secs} s")))
+                return Err(not_qmp(format!(
+                    "no greeting within {secs} s (QEMU serves one client per -qmp socket: \
+                     if this is QEMU's, another client holds it; give QEMU a second -qmp)"
+                )))
             }
             Err(QmpError::Gone { .. }) => {
                 return Err(not_qmp(

@@ -1,6 +1,6 @@
 //! `hostmem vm --watch N`: the report again every N seconds. On a terminal the previous
 //! report is redrawn in place (cursor up, clear to the end); otherwise each report is
-//! appended after a `--- +Ns` line (JSON: one document per line), so a log keeps every
+//! appended after a `--- +N.Ns` line (JSON: one document per line), so a log keeps every
 //! one. Ends cleanly on SIGINT/SIGTERM and with a clear error when QEMU goes away; a
 //! backend deleted meanwhile is reported gone once and the watch goes on.
 
@@ -60,7 +60,7 @@ pub fn run(
                     write!(out, "{text}")
                 }
             } else {
-                write!(out, "--- +{elapsed:.0}s\n{text}")
+                write!(out, "--- +{elapsed:.1}s\n{text}")
             }
             .map(|_| drawn_lines = text.lines().count())
         };
