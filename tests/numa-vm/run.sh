@@ -8,7 +8,8 @@
 #
 # Each BIN (host executable) is copied into the guest's /bin together with
 # the shared libraries it links against; CMD runs in the guest as the suite.
-# Without BIN/CMD: target/release/{hostmem,numa-suite} and /bin/numa-suite.
+# Without BIN/CMD: target/release/{hostmem,numa-suite}, qemu-system-x86_64 (with the
+# firmware -machine pc reads) and /bin/numa-suite.
 # Exit status: 0 only if the guest reported `NUMA-VM: suite exit 0`.
 set -euo pipefail
 
@@ -38,7 +39,7 @@ while (($#)); do
     esac
 done
 if ((${#BINS[@]} == 0 && ${#CMD[@]} == 0)); then
-    BINS=("$ROOT/target/release/hostmem" "$ROOT/target/release/numa-suite")
+    BINS=("$ROOT/target/release/hostmem" "$ROOT/target/release/numa-suite" "$(command -v qemu-system-x86_64)")
     CMD=(/bin/numa-suite)
 fi
 ((${#CMD[@]})) || die "no guest command given after --"
@@ -155,6 +156,15 @@ copy_exe() {
     done < <(awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' <<<"$out")
 }
 for b in "${BINS[@]}"; do copy_exe "$b"; done
+# A QEMU in the guest (suite module vm.rs) reads these two files at -machine pc
+# start-up, at the paths Debian's build searches (found with strace; it dlopens no
+# module for tcg with -display none).
+if [[ -e $STAGE/bin/qemu-system-x86_64 ]]; then
+    for f in /usr/share/seabios/bios-256k.bin /usr/share/qemu/kvmvapic.bin; do
+        mkdir -p "$STAGE${f%/*}"
+        cp -L "$f" "$STAGE$f"
+    done
+fi
 copy_exe "$(command -v numactl)"
 
 # Applet links are made after the payload so a payload binary wins a name

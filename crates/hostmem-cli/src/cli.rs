@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
-use crate::{host, run};
+use crate::{host, run, vm};
 
 /// `hostmem`'s command line.
 #[derive(Parser)]
@@ -32,6 +32,9 @@ pub enum Command {
     /// Show the host as hostmem sees it: NUMA nodes, huge page pools, THP, KSM, features.
     #[command(after_help = host::EXAMPLES)]
     Host(host::HostArgs),
+    /// A running QEMU's memory backends, node by node, read from the kernel; `rebind` moves one.
+    #[command(after_help = vm::EXAMPLES)]
+    Vm(vm::VmArgs),
     /// Print a shell completion script for hostmem on stdout.
     #[command(after_help = COMPLETION_EXAMPLES)]
     Completions {
@@ -125,6 +128,7 @@ pub fn main(cli: Cli) -> ExitCode {
     let printed = match cli.command {
         Command::Run(a) => return run::main(a),
         Command::Host(a) => return host::main(a),
+        Command::Vm(a) => return vm::main(a),
         Command::Completions { shell } => Ok(completions(shell)),
         Command::Man => man_page(),
     };

@@ -1,5 +1,5 @@
 //! The `hostmem` command as a library: its command line ([`cli`]), the subcommands
-//! (`run`, `host`), the report, and the QMP monitor. The binary (`src/main.rs`) only
+//! (`run`, `host`, `vm`), the report, and the QMP monitor. The binary (`src/main.rs`) only
 //! parses the command line; the fuzz targets (`fuzz/`) drive the QMP monitor in process through
 //! [`qmp::Monitor`], the same request path the socket server takes; the QEMU
 //! comparison (`crates/hostmem-bench`) uses the report and the signal handling.
@@ -15,3 +15,4 @@ pub mod qmp;
 pub mod report;
 pub mod run;
 pub mod signals;
+pub mod vm;

@@ -166,6 +166,29 @@ pub fn node_bars(v: &KernelView) -> String {
     s
 }
 
+/// The kernel's view of a range as text: resident bytes with the THP or huge page
+/// part, the kernel's policy, VmFlags and the per-node bars. Used for our own backends
+/// and for another process's (`hostmem vm`).
+pub fn kernel_text(v: &KernelView) -> String {
+    let mut s = String::new();
+    let mut huge = String::new();
+    if v.thp > 0 {
+        huge = format!(" (THP {})", format_size(v.thp));
+    } else if v.hugetlb > 0 {
+        huge = format!(" (hugetlb {})", format_size(v.hugetlb));
+    }
+    let _ = writeln!(
+        s,
+        "    resident {}{}  kernel policy {}",
+        format_size(v.resident),
+        huge,
+        v.mempolicy_text()
+    );
+    let _ = writeln!(s, "    VmFlags: {}", v.vmflags.join(" "));
+    s.push_str(&node_bars(v));
+    s
+}
+
 /// One backend as text.
 pub fn backend_text(b: &Backend) -> String {
     let cfg = &b.config().common;
@@ -188,21 +211,7 @@ pub fn backend_text(b: &Backend) -> String {
     );
     match b.inspect() {
         Ok(v) => {
-            let mut huge = String::new();
-            if v.thp > 0 {
-                huge = format!(" (THP {})", format_size(v.thp));
-            } else if v.hugetlb > 0 {
-                huge = format!(" (hugetlb {})", format_size(v.hugetlb));
-            }
-            let _ = writeln!(
-                s,
-                "    resident {}{}  kernel policy {}",
-                format_size(v.resident),
-                huge,
-                v.mempolicy_text()
-            );
-            let _ = writeln!(s, "    VmFlags: {}", v.vmflags.join(" "));
-            s.push_str(&node_bars(&v));
+            s.push_str(&kernel_text(&v));
             for n in notes(b, &v) {
                 let _ = writeln!(s, "    note: {n}");
             }

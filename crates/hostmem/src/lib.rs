@@ -36,6 +36,7 @@ pub mod objspec;
 pub mod prealloc;
 pub mod preflight;
 pub mod props;
+pub mod remote;
 pub mod size;
 // The one module allowed to use `unsafe`; private to the crate.
 #[allow(unsafe_code)]
@@ -52,6 +53,7 @@ pub use numa::{HostTopology, NodeSet, Policy};
 pub use objspec::ObjectSpec;
 pub use prealloc::Progress;
 pub use props::{Config, MachineDefaults, Prop, PropType, PropValue};
+pub use remote::{Process, RemoteRegion};
 /// The vm-memory this crate's regions implement (0.18, with `backend-mmap` and
 /// `backend-bitmap`): use it rather than a dependency of your own, so the versions and
 /// features agree.

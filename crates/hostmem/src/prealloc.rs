@@ -49,6 +49,16 @@ impl Progress {
         self.cancel.store(true, Ordering::Relaxed);
     }
 
+    /// Adds `bytes` to the work planned (a remote rebind's pages, for instance).
+    pub(crate) fn add_total(&self, bytes: u64) {
+        self.total.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Adds `bytes` to the work done.
+    pub(crate) fn add_done(&self, bytes: u64) {
+        self.done.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// Whether [`Progress::cancel`] was called. It is never reset, so every later run
     /// with this progress is cancelled too.
     pub fn is_cancelled(&self) -> bool {

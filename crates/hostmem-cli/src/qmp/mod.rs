@@ -22,7 +22,7 @@ mod commands;
 mod conversation;
 mod dispatch;
 mod error;
-mod framer;
+pub(crate) mod framer;
 mod limits;
 mod monitor;
 mod objects;

@@ -21,7 +21,7 @@ use std::io;
 
 pub(crate) use fd::{add_seals, memfd_create, punch_hole, shm_create_unlinked, statfs};
 pub(crate) use mapping::{MapOptions, RawMapping};
-pub(crate) use numa::mempolicy_at;
+pub(crate) use numa::{mempolicy_at, move_pages_of};
 pub(crate) use probe::{probe_mempolicy, probe_populate_write};
 pub(crate) use thread::{
     allowed_cpus, current_cpu, gettid, pin_current_thread, set_thread_affinity, thread_affinity,

@@ -98,3 +98,56 @@ pub(crate) fn mempolicy_at(addr: usize) -> io::Result<(i32, Vec<u64>)> {
     }
     Ok((mode & !mpol::MODE_FLAGS, mask))
 }
+
+/// `MPOL_MF_MOVE_ALL`: move pages mapped by other processes too (needs CAP_SYS_NICE).
+const MF_MOVE_ALL: libc::c_int = 1 << 2;
+/// `MPOL_MF_MOVE`: move pages mapped by this process only.
+const MF_MOVE: libc::c_int = 1 << 1;
+
+/// `move_pages(2)` on process `pid`: with `nodes`, asks the kernel to move the page at
+/// each address to the node at the same index; without, only asks where each page is.
+/// Returns one status per address: the node the page is on now, or a negative errno
+/// (-ENOENT not present, -EFAULT nothing or the zero page there, -EACCES mapped by
+/// several processes and `move_all` unset, -EBUSY busy, -ENOMEM target full).
+///
+/// Safe for any arguments: the addresses are the other process's and only numbers to
+/// us (the kernel looks them up in that process's page tables and never dereferences
+/// them here); the buffers are ours and sized from `addrs`. Migration keeps a page's
+/// contents, so even when `pid` is this process nothing it holds changes.
+pub(crate) fn move_pages_of(
+    pid: u32,
+    addrs: &[u64],
+    nodes: Option<&[i32]>,
+    move_all: bool,
+) -> io::Result<Vec<i32>> {
+    if nodes.is_some_and(|n| n.len() != addrs.len()) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    let ptrs: Vec<*mut libc::c_void> = addrs
+        .iter()
+        .map(|&a| a as usize as *mut libc::c_void)
+        .collect();
+    let mut status = vec![0i32; addrs.len()];
+    let nodes_ptr = nodes.map_or(std::ptr::null(), <[i32]>::as_ptr);
+    let flags = if move_all { MF_MOVE_ALL } else { MF_MOVE };
+    // SAFETY: ptrs, status and (when given) nodes hold addrs.len() entries each, the
+    // count passed; the kernel reads ptrs and nodes and writes status only. The
+    // addresses in ptrs are looked up in process `pid`'s page tables, never accessed
+    // through our own mappings.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_pages,
+            pid,
+            addrs.len() as libc::c_ulong,
+            ptrs.as_ptr(),
+            nodes_ptr,
+            status.as_mut_ptr(),
+            flags,
+        )
+    };
+    if r < 0 {
+        return Err(last_err());
+    }
+    Ok(status)
+}

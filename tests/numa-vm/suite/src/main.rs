@@ -9,12 +9,14 @@ mod placement;
 mod pools;
 mod rebind;
 mod runs;
+mod vm;
 
 use common::{Check, Topo};
 use placement::*;
 use pools::*;
 use rebind::*;
 use runs::*;
+use vm::*;
 
 /// A named check of the suite.
 type Test = (&'static str, fn(&Topo) -> Check);
@@ -30,7 +32,7 @@ fn main() {
         println!("numa-suite: 0 passed, 1 failed");
         std::process::exit(1);
     }
-    let tests: [Test; 14] = [
+    let tests: [Test; 16] = [
         ("bind-one-node", bind_one),
         ("bind-two-nodes", bind_two),
         ("interleave-four-nodes", interleave_four),
@@ -54,6 +56,8 @@ fn main() {
             "check-names-empty-node-pool",
             check_names_an_empty_node_pool_like_the_run,
         ),
+        ("vm-rebind-backends-of-a-running-qemu", vm_rebind_backends),
+        ("vm-qemu-killed-mid-rebind", vm_qemu_killed_mid_rebind),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, f) in tests {

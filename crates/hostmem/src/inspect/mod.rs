@@ -12,11 +12,15 @@ use std::fmt;
 use crate::numa::{KernelMode, NodeSet};
 use crate::sys::RawMapping;
 
+mod procfs;
+pub(crate) use procfs::parse_range;
+use procfs::{parse_numa_maps, parse_policy, parse_smaps, Smaps};
+
 /// A reading the kernel did not give, and why: reports print it instead of a guess.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unknown {
-    /// What could not be read (`/proc/self/numa_maps`).
-    pub what: &'static str,
+    /// What could not be read (`/proc/self/numa_maps`, `/proc/1234/numa_maps`).
+    pub what: String,
     /// Why (the errno text).
     pub reason: String,
 }
@@ -112,121 +116,24 @@ impl KernelView {
     }
 }
 
-#[derive(Default)]
-struct Smaps {
-    vmas: usize,
-    vmflags: Vec<String>,
-    size: u64,
-    resident: u64,
-    thp: u64,
-    hugetlb: u64,
-    page_size: u64,
-}
-
-fn parse_range(head: &str) -> Option<(u64, u64)> {
-    let range = head.split_whitespace().next()?;
-    let (a, b) = range.split_once('-')?;
-    Some((
-        u64::from_str_radix(a, 16).ok()?,
-        u64::from_str_radix(b, 16).ok()?,
-    ))
-}
-
-fn kb(v: &str) -> u64 {
-    v.split_whitespace()
-        .next()
-        .and_then(|n| n.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
-}
-
-/// Folds the smaps entries overlapping [start, end) into `view`.
-fn parse_smaps(text: &str, start: u64, end: u64, view: &mut Smaps) {
-    let mut inside = false;
-    for line in text.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if first.contains('-') && !first.ends_with(':') {
-            inside = matches!(parse_range(line), Some((a, b)) if a < end && b > start);
-            if inside {
-                view.vmas += 1;
-            }
-            continue;
-        }
-        if !inside {
-            continue;
-        }
-        let Some((key, val)) = line.split_once(':') else {
-            continue;
-        };
-        match key {
-            "Size" => view.size += kb(val),
-            "Rss" => view.resident += kb(val),
-            "AnonHugePages" | "ShmemPmdMapped" | "FilePmdMapped" => view.thp += kb(val),
-            "Private_Hugetlb" | "Shared_Hugetlb" => {
-                view.hugetlb += kb(val);
-                view.resident += kb(val);
-            }
-            "KernelPageSize" if view.page_size == 0 => view.page_size = kb(val),
-            "VmFlags" if view.vmflags.is_empty() => {
-                view.vmflags = val.split_whitespace().map(str::to_string).collect();
-            }
-            _ => {}
-        }
-    }
-}
-
-/// The numa_maps lines whose VMA starts inside [start, end), summed.
-fn parse_numa_maps(text: &str, start: u64, end: u64) -> NumaView {
-    let mut view = NumaView::default();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let Some(addr) = words.next().and_then(|a| u64::from_str_radix(a, 16).ok()) else {
-            continue;
-        };
-        if addr < start || addr >= end {
-            continue;
-        }
-        // The policy may hold spaces ("prefer (many):1-2", "weighted interleave:0-1"):
-        // it runs up to the first key=value word or mapping tag.
-        let mut policy = Vec::new();
-        let mut rest = Vec::new();
-        for w in words.by_ref() {
-            if w.contains('=') || ["heap", "stack", "huge"].contains(&w) {
-                rest.push(w);
-                break;
-            }
-            policy.push(w);
-        }
-        if view.policy.is_empty() {
-            view.policy = policy.join(" ");
-        }
-        for w in rest.into_iter().chain(words) {
-            if let Some(rest) = w.strip_prefix('N') {
-                if let Some((n, p)) = rest.split_once('=') {
-                    if let (Ok(n), Ok(p)) = (n.parse::<u32>(), p.parse::<u64>()) {
-                        *view.pages_per_node.entry(n).or_default() += p;
-                    }
-                }
-            } else if let Some(k) = w.strip_prefix("kernelpagesize_kB=") {
-                if let Ok(k) = k.parse::<u64>() {
-                    view.page_size = k * 1024;
-                }
-            }
-        }
-    }
-    view
+/// Where a policy reading comes from: get_mempolicy for this process, numa_maps'
+/// policy field for another one (the kernel has no get_mempolicy for another process).
+enum PolicySource {
+    Syscall(io::Result<(i32, Vec<u64>)>),
+    NumaMaps,
 }
 
 /// The kernel's view of [start, end) from the three readings; a reading that failed is
-/// reported as unknown, with its reason.
+/// reported as unknown, with its reason. `proc_dir` is `/proc/self` or `/proc/PID`.
 fn assemble(
+    proc_dir: &str,
     start: u64,
     end: u64,
     smaps: &str,
     numa_maps: io::Result<String>,
-    mempolicy: io::Result<(i32, Vec<u64>)>,
+    mempolicy: PolicySource,
 ) -> KernelView {
-    let unknown = |what, e: io::Error| Unknown {
+    let unknown = |what: String, e: io::Error| Unknown {
         what,
         reason: crate::sys::strerror(&e),
     };
@@ -241,13 +148,22 @@ fn assemble(
             }
             v
         })
-        .map_err(|e| unknown("/proc/self/numa_maps", e));
-    let mempolicy = mempolicy
-        .map(|(mode, mask)| MemPolicy {
-            mode: KernelMode::from_raw(mode),
-            nodes: NodeSet::from_mask(&mask),
-        })
-        .map_err(|e| unknown("get_mempolicy", e));
+        .map_err(|e| unknown(format!("{proc_dir}/numa_maps"), e));
+    let mempolicy = match mempolicy {
+        PolicySource::Syscall(r) => r
+            .map(|(mode, mask)| MemPolicy {
+                mode: KernelMode::from_raw(mode),
+                nodes: NodeSet::from_mask(&mask),
+            })
+            .map_err(|e| unknown("get_mempolicy".into(), e)),
+        PolicySource::NumaMaps => match &numa {
+            Ok(v) => parse_policy(&v.policy).ok_or_else(|| Unknown {
+                what: format!("{proc_dir}/numa_maps policy"),
+                reason: format!("unrecognised policy {:?}", v.policy),
+            }),
+            Err(u) => Err(u.clone()),
+        },
+    };
     KernelView {
         vmas: sm.vmas,
         vmflags: sm.vmflags,
@@ -266,28 +182,53 @@ pub(crate) fn inspect(map: &RawMapping) -> io::Result<KernelView> {
     inspect_range(map.addr(), map.len())
 }
 
+/// smaps and numa_maps of `proc_dir` (`/proc/self`, `/proc/PID`). Both files walk the
+/// page tables of every mapping: for 4 GiB of 4 KiB pages each read costs ~40 ms of
+/// kernel time, so they are read at the same time.
+fn read_maps(proc_dir: &str) -> (io::Result<String>, io::Result<String>) {
+    std::thread::scope(|s| {
+        let numa = s.spawn(|| fs::read_to_string(format!("{proc_dir}/numa_maps")));
+        let smaps = fs::read_to_string(format!("{proc_dir}/smaps"));
+        let numa = numa
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("numa_maps reader panicked")));
+        (smaps, numa)
+    })
+}
+
 /// Reads the kernel's view of [start, start+len) of this process now, whatever maps it
 /// (a backend another thread is preallocating, a VMM's own memory).
 pub fn inspect_range(start: usize, len: usize) -> io::Result<KernelView> {
     let addr = start;
     let start = start as u64;
     let end = start.saturating_add(len as u64);
-    // Both files walk the page tables of every mapping: for 4 GiB of 4 KiB pages each
-    // read costs ~40 ms of kernel time, so they are read at the same time.
-    let (smaps, numa_maps) = std::thread::scope(|s| {
-        let numa = s.spawn(|| fs::read_to_string("/proc/self/numa_maps"));
-        let smaps = fs::read_to_string("/proc/self/smaps");
-        let numa = numa
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("numa_maps reader panicked")));
-        (smaps, numa)
-    });
+    let (smaps, numa_maps) = read_maps("/proc/self");
     Ok(assemble(
+        "/proc/self",
         start,
         end,
         &smaps?,
         numa_maps,
-        crate::sys::mempolicy_at(addr),
+        PolicySource::Syscall(crate::sys::mempolicy_at(addr)),
+    ))
+}
+
+/// Reads the kernel's view of [start, start+len) of process `pid` now, from its
+/// /proc/PID/smaps and numa_maps. The policy is numa_maps' policy field of the first
+/// VMA in the range. Reading them needs ptrace read access to the process
+/// (PTRACE_MODE_READ_FSCREDS: same user, or CAP_SYS_PTRACE); without it the error is
+/// the kernel's EACCES.
+pub fn inspect_process_range(pid: u32, start: u64, len: u64) -> io::Result<KernelView> {
+    let dir = format!("/proc/{pid}");
+    let (smaps, numa_maps) = read_maps(&dir);
+    let end = start.saturating_add(len);
+    Ok(assemble(
+        &dir,
+        start,
+        end,
+        &smaps?,
+        numa_maps,
+        PolicySource::NumaMaps,
     ))
 }
 
@@ -332,69 +273,18 @@ pub(crate) fn page_nodes(map: &RawMapping, page_size: u64) -> io::Result<Placeme
 mod tests {
     use super::*;
     use crate::sys::mpol;
-
-    const SMAPS: &str = "\
-7f0000000000-7f0000200000 rw-p 00000000 00:00 0
-Size:               2048 kB
-KernelPageSize:        4 kB
-Rss:                2048 kB
-AnonHugePages:      2048 kB
-Private_Hugetlb:       0 kB
-VmFlags: rd wr mr mw me ac hg mg
-7f0000200000-7f0000400000 rw-p 00000000 00:00 0
-Size:               2048 kB
-Rss:                   4 kB
-VmFlags: rd wr mr mw me ac
-7f0000400000-7f0000600000 rw-p 00000000 00:00 0
-Size:               2048 kB
-Rss:                2048 kB
-VmFlags: rd wr
-";
-
-    #[test]
-    fn smaps_sums_the_vmas_of_the_range_only() {
-        let mut v = Smaps::default();
-        parse_smaps(SMAPS, 0x7f00_0000_0000, 0x7f00_0040_0000, &mut v);
-        assert_eq!(v.vmas, 2);
-        assert_eq!(v.size, 4 << 20);
-        assert_eq!(v.resident, (2 << 20) + 4096);
-        assert_eq!(v.thp, 2 << 20);
-        assert_eq!(v.vmflags.join(" "), "rd wr mr mw me ac hg mg");
-    }
-
-    #[test]
-    fn numa_maps_pages_per_node() {
-        let text = "7f0000000000 bind:0-1 anon=512 dirty=512 N0=256 N1=256 kernelpagesize_kB=4\n\
-                    7f0000200000 bind:0-1 anon=2 N1=2 kernelpagesize_kB=4\n\
-                    7f0000400000 default anon=9 N0=9 kernelpagesize_kB=4\n";
-        let v = parse_numa_maps(text, 0x7f00_0000_0000, 0x7f00_0040_0000);
-        assert_eq!(v.policy, "bind:0-1");
-        assert_eq!(v.pages_per_node.get(&0), Some(&256));
-        assert_eq!(v.pages_per_node.get(&1), Some(&258));
-        assert_eq!(v.page_size, 4096);
-    }
-
-    #[test]
-    fn policies_with_spaces_are_read_whole() {
-        let text = "7f0000000000 prefer (many):1-2 anon=4 dirty=4 N1=4 kernelpagesize_kB=4\n\
-                    7f0000200000 weighted interleave:0-1 anon=3 N0=2 N1=1 kernelpagesize_kB=4\n";
-        let v = parse_numa_maps(text, 0x7f00_0000_0000, 0x7f00_0020_0000);
-        assert_eq!(v.policy, "prefer (many):1-2");
-        assert_eq!(v.pages_per_node.get(&1), Some(&4));
-        let w = parse_numa_maps(text, 0x7f00_0020_0000, 0x7f00_0040_0000);
-        assert_eq!(w.policy, "weighted interleave:0-1");
-        assert_eq!(w.pages_per_node.values().sum::<u64>(), 3);
-    }
+    use procfs::tests::SMAPS;
 
     #[test]
     fn unreadable_numa_maps_and_policy_are_unknown_not_made_up() {
         let gone = || io::Error::from_raw_os_error(libc::ENOENT);
         let v = assemble(
+            "/proc/self",
             0x7f00_0000_0000,
             0x7f00_0040_0000,
             SMAPS,
             Err(gone()),
-            Err(io::Error::from_raw_os_error(libc::ENOSYS)),
+            PolicySource::Syscall(Err(io::Error::from_raw_os_error(libc::ENOSYS))),
         );
         let numa = v.numa.clone().unwrap_err();
         assert_eq!(numa.what, "/proc/self/numa_maps");
@@ -406,41 +296,16 @@ VmFlags: rd wr
     }
 
     #[test]
-    fn smaps_counts_hugetlb_pages_as_resident_and_keeps_the_first_page_size() {
-        let text = "\
-7f0000000000-7f0000600000 rw-s 00000000 00:0f 7 /memfd:m (deleted)
-Size:               6144 kB
-KernelPageSize:     2048 kB
-Rss:                   0 kB
-Private_Hugetlb:    4096 kB
-Shared_Hugetlb:     2048 kB
-VmFlags: rd wr sh mr mw me ms de ht
-7f0000600000-7f0000608000 rw-p 00000000 00:00 0
-Size:                 32 kB
-KernelPageSize:        4 kB
-Rss:                   8 kB
-Shared_Hugetlb:        0 kB
-VmFlags: rd wr mr mw me ac
-";
-        let mut v = Smaps::default();
-        parse_smaps(text, 0x7f00_0000_0000, 0x7f00_0060_8000, &mut v);
-        assert_eq!(v.vmas, 2);
-        assert_eq!(v.hugetlb, 6 << 20);
-        assert_eq!(v.resident, (6 << 20) + 8192, "hugetlb pages are not in Rss");
-        assert_eq!(v.page_size, 2 << 20, "the first VMA's KernelPageSize");
-        assert_eq!(v.vmflags.join(" "), "rd wr sh mr mw me ms de ht");
-    }
-
-    #[test]
     fn the_view_answers_in_the_kernels_words() {
         let (start, end) = (0x7f00_0000_0000, 0x7f00_0040_0000);
         let numa = "7f0000000000 bind:0-1 anon=8 N0=3 N1=5 kernelpagesize_kB=4\n";
         let v = assemble(
+            "/proc/self",
             start,
             end,
             SMAPS,
             Ok(numa.into()),
-            Ok((mpol::BIND, vec![0b11])),
+            PolicySource::Syscall(Ok((mpol::BIND, vec![0b11]))),
         );
         assert_eq!(
             v.bytes_per_node(),
@@ -453,17 +318,25 @@ VmFlags: rd wr mr mw me ac
         assert_eq!(v.mempolicy_text(), "bind 0-1");
 
         let d = assemble(
+            "/proc/self",
             start,
             end,
             SMAPS,
             Ok(String::new()),
-            Ok((mpol::DEFAULT, vec![0])),
+            PolicySource::Syscall(Ok((mpol::DEFAULT, vec![0]))),
         );
         assert_eq!(d.mempolicy_text(), "default", "no nodes, no list");
         assert_eq!(d.mempolicy_nodes(), Some(&NodeSet::new()));
 
         let enosys = io::Error::from_raw_os_error(libc::ENOSYS);
-        let u = assemble(start, end, SMAPS, Ok(String::new()), Err(enosys));
+        let u = assemble(
+            "/proc/self",
+            start,
+            end,
+            SMAPS,
+            Ok(String::new()),
+            PolicySource::Syscall(Err(enosys)),
+        );
         assert_eq!(u.mempolicy_mode(), None);
         assert_eq!(u.mempolicy_nodes(), None);
         let text = "unknown (get_mempolicy: Function not implemented)";
@@ -476,22 +349,24 @@ VmFlags: rd wr mr mw me ac
         let (start, end) = (0x7f00_0000_0000, 0x7f00_0040_0000);
         // A VMA with no pages yet: numa_maps prints no kernelpagesize_kB.
         let empty = assemble(
+            "/proc/self",
             start,
             end,
             SMAPS,
             Ok("7f0000000000 default\n".into()),
-            Err(io::Error::from_raw_os_error(libc::ENOSYS)),
+            PolicySource::Syscall(Err(io::Error::from_raw_os_error(libc::ENOSYS))),
         );
         let numa = empty.numa.unwrap();
         assert_eq!(numa.page_size, 4096, "smaps' KernelPageSize");
         assert_eq!(numa.policy, "default");
         let huge = "7f0000000000 bind:0 huge dirty=1 N0=1 kernelpagesize_kB=2048\n";
         let h = assemble(
+            "/proc/self",
             start,
             end,
             SMAPS,
             Ok(huge.into()),
-            Err(io::Error::from_raw_os_error(libc::ENOSYS)),
+            PolicySource::Syscall(Err(io::Error::from_raw_os_error(libc::ENOSYS))),
         );
         assert_eq!(
             h.numa.unwrap().page_size,

@@ -1,0 +1,76 @@
+//! Why `hostmem vm` failed, one variant per cause, each naming what to fix.
+
+use hostmem::remote::RemoteError;
+
+use super::client::QmpError;
+use super::ramblock::RamBlockError;
+
+/// Why `hostmem vm` could not report or move.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// Talking to QEMU failed.
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    /// `info ramblock` cannot be read.
+    #[error(transparent)]
+    RamBlock(#[from] RamBlockError),
+    /// Reading or moving QEMU's memory failed.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// QEMU answered a query with something we cannot read.
+    #[error("unexpected {command} reply from QEMU: {why}")]
+    Reply {
+        /// The command.
+        command: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// No backend has that id.
+    #[error("QEMU has no memory backend {id:?} (backends: {known})")]
+    UnknownBackend {
+        /// The id asked for.
+        id: String,
+        /// The ids QEMU has.
+        known: String,
+    },
+    /// The backend has no RAM block: not in the guest's memory map.
+    #[error(
+        "memory backend {id:?} is not attached to a RAM block (no -numa node, DIMM or machine \
+         memory uses it; QEMU gives its block no name), so there is no guest memory to move"
+    )]
+    NotAttached {
+        /// The backend id.
+        id: String,
+    },
+    /// QEMU exited.
+    #[error("QEMU (pid {pid}) exited")]
+    Exited {
+        /// Its pid.
+        pid: u32,
+    },
+    /// The node list does not parse.
+    #[error("NODES {text:?}: {why}")]
+    BadNodes {
+        /// What was given.
+        text: String,
+        /// Why it is not a node list.
+        why: String,
+    },
+}
+
+impl VmError {
+    /// The same error, worded as QEMU having gone when the process `pid` no longer
+    /// exists (a closed socket or a vanished /proc entry mean that).
+    pub fn or_exited(self, pid: u32) -> VmError {
+        let alive = hostmem::Process::new(pid).is_ok_and(|p| p.is_alive());
+        match self {
+            VmError::Qmp(QmpError::Gone { .. })
+            | VmError::Remote(RemoteError::NoProcess { .. })
+                if !alive =>
+            {
+                VmError::Exited { pid }
+            }
+            e => e,
+        }
+    }
+}

@@ -1,0 +1,558 @@
+//! `hostmem vm` against a real QEMU 10 (`-machine pc -accel tcg -S`): the report must
+//! equal what this test reads itself from /proc/QEMU_PID/smaps and numa_maps over the
+//! ranges QEMU's own `info ramblock` gives (through a second QMP monitor and a parser
+//! of this file, not hostmem's). Then the faults: QEMU killed while watched, a backend
+//! deleted while watched, a socket that is not QEMU's.
+//!
+//! Needs root (huge pages for the hugetlb backend: the pool is raised for the test and
+//! put back by a guard) and qemu-system-x86_64; fails loudly without them.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const HOSTMEM: &str = env!("CARGO_BIN_EXE_hostmem");
+const MIB: u64 = 1 << 20;
+
+/// Raises the 2 MiB huge page pool by `pages` and puts the old size back on drop
+/// (also when a test panics).
+struct HugePool {
+    old: String,
+}
+
+const NR_HUGEPAGES: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+
+impl HugePool {
+    fn raise(pages: u64) -> HugePool {
+        let old = std::fs::read_to_string(NR_HUGEPAGES)
+            .expect("reading nr_hugepages (2 MiB huge pages needed)")
+            .trim()
+            .to_string();
+        let want = old.parse::<u64>().unwrap() + pages;
+        std::fs::write(NR_HUGEPAGES, want.to_string())
+            .expect("raising nr_hugepages: this test must run as root");
+        let got: u64 = std::fs::read_to_string(NR_HUGEPAGES)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let guard = HugePool { old };
+        assert_eq!(got, want, "the kernel made only {got} huge pages");
+        guard
+    }
+}
+
+impl Drop for HugePool {
+    fn drop(&mut self) {
+        let _ = std::fs::write(NR_HUGEPAGES, &self.old);
+    }
+}
+
+/// A QMP connection of the test's own: one JSON reply per line.
+struct Qmp {
+    r: BufReader<UnixStream>,
+    w: UnixStream,
+}
+
+impl Qmp {
+    fn connect(path: &Path) -> Qmp {
+        let s = UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut q = Qmp {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        };
+        let mut greeting = String::new();
+        q.r.read_line(&mut greeting).unwrap();
+        assert!(greeting.contains("\"QMP\""), "{greeting}");
+        q.cmd("qmp_capabilities", json!({}));
+        q
+    }
+
+    fn cmd(&mut self, name: &str, args: Value) -> Value {
+        let m = json!({"execute": name, "arguments": args});
+        writeln!(self.w, "{m}").unwrap();
+        loop {
+            let mut line = String::new();
+            self.r.read_line(&mut line).unwrap();
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v.get("event").is_none() {
+                return v;
+            }
+        }
+    }
+}
+
+/// One row of `info ramblock`, read by this test.
+#[derive(Debug)]
+struct Block {
+    name: String,
+    used: u64,
+    hva: u64,
+}
+
+fn ramblocks(q: &mut Qmp) -> Vec<Block> {
+    let r = q.cmd(
+        "human-monitor-command",
+        json!({"command-line": "info ramblock"}),
+    );
+    let text = r["return"].as_str().unwrap().to_string();
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+    text.lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            // name psize unit offset used total hva ro; an empty name drops a column.
+            let (name, rest) = if t.len() == 8 {
+                (t[0].to_string(), &t[1..])
+            } else {
+                (String::new(), &t[..])
+            };
+            Block {
+                name,
+                used: hex(rest[3]),
+                hva: hex(rest[5]),
+            }
+        })
+        .collect()
+}
+
+/// What the test reads itself about [start, start+len) of process `pid`.
+#[derive(Debug, Default, PartialEq)]
+struct Kernel {
+    resident: u64,
+    thp: u64,
+    hugetlb: u64,
+    vmflags: Vec<String>,
+    pages_per_node: BTreeMap<String, u64>,
+    policy: String,
+}
+
+fn read_kernel(pid: u32, start: u64, len: u64) -> Kernel {
+    let end = start + len;
+    let mut k = Kernel::default();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+            let (a, b) = (
+                u64::from_str_radix(a, 16).unwrap(),
+                u64::from_str_radix(b, 16).unwrap(),
+            );
+            inside = a < end && b > start;
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        let (key, val) = line.split_once(':').unwrap();
+        let kb = || {
+            val.split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                * 1024
+        };
+        match key {
+            "Rss" => k.resident += kb(),
+            "AnonHugePages" | "ShmemPmdMapped" | "FilePmdMapped" => k.thp += kb(),
+            "Private_Hugetlb" | "Shared_Hugetlb" => {
+                k.hugetlb += kb();
+                k.resident += kb();
+            }
+            "VmFlags" if k.vmflags.is_empty() => {
+                k.vmflags = val.split_whitespace().map(String::from).collect()
+            }
+            _ => {}
+        }
+    }
+    let numa = std::fs::read_to_string(format!("/proc/{pid}/numa_maps")).unwrap();
+    for line in numa.lines() {
+        let mut w = line.split_whitespace();
+        let addr = u64::from_str_radix(w.next().unwrap(), 16).unwrap();
+        if addr < start || addr >= end {
+            continue;
+        }
+        let policy = w.next().unwrap().to_string();
+        if k.policy.is_empty() {
+            k.policy = policy;
+        }
+        for word in w {
+            if let Some((n, p)) = word.strip_prefix('N').and_then(|r| r.split_once('=')) {
+                *k.pages_per_node.entry(n.to_string()).or_default() += p.parse::<u64>().unwrap();
+            }
+        }
+    }
+    k
+}
+
+/// The same fields from hostmem's JSON for one backend.
+fn reported(b: &Value) -> Kernel {
+    let k = &b["kernel"];
+    Kernel {
+        resident: k["resident-bytes"].as_u64().unwrap(),
+        thp: k["thp-bytes"].as_u64().unwrap(),
+        hugetlb: k["hugetlb-bytes"].as_u64().unwrap(),
+        vmflags: serde_json::from_value(k["vmflags"].clone()).unwrap(),
+        pages_per_node: serde_json::from_value(k["pages-per-node"].clone()).unwrap(),
+        policy: k["numa-maps-policy"].as_str().unwrap().to_string(),
+    }
+}
+
+/// One QEMU at a time: each takes 32 huge pages from a pool it raises and puts back.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A QEMU with one backend of each kind and two QMP monitors (hostmem's and ours).
+/// Dropped: QEMU killed, then the huge page pool put back, then the lock released.
+struct Qemu {
+    child: Child,
+    dir: PathBuf,
+    sock: PathBuf,
+    ours: PathBuf,
+    _pool: HugePool,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Qemu {
+    fn start(tag: &str) -> Qemu {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let pool = HugePool::raise(32);
+        let dir = PathBuf::from(format!(
+            "/dev/shm/hostmem-vm-test-{}-{tag}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("hostmem.qmp");
+        let ours = dir.join("test.qmp");
+        let file = dir.join("file-backend");
+        let objects = [
+            "memory-backend-ram,id=ram,size=64M".to_string(),
+            "memory-backend-ram,id=ram-pre,size=64M,prealloc=on,policy=bind,host-nodes=0".into(),
+            "memory-backend-ram,id=ram-thp,size=64M,prealloc=on".into(),
+            "memory-backend-memfd,id=memfd,size=64M".into(),
+            format!(
+                "memory-backend-file,id=file,size=64M,mem-path={},share=on,prealloc=on",
+                file.display()
+            ),
+            "memory-backend-memfd,id=huge,size=64M,hugetlb=on,hugetlbsize=2M,prealloc=on".into(),
+            "memory-backend-ram,id=spare,size=32M".into(),
+        ];
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args([
+            "-machine",
+            "pc",
+            "-accel",
+            "tcg",
+            "-S",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-m",
+            "384M",
+        ]);
+        cmd.arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", sock.display()));
+        cmd.arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", ours.display()));
+        for o in &objects {
+            cmd.arg("-object").arg(o);
+        }
+        for id in ["ram", "ram-pre", "ram-thp", "memfd", "file", "huge"] {
+            cmd.arg("-numa").arg(format!("node,memdev={id}"));
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64 must be installed (apt-get install qemu-system-x86)");
+        let q = Qemu {
+            child,
+            dir,
+            sock,
+            ours,
+            _pool: pool,
+            _turn: turn,
+        };
+        let t = Instant::now();
+        while !(q.sock.exists() && q.ours.exists()) {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "QEMU made no QMP sockets"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        q
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn hostmem(args: &[&str]) -> Command {
+    let mut c = Command::new(HOSTMEM);
+    c.args(args).stdin(Stdio::null());
+    c
+}
+
+/// Waits for `child` at most `limit`; kills it and fails when it hangs.
+fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            panic!("hostmem did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut s = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut s).unwrap();
+    s
+}
+
+#[test]
+fn report_of_each_backend_equals_the_kernels_files() {
+    let qemu = Qemu::start("report");
+    let mut q = Qmp::connect(&qemu.ours);
+    let out = hostmem(&["vm", "--qmp", qemu.sock.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["qemu"]["pid"], json!(qemu.pid()));
+    assert!(doc["qemu"]["version"].as_str().unwrap().starts_with("10."));
+    let blocks = ramblocks(&mut q);
+    let backends = doc["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 7, "{doc}");
+    for b in backends {
+        let id = b["id"].as_str().unwrap();
+        if id == "spare" {
+            assert_eq!(b["attached"], json!(false), "{b}");
+            assert_eq!(b["kernel"], Value::Null);
+            continue;
+        }
+        let block = blocks.iter().find(|k| k.name == id).unwrap();
+        assert_eq!(b["ramblock"]["host-addr"], json!(block.hva), "{id}");
+        assert_eq!(b["ramblock"]["length"], json!(block.used), "{id}");
+        let mine = read_kernel(qemu.pid(), block.hva, block.used);
+        assert_eq!(
+            reported(b),
+            mine,
+            "{id}: hostmem's report vs the kernel's files"
+        );
+        // And the kernel's files say what each kind should look like.
+        match id {
+            "ram" | "memfd" => assert_eq!(mine.resident, 0, "{id}: nothing touched"),
+            "ram-pre" => {
+                assert_eq!(mine.resident, 64 * MIB);
+                assert_eq!(mine.policy, "bind:0");
+            }
+            "ram-thp" => assert!(mine.thp > 0, "THP (madvise) expected: {mine:?}"),
+            "file" => {
+                assert_eq!(mine.resident, 64 * MIB);
+                assert!(mine.vmflags.contains(&"sh".to_string()));
+            }
+            "huge" => {
+                assert_eq!(mine.hugetlb, 64 * MIB);
+                assert!(mine.vmflags.contains(&"ht".to_string()));
+            }
+            _ => panic!("unexpected backend {id}"),
+        }
+    }
+    // The spare backend's block exists, without a name.
+    assert!(blocks
+        .iter()
+        .any(|b| b.name.is_empty() && b.used == 32 * MIB));
+    assert_eq!(doc["unnamed-ramblocks"][0]["length"], json!(32 * MIB));
+}
+
+#[test]
+fn rebind_on_one_node_moves_nothing_and_refuses_a_missing_node_first() {
+    let qemu = Qemu::start("rebind");
+    let mut q = Qmp::connect(&qemu.ours);
+    let sock = qemu.sock.to_str().unwrap();
+    let block = ramblocks(&mut q)
+        .into_iter()
+        .find(|b| b.name == "ram-pre")
+        .unwrap();
+    let before = read_kernel(qemu.pid(), block.hva, block.used);
+    let out = hostmem(&["vm", "--qmp", sock, "rebind", "ram-pre", "7"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refused before moving any page: node 7 does not exist"),
+        "{err}"
+    );
+    assert_eq!(read_kernel(qemu.pid(), block.hva, block.used), before);
+
+    let out = hostmem(&["vm", "--qmp", sock, "--json", "rebind", "ram-pre", "0"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // This host has one node: every resident page is already on node 0.
+    let on0 = before.pages_per_node["0"];
+    assert_eq!(r["moved"], json!(0), "{r}");
+    assert_eq!(r["already-placed"], json!(on0), "{r}");
+    assert_eq!(r["resident-pages"], json!(on0), "{r}");
+    assert_eq!(r["policy-after"], json!("bind:0"));
+    assert_eq!(r["pages-per-node-after"]["0"], json!(on0));
+}
+
+#[test]
+fn qemu_killed_while_watched_ends_the_watch_with_a_clear_error() {
+    let mut qemu = Qemu::start("kill");
+    let mut w = hostmem(&[
+        "vm",
+        "--qmp",
+        qemu.sock.to_str().unwrap(),
+        "--json",
+        "--watch",
+        "0.2",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(w.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["backends"].as_array().unwrap().len(), 7);
+    let pid = qemu.pid();
+    qemu.kill();
+    let status = wait_bounded(&mut w, Duration::from_secs(20));
+    let err = stderr_of(&mut w);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("QEMU (pid {pid}) exited")), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_backend_deleted_while_watched_is_reported_gone_and_the_watch_goes_on() {
+    let qemu = Qemu::start("del");
+    let mut q = Qmp::connect(&qemu.ours);
+    let mut w = hostmem(&[
+        "vm",
+        "--qmp",
+        qemu.sock.to_str().unwrap(),
+        "--json",
+        "--watch",
+        "0.2",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(w.stdout.take().unwrap()).lines();
+    let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    let first = next();
+    assert!(first["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b["id"] == "spare"));
+    let r = q.cmd("object-del", json!({"id": "spare"}));
+    assert_eq!(r["return"], json!({}), "{r}");
+    // The deletion shows in a later report as "gone", once.
+    let mut gone_seen = false;
+    for _ in 0..20 {
+        let d = next();
+        let ids: Vec<&str> = d["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["id"].as_str().unwrap())
+            .collect();
+        if d["gone"] == json!(["spare"]) {
+            assert!(!ids.contains(&"spare"));
+            assert_eq!(ids.len(), 6);
+            gone_seen = true;
+            break;
+        }
+    }
+    assert!(gone_seen, "no report said spare was gone");
+    let after = next();
+    assert_eq!(after["gone"], json!([]), "said once");
+    assert!(w.try_wait().unwrap().is_none(), "the watch goes on");
+    let _ = Command::new("kill")
+        .args(["-INT", &w.id().to_string()])
+        .status();
+    let status = wait_bounded(&mut w, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", stderr_of(&mut w));
+}
+
+#[test]
+fn a_socket_that_is_not_qemus_is_named_so_without_hanging() {
+    let dir = PathBuf::from(format!("/tmp/hostmem-vm-notqmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, says) in [("chatty", Some("hello, I am not QEMU\n")), ("mute", None)] {
+        let path = dir.join(name);
+        let l = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            if let Some(text) = says {
+                s.write_all(text.as_bytes()).unwrap();
+            }
+            // Keep the connection open without ever speaking QMP.
+            std::thread::sleep(Duration::from_secs(4));
+        });
+        let started = Instant::now();
+        let mut c = hostmem(&["vm", "--qmp", path.to_str().unwrap(), "--timeout", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = wait_bounded(&mut c, Duration::from_secs(10));
+        let err = stderr_of(&mut c);
+        assert_eq!(status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains(&format!("{} is not a QMP socket", path.display())),
+            "{name}: {err}"
+        );
+        if says.is_none() {
+            assert!(err.contains("no greeting within 2 s"), "{err}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{name}: too slow"
+        );
+        server.join().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

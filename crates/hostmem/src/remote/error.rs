@@ -1,0 +1,143 @@
+//! What can go wrong looking at or moving another process's memory. Permission errors
+//! name what the kernel asks for, so the fix is in the message.
+
+use crate::size::format_size;
+
+/// What the kernel asks before /proc/PID/smaps and numa_maps may be read.
+pub const READ_PERMISSION: &str = "ptrace read access to the process \
+    (PTRACE_MODE_READ_FSCREDS: the same user and a dumpable process, or CAP_SYS_PTRACE)";
+/// What the kernel asks before move_pages(2) may touch another process (Linux 4.13+).
+pub const MOVE_PERMISSION: &str = "ptrace read access to the process \
+    (PTRACE_MODE_READ_REALCREDS: the same real user, or CAP_SYS_PTRACE)";
+/// What MPOL_MF_MOVE_ALL asks on top.
+pub const MOVE_ALL_PERMISSION: &str = "CAP_SYS_NICE (MPOL_MF_MOVE_ALL moves pages other \
+    processes map too)";
+
+/// Why a view of, or a move in, another process's memory failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The process does not exist (any more).
+    #[error("process {pid} does not exist (it exited?)")]
+    NoProcess {
+        /// The process id.
+        pid: u32,
+    },
+    /// The process exited while its pages were being moved.
+    #[error("process {pid} exited during the move, after {moved} pages had moved")]
+    Exited {
+        /// The process id.
+        pid: u32,
+        /// Pages moved before it went.
+        moved: u64,
+    },
+    /// The kernel refused: `needs` says what it asks for.
+    #[error("{what} of process {pid}: permission denied; the kernel asks for {needs}")]
+    Permission {
+        /// The process id.
+        pid: u32,
+        /// What was refused (`reading /proc/PID/smaps`, `move_pages`).
+        what: String,
+        /// What the kernel asks for.
+        needs: &'static str,
+    },
+    /// Part of the range is not mapped in the process.
+    #[error(
+        "range {start:#x}+{len:#x} is not mapped in process {pid}: nothing at {hole:#x} \
+         (see /proc/{pid}/maps)"
+    )]
+    NotMapped {
+        /// The process id.
+        pid: u32,
+        /// Start of the range.
+        start: u64,
+        /// Its length.
+        len: u64,
+        /// The first address of the range no mapping covers.
+        hole: u64,
+    },
+    /// No target node was given.
+    #[error("no target nodes given")]
+    NoNodes,
+    /// A target node cannot hold memory (missing, offline, no memory).
+    #[error("refused before moving any page: {0}")]
+    UnusableNode(String),
+    /// A target node has too little free memory for its share.
+    #[error(
+        "refused before moving any page: node {node} would receive {} but has {} free",
+        format_size(*needed),
+        format_size(*free)
+    )]
+    NotEnoughFree {
+        /// The node.
+        node: u32,
+        /// Bytes headed to it.
+        needed: u64,
+        /// Bytes it has free now.
+        free: u64,
+    },
+    /// A target node's huge page pool has too few free pages.
+    #[error(
+        "refused before moving any page: node {node} would receive {needed} {} huge pages \
+         but its pool has {free} free",
+        format_size(*page_size)
+    )]
+    NotEnoughHugePages {
+        /// The node.
+        node: u32,
+        /// Bytes per huge page.
+        page_size: u64,
+        /// Pages headed to it.
+        needed: u64,
+        /// Free pages of its pool.
+        free: u64,
+    },
+    /// Any other failure of a read or a system call, with the kernel's reason.
+    #[error("{what} of process {pid}: {reason}")]
+    Io {
+        /// The process id.
+        pid: u32,
+        /// What failed.
+        what: String,
+        /// The kernel's reason.
+        reason: String,
+    },
+}
+
+impl RemoteError {
+    /// Maps an errno of `what` on process `pid` to the error that explains it.
+    pub(crate) fn from_io(pid: u32, what: &str, e: &std::io::Error, needs: &'static str) -> Self {
+        match e.raw_os_error() {
+            Some(libc::ESRCH) | Some(libc::ENOENT) => RemoteError::NoProcess { pid },
+            Some(libc::EACCES) | Some(libc::EPERM) => RemoteError::Permission {
+                pid,
+                what: what.to_string(),
+                needs,
+            },
+            _ => RemoteError::Io {
+                pid,
+                what: what.to_string(),
+                reason: crate::sys::strerror(e),
+            },
+        }
+    }
+}
+
+/// The kernel's name for an errno move_pages(2) puts in a page's status, and what it
+/// means for that page.
+pub fn page_status_reason(errno: i32) -> (&'static str, &'static str) {
+    match errno {
+        libc::EACCES => (
+            "EACCES",
+            "mapped by more than one process; only MPOL_MF_MOVE_ALL (CAP_SYS_NICE) moves it",
+        ),
+        libc::EBUSY => ("EBUSY", "busy (locked, under I/O or being migrated)"),
+        libc::EFAULT => ("EFAULT", "the zero page or nothing mapped there"),
+        libc::ENOENT => ("ENOENT", "not present (never faulted in)"),
+        libc::ENOMEM => ("ENOMEM", "the target node had no memory for it"),
+        libc::EIO => ("EIO", "could not be written back before moving"),
+        libc::EINVAL => ("EINVAL", "dirty and its file system cannot migrate it"),
+        libc::E2BIG => ("E2BIG", "too large to move"),
+        libc::EAGAIN => ("EAGAIN", "temporarily pinned; try again"),
+        _ => ("errno", "other kernel status"),
+    }
+}

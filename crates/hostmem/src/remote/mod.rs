@@ -1,0 +1,236 @@
+//! Another process's memory, seen and moved from outside (a running QEMU's guest RAM,
+//! for instance): [`Process`] is a process by id, [`RemoteRegion`] an address range of
+//! it. The view is the same kernel-verified [`KernelView`] a backend of our own gets,
+//! read from /proc/PID/smaps and numa_maps; placement and moves go through
+//! move_pages(2) with the process's id. The addresses are the other process's: to us
+//! they are only numbers the kernel looks up, never memory we touch.
+//!
+//! Permissions are the kernel's ([`error::READ_PERMISSION`], [`error::MOVE_PERMISSION`]):
+//! whoever may read the process's maps may see the view; moving needs ptrace read
+//! access too, and MPOL_MF_MOVE_ALL (pages shared with other processes) CAP_SYS_NICE.
+
+use std::fs;
+
+use crate::inspect::{self, KernelView, Placement};
+
+pub mod error;
+mod rebind;
+
+pub use error::{page_status_reason, RemoteError};
+pub use rebind::{node_free_bytes, RebindOptions, RemoteRebindReport};
+
+/// Pages asked about per move_pages(2) call: 64 MiB of 4 KiB pages.
+pub(crate) const PAGES_PER_CALL: usize = 16384;
+
+/// A process whose memory we look at by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Process {
+    pid: u32,
+}
+
+impl Process {
+    /// The process `pid`, if it exists now.
+    pub fn new(pid: u32) -> Result<Process, RemoteError> {
+        if pid == 0 || fs::metadata(format!("/proc/{pid}")).is_err() {
+            return Err(RemoteError::NoProcess { pid });
+        }
+        Ok(Process { pid })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether the process still exists (a zombie counts as gone: its memory is).
+    pub fn is_alive(&self) -> bool {
+        match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            Ok(stat) => {
+                // The state follows the command name's closing parenthesis.
+                let state = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, r)| r.trim().chars().next());
+                !matches!(state, Some('Z') | Some('X') | None)
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The range [start, start+len) of the process, refused unless the process's
+    /// mappings cover all of it (/proc/PID/maps).
+    pub fn region(&self, start: u64, len: u64) -> Result<RemoteRegion, RemoteError> {
+        let what = format!("reading /proc/{}/maps", self.pid);
+        let maps = fs::read_to_string(format!("/proc/{}/maps", self.pid))
+            .map_err(|e| RemoteError::from_io(self.pid, &what, &e, error::READ_PERMISSION))?;
+        if maps.is_empty() {
+            // A process that is exiting (or a kernel thread) has no mappings left.
+            return Err(RemoteError::NoProcess { pid: self.pid });
+        }
+        if let Some(hole) = first_hole(&maps, start, start.saturating_add(len)) {
+            return Err(RemoteError::NotMapped {
+                pid: self.pid,
+                start,
+                len,
+                hole,
+            });
+        }
+        Ok(RemoteRegion {
+            pid: self.pid,
+            start,
+            len,
+        })
+    }
+}
+
+/// The first address of [start, end) that no line of a maps file covers.
+fn first_hole(maps: &str, start: u64, end: u64) -> Option<u64> {
+    let mut ranges: Vec<(u64, u64)> = maps.lines().filter_map(inspect::parse_range).collect();
+    ranges.sort_unstable();
+    let mut at = start;
+    for (a, b) in ranges {
+        if at >= end {
+            break;
+        }
+        if a > at {
+            break;
+        }
+        at = at.max(b);
+    }
+    (at < end || start >= end).then_some(at)
+}
+
+/// An address range of another process (checked to be mapped when it was made).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteRegion {
+    pid: u32,
+    start: u64,
+    len: u64,
+}
+
+impl RemoteRegion {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// First address, in the process's address space.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the range is empty (never, for a region made by [`Process::region`]).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// What the kernel says about the range now: VmFlags, resident, THP and hugetlb
+    /// bytes (smaps), pages per node and the policy (numa_maps).
+    pub fn inspect(&self) -> Result<KernelView, RemoteError> {
+        let v = inspect::inspect_process_range(self.pid, self.start, self.len).map_err(|e| {
+            let what = format!("reading /proc/{}/smaps", self.pid);
+            RemoteError::from_io(self.pid, &what, &e, error::READ_PERMISSION)
+        })?;
+        if v.vmas == 0 {
+            // The process exited, or unmapped the range, since the region was made.
+            return Err(match Process::new(self.pid) {
+                Ok(p) if p.is_alive() => RemoteError::NotMapped {
+                    pid: self.pid,
+                    start: self.start,
+                    len: self.len,
+                    hole: self.start,
+                },
+                _ => RemoteError::NoProcess { pid: self.pid },
+            });
+        }
+        Ok(v)
+    }
+
+    /// Where each page of the range is, page by page (move_pages(2) without nodes),
+    /// asked a window of pages at a time.
+    pub fn placement(&self, page_size: u64) -> Result<Placement, RemoteError> {
+        let page = page_size.max(1);
+        let pages = self.len / page;
+        let mut p = Placement::default();
+        let mut first = 0;
+        while first < pages {
+            let n = (PAGES_PER_CALL as u64).min(pages - first);
+            let addrs: Vec<u64> = (first..first + n).map(|i| self.start + i * page).collect();
+            for s in self.page_status(&addrs)? {
+                match s {
+                    s if s >= 0 => *p.per_node.entry(s as u32).or_default() += 1,
+                    s if s == -libc::ENOENT => p.absent += 1,
+                    s => *p.other.entry(-s).or_default() += 1,
+                }
+            }
+            first += n;
+        }
+        Ok(p)
+    }
+
+    /// move_pages(2) status of each address, asked in batches.
+    pub(crate) fn page_status(&self, addrs: &[u64]) -> Result<Vec<i32>, RemoteError> {
+        let mut out = Vec::with_capacity(addrs.len());
+        for batch in addrs.chunks(PAGES_PER_CALL) {
+            let s = crate::sys::move_pages_of(self.pid, batch, None, false).map_err(|e| {
+                RemoteError::from_io(self.pid, "move_pages", &e, error::MOVE_PERMISSION)
+            })?;
+            out.extend(s);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holes_in_the_maps_are_found() {
+        let maps = "1000-3000 rw-p 00000000 00:00 0\n\
+                    3000-5000 rw-p 00000000 00:00 0\n\
+                    8000-9000 r--p 00000000 00:00 0 [vdso]\n";
+        assert_eq!(first_hole(maps, 0x1000, 0x4000), None);
+        assert_eq!(
+            first_hole(maps, 0x2000, 0x5000),
+            None,
+            "two VMAs back to back"
+        );
+        assert_eq!(first_hole(maps, 0x4000, 0x9000), Some(0x5000));
+        assert_eq!(first_hole(maps, 0x0, 0x2000), Some(0x0));
+        assert_eq!(first_hole(maps, 0x8800, 0xa000), Some(0x9000));
+        assert_eq!(
+            first_hole(maps, 0x1000, 0x1000),
+            Some(0x1000),
+            "empty range"
+        );
+    }
+
+    #[test]
+    fn our_own_memory_reads_the_same_as_from_outside() {
+        let me = Process::new(std::process::id()).unwrap();
+        let page = crate::sys::page_size() as u64;
+        let map =
+            crate::sys::RawMapping::map(8 * page as usize, None, 0, Default::default()).unwrap();
+        for i in 0..3 {
+            map.write_at(i * page as usize, &[1]).unwrap();
+        }
+        let r = me.region(map.addr() as u64, map.len() as u64).unwrap();
+        let v = r.inspect().unwrap();
+        assert_eq!(v.resident, 3 * page);
+        let p = r.placement(page).unwrap();
+        assert_eq!((p.present(), p.absent), (3, 5), "{p:?}");
+        assert!(matches!(
+            me.region(0x1000, 0x1000),
+            Err(RemoteError::NotMapped { hole: 0x1000, .. })
+        ));
+        assert!(matches!(
+            Process::new(0),
+            Err(RemoteError::NoProcess { pid: 0 })
+        ));
+    }
+}

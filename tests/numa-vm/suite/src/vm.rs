@@ -1,0 +1,301 @@
+//! `hostmem vm` against a QEMU 10 running inside the guest (run.sh copies it in with
+//! its libraries and firmware): backends bound to node 0 and preallocated, then
+//! `hostmem vm rebind` of one to node 2 and another to nodes 1,2. Every check reads
+//! QEMU's /proc/PID/numa_maps over the ranges QEMU's own `info ramblock` gives, asked
+//! on a second QMP monitor of the test's own.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+const HOSTMEM_QMP: &str = "/tmp/vm-hostmem.qmp";
+const TEST_QMP: &str = "/tmp/vm-test.qmp";
+
+/// The guest's QEMU; killed on drop.
+struct Qemu(Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts QEMU with `backends` (id, MiB), each bound to node 0 and preallocated.
+fn start(backends: &[(&str, u64)]) -> Result<Qemu, String> {
+    for s in [HOSTMEM_QMP, TEST_QMP] {
+        let _ = std::fs::remove_file(s);
+    }
+    let total: u64 = backends.iter().map(|b| b.1).sum();
+    let mut cmd = Command::new("/bin/qemu-system-x86_64");
+    cmd.args(["-machine", "pc", "-accel", "tcg", "-S", "-display", "none"])
+        .args(["-nodefaults", "-m", &format!("{total}M")])
+        .args(["-qmp", &format!("unix:{HOSTMEM_QMP},server=on,wait=off")])
+        .args(["-qmp", &format!("unix:{TEST_QMP},server=on,wait=off")]);
+    for (id, mib) in backends {
+        cmd.arg("-object").arg(format!(
+            "memory-backend-ram,id={id},size={mib}M,policy=bind,host-nodes=0,prealloc=on"
+        ));
+        cmd.arg("-numa").arg(format!("node,memdev={id}"));
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting /bin/qemu-system-x86_64: {e}"))?;
+    let q = Qemu(child);
+    let t = Instant::now();
+    while !(std::path::Path::new(HOSTMEM_QMP).exists() && std::path::Path::new(TEST_QMP).exists()) {
+        if t.elapsed() > Duration::from_secs(60) {
+            return Err("QEMU made no QMP sockets in 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(q)
+}
+
+/// (name, host address, length) of each RAM block, from `info ramblock` on the test's
+/// own QMP monitor. No JSON crate here: the reply is one line whose return string only
+/// needs its \r\n escapes undone.
+fn ramblocks() -> Result<Vec<(String, u64, u64)>, String> {
+    let s = UnixStream::connect(TEST_QMP).map_err(|e| format!("{TEST_QMP}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    let mut w = s.try_clone().map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    let mut next = |line: &mut String| {
+        line.clear();
+        r.read_line(line).map_err(|e| e.to_string())
+    };
+    next(&mut line)?; // greeting
+    w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
+        .map_err(|e| e.to_string())?;
+    next(&mut line)?;
+    w.write_all(
+        b"{\"execute\":\"human-monitor-command\",\"arguments\":{\"command-line\":\"info ramblock\"}}\n",
+    )
+    .map_err(|e| e.to_string())?;
+    next(&mut line)?;
+    let text = line
+        .split("\"return\": \"")
+        .nth(1)
+        .ok_or_else(|| format!("no return in {line}"))?
+        .replace("\\r\\n", "\n")
+        .replace("\\n", "\n");
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or(0);
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            (t.len() == 8).then(|| (t[0].to_string(), hex(t[6]), hex(t[4])))
+        })
+        .collect())
+}
+
+/// Pages per node over [addr, addr+len) of QEMU's numa_maps.
+fn pages(pid: u32, addr: u64, len: u64) -> Result<BTreeMap<u32, u64>, String> {
+    let numa = std::fs::read_to_string(format!("/proc/{pid}/numa_maps"))
+        .map_err(|e| format!("numa_maps: {e}"))?;
+    let mut out = BTreeMap::new();
+    for l in numa.lines() {
+        let mut w = l.split_whitespace();
+        let a = w
+            .next()
+            .and_then(|a| u64::from_str_radix(a, 16).ok())
+            .unwrap_or(0);
+        if a < addr || a >= addr + len {
+            continue;
+        }
+        for word in w {
+            if let Some((n, p)) = word.strip_prefix('N').and_then(|r| r.split_once('=')) {
+                if let (Ok(n), Ok(p)) = (n.parse::<u32>(), p.parse::<u64>()) {
+                    *out.entry(n).or_default() += p;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn all_pages(pid: u32, blocks: &[(String, u64, u64)]) -> Result<Vec<BTreeMap<u32, u64>>, String> {
+    blocks.iter().map(|b| pages(pid, b.1, b.2)).collect()
+}
+
+fn rebind(id: &str, nodes: &str) -> Result<(std::process::ExitStatus, String, String), String> {
+    let out = Command::new("/bin/hostmem")
+        .args([
+            "vm",
+            "--qmp",
+            HOSTMEM_QMP,
+            "--timeout",
+            "60",
+            "--json",
+            "rebind",
+            id,
+            nodes,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("hostmem: {e}"))?;
+    Ok((
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// A number field of hostmem's flat rebind JSON.
+fn field(json: &str, key: &str) -> f64 {
+    json.split(&format!("\"{key}\":"))
+        .nth(1)
+        .map(|v| {
+            v.chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '-')
+                .collect::<String>()
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn share(p: &BTreeMap<u32, u64>, nodes: &[u32]) -> f64 {
+    let total: u64 = p.values().sum();
+    let on: u64 = nodes.iter().filter_map(|n| p.get(n)).sum();
+    on as f64 / total.max(1) as f64
+}
+
+pub fn vm_rebind_backends(t: &Topo) -> Check {
+    let none = *t.cpu_only.first().ok_or("no memoryless node")?;
+    let qemu = start(&[("a", 64), ("b", 96), ("c", 32)])?;
+    let pid = qemu.0.id();
+    let mut blocks = ramblocks()?;
+    blocks.retain(|b| ["a", "b", "c"].contains(&b.0.as_str()));
+    blocks.sort();
+    ensure(blocks.len() == 3, || format!("ram blocks {blocks:?}"))?;
+    let before = all_pages(pid, &blocks)?;
+    for (b, p) in blocks.iter().zip(&before) {
+        ensure(
+            share(p, &[0]) == 1.0 && p.values().sum::<u64>() * 4096 == b.2,
+            || format!("{} not all on node 0 before: {}", b.0, dist(p)),
+        )?;
+    }
+
+    // A memory-less node is refused before any page moves.
+    let (st, _, err) = rebind("a", &none.to_string())?;
+    ensure(st.code() == Some(1), || {
+        format!("rebind to node {none}: {st} {err}")
+    })?;
+    ensure(
+        err.contains(&format!(
+            "refused before moving any page: node {none} has no memory"
+        )),
+        || format!("refusal said: {err}"),
+    )?;
+    ensure(all_pages(pid, &blocks)? == before, || {
+        "pages moved on a refusal".into()
+    })?;
+
+    // a → node 2.
+    let (st, out_a, err) = rebind("a", "2")?;
+    ensure(st.success(), || format!("rebind a 2: {st} {err}"))?;
+    let now = all_pages(pid, &blocks)?;
+    ensure(share(&now[0], &[2]) >= 0.99, || {
+        format!("a after: {}", dist(&now[0]))
+    })?;
+    ensure(now[1] == before[1] && now[2] == before[2], || {
+        format!("b, c touched: {} / {}", dist(&now[1]), dist(&now[2]))
+    })?;
+
+    // b → nodes 1,2, interleaved.
+    let (st, out_b, err) = rebind("b", "1,2")?;
+    ensure(st.success(), || format!("rebind b 1,2: {st} {err}"))?;
+    let after = all_pages(pid, &blocks)?;
+    let b = &after[1];
+    let half = share(b, &[1]);
+    ensure(
+        share(b, &[1, 2]) >= 0.99 && (0.4..=0.6).contains(&half),
+        || format!("b after: {}", dist(b)),
+    )?;
+    ensure(after[0] == now[0] && after[2] == before[2], || {
+        format!("a, c touched: {} / {}", dist(&after[0]), dist(&after[2]))
+    })?;
+    ensure(
+        out_b.contains("\"policy-after\":\"bind:0\"")
+            && out_b.contains("warnings\":[\"the range's own policy"),
+        || format!("no warning that later faults still go to node 0: {out_b}"),
+    )?;
+    Ok(format!(
+        "a 64M→2: {} ({:.3} s, {:.2} GiB/s); b 96M→1,2: {} ({:.3} s, {:.2} GiB/s); c {}; node {none} refused",
+        dist(&after[0]),
+        field(&out_a, "seconds"),
+        field(&out_a, "gib-per-sec"),
+        dist(b),
+        field(&out_b, "seconds"),
+        field(&out_b, "gib-per-sec"),
+        dist(&after[2]),
+    ))
+}
+
+pub fn vm_qemu_killed_mid_rebind(_t: &Topo) -> Check {
+    let mut qemu = start(&[("big", 192)])?;
+    let pid = qemu.0.id();
+    let (_, addr, len) = ramblocks()?
+        .into_iter()
+        .find(|b| b.0 == "big")
+        .ok_or("no ram block big")?;
+    let mut h = Command::new("/bin/hostmem")
+        .args([
+            "vm",
+            "--qmp",
+            HOSTMEM_QMP,
+            "--timeout",
+            "60",
+            "rebind",
+            "big",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("hostmem: {e}"))?;
+    // Kill QEMU as soon as the first pages have reached node 1.
+    let t = Instant::now();
+    loop {
+        let p = pages(pid, addr, len)?;
+        if p.get(&1).copied().unwrap_or(0) > 0 {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            return Err("no page reached node 1 in 60 s".into());
+        }
+    }
+    let seen = share(&pages(pid, addr, len)?, &[1]);
+    let _ = qemu.0.kill();
+    let _ = qemu.0.wait();
+    let status = h.wait().map_err(|e| e.to_string())?;
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut h.stderr.take().ok_or("no stderr")?, &mut err)
+        .map_err(|e| e.to_string())?;
+    ensure(seen < 1.0, || {
+        format!(
+            "the move finished before QEMU could be killed ({:.0} % on node 1)",
+            seen * 100.0
+        )
+    })?;
+    ensure(status.code() == Some(1), || {
+        format!("hostmem exited {status}: {err}")
+    })?;
+    ensure(err.contains("exited") && !err.contains("panicked"), || {
+        format!("stderr: {err}")
+    })?;
+    Ok(format!(
+        "killed at {:.0} % moved; {}",
+        seen * 100.0,
+        err.trim()
+    ))
+}
