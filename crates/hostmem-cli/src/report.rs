@@ -7,9 +7,11 @@ use hostmem::size::format_size;
 use hostmem::{Backend, KernelView, PropValue};
 use serde_json::{json, Value};
 
-/// Version of the JSON report's shape (`docs/report.schema.json`, whose `$id` ends in
-/// it): raised when a member is removed, renamed or changes type, so consumers can
-/// refuse a report they do not know.
+/// Version of the shape of every JSON document hostmem prints (`docs/report.schema.json`
+/// for `hostmem run`, `docs/vm.schema.json` for `hostmem vm`; both `$id`s end in it):
+/// raised when a member is removed, renamed or changes type in either, so consumers can
+/// refuse a document they do not know. One number for all, so a consumer of both
+/// commands checks one.
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// The JSON document `--json` prints: the schema version and one entry per backend.

@@ -2,7 +2,9 @@
 //! equal what this test reads itself from /proc/QEMU_PID/smaps and numa_maps over the
 //! ranges QEMU's own `info ramblock` gives (through a second QMP monitor and a parser
 //! of this file, not hostmem's). Then the faults: QEMU killed while watched, a backend
-//! deleted while watched, a socket that is not QEMU's.
+//! deleted while watched, a socket that is not QEMU's. Every JSON document these tests
+//! get (the report, --watch lines, a rebind outcome) is also validated against
+//! docs/vm.schema.json (tests/common/schema.rs).
 //!
 //! Needs root (huge pages for the hugetlb backend: the pool is raised for the test and
 //! put back by a guard) and qemu-system-x86_64; fails loudly without them.
@@ -16,8 +18,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+// `pub`: this crate uses only part of the shared helpers; exported ones are not "unused".
+pub mod common;
+
+use common::schema::{assert_valid, validate};
+
 const HOSTMEM: &str = env!("CARGO_BIN_EXE_hostmem");
 const MIB: u64 = 1 << 20;
+/// The whole schema: a document must match exactly one of the three below.
+const ANY: &str = "urn:hostmem:vm:1";
+const REPORT: &str = "urn:hostmem:vm:1#/$defs/report";
+const WATCH_REPORT: &str = "urn:hostmem:vm:1#/$defs/watch-report";
+const REBIND: &str = "urn:hostmem:vm:1#/$defs/rebind";
 
 /// Raises the 2 MiB huge page pool by `pages` and puts the old size back on drop
 /// (also when a test panics).
@@ -348,7 +360,16 @@ fn report_of_each_backend_equals_the_kernels_files() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    // Every kind of backend, an unattached one (null ramblock and kernel) and an
+    // unnamed block: the schema sees each shape the report has.
+    assert_valid(&text, REPORT);
+    assert_valid(&text, ANY);
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        doc["schema-version"],
+        json!(hostmem_cli::report::SCHEMA_VERSION)
+    );
     assert_eq!(doc["qemu"]["pid"], json!(qemu.pid()));
     assert!(doc["qemu"]["version"].as_str().unwrap().starts_with("10."));
     let blocks = ramblocks(&mut q);
@@ -394,6 +415,12 @@ fn report_of_each_backend_equals_the_kernels_files() {
         .iter()
         .any(|b| b.name.is_empty() && b.used == 32 * MIB));
     assert_eq!(doc["unnamed-ramblocks"][0]["length"], json!(32 * MIB));
+    // The schema is not vacuous: the kernel object, checked through report.schema.json's
+    // `$defs/kernel`, refuses a size that is not a number.
+    let mut broken = doc.clone();
+    broken["backends"][0]["kernel"]["resident-bytes"] = json!("64M");
+    let e = validate(&broken.to_string(), REPORT).unwrap_err();
+    assert!(e.contains("'64M' is not of type 'integer'"), "{e}");
 }
 
 #[test]
@@ -425,7 +452,10 @@ fn rebind_on_one_node_moves_nothing_and_refuses_a_missing_node_first() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_valid(&text, REBIND);
+    assert_valid(&text, ANY);
+    let r: Value = serde_json::from_str(&text).unwrap();
     // This host has one node: every resident page is already on node 0.
     let on0 = before.pages_per_node["0"];
     assert_eq!(r["moved"], json!(0), "{r}");
@@ -433,6 +463,10 @@ fn rebind_on_one_node_moves_nothing_and_refuses_a_missing_node_first() {
     assert_eq!(r["resident-pages"], json!(on0), "{r}");
     assert_eq!(r["policy-after"], json!("bind:0"));
     assert_eq!(r["pages-per-node-after"]["0"], json!(on0));
+    let mut broken = r.clone();
+    broken["moved-by-magic"] = json!(1);
+    let e = validate(&broken.to_string(), REBIND).unwrap_err();
+    assert!(e.contains("'moved-by-magic' was unexpected"), "{e}");
 }
 
 #[test]
@@ -451,8 +485,11 @@ fn qemu_killed_while_watched_ends_the_watch_with_a_clear_error() {
     .spawn()
     .unwrap();
     let mut lines = BufReader::new(w.stdout.take().unwrap()).lines();
-    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let line = lines.next().unwrap().unwrap();
+    let first: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(first["backends"].as_array().unwrap().len(), 7);
+    // Killed right after the first line, while the watch sleeps between looks: the
+    // schema checks below come after, so they do not move the kill into a QMP exchange.
     let pid = qemu.pid();
     qemu.kill();
     let status = wait_bounded(&mut w, Duration::from_secs(20));
@@ -460,6 +497,11 @@ fn qemu_killed_while_watched_ends_the_watch_with_a_clear_error() {
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("QEMU (pid {pid}) exited")), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+    assert_valid(&line, WATCH_REPORT);
+    assert_valid(&line, ANY);
+    // A watch line carries two members a single report has not.
+    let e = validate(&line, REPORT).unwrap_err();
+    assert!(e.contains("Unevaluated properties are not allowed"), "{e}");
 }
 
 #[test]
@@ -499,6 +541,7 @@ fn a_backend_deleted_while_watched_is_reported_gone_and_the_watch_goes_on() {
             .map(|b| b["id"].as_str().unwrap())
             .collect();
         if d["gone"] == json!(["spare"]) {
+            assert_valid(&d.to_string(), WATCH_REPORT);
             assert!(!ids.contains(&"spare"));
             assert_eq!(ids.len(), 6);
             gone_seen = true;

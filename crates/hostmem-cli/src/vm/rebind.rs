@@ -107,10 +107,12 @@ fn failed_json(r: &RemoteRebindReport) -> Value {
     json!(m)
 }
 
-/// The outcome as JSON (schema: docs/vm.md).
+/// The outcome as JSON (schema: `$defs/rebind` of docs/vm.schema.json, versioned by
+/// the same `report::SCHEMA_VERSION` as every hostmem document).
 pub fn json(pid: u32, o: &Outcome) -> Value {
     let r = &o.report;
     json!({
+        "schema-version": crate::report::SCHEMA_VERSION,
         "id": o.id,
         "pid": pid,
         "targets": o.targets.iter().collect::<Vec<_>>(),

@@ -123,7 +123,7 @@ pub fn text(pid: u32, version: &str, snap: &Snapshot, looked: &[Looked<'_>]) -> 
     s
 }
 
-/// One backend as JSON (schema: docs/vm.md).
+/// One backend as JSON (schema: `$defs/backend` of docs/vm.schema.json).
 pub fn backend_json(l: &Looked<'_>) -> Value {
     let b = l.backend;
     let mut o = json!({
@@ -152,7 +152,8 @@ pub fn backend_json(l: &Looked<'_>) -> Value {
     o
 }
 
-/// The report as one JSON document (schema: docs/vm.md).
+/// The report as one JSON document (schema: `$defs/report` of docs/vm.schema.json,
+/// versioned by the same `report::SCHEMA_VERSION` as `hostmem run --json`).
 pub fn json(
     pid: u32,
     version: &super::client::QemuVersion,
@@ -160,6 +161,7 @@ pub fn json(
     looked: &[Looked<'_>],
 ) -> Value {
     json!({
+        "schema-version": report::SCHEMA_VERSION,
         "qemu": {"pid": pid, "version": version.to_string(), "package": version.package},
         "backends": looked.iter().map(backend_json).collect::<Vec<_>>(),
         "unnamed-ramblocks": snap.unnamed_blocks.iter().map(|b| json!({

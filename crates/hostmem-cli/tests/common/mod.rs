@@ -1,0 +1,3 @@
+//! Helpers shared by more than one test crate (`mod common;` in each).
+
+pub mod schema;
