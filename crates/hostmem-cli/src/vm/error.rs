@@ -60,14 +60,21 @@ pub enum VmError {
 
 impl VmError {
     /// The same error, worded as QEMU having gone when the process `pid` no longer
-    /// exists (a closed socket or a vanished /proc entry mean that).
+    /// exists (a closed socket or a vanished /proc entry mean that). An exiting QEMU
+    /// closes its socket a moment before /proc shows it gone, so a closed socket waits
+    /// up to a second for the process to end before it is called anything else.
     pub fn or_exited(self, pid: u32) -> VmError {
-        let alive = hostmem::Process::new(pid).is_ok_and(|p| p.is_alive());
+        let alive = || hostmem::Process::new(pid).is_ok_and(|p| p.is_alive());
         match self {
             VmError::Qmp(QmpError::Gone { .. })
-            | VmError::Remote(RemoteError::NoProcess { .. })
-                if !alive =>
-            {
+            | VmError::Remote(RemoteError::NoProcess { .. }) => {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                while alive() {
+                    if std::time::Instant::now() >= deadline {
+                        return self;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
                 VmError::Exited { pid }
             }
             e => e,

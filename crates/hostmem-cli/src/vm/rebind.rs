@@ -98,12 +98,13 @@ pub fn run(
     })
 }
 
+/// Failed pages per reason; the statuses without a name of their own add up under
+/// `errno`.
 fn failed_json(r: &RemoteRebindReport) -> Value {
-    let m: serde_json::Map<String, Value> = r
-        .failed
-        .iter()
-        .map(|(&e, &n)| (page_status_reason(e).0.to_string(), json!(n)))
-        .collect();
+    let mut m = std::collections::BTreeMap::<&str, u64>::new();
+    for (&e, &n) in &r.failed {
+        *m.entry(page_status_reason(e).0).or_default() += n;
+    }
     json!(m)
 }
 
@@ -154,7 +155,10 @@ pub fn text(o: &Outcome) -> String {
     }
     for (&e, &n) in &r.failed {
         let (name, why) = page_status_reason(e);
-        let _ = writeln!(s, "    stayed: {n} pages {name} ({why})");
+        let _ = match name {
+            "errno" => writeln!(s, "    stayed: {n} pages with status {e} ({why})"),
+            _ => writeln!(s, "    stayed: {n} pages {name} ({why})"),
+        };
     }
     if r.cancelled {
         let _ = writeln!(s, "    cancelled: {} pages not tried", r.skipped);
@@ -172,4 +176,19 @@ pub fn text(o: &Outcome) -> String {
         let _ = writeln!(s, "    warning: {w}");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_without_a_name_add_up_under_errno() {
+        // 16 is the kernel's EBUSY; 1000 and 1001 are statuses with no name of their own.
+        let r = RemoteRebindReport {
+            failed: [(16, 3), (1000, 2), (1001, 5)].into_iter().collect(),
+            ..Default::default()
+        };
+        assert_eq!(failed_json(&r), json!({"EBUSY": 3, "errno": 7}));
+    }
 }
