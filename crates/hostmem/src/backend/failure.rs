@@ -31,6 +31,16 @@ impl Backend {
                 Step::Prealloc,
                 format!("cannot create threads: {}", sys::strerror(&e)),
             ),
+            // The batch names the limit (`room::edge_error`); this is for a caller
+            // without the watch's list of limits.
+            Failure::Edge(edge) => self.alloc_error(
+                Step::Prealloc,
+                format!(
+                    "stopped at a memory limit: needs {} more, {} available; every page was given back",
+                    format_size(edge.needed),
+                    format_size(edge.available)
+                ),
+            ),
             Failure::Fault { .. } if hugetlb => {
                 capacity::shortage_now(self, len as u64 / page_size, page_size)
             }

@@ -8,6 +8,7 @@ pub(crate) mod capacity;
 mod failure;
 mod hold;
 mod live;
+pub(crate) mod room;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -49,6 +50,9 @@ pub struct Backend {
     cfg: Config,
     live: Option<LiveState>,
     deleted: bool,
+    /// Go ahead even where the memory limits say the memory is not there
+    /// (`backend/room.rs`): no check before mapping, no watch during prealloc.
+    ignore_memory_limits: bool,
 }
 
 impl Backend {
@@ -59,7 +63,23 @@ impl Backend {
             cfg: Config::new(kind, defaults),
             live: None,
             deleted: false,
+            ignore_memory_limits: defaults.ignore_memory_limits,
         }
+    }
+
+    /// Whether this backend skips the memory limit checks (see
+    /// [`Backend::set_ignore_memory_limits`]).
+    pub fn ignores_memory_limits(&self) -> bool {
+        self.ignore_memory_limits
+    }
+
+    /// Skips the memory limit checks for this backend: neither the check before
+    /// mapping (bound nodes, host, memory and hugetlb cgroups) nor the watch between
+    /// prealloc steps, and its memory is not counted for the others of its batch. For
+    /// users who know better: memory about to be freed, a limit about to be raised.
+    /// Huge page pools are still checked (without the pages nothing can be mapped).
+    pub fn set_ignore_memory_limits(&mut self, ignore: bool) {
+        self.ignore_memory_limits = ignore;
     }
 
     /// Typed construction for Rust callers.
@@ -188,6 +208,26 @@ impl Backend {
         if let Some((i, e)) = capacity::check_batch(&items).into_iter().next() {
             return Err(at(i)(e));
         }
+        // The memory limits, for the backends being preallocated: summed, before mapping.
+        let pre: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].0.cfg.common.prealloc)
+            .collect();
+        let pre_items: Vec<(&Backend, &Plan)> = pre.iter().map(|&i| items[i]).collect();
+        let counted = pre_items
+            .iter()
+            .any(|(b, p)| !room::limits_of(b, p).is_empty());
+        let snap = counted
+            .then(|| crate::limits::Snapshot::read(host.has_memory.iter(), &host.huge_page_sizes));
+        if let Some(snap) = &snap {
+            if let Some((k, e)) = room::check_batch(&pre_items, snap).into_iter().next() {
+                return Err(at(pre[k])(e));
+            }
+        }
+        let (watch, limits, job_limits) = match &snap {
+            Some(snap) => room::watch(&pre_items, snap),
+            None => Default::default(),
+        };
+        drop(items);
         let mut placed = Vec::with_capacity(backends.len());
         for (i, (b, plan)) in backends.iter().zip(&plans).enumerate() {
             placed.push(b.map_and_place(plan, &host).map_err(at(i))?);
@@ -196,10 +236,16 @@ impl Backend {
             .filter(|&i| backends[i].cfg.common.prealloc)
             .collect();
         let mut jobs = Vec::with_capacity(wanted.len());
-        for &i in &wanted {
+        for (k, &i) in wanted.iter().enumerate() {
             let b = &backends[i];
-            let job = b.job(&placed[i], &host, b.cfg.common.prealloc_threads);
-            jobs.push(job.map_err(at(i))?);
+            let mut job = b
+                .job(&placed[i], &host, b.cfg.common.prealloc_threads)
+                .map_err(at(i))?;
+            if !watch.is_empty() {
+                job.watch = Some(&watch);
+                job.limits = job_limits.get(k).cloned().unwrap_or_default();
+            }
+            jobs.push(job);
         }
         let results = prealloc::populate(&jobs, progress);
         drop(jobs);
@@ -225,9 +271,13 @@ impl Backend {
                 (region.page_size, region.hugetlb, region.mapped.map.len());
             // Undo everything first, so the error reads the pools as they are again.
             drop(placed);
-            return Err(at(i)(
-                backends[i].prealloc_error(f, page_size, hugetlb, len),
-            ));
+            let error = match (&f, &snap) {
+                (Failure::Edge(edge), Some(snap)) => {
+                    room::edge_error(backends[i], edge, &limits, snap)
+                }
+                _ => backends[i].prealloc_error(f, page_size, hugetlb, len),
+            };
+            return Err(at(i)(error));
         }
         for ((b, mut region), s) in backends.iter_mut().zip(placed).zip(stats) {
             if let Some(r) = Arc::get_mut(&mut region) {
@@ -385,6 +435,8 @@ impl Backend {
             threads: threads as usize,
             cpus,
             method,
+            watch: None,
+            limits: Vec::new(),
         })
     }
 
