@@ -27,7 +27,7 @@ fn room_json(r: &Known<MemoryRoom>) -> Value {
     match r {
         Ok(r) => json!({
             "available": r.available(), "total": r.total, "free": r.free, "file": r.file,
-            "slab-reclaimable": r.slab_reclaimable, "min-watermark": r.min_watermark,
+            "slab-reclaimable": r.slab_reclaimable, "kernel-reserve": r.reserve,
         }),
         Err(u) => json!({"unknown": u.to_string()}),
     }
@@ -134,12 +134,12 @@ pub fn main(args: HostArgs) -> ExitCode {
 fn room_text(r: &Known<MemoryRoom>) -> String {
     match r {
         Ok(r) => format!(
-            "{} (free {} + file {} + reclaimable slab {} - min watermark {})",
+            "{} (free {} + file {} + reclaimable slab {} - kernel reserve {})",
             format_size(r.available()),
             format_size(r.free),
             format_size(r.file),
             format_size(r.slab_reclaimable),
-            format_size(r.min_watermark)
+            format_size(r.reserve)
         ),
         Err(u) => format!("unknown: {u}"),
     }

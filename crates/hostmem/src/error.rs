@@ -117,7 +117,7 @@ impl MemoryShort {
         }
         if let Some(done) = self.stopped_after {
             s += &format!(
-                "; preallocation stopped after {} before the kernel would have had to                  reclaim or kill, and every page was given back",
+                "; preallocation stopped after {} before the kernel would have had to reclaim or kill, and every page was given back",
                 format_size(done)
             );
         }
@@ -354,7 +354,7 @@ pub enum Error {
     },
     /// The host as a whole cannot give the memory (policies that may fall back to any
     /// node: default, preferred, interleave, ...).
-    #[error("{kind} '{id}': {}, the host has {} available (free memory and reclaimable page cache and slab, less the min watermarks){}",
+    #[error("{kind} '{id}': {}, the host has {} available (free memory and reclaimable page cache and slab, less what the kernel keeps){}",
         short.needs(), format_size(short.available), short.tail())]
     HostMemoryShort {
         /// QEMU type name.

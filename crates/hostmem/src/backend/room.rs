@@ -124,7 +124,7 @@ pub(crate) fn fact(limit: &Limit, snap: &Snapshot) -> (String, Known<Option<u64>
             format!("{what} {} ({} {})", l.cgroup, l.max_file, l.max),
             Ok(Some(l.room())),
         ),
-        Some(Ok(None)) | None => (format!("{what} (no limit)"), Ok(None)),
+        Some(Ok(None)) | None => (what.to_string(), Ok(None)),
         Some(Err(u)) => (what.to_string(), Err(u.clone())),
     };
     match limit {
@@ -276,6 +276,33 @@ pub(crate) fn watch(
     (Watch::new(sources), limits, per_item)
 }
 
+/// After huge pages failed to fault in (the pages given back): the hugetlb cgroup's
+/// limit, when that is what fell short of `needed` bytes — the pools may be full
+/// and the cgroup the reason (as when the checks were overridden).
+pub(crate) fn hugetlb_cgroup_short(b: &Backend, page_size: u64, needed: u64) -> Option<Error> {
+    let l = crate::limits::cgroup::hugetlb(page_size).ok().flatten()?;
+    if l.room() >= needed {
+        return None;
+    }
+    let short = MemoryShort {
+        needed,
+        available: l.room(),
+        with: Vec::new(),
+        stopped_after: None,
+    };
+    Some(Error::HugetlbCgroupShort {
+        kind: b.kind().qom_type(),
+        id: b.id.clone(),
+        page_size,
+        cgroup: Box::new(CgroupRef {
+            cgroup: l.cgroup,
+            file: l.max_file,
+            max: l.max,
+        }),
+        short: Box::new(short),
+    })
+}
+
 /// The error for a prealloc stopped at `edge` (the limits as `watch` listed them).
 pub(crate) fn edge_error(b: &Backend, edge: &Edge, limits: &[Limit], snap: &Snapshot) -> Error {
     let short = MemoryShort {
@@ -308,7 +335,7 @@ mod tests {
             free: mib * MIB,
             file: 0,
             slab_reclaimable: 0,
-            min_watermark: 0,
+            reserve: 0,
         }
     }
 
@@ -382,8 +409,8 @@ mod tests {
                 (
                     2,
                     "memory-backend-ram 'c': needs 2.15 GiB, the host has 2 GiB available \
-                     (free memory and reclaimable page cache and slab, less the min \
-                     watermarks) (together with a, b of the same batch)"
+                     (free memory and reclaimable page cache and slab, less what the \
+                     kernel keeps) (together with a, b of the same batch)"
                         .to_string()
                 ),
             ]

@@ -1,5 +1,5 @@
 //! What the host can still give guest memory, read from the kernel's own accounting:
-//! per node (`nodeN/meminfo` less the min watermarks of `/proc/zoneinfo`), host-wide
+//! per node (`nodeN/meminfo` less the watermarks of `/proc/zoneinfo`), host-wide
 //! (`/proc/meminfo`), the process's memory cgroup and its hugetlb cgroup limits
 //! (v2 or v1). The backend checks (`backend/room.rs`) compare a batch's needs with these
 //! before mapping; [`watch`] re-reads the relevant ones between prealloc steps, so a
@@ -69,7 +69,7 @@ pub struct Snapshot {
     pub memory_cgroup: Known<Option<CgroupLimit>>,
     /// Per huge page size: the tightest hugetlb cgroup limit.
     pub hugetlb_cgroups: Vec<(u64, Known<Option<CgroupLimit>>)>,
-    /// The min watermarks the node and host figures were read with.
+    /// The kernel's reserves the node and host figures were read with.
     pub marks: Watermarks,
 }
 

@@ -1,18 +1,22 @@
 //! The limits of a batch, watched between preallocation steps.
 //!
 //! Each thread asks for every step before faulting it in ([`Watch::grant`]) and says
-//! when it is done ([`Watch::finish`]). A ledger keeps, per limit, the room read last
-//! less what was granted since, so most grants are arithmetic under a mutex held for
-//! nanoseconds while the other threads keep faulting pages in: the threads stay
-//! parallel. The files are read again (one meminfo per bound node, the host's
-//! meminfo, the cgroup's two files) every [`REFRESH`] bytes over all threads, and
-//! before every step once a limit's room is within [`NEAR`] of the step: far from the
-//! edge a read costs about 10 µs per 32 MiB faulted in (milliseconds of work), near it
-//! every step sees what another process took. What another process takes between two
-//! reads is seen at most [`REFRESH`] bytes late (plus the steps in flight), which the
-//! min watermark and the reclaimable page cache absorb.
+//! when it is done ([`Watch::finish`]). A grant reads the files of the job's limits
+//! again (one meminfo per bound node, or the host's; the cgroup's two files: about
+//! 10 µs against the milliseconds a 16 MiB step takes) and compares the room with the
+//! step plus the steps of other threads still in flight (granted, not yet visible in
+//! the files). The ledger's mutex is held for the read, so reads do not overlap, but
+//! the other threads keep faulting pages in meanwhile: the threads stay parallel.
+//!
+//! Reading before every step, not every so many bytes, is what makes the edge hold:
+//! an eater that takes the room between two reads would otherwise be seen only after
+//! the steps granted from the stale figure, and those are what would wake the OOM
+//! killer. (The first version read every 32 MiB far from the edge; the guest test
+//! with a paused hostmem and an eater showed exactly that overrun.)
+//!
 //! A step that no longer fits stops the batch: the engine stops every thread and the
-//! backend gives every page back before it reports the [`Edge`].
+//! backend gives every page back before it reports the [`Edge`]. The room figures
+//! leave out free pages parked on per-CPU lists, so they err on the side of stopping.
 //!
 //! A file that cannot be read any more mid-run (an administrator removed the cgroup)
 //! is treated as room: the check before mapping already passed, and stopping on a
@@ -24,18 +28,13 @@ use super::cgroup::CgroupLimit;
 use super::meminfo::MemoryRoom;
 use super::Known;
 
-/// Bytes faulted in over all threads between two reads of the limits, far from the edge.
-pub const REFRESH: u64 = 32 << 20;
-/// Room under which the limits are read before every step.
-pub const NEAR: u64 = 256 << 20;
-
 /// What one watched limit reads.
 #[derive(Debug, Clone)]
 pub(crate) enum Source {
-    /// The nodes a strict policy binds to, with each one's min watermark: their
+    /// The nodes a strict policy binds to, with each one's kernel reserve: their
     /// meminfo files, summed.
     Nodes(Vec<(u32, u64)>),
-    /// /proc/meminfo, with every node's min watermark.
+    /// /proc/meminfo, with every node's kernel reserve.
     Host(u64),
     /// A cgroup's limit and use files.
     Cgroup(CgroupLimit),
@@ -74,13 +73,10 @@ pub struct Edge {
 
 #[derive(Debug, Default)]
 struct Ledger {
-    /// Per limit: room at the last read less what was granted since.
-    headroom: Vec<i128>,
     /// Per limit: granted, not yet finished (not yet visible in the files).
     in_flight: Vec<u64>,
     done: Vec<u64>,
     total: Vec<u64>,
-    since_read: u64,
     stop: Option<Edge>,
 }
 
@@ -99,12 +95,9 @@ impl Watch {
         Watch {
             sources,
             ledger: Mutex::new(Ledger {
-                // Read before the first step.
-                headroom: vec![i128::MIN / 2; n],
                 in_flight: vec![0; n],
                 done: vec![0; n],
                 total,
-                since_read: 0,
                 stop: None,
             }),
         }
@@ -126,33 +119,25 @@ impl Watch {
         if l.stop.is_some() {
             return Err(None);
         }
-        let near = limits
-            .iter()
-            .any(|&i| l.headroom[i] < i128::from(len + NEAR));
-        if near || l.since_read >= REFRESH {
-            for (i, s) in self.sources.iter().enumerate() {
-                l.headroom[i] = match s.available() {
-                    Ok(a) => i128::from(a) - i128::from(l.in_flight[i]),
-                    Err(_) => i128::MAX / 2,
-                };
-            }
-            l.since_read = 0;
-        }
-        if let Some(&i) = limits.iter().find(|&&i| l.headroom[i] < i128::from(len)) {
-            let edge = Edge {
-                limit: i,
-                needed: l.total[i].saturating_sub(l.done[i]),
-                available: u64::try_from(l.headroom[i].max(0)).unwrap_or(u64::MAX),
-                done: l.done[i],
+        for &i in limits {
+            let Ok(avail) = self.sources[i].available() else {
+                continue;
             };
-            l.stop = Some(edge.clone());
-            return Err(Some(edge));
+            let room = avail.saturating_sub(l.in_flight[i]);
+            if room < len {
+                let edge = Edge {
+                    limit: i,
+                    needed: l.total[i].saturating_sub(l.done[i]),
+                    available: room,
+                    done: l.done[i],
+                };
+                l.stop = Some(edge.clone());
+                return Err(Some(edge));
+            }
         }
         for &i in limits {
-            l.headroom[i] -= i128::from(len);
             l.in_flight[i] += len;
         }
-        l.since_read += len;
         Ok(())
     }
 

@@ -5,12 +5,14 @@
 //! page distributions included, then `numa-suite: N passed, M failed`.
 
 mod common;
+mod limits;
 mod placement;
 mod pools;
 mod rebind;
 mod runs;
 
 use common::{Check, Topo};
+use limits::*;
 use placement::*;
 use pools::*;
 use rebind::*;
@@ -20,6 +22,10 @@ use runs::*;
 type Test = (&'static str, fn(&Topo) -> Check);
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "eat") {
+        eat(&args[1..]);
+    }
     let t = Topo::read();
     println!(
         "numa-suite: kernel {}, nodes online {}, with memory {}, memoryless {:?}",
@@ -30,7 +36,7 @@ fn main() {
         println!("numa-suite: 0 passed, 1 failed");
         std::process::exit(1);
     }
-    let tests: [Test; 14] = [
+    let tests: [Test; 19] = [
         ("bind-one-node", bind_one),
         ("bind-two-nodes", bind_two),
         ("interleave-four-nodes", interleave_four),
@@ -54,9 +60,22 @@ fn main() {
             "check-names-empty-node-pool",
             check_names_an_empty_node_pool_like_the_run,
         ),
+        ("limits-bind-to-too-small-node", bind_to_too_small_node),
+        ("limits-batch-summed-on-a-node", batch_summed_on_a_node),
+        ("limits-memory-cgroup-below-size", memory_cgroup_below_size),
+        (
+            "limits-hugetlb-cgroup-below-pool",
+            hugetlb_cgroup_below_pool,
+        ),
+        ("limits-eaten-during-prealloc", eaten_during_prealloc),
     ];
     let (mut passed, mut failed) = (0, 0);
+    // `numa-suite only PREFIX`: the checks whose names begin with PREFIX.
+    let only = (args.first().map(String::as_str) == Some("only")).then(|| args[1].clone());
     for (name, f) in tests {
+        if only.as_ref().is_some_and(|p| !name.starts_with(p.as_str())) {
+            continue;
+        }
         let start = std::time::Instant::now();
         match std::panic::catch_unwind(|| f(&t)) {
             Ok(Ok(detail)) => {
