@@ -208,25 +208,8 @@ impl Backend {
         if let Some((i, e)) = capacity::check_batch(&items).into_iter().next() {
             return Err(at(i)(e));
         }
-        // The memory limits, for the backends being preallocated: summed, before mapping.
-        let pre: Vec<usize> = (0..items.len())
-            .filter(|&i| items[i].0.cfg.common.prealloc)
-            .collect();
-        let pre_items: Vec<(&Backend, &Plan)> = pre.iter().map(|&i| items[i]).collect();
-        let counted = pre_items
-            .iter()
-            .any(|(b, p)| !room::limits_of(b, p).is_empty());
-        let snap = counted
-            .then(|| crate::limits::Snapshot::read(host.has_memory.iter(), &host.huge_page_sizes));
-        if let Some(snap) = &snap {
-            if let Some((k, e)) = room::check_batch(&pre_items, snap).into_iter().next() {
-                return Err(at(pre[k])(e));
-            }
-        }
-        let (watch, limits, job_limits) = match &snap {
-            Some(snap) => room::watch(&pre_items, snap),
-            None => Default::default(),
-        };
+        // The memory limits of the backends being preallocated, summed, then watched.
+        let guard = room::Guard::before_mapping(&items, &host).map_err(|(i, e)| at(i)(e))?;
         drop(items);
         let mut placed = Vec::with_capacity(backends.len());
         for (i, (b, plan)) in backends.iter().zip(&plans).enumerate() {
@@ -241,10 +224,7 @@ impl Backend {
             let mut job = b
                 .job(&placed[i], &host, b.cfg.common.prealloc_threads)
                 .map_err(at(i))?;
-            if !watch.is_empty() {
-                job.watch = Some(&watch);
-                job.limits = job_limits.get(k).cloned().unwrap_or_default();
-            }
+            guard.attach(k, &mut job);
             jobs.push(job);
         }
         let results = prealloc::populate(&jobs, progress);
@@ -271,12 +251,12 @@ impl Backend {
                 (region.page_size, region.hugetlb, region.mapped.map.len());
             // Undo everything first, so the error reads the pools as they are again.
             drop(placed);
-            let error = match (&f, &snap) {
-                (Failure::Edge(edge), Some(snap)) => {
-                    room::edge_error(backends[i], edge, &limits, snap)
-                }
-                _ => backends[i].prealloc_error(f, page_size, hugetlb, len),
+            let error = match &f {
+                Failure::Edge(edge) => guard.edge_error(backends[i], edge),
+                _ => None,
             };
+            let error =
+                error.unwrap_or_else(|| backends[i].prealloc_error(f, page_size, hugetlb, len));
             return Err(at(i)(error));
         }
         for ((b, mut region), s) in backends.iter_mut().zip(placed).zip(stats) {

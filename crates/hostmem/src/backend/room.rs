@@ -30,8 +30,61 @@ use crate::error::{CgroupRef, Error, MemoryShort};
 use crate::kind::{Kind, Plan};
 use crate::limits::watch::{Edge, Source, Watch};
 use crate::limits::{Known, Snapshot};
-use crate::numa::NodeSet;
+use crate::numa::{HostTopology, NodeSet};
+use crate::prealloc::Job;
 use crate::sys;
+
+/// A batch's memory limits from the check before mapping to the end of its prealloc:
+/// what was read, the watch its threads ask, and which limits each job counts against.
+#[derive(Debug, Default)]
+pub(crate) struct Guard {
+    snap: Option<Snapshot>,
+    watch: Watch,
+    limits: Vec<Limit>,
+    per_job: Vec<Vec<usize>>,
+}
+
+impl Guard {
+    /// Checks the backends of `items` that preallocate against the limits, summed in
+    /// order (the error's index is in `items`), and prepares their watch. Nothing is
+    /// read when none of them counts against a limit.
+    pub(crate) fn before_mapping(
+        items: &[(&Backend, &Plan)],
+        host: &HostTopology,
+    ) -> Result<Guard, (usize, Error)> {
+        let pre: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].0.cfg.common.prealloc)
+            .collect();
+        let pre_items: Vec<(&Backend, &Plan)> = pre.iter().map(|&i| items[i]).collect();
+        if pre_items.iter().all(|(b, p)| limits_of(b, p).is_empty()) {
+            return Ok(Guard::default());
+        }
+        let snap = Snapshot::read(host.has_memory.iter(), &host.huge_page_sizes);
+        if let Some((k, e)) = check_batch(&pre_items, &snap).into_iter().next() {
+            return Err((pre[k], e));
+        }
+        let (watch, limits, per_job) = watch(&pre_items, &snap);
+        Ok(Guard {
+            snap: Some(snap),
+            watch,
+            limits,
+            per_job,
+        })
+    }
+
+    /// Puts the watch on the `k`-th preallocating job of the batch.
+    pub(crate) fn attach<'a>(&'a self, k: usize, job: &mut Job<'a>) {
+        if !self.watch.is_empty() {
+            job.watch = Some(&self.watch);
+            job.limits = self.per_job.get(k).cloned().unwrap_or_default();
+        }
+    }
+
+    /// The error for a prealloc stopped at `edge`, naming the limit.
+    pub(crate) fn edge_error(&self, b: &Backend, edge: &Edge) -> Option<Error> {
+        Some(edge_error(b, edge, &self.limits, self.snap.as_ref()?))
+    }
+}
 
 /// `statfs` magic of tmpfs and of shmem.
 const TMPFS_MAGIC: i64 = 0x0102_1994;
@@ -233,10 +286,7 @@ pub(crate) fn check_batch(items: &[(&Backend, &Plan)], snap: &Snapshot) -> Vec<(
 /// between steps, with each item's limit indices. Bound memory watches its nodes,
 /// other memory the host; both the memory cgroup if it has a limit; huge pages their
 /// hugetlb cgroup if it has one.
-pub(crate) fn watch(
-    items: &[(&Backend, &Plan)],
-    snap: &Snapshot,
-) -> (Watch, Vec<Limit>, Vec<Vec<usize>>) {
+fn watch(items: &[(&Backend, &Plan)], snap: &Snapshot) -> (Watch, Vec<Limit>, Vec<Vec<usize>>) {
     let mut limits: Vec<Limit> = Vec::new();
     let mut sources: Vec<(Source, u64)> = Vec::new();
     let mut per_item = Vec::with_capacity(items.len());
@@ -304,7 +354,7 @@ pub(crate) fn hugetlb_cgroup_short(b: &Backend, page_size: u64, needed: u64) -> 
 }
 
 /// The error for a prealloc stopped at `edge` (the limits as `watch` listed them).
-pub(crate) fn edge_error(b: &Backend, edge: &Edge, limits: &[Limit], snap: &Snapshot) -> Error {
+fn edge_error(b: &Backend, edge: &Edge, limits: &[Limit], snap: &Snapshot) -> Error {
     let short = MemoryShort {
         needed: edge.needed,
         available: edge.available,

@@ -5,6 +5,7 @@
 //! page distributions included, then `numa-suite: N passed, M failed`.
 
 mod common;
+mod eaten;
 mod limits;
 mod placement;
 mod pools;
@@ -12,6 +13,7 @@ mod rebind;
 mod runs;
 
 use common::{Check, Topo};
+use eaten::*;
 use limits::*;
 use placement::*;
 use pools::*;
