@@ -103,7 +103,8 @@ pub struct Watermarks {
 }
 
 impl Watermarks {
-    /// Reads /proc/zoneinfo and vm.watermark_boost_factor now.
+    /// Reads /proc/zoneinfo and vm.watermark_boost_factor now (the kernel's default,
+    /// 15000, when the sysctl cannot be read: the larger reserve).
     pub fn read() -> Watermarks {
         let factor = read_text(Path::new("/proc/sys/vm/watermark_boost_factor"))
             .ok()
