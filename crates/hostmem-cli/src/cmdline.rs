@@ -233,6 +233,7 @@ pub fn memory_part(args: &[String]) -> Result<MemoryPart, String> {
         merge: raw.merge.unwrap_or(true),
         dump: raw.dump.unwrap_or(true),
         prealloc: raw.prealloc,
+        ..Default::default()
     };
     // Sizes and ids of the backends given, to check what QEMU checks; links to the
     // line's thread-contexts resolve (the contexts are not started for this).

@@ -5,13 +5,15 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Args;
+use hostmem::limits::{CgroupLimit, Known, MemoryRoom, Snapshot};
 use hostmem::numa::Features;
 use hostmem::size::format_size;
 use hostmem::{HostTopology, Policy};
 use serde_json::{json, Value};
 
 pub const EXAMPLES: &str = "Examples:
-  hostmem host            nodes, CPUs, memory, huge page pools, THP, KSM, kernel features
+  hostmem host            nodes, CPUs, memory, huge page pools, THP, KSM, kernel features,
+                          and what each node and cgroup can still give guest memory
   hostmem host --json     the same as one JSON document";
 
 #[derive(Args)]
@@ -19,6 +21,39 @@ pub struct HostArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     json: bool,
+}
+
+fn room_json(r: &Known<MemoryRoom>) -> Value {
+    match r {
+        Ok(r) => json!({
+            "available": r.available(), "total": r.total, "free": r.free, "file": r.file,
+            "slab-reclaimable": r.slab_reclaimable, "kernel-reserve": r.reserve,
+        }),
+        Err(u) => json!({"unknown": u.to_string()}),
+    }
+}
+
+fn cgroup_json(c: &Known<Option<CgroupLimit>>) -> Value {
+    match c {
+        Ok(Some(l)) => json!({
+            "cgroup": l.cgroup, "dir": l.dir, "limit-file": l.max_file,
+            "max": l.max, "current": l.current, "available": l.room(),
+            "version": if l.version == hostmem::limits::CgroupVersion::V2 { 2 } else { 1 },
+        }),
+        Ok(None) => Value::Null,
+        Err(u) => json!({"unknown": u.to_string()}),
+    }
+}
+
+/// What guest memory can still get, per node, host-wide and per cgroup (null: no
+/// cgroup limit).
+fn guest_memory_json(s: &Snapshot) -> Value {
+    json!({
+        "nodes": s.nodes.iter().map(|(n, r)| (n.to_string(), room_json(r))).collect::<serde_json::Map<_, _>>(),
+        "host": room_json(&s.host),
+        "memory-cgroup": cgroup_json(&s.memory_cgroup),
+        "hugetlb-cgroups": s.hugetlb_cgroups.iter().map(|(p, c)| (p.to_string(), cgroup_json(c))).collect::<serde_json::Map<_, _>>(),
+    })
 }
 
 pub fn to_json(t: &HostTopology) -> Value {
@@ -48,6 +83,7 @@ pub fn to_json(t: &HostTopology) -> Value {
         "ksm": t.ksm,
         "interleave-weights": t.interleave_weights.iter().map(|(n, w)| (n.to_string(), json!(w))).collect::<serde_json::Map<_, _>>(),
         "allowed-cpus": t.allowed_cpus,
+        "guest-memory": guest_memory_json(&Snapshot::read(t.has_memory.iter(), &t.huge_page_sizes)),
     })
 }
 
@@ -93,6 +129,57 @@ pub fn main(args: HostArgs) -> ExitCode {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(_) => ExitCode::from(1),
     }
+}
+
+fn room_text(r: &Known<MemoryRoom>) -> String {
+    match r {
+        Ok(r) => format!(
+            "{} (free {} + file {} + reclaimable slab {} - kernel reserve {})",
+            format_size(r.available()),
+            format_size(r.free),
+            format_size(r.file),
+            format_size(r.slab_reclaimable),
+            format_size(r.reserve)
+        ),
+        Err(u) => format!("unknown: {u}"),
+    }
+}
+
+fn cgroup_text(c: &Known<Option<CgroupLimit>>) -> String {
+    match c {
+        Ok(Some(l)) => format!(
+            "{} more in {} ({} {}, in use {})",
+            format_size(l.room()),
+            l.cgroup,
+            l.max_file,
+            format_size(l.max),
+            format_size(l.current)
+        ),
+        Ok(None) => "no limit".to_string(),
+        Err(u) => format!("unknown: {u}"),
+    }
+}
+
+/// What guest memory can still get without swapping or the OOM killer.
+fn guest_memory_text(snap: &Snapshot) -> String {
+    let mut s = String::from(
+        "available for guest memory:
+",
+    );
+    for (n, r) in &snap.nodes {
+        let _ = writeln!(s, "  node {n}: {}", room_text(r));
+    }
+    let _ = writeln!(s, "  host: {}", room_text(&snap.host));
+    let _ = writeln!(s, "  memory cgroup: {}", cgroup_text(&snap.memory_cgroup));
+    for (p, c) in &snap.hugetlb_cgroups {
+        let _ = writeln!(
+            s,
+            "  hugetlb cgroup, {} pages: {}",
+            format_size(*p),
+            cgroup_text(c)
+        );
+    }
+    s
 }
 
 /// The host as text: kernel, probed features, nodes, pools, THP, KSM.
@@ -172,6 +259,10 @@ fn host_text(t: &HostTopology) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     };
+    s.push_str(&guest_memory_text(&Snapshot::read(
+        t.has_memory.iter(),
+        &t.huge_page_sizes,
+    )));
     let _ = writeln!(s, "THP: {}", kv(&t.thp));
     let _ = writeln!(s, "KSM: {}", kv(&t.ksm));
     if !t.interleave_weights.is_empty() {

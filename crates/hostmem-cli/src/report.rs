@@ -262,10 +262,29 @@ pub fn check_text(c: &hostmem::preflight::BackendCheck) -> String {
             format_size(n.mem_free)
         );
     }
+    for l in &c.limits {
+        let room = match &l.available {
+            Ok(Some(b)) => format!("{} available", format_size(*b)),
+            Ok(None) => "no limit".to_string(),
+            Err(u) => format!("unknown ({u})"),
+        };
+        let _ = writeln!(s, "    limit {}: {room}", l.limit);
+    }
     for p in &c.problems {
         let _ = writeln!(s, "    would fail: {p}");
     }
+    for w in &c.warnings {
+        let _ = writeln!(s, "    warning: {w}");
+    }
     s
+}
+
+/// A limit's room as JSON: bytes, null for no limit, or `{"unknown": reason}`.
+pub fn room_json(k: &hostmem::limits::Known<Option<u64>>) -> Value {
+    match k {
+        Ok(v) => json!(v),
+        Err(u) => json!({"unknown": u.to_string()}),
+    }
 }
 
 /// One backend's pre-flight verdict as JSON.
@@ -283,6 +302,11 @@ pub fn check_json(c: &hostmem::preflight::BackendCheck) -> Value {
             "mem-free": n.mem_free,
             "huge-pages-free": n.huge_free,
         })).collect::<Vec<_>>(),
+        "limits": c.limits.iter().map(|l| json!({
+            "limit": l.limit,
+            "available": room_json(&l.available),
+        })).collect::<Vec<_>>(),
         "problems": c.problems,
+        "warnings": c.warnings,
     })
 }

@@ -60,6 +60,11 @@ fn check(backends: &[Backend], specs: &[&String], json: bool) -> ExitCode {
     for f in &failing {
         eprintln!("{f}");
     }
+    for (v, s) in verdicts.iter().zip(specs) {
+        for w in &v.warnings {
+            eprintln!("hostmem: warning: -object {s}: {w}");
+        }
+    }
     ExitCode::from(u8::from(!failing.is_empty()))
 }
 
@@ -110,6 +115,12 @@ pub struct RunArgs {
     /// reason it would fail; nothing is allocated. Exit 1 if any would fail.
     #[arg(long)]
     check: bool,
+    /// Go ahead even where the memory limits say the memory is not there: no check of
+    /// the bound nodes', the host's and the memory and hugetlb cgroups' room before
+    /// mapping, no watch during prealloc (huge page pools are still checked). Applies
+    /// to backends added over QMP too.
+    #[arg(long)]
+    ignore_memory_limits: bool,
     /// A QEMU command line after `--`: `hostmem run -- qemu-system-x86_64 -m 4G ...`.
     #[arg(last = true, value_name = "QEMU ARGS")]
     qemu: Vec<String>,
@@ -242,6 +253,7 @@ pub fn main(args: RunArgs) -> ExitCode {
         // A monitor starts empty like QEMU's `-machine none`; backends come over QMP.
         specs.push(default_spec());
     }
+    defaults.ignore_memory_limits = args.ignore_memory_limits;
     // Like QEMU, thread-contexts are made first (they are "early" objects), so a
     // backend may name a context given after it; ids are unique across both.
     let mut parsed = Vec::with_capacity(specs.len());
@@ -369,7 +381,8 @@ mod tests {
             MachineDefaults {
                 merge: false,
                 dump: false,
-                prealloc: true
+                prealloc: true,
+                ..Default::default()
             }
         );
         assert!(machine_defaults(Some("mem-merge=maybe"), false)

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::numa::{NodeListError, Policy};
+use crate::numa::{NodeListError, NodeSet, Policy};
 use crate::size::format_size;
 
 /// The step of allocation that failed, for errors that are not about one property.
@@ -76,6 +76,71 @@ impl std::fmt::Display for Shortage {
             )?;
         }
         Ok(())
+    }
+}
+
+/// How much memory a backend (with the backends of its batch before it) needs under
+/// one limit, and how much the limit gives: for the memory errors
+/// ([`Error::NodeMemoryShort`], [`Error::HostMemoryShort`], [`Error::CgroupMemoryShort`],
+/// [`Error::HugetlbCgroupShort`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryShort {
+    /// Bytes needed: the backend's, plus those of `with`; during prealloc, what was
+    /// still to be faulted in.
+    pub needed: u64,
+    /// Bytes the limit could give when it was read.
+    pub available: u64,
+    /// Backends of the same batch counted against the same limit before this one.
+    pub with: Vec<String>,
+    /// Set when prealloc stopped at the limit: bytes that had been faulted in under it
+    /// (and were given back).
+    pub stopped_after: Option<u64>,
+}
+
+impl MemoryShort {
+    fn needs(&self) -> String {
+        let more = if self.stopped_after.is_some() {
+            " more"
+        } else {
+            ""
+        };
+        format!("needs {}{more}", format_size(self.needed))
+    }
+
+    fn tail(&self) -> String {
+        let mut s = String::new();
+        if !self.with.is_empty() {
+            s += &format!(
+                " (together with {} of the same batch)",
+                self.with.join(", ")
+            );
+        }
+        if let Some(done) = self.stopped_after {
+            s += &format!(
+                "; preallocation stopped after {} before the kernel would have had to reclaim or kill, and every page was given back",
+                format_size(done)
+            );
+        }
+        s
+    }
+}
+
+/// The cgroup a memory error names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupRef {
+    /// The cgroup as /proc/self/cgroup names it (`/machine.slice/vm1`).
+    pub cgroup: String,
+    /// The limit file (`memory.max`, `memory.limit_in_bytes`, `hugetlb.2MB.max`).
+    pub file: String,
+    /// The limit, bytes.
+    pub max: u64,
+}
+
+fn node_words(nodes: &NodeSet) -> String {
+    if nodes.len() == 1 {
+        format!("node {nodes}, which has")
+    } else {
+        format!("nodes {nodes}, which have")
     }
 }
 
@@ -269,6 +334,66 @@ pub enum Error {
         id: String,
         /// Page size, pages needed and free, and the nodes.
         shortage: Shortage,
+    },
+    /// A backend bound to nodes (a strict policy) needs more memory than those nodes can
+    /// give without swapping: free, plus reclaimable page cache and slab, less the min
+    /// watermarks (checked before mapping, and between prealloc steps).
+    #[error("{kind} '{id}': {} on {} {} available (bound by policy={policy} host-nodes={nodes}){}",
+        short.needs(), node_words(nodes), format_size(short.available), short.tail())]
+    NodeMemoryShort {
+        /// QEMU type name.
+        kind: &'static str,
+        /// Object id.
+        id: String,
+        /// The policy that binds it.
+        policy: Policy,
+        /// Its host-nodes.
+        nodes: NodeSet,
+        /// Needed and available.
+        short: Box<MemoryShort>,
+    },
+    /// The host as a whole cannot give the memory (policies that may fall back to any
+    /// node: default, preferred, interleave, ...).
+    #[error("{kind} '{id}': {}, the host has {} available (free memory and reclaimable page cache and slab, less what the kernel keeps){}",
+        short.needs(), format_size(short.available), short.tail())]
+    HostMemoryShort {
+        /// QEMU type name.
+        kind: &'static str,
+        /// Object id.
+        id: String,
+        /// Needed and available.
+        short: Box<MemoryShort>,
+    },
+    /// The process's memory cgroup (or an ancestor) would pass its limit.
+    #[error("{kind} '{id}': {}, the memory cgroup {} allows {} more ({} {}){}",
+        short.needs(), cgroup.cgroup, format_size(short.available), cgroup.file,
+        format_size(cgroup.max), short.tail())]
+    CgroupMemoryShort {
+        /// QEMU type name.
+        kind: &'static str,
+        /// Object id.
+        id: String,
+        /// The cgroup whose limit it is.
+        cgroup: Box<CgroupRef>,
+        /// Needed and available.
+        short: Box<MemoryShort>,
+    },
+    /// The hugetlb cgroup's limit for the page size would be passed: faulting the pages
+    /// would raise SIGBUS.
+    #[error("{kind} '{id}': {} of {} huge pages, the hugetlb cgroup {} allows {} more ({} {}){}",
+        short.needs(), format_size(*page_size), cgroup.cgroup, format_size(short.available),
+        cgroup.file, format_size(cgroup.max), short.tail())]
+    HugetlbCgroupShort {
+        /// QEMU type name.
+        kind: &'static str,
+        /// Object id.
+        id: String,
+        /// Bytes per huge page.
+        page_size: u64,
+        /// The cgroup whose limit it is.
+        cgroup: Box<CgroupRef>,
+        /// Needed and available.
+        short: Box<MemoryShort>,
     },
     /// A step of allocation failed for a reason that is not one property's.
     #[error("{kind} '{id}': {step} failed: {reason}")]

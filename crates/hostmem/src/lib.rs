@@ -31,6 +31,7 @@ pub mod context;
 pub mod error;
 pub mod inspect;
 pub mod kind;
+pub mod limits;
 pub mod numa;
 pub mod objspec;
 pub mod prealloc;

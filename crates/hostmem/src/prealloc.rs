@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::limits::watch::{Edge, Watch};
 use crate::sys::RawMapping;
 
 /// Smallest chunk worth a thread of its own.
@@ -87,6 +88,10 @@ pub(crate) struct Job<'a> {
     /// CPUs the threads may run on (the bound or preferred nodes' CPUs); empty = any.
     pub cpus: Vec<usize>,
     pub method: Method,
+    /// The batch's watched limits (`limits::watch`) and which of them this job's
+    /// memory counts against; every step is granted first.
+    pub watch: Option<&'a Watch>,
+    pub limits: Vec<usize>,
 }
 
 /// What a finished job did, for reports and tests.
@@ -138,6 +143,9 @@ pub enum Failure {
     Aborted,
     /// The threads could not be created.
     Spawn(io::Error),
+    /// The next step would have crossed a watched limit (another process took the
+    /// memory meanwhile); every thread of the run was stopped.
+    Edge(Edge),
 }
 
 impl Failure {
@@ -148,7 +156,7 @@ impl Failure {
             match f {
                 Failure::Aborted => 0,
                 Failure::Cancelled => 1,
-                Failure::Fault { .. } | Failure::Spawn(_) => 2,
+                Failure::Fault { .. } | Failure::Spawn(_) | Failure::Edge(_) => 2,
             }
         }
         rank(self) > rank(other)
@@ -199,8 +207,15 @@ fn keep<T>(slot: &Mutex<Option<T>>, value: T, better: impl Fn(&T, &T) -> bool) {
     }
 }
 
+/// Why a thread stopped early.
+enum Stopped {
+    Fault(u64, io::Error),
+    Edge(Edge),
+}
+
 struct JobState {
     error: Mutex<Option<(u64, io::Error)>>,
+    edge: Mutex<Option<Edge>>,
     finished_at: Mutex<Option<Instant>>,
     began_at: Mutex<Option<Instant>>,
     cpus_seen: Mutex<Vec<usize>>,
@@ -212,7 +227,7 @@ fn run_chunk(
     end: u64,
     progress: &Progress,
     abort: &AtomicBool,
-) -> Result<(), (u64, io::Error)> {
+) -> Result<(), Stopped> {
     let step = STEP.max(job.page_size) / job.page_size * job.page_size;
     let mut off = start;
     while off < end {
@@ -220,6 +235,14 @@ fn run_chunk(
             return Ok(());
         }
         let len = step.min(end - off);
+        if let Some(w) = job.watch {
+            match w.grant(&job.limits, len) {
+                Ok(()) => {}
+                Err(Some(edge)) => return Err(Stopped::Edge(edge)),
+                // Another thread's step crossed a limit: stop like on an abort.
+                Err(None) => return Ok(()),
+            }
+        }
         let r = match job.method {
             Method::Populate { write } => job.map.populate(off as usize, len as usize, write),
             Method::Touch => {
@@ -227,7 +250,10 @@ fn run_chunk(
                     .touch_pages(off as usize, len as usize, job.page_size as usize)
             }
         };
-        r.map_err(|e| (off, e))?;
+        if let Some(w) = job.watch {
+            w.finish(&job.limits, len);
+        }
+        r.map_err(|e| Stopped::Fault(off, e))?;
         off += len;
         progress.done.fetch_add(len, Ordering::Relaxed);
     }
@@ -248,6 +274,7 @@ pub(crate) fn populate(jobs: &[Job<'_>], progress: &Progress) -> Vec<Result<Stat
         .iter()
         .map(|_| JobState {
             error: Mutex::new(None),
+            edge: Mutex::new(None),
             finished_at: Mutex::new(None),
             began_at: Mutex::new(None),
             cpus_seen: Mutex::new(Vec::new()),
@@ -285,9 +312,16 @@ pub(crate) fn populate(jobs: &[Job<'_>], progress: &Progress) -> Vec<Result<Stat
                             let mut seen = st.cpus_seen.lock().unwrap_or_else(|e| e.into_inner());
                             seen.extend(cpu_start.into_iter().chain(cpu_end));
                         }
-                        if let Err(fault) = r {
-                            abort.store(true, Ordering::Relaxed);
-                            keep(&st.error, fault, |new, old| new.0 < old.0);
+                        match r {
+                            Err(Stopped::Fault(off, e)) => {
+                                abort.store(true, Ordering::Relaxed);
+                                keep(&st.error, (off, e), |new, old| new.0 < old.0);
+                            }
+                            Err(Stopped::Edge(edge)) => {
+                                abort.store(true, Ordering::Relaxed);
+                                keep(&st.edge, edge, |_, _| false);
+                            }
+                            Ok(()) => {}
                         }
                         keep(&st.finished_at, Instant::now(), |new, old| new > old);
                     });
@@ -324,6 +358,8 @@ pub(crate) fn populate(jobs: &[Job<'_>], progress: &Progress) -> Vec<Result<Stat
         }
         if let Some((offset, err)) = st.error.into_inner().unwrap_or_else(|e| e.into_inner()) {
             out.push(Err(Failure::Fault { offset, err }));
+        } else if let Some(edge) = st.edge.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            out.push(Err(Failure::Edge(edge)));
         } else if progress.is_cancelled() {
             out.push(Err(Failure::Cancelled));
         } else if aborted {

@@ -3,10 +3,14 @@
 //! mapped. Every check `complete` makes before mapping runs for each backend (policy,
 //! nodes, the kind's own rules, sizes, huge page pools), and the backends are summed
 //! against the pools together, as a batch preallocates them together — so a VM whose
-//! backends each fit but not all at once is caught before it starts.
+//! backends each fit but not all at once is caught before it starts. The memory limits
+//! (bound nodes, host, memory and hugetlb cgroups: `backend/room.rs`) are summed the
+//! same way: a failure for backends that preallocate, a warning for those that do not
+//! (memory that may not be there when the guest touches it).
 
-use crate::backend::{capacity, Backend};
+use crate::backend::{capacity, room, Backend};
 use crate::kind::{Kind, Plan};
+use crate::limits::{Known, Snapshot};
 use crate::numa::{HostTopology, NodeSet, Policy};
 
 /// What a node offers the backend's memory now.
@@ -39,8 +43,22 @@ pub struct BackendCheck {
     /// The nodes its memory may come from: its host-nodes for a policy that takes
     /// nodes, otherwise every node with memory.
     pub nodes: Vec<NodeRoom>,
+    /// The memory limits its memory counts against, with what each can give now.
+    pub limits: Vec<LimitRoom>,
     /// Every reason it would fail, in the words allocation would use; empty: it fits.
     pub problems: Vec<String>,
+    /// For a backend without prealloc, the limits its memory would pass: allocation
+    /// succeeds, but the guest may meet the OOM killer (or SIGBUS) when it touches it.
+    pub warnings: Vec<String>,
+}
+
+/// One memory limit and what it can give now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitRoom {
+    /// Which limit: `node 4`, `host`, `memory cgroup /t (memory.max 268435456)`, ...
+    pub limit: String,
+    /// Bytes it can give; `Ok(None)`: no limit; `Err`: the file could not be read.
+    pub available: Known<Option<u64>>,
 }
 
 impl BackendCheck {
@@ -64,6 +82,32 @@ pub fn check(backends: &[&Backend], host: &HostTopology) -> Vec<BackendCheck> {
     let items: Vec<(&Backend, &Plan)> = planned.iter().map(|(_, it)| *it).collect();
     for (k, e) in capacity::check_batch(&items) {
         out[planned[k].0].problems.push(e.to_string());
+    }
+    let snap = Snapshot::read(host.has_memory.iter(), &host.huge_page_sizes);
+    for (k, (b, plan)) in items.iter().enumerate() {
+        out[planned[k].0].limits = room::limits_of(b, plan)
+            .iter()
+            .map(|l| {
+                let (limit, available) = room::fact(l, &snap);
+                LimitRoom { limit, available }
+            })
+            .collect();
+    }
+    // Preallocated backends are summed among themselves, as allocation does; every
+    // backend is summed for the warnings, since the guest will touch all of them.
+    let pre: Vec<usize> = (0..items.len())
+        .filter(|&k| items[k].0.config().common.prealloc)
+        .collect();
+    let pre_items: Vec<(&Backend, &Plan)> = pre.iter().map(|&k| items[k]).collect();
+    for (j, e) in room::check_batch(&pre_items, &snap) {
+        out[planned[pre[j]].0].problems.push(e.to_string());
+    }
+    for (k, e) in room::check_batch(&items, &snap) {
+        if !items[k].0.config().common.prealloc {
+            out[planned[k].0].warnings.push(format!(
+                "without prealloc the memory may not be there when the guest touches it: {e}"
+            ));
+        }
     }
     out
 }
@@ -105,7 +149,9 @@ fn one(b: &Backend, host: &HostTopology) -> (BackendCheck, Option<Plan>) {
         hugetlb,
         policy: common.policy,
         nodes,
+        limits: Vec::new(),
         problems,
+        warnings: Vec::new(),
     };
     (check, plan)
 }

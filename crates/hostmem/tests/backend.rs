@@ -67,6 +67,7 @@ fn machine_defaults_apply_and_properties_override_them() {
         merge: false,
         dump: false,
         prealloc: true,
+        ..Default::default()
     };
     let b = Backend::builder_with(Kind::Ram, "r", &d)
         .size(8 * MIB)

@@ -25,6 +25,13 @@ impl Builder {
         self
     }
 
+    /// Goes ahead even where the memory limits say the memory is not there
+    /// ([`Backend::set_ignore_memory_limits`]).
+    pub fn ignore_memory_limits(mut self, ignore: bool) -> Self {
+        self.backend.set_ignore_memory_limits(ignore);
+        self
+    }
+
     /// The configured backend, not yet allocated.
     pub fn build(self) -> Result<Backend> {
         match self.error {

@@ -1,7 +1,7 @@
 //! What a failed preallocation tells the user: which backend, what was short (huge
 //! pages, memory, room on a file system) and where.
 
-use super::{capacity, Backend};
+use super::{capacity, room, Backend};
 use crate::error::{Error, Step};
 use crate::prealloc::Failure;
 use crate::size::format_size;
@@ -31,8 +31,20 @@ impl Backend {
                 Step::Prealloc,
                 format!("cannot create threads: {}", sys::strerror(&e)),
             ),
+            // The batch names the limit (`room::edge_error`); this is for a caller
+            // without the watch's list of limits.
+            Failure::Edge(edge) => self.alloc_error(
+                Step::Prealloc,
+                format!(
+                    "stopped at a memory limit: needs {} more, {} available; every page was given back",
+                    format_size(edge.needed),
+                    format_size(edge.available)
+                ),
+            ),
             Failure::Fault { .. } if hugetlb => {
-                capacity::shortage_now(self, len as u64 / page_size, page_size)
+                room::hugetlb_cgroup_short(self, page_size, len as u64).unwrap_or_else(|| {
+                    capacity::shortage_now(self, len as u64 / page_size, page_size)
+                })
             }
             Failure::Fault { offset, err } => {
                 // A file this backend created is removed by now: ask about the

@@ -9,6 +9,7 @@ pub(crate) mod claim;
 mod failure;
 mod hold;
 mod live;
+pub(crate) mod room;
 mod share;
 
 use std::path::Path;
@@ -51,6 +52,9 @@ pub struct Backend {
     cfg: Config,
     live: Option<LiveState>,
     deleted: bool,
+    /// Go ahead even where the memory limits say the memory is not there
+    /// (`backend/room.rs`): no check before mapping, no watch during prealloc.
+    ignore_memory_limits: bool,
 }
 
 impl Backend {
@@ -61,7 +65,23 @@ impl Backend {
             cfg: Config::new(kind, defaults),
             live: None,
             deleted: false,
+            ignore_memory_limits: defaults.ignore_memory_limits,
         }
+    }
+
+    /// Whether this backend skips the memory limit checks (see
+    /// [`Backend::set_ignore_memory_limits`]).
+    pub fn ignores_memory_limits(&self) -> bool {
+        self.ignore_memory_limits
+    }
+
+    /// Skips the memory limit checks for this backend: neither the check before
+    /// mapping (bound nodes, host, memory and hugetlb cgroups) nor the watch between
+    /// prealloc steps, and its memory is not counted for the others of its batch. For
+    /// users who know better: memory about to be freed, a limit about to be raised.
+    /// Huge page pools are still checked (without the pages nothing can be mapped).
+    pub fn set_ignore_memory_limits(&mut self, ignore: bool) {
+        self.ignore_memory_limits = ignore;
     }
 
     /// Typed construction for Rust callers.
@@ -190,6 +210,9 @@ impl Backend {
         if let Some((i, e)) = capacity::check_batch(&items).into_iter().next() {
             return Err(at(i)(e));
         }
+        // The memory limits of the backends being preallocated, summed, then watched.
+        let guard = room::Guard::before_mapping(&items, &host).map_err(|(i, e)| at(i)(e))?;
+        drop(items);
         let mut placed = Vec::with_capacity(backends.len());
         for (i, (b, plan)) in backends.iter().zip(&plans).enumerate() {
             placed.push(b.map_and_place(plan, &host).map_err(at(i))?);
@@ -198,10 +221,13 @@ impl Backend {
             .filter(|&i| backends[i].cfg.common.prealloc)
             .collect();
         let mut jobs = Vec::with_capacity(wanted.len());
-        for &i in &wanted {
+        for (k, &i) in wanted.iter().enumerate() {
             let b = &backends[i];
-            let job = b.job(&placed[i], &host, b.cfg.common.prealloc_threads);
-            jobs.push(job.map_err(at(i))?);
+            let mut job = b
+                .job(&placed[i], &host, b.cfg.common.prealloc_threads)
+                .map_err(at(i))?;
+            guard.attach(k, &mut job);
+            jobs.push(job);
         }
         let results = prealloc::populate(&jobs, progress);
         drop(jobs);
@@ -227,9 +253,13 @@ impl Backend {
                 (region.page_size, region.hugetlb, region.mapped.map.len());
             // Undo everything first, so the error reads the pools as they are again.
             drop(placed);
-            return Err(at(i)(
-                backends[i].prealloc_error(f, page_size, hugetlb, len),
-            ));
+            let error = match &f {
+                Failure::Edge(edge) => guard.edge_error(backends[i], edge),
+                _ => None,
+            };
+            let error =
+                error.unwrap_or_else(|| backends[i].prealloc_error(f, page_size, hugetlb, len));
+            return Err(at(i)(error));
         }
         for ((b, mut region), s) in backends.iter_mut().zip(placed).zip(stats) {
             if let Some(r) = Arc::get_mut(&mut region) {
@@ -388,6 +418,8 @@ impl Backend {
             threads: threads as usize,
             cpus,
             method,
+            watch: None,
+            limits: Vec::new(),
         })
     }
 

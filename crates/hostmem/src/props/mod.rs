@@ -28,6 +28,9 @@ pub struct MachineDefaults {
     pub dump: bool,
     /// `-mem-prealloc`: preallocate every backend.
     pub prealloc: bool,
+    /// Not QEMU's: every backend skips the memory limit checks
+    /// ([`Backend::set_ignore_memory_limits`](crate::Backend::set_ignore_memory_limits)).
+    pub ignore_memory_limits: bool,
 }
 
 impl Default for MachineDefaults {
@@ -36,6 +39,7 @@ impl Default for MachineDefaults {
             merge: true,
             dump: true,
             prealloc: false,
+            ignore_memory_limits: false,
         }
     }
 }
@@ -212,6 +216,7 @@ mod tests {
             merge: false,
             dump: false,
             prealloc: true,
+            ..Default::default()
         };
         let c = Config::new(Kind::Ram, &d);
         assert!(!c.common.merge && !c.common.dump && c.common.prealloc);

@@ -5,6 +5,8 @@
 //! page distributions included, then `numa-suite: N passed, M failed`.
 
 mod common;
+mod eaten;
+mod limits;
 mod placement;
 mod pools;
 mod rebind;
@@ -12,6 +14,8 @@ mod runs;
 mod vm;
 
 use common::{Check, Topo};
+use eaten::*;
+use limits::*;
 use placement::*;
 use pools::*;
 use rebind::*;
@@ -22,6 +26,10 @@ use vm::*;
 type Test = (&'static str, fn(&Topo) -> Check);
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "eat") {
+        eat(&args[1..]);
+    }
     let t = Topo::read();
     println!(
         "numa-suite: kernel {}, nodes online {}, with memory {}, memoryless {:?}",
@@ -32,7 +40,7 @@ fn main() {
         println!("numa-suite: 0 passed, 1 failed");
         std::process::exit(1);
     }
-    let tests: [Test; 16] = [
+    let tests: [Test; 21] = [
         ("bind-one-node", bind_one),
         ("bind-two-nodes", bind_two),
         ("interleave-four-nodes", interleave_four),
@@ -58,9 +66,25 @@ fn main() {
         ),
         ("vm-rebind-backends-of-a-running-qemu", vm_rebind_backends),
         ("vm-qemu-killed-mid-rebind", vm_qemu_killed_mid_rebind),
+        ("limits-bind-to-too-small-node", bind_to_too_small_node),
+        ("limits-batch-summed-on-a-node", batch_summed_on_a_node),
+        ("limits-memory-cgroup-below-size", memory_cgroup_below_size),
+        (
+            "limits-hugetlb-cgroup-below-pool",
+            hugetlb_cgroup_below_pool,
+        ),
+        ("limits-eaten-during-prealloc", eaten_during_prealloc),
     ];
     let (mut passed, mut failed) = (0, 0);
+    // `numa-suite only PREFIX`: the checks whose names begin with PREFIX.
+    let only = match args.as_slice() {
+        [cmd, prefix, ..] if cmd == "only" => Some(prefix.clone()),
+        _ => None,
+    };
     for (name, f) in tests {
+        if only.as_ref().is_some_and(|p| !name.starts_with(p.as_str())) {
+            continue;
+        }
         let start = std::time::Instant::now();
         match std::panic::catch_unwind(|| f(&t)) {
             Ok(Ok(detail)) => {

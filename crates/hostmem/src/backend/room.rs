@@ -1,0 +1,485 @@
+//! Memory room: whether the limits that decide if a VM's memory is really there —
+//! the nodes a strict policy binds to, the host, the memory cgroup, the hugetlb
+//! cgroup — can give a batch of backends what they need, before anything is mapped;
+//! and which of those limits the prealloc engine watches between steps
+//! (`limits::watch`). Huge page *pools* are `capacity.rs`'s.
+//!
+//! What each policy guarantees decides the limit a backend is checked against:
+//!
+//! - `bind`: pages come only from host-nodes (MPOL_BIND); once those nodes are out of
+//!   memory the kernel reclaims and then OOM-kills, it never falls back. So the bound
+//!   nodes' room (summed) is the limit, and the host's too.
+//! - `preferred`, `preferred-many`, `interleave`, `weighted-interleave`, `default`,
+//!   `local`: the nodes are a first choice only; when they are full the kernel takes
+//!   pages from any node the process may use. The OOM killer comes only when the whole
+//!   host is out, so the host is the limit (cpusets that restrict a process's nodes are
+//!   not considered: the host's room overstates theirs).
+//! - Every policy: the memory cgroup's `memory.max` (the tightest ancestor) applies.
+//!   Huge pages are not charged to it (unless the cgroup2 mount says
+//!   `memory_hugetlb_accounting`), but to the hugetlb cgroup of their size.
+//!
+//! Memory the kernel can write back is not counted: a shared file on a disk file
+//! system is page cache. Private mappings, memfd, shm and files on tmpfs are.
+//!
+//! A backend whose `ignore_memory_limits` is set is neither checked, counted nor
+//! watched: its user knows better (memory about to be freed, a limit about to be
+//! raised, overcommit on purpose).
+
+use super::Backend;
+use crate::error::{CgroupRef, Error, MemoryShort};
+use crate::kind::{Kind, Plan};
+use crate::limits::watch::{Edge, Source, Watch};
+use crate::limits::{Known, Snapshot};
+use crate::numa::{HostTopology, NodeSet};
+use crate::prealloc::Job;
+use crate::sys;
+
+/// A batch's memory limits from the check before mapping to the end of its prealloc:
+/// what was read, the watch its threads ask, and which limits each job counts against.
+#[derive(Debug, Default)]
+pub(crate) struct Guard {
+    snap: Option<Snapshot>,
+    watch: Watch,
+    limits: Vec<Limit>,
+    per_job: Vec<Vec<usize>>,
+}
+
+impl Guard {
+    /// Checks the backends of `items` that preallocate against the limits, summed in
+    /// order (the error's index is in `items`), and prepares their watch. Nothing is
+    /// read when none of them counts against a limit.
+    pub(crate) fn before_mapping(
+        items: &[(&Backend, &Plan)],
+        host: &HostTopology,
+    ) -> Result<Guard, (usize, Error)> {
+        let pre: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].0.cfg.common.prealloc)
+            .collect();
+        let pre_items: Vec<(&Backend, &Plan)> = pre.iter().map(|&i| items[i]).collect();
+        if pre_items.iter().all(|(b, p)| limits_of(b, p).is_empty()) {
+            return Ok(Guard::default());
+        }
+        let snap = Snapshot::read(host.has_memory.iter(), &host.huge_page_sizes);
+        if let Some((k, e)) = check_batch(&pre_items, &snap).into_iter().next() {
+            return Err((pre[k], e));
+        }
+        let (watch, limits, per_job) = watch(&pre_items, &snap);
+        Ok(Guard {
+            snap: Some(snap),
+            watch,
+            limits,
+            per_job,
+        })
+    }
+
+    /// Puts the watch on the `k`-th preallocating job of the batch.
+    pub(crate) fn attach<'a>(&'a self, k: usize, job: &mut Job<'a>) {
+        if !self.watch.is_empty() {
+            job.watch = Some(&self.watch);
+            job.limits = self.per_job.get(k).cloned().unwrap_or_default();
+        }
+    }
+
+    /// The error for a prealloc stopped at `edge`, naming the limit.
+    pub(crate) fn edge_error(&self, b: &Backend, edge: &Edge) -> Option<Error> {
+        Some(edge_error(b, edge, &self.limits, self.snap.as_ref()?))
+    }
+}
+
+/// `statfs` magic of tmpfs and of shmem.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// A limit backends of a batch count against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// The nodes of a strict policy.
+    Nodes(NodeSet),
+    /// The host as a whole.
+    Host,
+    /// The memory cgroup.
+    MemoryCgroup,
+    /// The hugetlb cgroup for pages of this size.
+    HugetlbCgroup(u64),
+}
+
+impl Limit {
+    /// Whether memory counted against `earlier` takes from this limit too.
+    fn includes(&self, earlier: &Limit) -> bool {
+        match (self, earlier) {
+            (Limit::Nodes(mine), Limit::Nodes(theirs)) => theirs.iter().all(|n| mine.contains(n)),
+            (Limit::Host, Limit::Nodes(_)) => true,
+            (a, b) => a == b,
+        }
+    }
+}
+
+/// The limits `b`'s memory counts against (empty: none, or it ignores them).
+pub(crate) fn limits_of(b: &Backend, plan: &Plan) -> Vec<Limit> {
+    let c = &b.cfg.common;
+    if b.ignore_memory_limits {
+        return Vec::new();
+    }
+    if plan.hugetlb {
+        return if plan.existing_file {
+            Vec::new()
+        } else {
+            vec![Limit::HugetlbCgroup(plan.page_size)]
+        };
+    }
+    if !counts(b) {
+        return Vec::new();
+    }
+    let nodes = if c.policy.is_strict() {
+        Limit::Nodes(c.host_nodes.clone())
+    } else {
+        Limit::Host
+    };
+    vec![nodes, Limit::MemoryCgroup]
+}
+
+/// Whether the memory cannot be written back: everything but a shared file mapping
+/// on a file system other than tmpfs.
+fn counts(b: &Backend) -> bool {
+    if b.kind() != Kind::File || !b.cfg.common.share {
+        return true;
+    }
+    b.mem_path().is_none_or(|p| {
+        let probe = if p.exists() {
+            p
+        } else {
+            p.parent().unwrap_or(p)
+        };
+        sys::statfs(probe).is_ok_and(|fs| fs.magic == TMPFS_MAGIC)
+    })
+}
+
+/// Bytes `limit` can give according to `snap`; None when it has no limit or the
+/// files could not be read (then nothing is refused on its account).
+fn available(limit: &Limit, snap: &Snapshot) -> Option<u64> {
+    let known = |k: &Known<Option<crate::limits::CgroupLimit>>| {
+        k.as_ref().ok().and_then(|l| l.as_ref().map(|l| l.room()))
+    };
+    match limit {
+        Limit::Nodes(nodes) => nodes.iter().try_fold(0, |sum, n| {
+            Some(sum + snap.node(n)?.as_ref().ok()?.available())
+        }),
+        Limit::Host => snap.host.as_ref().ok().map(|r| r.available()),
+        Limit::MemoryCgroup => known(&snap.memory_cgroup),
+        Limit::HugetlbCgroup(page) => known(snap.hugetlb(*page)?),
+    }
+}
+
+/// One limit as `--check` and `hostmem host` show it: its name, the bytes it can give
+/// (None: no limit), or why it is not known.
+pub(crate) fn fact(limit: &Limit, snap: &Snapshot) -> (String, Known<Option<u64>>) {
+    let cg = |what: &str, k: Option<&Known<Option<crate::limits::CgroupLimit>>>| match k {
+        Some(Ok(Some(l))) => (
+            format!("{what} {} ({} {})", l.cgroup, l.max_file, l.max),
+            Ok(Some(l.room())),
+        ),
+        Some(Ok(None)) | None => (what.to_string(), Ok(None)),
+        Some(Err(u)) => (what.to_string(), Err(u.clone())),
+    };
+    match limit {
+        Limit::Nodes(nodes) => {
+            let name = if nodes.len() == 1 { "node" } else { "nodes" };
+            let avail = nodes.iter().try_fold(0, |sum, n| match snap.node(n) {
+                Some(Ok(r)) => Ok(sum + r.available()),
+                Some(Err(u)) => Err(u.clone()),
+                None => Ok(sum),
+            });
+            (format!("{name} {nodes}"), avail.map(Some))
+        }
+        Limit::Host => (
+            "host".to_string(),
+            snap.host.clone().map(|r| Some(r.available())),
+        ),
+        Limit::MemoryCgroup => cg("memory cgroup", Some(&snap.memory_cgroup)),
+        Limit::HugetlbCgroup(p) => cg(
+            &format!("hugetlb cgroup for {}", crate::size::format_size(*p)),
+            snap.hugetlb(*p),
+        ),
+    }
+}
+
+/// The error naming `limit` for `b`.
+pub(crate) fn short_error(
+    b: &Backend,
+    limit: &Limit,
+    short: MemoryShort,
+    snap: &Snapshot,
+) -> Error {
+    let (kind, id, short) = (b.kind().qom_type(), b.id.clone(), Box::new(short));
+    let cgroup = |k: Option<&Known<Option<crate::limits::CgroupLimit>>>| {
+        let l = k.and_then(|k| k.as_ref().ok().cloned().flatten());
+        Box::new(l.map_or(
+            CgroupRef {
+                cgroup: "?".into(),
+                file: "?".into(),
+                max: 0,
+            },
+            |l| CgroupRef {
+                cgroup: l.cgroup,
+                file: l.max_file,
+                max: l.max,
+            },
+        ))
+    };
+    match limit {
+        Limit::Nodes(nodes) => Error::NodeMemoryShort {
+            kind,
+            id,
+            policy: b.cfg.common.policy,
+            nodes: nodes.clone(),
+            short,
+        },
+        Limit::Host => Error::HostMemoryShort { kind, id, short },
+        Limit::MemoryCgroup => Error::CgroupMemoryShort {
+            kind,
+            id,
+            cgroup: cgroup(Some(&snap.memory_cgroup)),
+            short,
+        },
+        Limit::HugetlbCgroup(page_size) => Error::HugetlbCgroupShort {
+            kind,
+            id,
+            page_size: *page_size,
+            cgroup: cgroup(snap.hugetlb(*page_size)),
+            short,
+        },
+    }
+}
+
+/// Checks the backends of a batch in order against every limit they count against:
+/// each one's need plus that of the backends before it under the same limit. Returns
+/// every (index in `items`, error); a backend may have several.
+pub(crate) fn check_batch(items: &[(&Backend, &Plan)], snap: &Snapshot) -> Vec<(usize, Error)> {
+    let counted: Vec<(Vec<Limit>, u64)> = items
+        .iter()
+        .map(|(b, p)| (limits_of(b, p), p.len))
+        .collect();
+    let mut out = Vec::new();
+    for (i, (b, _)) in items.iter().enumerate() {
+        for limit in &counted[i].0 {
+            let Some(avail) = available(limit, snap) else {
+                continue;
+            };
+            let earlier: Vec<usize> = (0..i)
+                .filter(|&j| counted[j].0.iter().any(|l| limit.includes(l)))
+                .collect();
+            let needed = counted[i].1 + earlier.iter().map(|&j| counted[j].1).sum::<u64>();
+            if needed > avail {
+                let short = MemoryShort {
+                    needed,
+                    available: avail,
+                    with: earlier.iter().map(|&j| items[j].0.id.clone()).collect(),
+                    stopped_after: None,
+                };
+                out.push((i, short_error(b, limit, short, snap)));
+            }
+        }
+    }
+    out
+}
+
+/// The watch for a batch's preallocation: the limits the items count against, read
+/// between steps, with each item's limit indices. Bound memory watches its nodes,
+/// other memory the host; both the memory cgroup if it has a limit; huge pages their
+/// hugetlb cgroup if it has one.
+fn watch(items: &[(&Backend, &Plan)], snap: &Snapshot) -> (Watch, Vec<Limit>, Vec<Vec<usize>>) {
+    let mut limits: Vec<Limit> = Vec::new();
+    let mut sources: Vec<(Source, u64)> = Vec::new();
+    let mut per_item = Vec::with_capacity(items.len());
+    for (b, plan) in items {
+        let mut mine = Vec::new();
+        for limit in limits_of(b, plan) {
+            let source = match &limit {
+                Limit::Nodes(nodes) => Some(Source::Nodes(
+                    nodes.iter().map(|n| (n, snap.marks.node(n))).collect(),
+                )),
+                Limit::Host => Some(Source::Host(snap.marks.host())),
+                Limit::MemoryCgroup => snap
+                    .memory_cgroup
+                    .clone()
+                    .ok()
+                    .flatten()
+                    .map(Source::Cgroup),
+                Limit::HugetlbCgroup(p) => snap
+                    .hugetlb(*p)
+                    .and_then(|k| k.clone().ok().flatten())
+                    .map(Source::Cgroup),
+            };
+            let Some(source) = source else { continue };
+            let at = match limits.iter().position(|l| *l == limit) {
+                Some(at) => at,
+                None => {
+                    limits.push(limit);
+                    sources.push((source, 0));
+                    limits.len() - 1
+                }
+            };
+            sources[at].1 += plan.len;
+            mine.push(at);
+        }
+        per_item.push(mine);
+    }
+    (Watch::new(sources), limits, per_item)
+}
+
+/// After huge pages failed to fault in (the pages given back): the hugetlb cgroup's
+/// limit, when that is what fell short of `needed` bytes — the pools may be full
+/// and the cgroup the reason (as when the checks were overridden).
+pub(crate) fn hugetlb_cgroup_short(b: &Backend, page_size: u64, needed: u64) -> Option<Error> {
+    let l = crate::limits::cgroup::hugetlb(page_size).ok().flatten()?;
+    if l.room() >= needed {
+        return None;
+    }
+    let short = MemoryShort {
+        needed,
+        available: l.room(),
+        with: Vec::new(),
+        stopped_after: None,
+    };
+    Some(Error::HugetlbCgroupShort {
+        kind: b.kind().qom_type(),
+        id: b.id.clone(),
+        page_size,
+        cgroup: Box::new(CgroupRef {
+            cgroup: l.cgroup,
+            file: l.max_file,
+            max: l.max,
+        }),
+        short: Box::new(short),
+    })
+}
+
+/// The error for a prealloc stopped at `edge` (the limits as `watch` listed them).
+fn edge_error(b: &Backend, edge: &Edge, limits: &[Limit], snap: &Snapshot) -> Error {
+    let short = MemoryShort {
+        needed: edge.needed,
+        available: edge.available,
+        with: Vec::new(),
+        stopped_after: Some(edge.done),
+    };
+    match limits.get(edge.limit) {
+        Some(limit) => short_error(b, limit, short, snap),
+        None => Error::HostMemoryShort {
+            kind: b.kind().qom_type(),
+            id: b.id.clone(),
+            short: Box::new(short),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::{CgroupLimit, CgroupVersion, MemoryRoom, Watermarks};
+    use crate::props::MachineDefaults;
+
+    const MIB: u64 = 1 << 20;
+
+    fn room(mib: u64) -> MemoryRoom {
+        MemoryRoom {
+            total: 1024 * MIB,
+            free: mib * MIB,
+            file: 0,
+            slab_reclaimable: 0,
+            reserve: 0,
+        }
+    }
+
+    /// Node 4 with 371 MiB, the host with 2 GiB, a cgroup /machine.slice/vm1 with
+    /// 256 MiB of room.
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            nodes: vec![(0, Ok(room(1500))), (4, Ok(room(371)))],
+            host: Ok(room(2048)),
+            memory_cgroup: Ok(Some(CgroupLimit {
+                cgroup: "/machine.slice/vm1".into(),
+                dir: "/sys/fs/cgroup/machine.slice/vm1".into(),
+                version: CgroupVersion::V2,
+                max_file: "memory.max".into(),
+                current_file: "memory.current".into(),
+                max: 1024 * MIB,
+                current: 768 * MIB,
+            })),
+            hugetlb_cgroups: Vec::new(),
+            marks: Watermarks::default(),
+        }
+    }
+
+    fn ram(id: &str, size: &str, bind: Option<&str>) -> (Backend, Plan) {
+        let mut b = Backend::new(Kind::Ram, id, &MachineDefaults::default());
+        b.set_str("size", size).unwrap();
+        b.set_str("prealloc", "on").unwrap();
+        if let Some(n) = bind {
+            b.set_str("policy", "bind").unwrap();
+            b.set_str("host-nodes", n).unwrap();
+        }
+        let plan = crate::kind::base_pages(b.size());
+        (b, plan)
+    }
+
+    #[test]
+    fn a_bound_backend_larger_than_its_node_is_refused_naming_the_node() {
+        let (b, p) = ram("x", "512M", Some("4"));
+        let errs = check_batch(&[(&b, &p)], &snapshot());
+        let texts: Vec<String> = errs.iter().map(|(_, e)| e.to_string()).collect();
+        assert_eq!(
+            texts,
+            [
+                "memory-backend-ram 'x': needs 512 MiB on node 4, which has 371 MiB available \
+                 (bound by policy=bind host-nodes=4)",
+                "memory-backend-ram 'x': needs 512 MiB, the memory cgroup /machine.slice/vm1 \
+                 allows 256 MiB more (memory.max 1 GiB)"
+            ]
+        );
+    }
+
+    #[test]
+    fn two_that_fit_alone_are_summed_against_the_same_limits() {
+        let mut snap = snapshot();
+        snap.memory_cgroup = Ok(None);
+        let (a, pa) = ram("a", "200M", Some("4"));
+        let (b, pb) = ram("b", "200M", Some("4"));
+        let (c, pc) = ram("c", "1800M", None);
+        let errs = check_batch(&[(&a, &pa), (&b, &pb), (&c, &pc)], &snap);
+        let texts: Vec<(usize, String)> = errs.iter().map(|(i, e)| (*i, e.to_string())).collect();
+        assert_eq!(
+            texts,
+            [
+                (
+                    1,
+                    "memory-backend-ram 'b': needs 400 MiB on node 4, which has 371 MiB \
+                     available (bound by policy=bind host-nodes=4) (together with a of the \
+                     same batch)"
+                        .to_string()
+                ),
+                (
+                    2,
+                    "memory-backend-ram 'c': needs 2.15 GiB, the host has 2 GiB available \
+                     (free memory and reclaimable page cache and slab, less what the \
+                     kernel keeps) (together with a, b of the same batch)"
+                        .to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_ignoring_or_unknown_limit_refuses_nothing() {
+        let mut snap = snapshot();
+        snap.nodes[1].1 = Err(crate::limits::Unknown {
+            path: "/sys/devices/system/node/node4/meminfo".into(),
+            reason: "Permission denied".into(),
+        });
+        snap.memory_cgroup = Ok(None);
+        let (b, p) = ram("x", "512M", Some("4"));
+        assert!(check_batch(&[(&b, &p)], &snap).is_empty());
+        let (mut b, p) = ram("x", "4G", None);
+        b.set_ignore_memory_limits(true);
+        assert!(check_batch(&[(&b, &p)], &snapshot()).is_empty());
+        assert!(limits_of(&b, &p).is_empty());
+    }
+}

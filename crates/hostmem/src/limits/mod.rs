@@ -1,0 +1,104 @@
+//! What the host can still give guest memory, read from the kernel's own accounting:
+//! per node (`nodeN/meminfo` less the watermarks of `/proc/zoneinfo`), host-wide
+//! (`/proc/meminfo`), the process's memory cgroup and its hugetlb cgroup limits
+//! (v2 or v1). The backend checks (`backend/room.rs`) compare a batch's needs with these
+//! before mapping; [`watch`] re-reads the relevant ones between prealloc steps, so a
+//! process that takes the memory meanwhile makes hostmem stop and give its pages back
+//! instead of letting the OOM killer choose a victim.
+//!
+//! A file that cannot be read is an [`Unknown`] carrying the path and the reason, never a
+//! silent 0 (which would refuse everything) or "unlimited" (which would hide a limit).
+
+pub mod cgroup;
+pub mod meminfo;
+pub mod watch;
+
+use std::path::Path;
+
+pub use cgroup::{CgroupLimit, CgroupVersion};
+pub use meminfo::{MemoryRoom, Watermarks};
+
+/// A limit that could not be read: which file, and what went wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct Unknown {
+    /// The file that was read.
+    pub path: String,
+    /// Why its value is not known (the errno text, or what the parser missed).
+    pub reason: String,
+}
+
+impl Unknown {
+    pub(crate) fn new(path: &Path, reason: impl ToString) -> Unknown {
+        Unknown {
+            path: path.display().to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// A value read from the kernel, or why it could not be.
+pub type Known<T> = Result<T, Unknown>;
+
+/// The whole of a small kernel file, with the reason when it cannot be read.
+pub(crate) fn read_text(path: &Path) -> Known<String> {
+    std::fs::read_to_string(path).map_err(|e| Unknown::new(path, crate::sys::strerror(&e)))
+}
+
+/// The first line of a file as a number; `max` (cgroup v2's "no limit") is None.
+pub(crate) fn read_limit(path: &Path) -> Known<Option<u64>> {
+    let text = read_text(path)?;
+    let t = text.trim();
+    if t == "max" {
+        return Ok(None);
+    }
+    t.parse()
+        .map(Some)
+        .map_err(|_| Unknown::new(path, format!("not a number: {t:?}")))
+}
+
+/// Everything the checks read about the host's memory in one snapshot.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Per online node with memory: what it can give.
+    pub nodes: Vec<(u32, Known<MemoryRoom>)>,
+    /// The host as a whole (`/proc/meminfo`).
+    pub host: Known<MemoryRoom>,
+    /// The tightest memory cgroup limit over this process's cgroup and its ancestors;
+    /// `Ok(None)` when none of them has a limit (or there is no memory controller).
+    pub memory_cgroup: Known<Option<CgroupLimit>>,
+    /// Per huge page size: the tightest hugetlb cgroup limit.
+    pub hugetlb_cgroups: Vec<(u64, Known<Option<CgroupLimit>>)>,
+    /// The kernel's reserves the node and host figures were read with.
+    pub marks: Watermarks,
+}
+
+impl Snapshot {
+    /// Reads every limit now, for the nodes in `nodes` and the huge page `sizes`.
+    pub fn read(nodes: impl IntoIterator<Item = u32>, sizes: &[u64]) -> Snapshot {
+        let marks = Watermarks::read();
+        Snapshot {
+            nodes: nodes
+                .into_iter()
+                .map(|n| (n, MemoryRoom::read_node(n, &marks)))
+                .collect(),
+            host: MemoryRoom::read_host(&marks),
+            memory_cgroup: cgroup::memory(),
+            hugetlb_cgroups: sizes.iter().map(|&s| (s, cgroup::hugetlb(s))).collect(),
+            marks,
+        }
+    }
+
+    /// The room of node `n`, if it was read.
+    pub fn node(&self, n: u32) -> Option<&Known<MemoryRoom>> {
+        self.nodes.iter().find(|(id, _)| *id == n).map(|(_, r)| r)
+    }
+
+    /// The hugetlb cgroup limit for `page_size`, if it was read.
+    pub fn hugetlb(&self, page_size: u64) -> Option<&Known<Option<CgroupLimit>>> {
+        self.hugetlb_cgroups
+            .iter()
+            .find(|(s, _)| *s == page_size)
+            .map(|(_, l)| l)
+    }
+}
