@@ -61,9 +61,9 @@ pub enum RemoteError {
     /// A target node cannot hold memory (missing, offline, no memory).
     #[error("refused before moving any page: {0}")]
     UnusableNode(String),
-    /// A target node has too little free memory for its share.
+    /// A target node has too little memory available for its share.
     #[error(
-        "refused before moving any page: node {node} would receive {} but has {} free",
+        "refused before moving any page: node {node} would receive {} but has {} available",
         format_size(*needed),
         format_size(*free)
     )]

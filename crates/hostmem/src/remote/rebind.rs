@@ -79,11 +79,17 @@ impl RemoteRebindReport {
     }
 }
 
-/// Free bytes on `node`, as a move's capacity check sees them. The one place that says
-/// how much a node can still take (MemFree of the node's meminfo today), so a finer
-/// per-node "available" estimate can replace it without touching the callers.
+/// Bytes `node` can still take, as a move's capacity check sees them: what the
+/// memory limits say is available there (free plus what the kernel reclaims without
+/// swapping, less its reserve: [`crate::limits::MemoryRoom`]), the same figure a
+/// backend bound to the node is checked against. Where the node's meminfo or the
+/// zone watermarks cannot be read, the node's MemFree from `topo`.
 pub fn node_free_bytes(topo: &HostTopology, node: u32) -> u64 {
-    topo.node(node).map_or(0, |n| n.mem_free)
+    let marks = crate::limits::Watermarks::read();
+    match crate::limits::MemoryRoom::read_node(node, &marks) {
+        Ok(room) => room.available(),
+        Err(_) => topo.node(node).map_or(0, |n| n.mem_free),
+    }
 }
 
 /// Transparent huge pages are 2 MiB on x86-64 and arm64 with 4 KiB base pages; an
@@ -381,20 +387,25 @@ mod tests {
     }
 
     #[test]
-    fn a_share_larger_than_the_nodes_free_memory_is_refused() {
+    fn a_share_larger_than_the_nodes_available_memory_is_refused() {
         let topo = HostTopology::read();
-        let free = node_free_bytes(&topo, 0);
-        assert!(free > 0, "node 0 reads as having free memory");
-        let fits: BTreeMap<u32, u64> = [(0, free / 4096 / 2)].into();
-        assert!(check_capacity(&topo, &fits, 4096, false).is_ok());
-        let too_many: BTreeMap<u32, u64> = [(0, free / 4096 + 1)].into();
+        let total = topo.node(0).map_or(0, |n| n.mem_total);
+        assert!(total > 0, "node 0 reads as having memory");
+        let one: BTreeMap<u32, u64> = [(0, 1)].into();
+        assert!(check_capacity(&topo, &one, 4096, false).is_ok());
+        // More than the node has at all: whatever else runs, it cannot be available.
+        let too_many: BTreeMap<u32, u64> = [(0, total / 4096 + 1)].into();
         match check_capacity(&topo, &too_many, 4096, false) {
             Err(RemoteError::NotEnoughFree {
                 node: 0,
                 needed,
-                free: f,
+                free,
             }) => {
-                assert_eq!((needed, f), ((free / 4096 + 1) * 4096, free));
+                assert_eq!(needed, (total / 4096 + 1) * 4096);
+                assert!(
+                    free < total,
+                    "available {free} is less than MemTotal {total}"
+                );
             }
             other => panic!("{other:?}"),
         }
