@@ -256,7 +256,13 @@ fn each_property_name_is_spelled_in_one_place_of_the_library() {
                     .enumerate()
                     // Tests quote names to check behaviour; the declaration is code.
                     .take_while(|(_, l)| !l.starts_with("#[cfg(test)]"))
-                    .filter(|(_, l)| !l.trim_start().starts_with("//") && l.contains(&quoted))
+                    // A line that says it is "not a property" uses the same word for
+                    // something else (the hugetlb cgroup controller).
+                    .filter(|(_, l)| {
+                        !l.trim_start().starts_with("//")
+                            && !l.contains("// not a property")
+                            && l.contains(&quoted)
+                    })
                     .map(move |(i, _)| format!("{}:{}", p.display(), i + 1))
                     .collect::<Vec<_>>()
             })

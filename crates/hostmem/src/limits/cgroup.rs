@@ -75,10 +75,13 @@ pub fn memory() -> Known<Option<CgroupLimit>> {
     })
 }
 
+/// The hugetlb cgroup controller's name (in /proc/self/cgroup and cgroup.controllers).
+const HUGETLB_CONTROLLER: &str = "hugetlb"; // not a property: the cgroup controller
+
 /// The tightest hugetlb limit for `page_size` pages over the process's cgroups.
 pub fn hugetlb(page_size: u64) -> Known<Option<CgroupLimit>> {
     let size = hugetlb_size_name(page_size);
-    tightest("hugetlb", |v| match v {
+    tightest(HUGETLB_CONTROLLER, |v| match v {
         CgroupVersion::V2 => (
             format!("hugetlb.{size}.max"),
             format!("hugetlb.{size}.current"),
