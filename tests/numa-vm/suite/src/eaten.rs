@@ -223,7 +223,7 @@ fn eaten_over_qmp(kind: &str) -> Result<String, String> {
         .or_else(|| reply.split("\"desc\":\"").nth(1))
         .map_or(reply.as_str(), |d| d.trim_end_matches(['}', '"', ' ']));
     let record = format!(
-        "{} MiB {kind} asked, {} MiB faulted in when paused, eater took {eat} MiB ({said}); object-add: {}; then hostmem holds {left_on_node} pages on node {SMALL} and {memfds} memfds, node MemFree {} MiB before, {} MiB with the eater's {} MiB; hostmem {}, eater {}, {} new OOM lines",
+        "{} MiB {kind} asked, {} MiB faulted in when paused, eater took {eat} MiB ({said}); object-add: {}; then the whole hostmem process has {left_on_node} pages on node {SMALL} (its code, heap and stacks; no backend) and {memfds} memfds, node MemFree {} MiB before, {} MiB with the eater's {} MiB; hostmem {}, eater {}, {} new OOM lines",
         size,
         taken / MIB,
         tail(desc),
