@@ -45,3 +45,34 @@ impl Backend {
         Ok((dup, offset))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Backend, Kind};
+
+    /// Before allocation the answer comes from the configuration, after it from the
+    /// mapping; both must agree: shared only with an fd *and* share=on.
+    #[test]
+    fn shareable_needs_an_fd_and_share_on_before_and_after_allocation() {
+        for (kind, share, want) in [
+            (Kind::Ram, true, false),
+            (Kind::Ram, false, false),
+            (Kind::Memfd, true, true),
+            (Kind::Memfd, false, false),
+        ] {
+            let mut b = Backend::builder(kind, "s")
+                .size(2 << 20)
+                .share(share)
+                .build()
+                .unwrap();
+            assert_eq!(b.is_shareable(), want, "{kind:?} share={share} configured");
+            b.complete().unwrap();
+            assert_eq!(b.is_shareable(), want, "{kind:?} share={share} allocated");
+            assert_eq!(
+                b.dup_fd().is_ok(),
+                kind == Kind::Memfd,
+                "{kind:?}: an fd only where the memory has one"
+            );
+        }
+    }
+}
