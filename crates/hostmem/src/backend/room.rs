@@ -29,7 +29,7 @@ use super::Backend;
 use crate::error::{CgroupRef, Error, MemoryShort};
 use crate::kind::{Kind, Plan};
 use crate::limits::watch::{Edge, Source, Watch};
-use crate::limits::{Known, Snapshot};
+use crate::limits::{CgroupLimit, Known, MemoryRoom, Snapshot};
 use crate::numa::{HostTopology, NodeSet};
 use crate::prealloc::Job;
 use crate::sys;
@@ -156,9 +156,8 @@ fn counts(b: &Backend) -> bool {
 /// Bytes `limit` can give according to `snap`; None when it has no limit or the
 /// files could not be read (then nothing is refused on its account).
 fn available(limit: &Limit, snap: &Snapshot) -> Option<u64> {
-    let known = |k: &Known<Option<crate::limits::CgroupLimit>>| {
-        k.as_ref().ok().and_then(|l| l.as_ref().map(|l| l.room()))
-    };
+    let known =
+        |k: &Known<Option<CgroupLimit>>| k.as_ref().ok().and_then(|l| l.as_ref().map(|l| l.room()));
     match limit {
         Limit::Nodes(nodes) => nodes.iter().try_fold(0, |sum, n| {
             Some(sum + snap.node(n)?.as_ref().ok()?.available())
@@ -172,7 +171,7 @@ fn available(limit: &Limit, snap: &Snapshot) -> Option<u64> {
 /// One limit as `--check` and `hostmem host` show it: its name, the bytes it can give
 /// (None: no limit), or why it is not known.
 pub(crate) fn fact(limit: &Limit, snap: &Snapshot) -> (String, Known<Option<u64>>) {
-    let cg = |what: &str, k: Option<&Known<Option<crate::limits::CgroupLimit>>>| match k {
+    let cg = |what: &str, k: Option<&Known<Option<CgroupLimit>>>| match k {
         Some(Ok(Some(l))) => (
             format!("{what} {} ({} {})", l.cgroup, l.max_file, l.max),
             Ok(Some(l.room())),
@@ -210,7 +209,7 @@ pub(crate) fn short_error(
     snap: &Snapshot,
 ) -> Error {
     let (kind, id, short) = (b.kind().qom_type(), b.id.clone(), Box::new(short));
-    let cgroup = |k: Option<&Known<Option<crate::limits::CgroupLimit>>>| {
+    let cgroup = |k: Option<&Known<Option<CgroupLimit>>>| {
         let l = k.and_then(|k| k.as_ref().ok().cloned().flatten());
         Box::new(l.map_or(
             CgroupRef {
@@ -295,7 +294,10 @@ fn watch(items: &[(&Backend, &Plan)], snap: &Snapshot) -> (Watch, Vec<Limit>, Ve
         for limit in limits_of(b, plan) {
             let source = match &limit {
                 Limit::Nodes(nodes) => Some(Source::Nodes(
-                    nodes.iter().map(|n| (n, snap.marks.node(n))).collect(),
+                    nodes
+                        .iter()
+                        .map(|n| (MemoryRoom::node_path(n), snap.marks.node(n)))
+                        .collect(),
                 )),
                 Limit::Host => Some(Source::Host(snap.marks.host())),
                 Limit::MemoryCgroup => snap
@@ -331,6 +333,12 @@ fn watch(items: &[(&Backend, &Plan)], snap: &Snapshot) -> (Watch, Vec<Limit>, Ve
 /// and the cgroup the reason (as when the checks were overridden).
 pub(crate) fn hugetlb_cgroup_short(b: &Backend, page_size: u64, needed: u64) -> Option<Error> {
     let l = crate::limits::cgroup::hugetlb(page_size).ok().flatten()?;
+    hugetlb_short_of(b, page_size, needed, l)
+}
+
+/// The error for `b`'s `needed` bytes of `page_size` pages when the hugetlb cgroup
+/// limit `l` has less room; None when they fit (exactly filling it fits).
+fn hugetlb_short_of(b: &Backend, page_size: u64, needed: u64, l: CgroupLimit) -> Option<Error> {
     if l.room() >= needed {
         return None;
     }
@@ -372,114 +380,4 @@ fn edge_error(b: &Backend, edge: &Edge, limits: &[Limit], snap: &Snapshot) -> Er
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::limits::{CgroupLimit, CgroupVersion, MemoryRoom, Watermarks};
-    use crate::props::MachineDefaults;
-
-    const MIB: u64 = 1 << 20;
-
-    fn room(mib: u64) -> MemoryRoom {
-        MemoryRoom {
-            total: 1024 * MIB,
-            free: mib * MIB,
-            file: 0,
-            slab_reclaimable: 0,
-            reserve: 0,
-        }
-    }
-
-    /// Node 4 with 371 MiB, the host with 2 GiB, a cgroup /machine.slice/vm1 with
-    /// 256 MiB of room.
-    fn snapshot() -> Snapshot {
-        Snapshot {
-            nodes: vec![(0, Ok(room(1500))), (4, Ok(room(371)))],
-            host: Ok(room(2048)),
-            memory_cgroup: Ok(Some(CgroupLimit {
-                cgroup: "/machine.slice/vm1".into(),
-                dir: "/sys/fs/cgroup/machine.slice/vm1".into(),
-                version: CgroupVersion::V2,
-                max_file: "memory.max".into(),
-                current_file: "memory.current".into(),
-                max: 1024 * MIB,
-                current: 768 * MIB,
-            })),
-            hugetlb_cgroups: Vec::new(),
-            marks: Watermarks::default(),
-        }
-    }
-
-    fn ram(id: &str, size: &str, bind: Option<&str>) -> (Backend, Plan) {
-        let mut b = Backend::new(Kind::Ram, id, &MachineDefaults::default());
-        b.set_str("size", size).unwrap();
-        b.set_str("prealloc", "on").unwrap();
-        if let Some(n) = bind {
-            b.set_str("policy", "bind").unwrap();
-            b.set_str("host-nodes", n).unwrap();
-        }
-        let plan = crate::kind::base_pages(b.size());
-        (b, plan)
-    }
-
-    #[test]
-    fn a_bound_backend_larger_than_its_node_is_refused_naming_the_node() {
-        let (b, p) = ram("x", "512M", Some("4"));
-        let errs = check_batch(&[(&b, &p)], &snapshot());
-        let texts: Vec<String> = errs.iter().map(|(_, e)| e.to_string()).collect();
-        assert_eq!(
-            texts,
-            [
-                "memory-backend-ram 'x': needs 512 MiB on node 4, which has 371 MiB available \
-                 (bound by policy=bind host-nodes=4)",
-                "memory-backend-ram 'x': needs 512 MiB, the memory cgroup /machine.slice/vm1 \
-                 allows 256 MiB more (memory.max 1 GiB)"
-            ]
-        );
-    }
-
-    #[test]
-    fn two_that_fit_alone_are_summed_against_the_same_limits() {
-        let mut snap = snapshot();
-        snap.memory_cgroup = Ok(None);
-        let (a, pa) = ram("a", "200M", Some("4"));
-        let (b, pb) = ram("b", "200M", Some("4"));
-        let (c, pc) = ram("c", "1800M", None);
-        let errs = check_batch(&[(&a, &pa), (&b, &pb), (&c, &pc)], &snap);
-        let texts: Vec<(usize, String)> = errs.iter().map(|(i, e)| (*i, e.to_string())).collect();
-        assert_eq!(
-            texts,
-            [
-                (
-                    1,
-                    "memory-backend-ram 'b': needs 400 MiB on node 4, which has 371 MiB \
-                     available (bound by policy=bind host-nodes=4) (together with a of the \
-                     same batch)"
-                        .to_string()
-                ),
-                (
-                    2,
-                    "memory-backend-ram 'c': needs 2.15 GiB, the host has 2 GiB available \
-                     (free memory and reclaimable page cache and slab, less what the \
-                     kernel keeps) (together with a, b of the same batch)"
-                        .to_string()
-                ),
-            ]
-        );
-    }
-
-    #[test]
-    fn an_ignoring_or_unknown_limit_refuses_nothing() {
-        let mut snap = snapshot();
-        snap.nodes[1].1 = Err(crate::limits::Unknown {
-            path: "/sys/devices/system/node/node4/meminfo".into(),
-            reason: "Permission denied".into(),
-        });
-        snap.memory_cgroup = Ok(None);
-        let (b, p) = ram("x", "512M", Some("4"));
-        assert!(check_batch(&[(&b, &p)], &snap).is_empty());
-        let (mut b, p) = ram("x", "4G", None);
-        b.set_ignore_memory_limits(true);
-        assert!(check_batch(&[(&b, &p)], &snapshot()).is_empty());
-        assert!(limits_of(&b, &p).is_empty());
-    }
-}
+mod tests;

@@ -94,10 +94,13 @@ pub fn hugetlb(page_size: u64) -> Known<Option<CgroupLimit>> {
 }
 
 /// The kernel's name for a huge page size in hugetlb cgroup files: `2MB`, `1GB`, `64KB`.
+/// The kernel (`mem_fmt` in mm/hugetlb_cgroup.c) takes the largest unit the size
+/// reaches and divides, rounding down; huge page sizes are powers of two, so nothing
+/// is lost.
 pub fn hugetlb_size_name(page_size: u64) -> String {
-    if page_size >= 1 << 30 && page_size.is_multiple_of(1 << 30) {
+    if page_size >= 1 << 30 {
         format!("{}GB", page_size >> 30)
-    } else if page_size >= 1 << 20 && page_size.is_multiple_of(1 << 20) {
+    } else if page_size >= 1 << 20 {
         format!("{}MB", page_size >> 20)
     } else {
         format!("{}KB", page_size >> 10)
@@ -117,9 +120,15 @@ fn tightest(
         return Ok(None);
     };
     let (max_file, current_file) = files(place.version);
+    tightest_along(&place, &max_file, &current_file)
+}
+
+/// The limit with the least room over `place`'s chain; on a tie the cgroup nearest
+/// the process (the one its own configuration names).
+fn tightest_along(place: &Place, max_file: &str, current_file: &str) -> Known<Option<CgroupLimit>> {
     let mut best: Option<CgroupLimit> = None;
     for (cgroup, dir) in place.chain() {
-        if let Some(l) = read_one(&cgroup, &dir, place.version, &max_file, &current_file)? {
+        if let Some(l) = read_one(&cgroup, &dir, place.version, max_file, current_file)? {
             if best.as_ref().is_none_or(|b| l.room() < b.room()) {
                 best = Some(l);
             }
@@ -302,31 +311,42 @@ mod tests {
         assert_eq!(dirs, ["/machine.slice/vm1", "/machine.slice", "/"]);
     }
 
-    #[test]
-    fn the_tightest_ancestor_is_the_limit_and_max_means_none() {
-        let tmp = std::env::temp_dir().join(format!("hostmem-cg-{}", std::process::id()));
-        let leaf = tmp.join("a/b");
-        std::fs::create_dir_all(&leaf).unwrap();
-        let put = |d: &Path, max: &str, cur: &str| {
+    /// A scratch v2 hierarchy named `name`: each (cgroup, memory.max, memory.current)
+    /// written under it; the root has no files, as on v2.
+    fn scratch_hierarchy(name: &str, cgroups: &[(&str, &str, &str)]) -> PathBuf {
+        let tmp = std::env::temp_dir().join(format!("hostmem-cg-{}-{name}", std::process::id()));
+        for (cg, max, cur) in cgroups {
+            let d = tmp.join(cg.trim_start_matches('/'));
+            std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join("memory.max"), max).unwrap();
             std::fs::write(d.join("memory.current"), cur).unwrap();
-        };
-        put(&leaf, "max\n", "100\n");
-        put(&tmp.join("a"), "1000\n", "900\n");
-        let place = Place {
-            version: CgroupVersion::V2,
-            cgroup: "/a/b".into(),
-            mount_point: tmp.clone(),
-            mount_root: "/".into(),
-        };
-        let mut best = None::<CgroupLimit>;
-        for (cg, dir) in place.chain() {
-            let l = read_one(&cg, &dir, CgroupVersion::V2, "memory.max", "memory.current");
-            if let Some(l) = l.unwrap() {
-                best = Some(l);
-            }
         }
-        let best = best.expect("/a has a limit");
+        tmp
+    }
+
+    fn v2_place(cgroup: &str, mount_point: &Path) -> Place {
+        Place {
+            version: CgroupVersion::V2,
+            cgroup: cgroup.into(),
+            mount_point: mount_point.to_path_buf(),
+            mount_root: "/".into(),
+        }
+    }
+
+    #[test]
+    fn the_tightest_ancestor_is_the_limit_and_max_means_none() {
+        // /a has 100 bytes of room, /a/b none of its own ("max"), the leaf 200.
+        let tmp = scratch_hierarchy(
+            "tightest",
+            &[
+                ("/a", "1000\n", "900\n"),
+                ("/a/b", "max\n", "100\n"),
+                ("/a/b/c", "500\n", "300\n"),
+            ],
+        );
+        let best = tightest_along(&v2_place("/a/b/c", &tmp), "memory.max", "memory.current")
+            .unwrap()
+            .expect("/a and /a/b/c have limits");
         assert_eq!((best.cgroup.as_str(), best.room()), ("/a", 100));
         std::fs::write(tmp.join("a/memory.current"), "garbage").unwrap();
         let e = best.reread().unwrap_err();
@@ -335,10 +355,106 @@ mod tests {
     }
 
     #[test]
+    fn a_tie_in_room_names_the_cgroup_nearest_the_process() {
+        let tmp = scratch_hierarchy(
+            "tie",
+            &[("/a", "1000\n", "900\n"), ("/a/b", "300\n", "200\n")],
+        );
+        let best = tightest_along(&v2_place("/a/b", &tmp), "memory.max", "memory.current")
+            .unwrap()
+            .unwrap();
+        assert_eq!((best.cgroup.as_str(), best.room()), ("/a/b", 100));
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn v1_limits_from_2_pow_62_up_read_as_no_limit() {
+        let tmp = std::env::temp_dir().join(format!("hostmem-cg-{}-v1max", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::write(tmp.join("memory.usage_in_bytes"), "4096\n").unwrap();
+        let max_of = |limit: u64| {
+            std::fs::write(tmp.join("memory.limit_in_bytes"), format!("{limit}\n")).unwrap();
+            read_one(
+                "/",
+                &tmp,
+                CgroupVersion::V1,
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+            )
+            .unwrap()
+            .map(|l| l.max)
+        };
+        // What v1 writes for "no limit" on x86-64 (LONG_MAX rounded down to a page).
+        assert_eq!(max_of(9_223_372_036_854_771_712), None);
+        assert_eq!(max_of(1 << 62), None);
+        assert_eq!(max_of((1 << 62) - 4096), Some((1 << 62) - 4096));
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn a_process_in_the_root_cgroup_has_a_chain_of_the_root_alone() {
+        let p = v2_place("/", Path::new("/sys/fs/cgroup"));
+        assert_eq!(
+            p.chain(),
+            [("/".to_string(), PathBuf::from("/sys/fs/cgroup/"))]
+        );
+    }
+
+    #[test]
+    fn the_chain_stops_at_the_mounts_root_cgroup() {
+        // A v1 hierarchy mounted from /machine.slice (as in a container): its parent
+        // cannot be reached through this mount.
+        let p = Place {
+            version: CgroupVersion::V1,
+            cgroup: "/machine.slice/vm1".into(),
+            mount_point: PathBuf::from("/sys/fs/cgroup/memory"),
+            mount_root: "/machine.slice".into(),
+        };
+        assert_eq!(
+            p.chain(),
+            [
+                (
+                    "/machine.slice/vm1".to_string(),
+                    PathBuf::from("/sys/fs/cgroup/memory/vm1")
+                ),
+                (
+                    "/machine.slice".to_string(),
+                    PathBuf::from("/sys/fs/cgroup/memory/")
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn v1_is_used_when_the_v2_root_lists_other_controllers_only() {
+        let p = locate(HYBRID, MOUNTS, "memory", |_| "cpu io pids".into()).unwrap();
+        assert_eq!(
+            (p.version, p.mount_point),
+            (CgroupVersion::V1, PathBuf::from("/sys/fs/cgroup/memory"))
+        );
+    }
+
+    #[test]
+    fn each_v1_controller_is_found_at_the_mount_whose_options_name_it() {
+        let p = locate(HYBRID, MOUNTS, "hugetlb", |_| String::new()).unwrap();
+        assert_eq!(
+            (p.version, p.cgroup.as_str(), p.mount_point),
+            (
+                CgroupVersion::V1,
+                "/",
+                PathBuf::from("/sys/fs/cgroup/hugetlb")
+            )
+        );
+    }
+
+    #[test]
     fn hugetlb_file_names_use_the_kernels_size_words() {
-        assert_eq!(hugetlb_size_name(2 << 20), "2MB");
-        assert_eq!(hugetlb_size_name(1 << 30), "1GB");
         assert_eq!(hugetlb_size_name(64 << 10), "64KB");
+        assert_eq!(hugetlb_size_name(1 << 20), "1MB");
+        assert_eq!(hugetlb_size_name(2 << 20), "2MB");
+        assert_eq!(hugetlb_size_name(512 << 20), "512MB");
+        assert_eq!(hugetlb_size_name(1 << 30), "1GB");
+        assert_eq!(hugetlb_size_name(16 << 30), "16GB");
     }
 
     #[test]

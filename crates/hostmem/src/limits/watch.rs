@@ -22,6 +22,7 @@
 //! is treated as room: the check before mapping already passed, and stopping on a
 //! read error would turn a monitoring hiccup into a failed VM start.
 
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use super::cgroup::CgroupLimit;
@@ -31,9 +32,9 @@ use super::Known;
 /// What one watched limit reads.
 #[derive(Debug, Clone)]
 pub(crate) enum Source {
-    /// The nodes a strict policy binds to, with each one's kernel reserve: their
-    /// meminfo files, summed.
-    Nodes(Vec<(u32, u64)>),
+    /// The nodes a strict policy binds to: each one's meminfo file with its kernel
+    /// reserve, summed.
+    Nodes(Vec<(PathBuf, u64)>),
     /// /proc/meminfo, with every node's kernel reserve.
     Host(u64),
     /// A cgroup's limit and use files.
@@ -44,8 +45,8 @@ impl Source {
     /// Bytes the limit can still give, read now.
     pub(crate) fn available(&self) -> Known<u64> {
         match self {
-            Source::Nodes(nodes) => nodes.iter().try_fold(0, |sum, &(n, mark)| {
-                Ok(sum + MemoryRoom::read_file(&MemoryRoom::node_path(n), mark)?.available())
+            Source::Nodes(nodes) => nodes.iter().try_fold(0, |sum, (path, mark)| {
+                Ok(sum + MemoryRoom::read_file(path, *mark)?.available())
             }),
             Source::Host(mark) => Ok(MemoryRoom::read_file(
                 std::path::Path::new("/proc/meminfo"),
@@ -214,6 +215,40 @@ mod tests {
         w.grant(&[0], step).unwrap();
         // Two steps in flight, nothing charged in the file yet: 8 MiB left.
         assert_eq!(w.grant(&[0], step).unwrap_err().unwrap().available, 8 << 20);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_step_that_ends_exactly_at_the_limit_is_granted_and_the_next_refused() {
+        let (dir, src) = scratch_cgroup(32 << 20);
+        let w = Watch::new(vec![(src, 48 << 20)]);
+        let step = 16 << 20;
+        assert_eq!(w.grant(&[0], step), Ok(()));
+        assert_eq!(w.grant(&[0], step), Ok(()), "the room is exactly the step");
+        assert_eq!(w.grant(&[0], step).unwrap_err().unwrap().available, 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bound_nodes_give_the_sum_of_their_meminfo_room_less_each_reserve() {
+        let dir = std::env::temp_dir().join(format!("hostmem-watch-{}-nodes", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let node = |n: u32, free_kb: u64| {
+            let path = dir.join(format!("node{n}-meminfo"));
+            let text = format!(
+                "Node {n} MemTotal:       1048576 kB\nNode {n} MemFree:        {free_kb} kB\n\
+                 Node {n} Active(file):   1024 kB\nNode {n} Inactive(file): 1024 kB\n\
+                 Node {n} SReclaimable:   2048 kB\n"
+            );
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        // Node 1: 100 MiB free + 4 MiB reclaimable - 1 MiB reserve; node 4: 50 + 4 - 2.
+        let src = Source::Nodes(vec![
+            (node(1, 100 << 10), 1 << 20),
+            (node(4, 50 << 10), 2 << 20),
+        ]);
+        assert_eq!(src.available(), Ok((103 + 52) << 20));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
