@@ -217,6 +217,9 @@ mod tests {
         let page = crate::sys::page_size() as u64;
         let map =
             crate::sys::RawMapping::map(8 * page as usize, None, 0, Default::default()).unwrap();
+        // A VmFlag of its own, so no other test's mapping merges into its VMA (smaps
+        // counts whole VMAs).
+        map.madvise(0, map.len(), libc::MADV_DONTDUMP).unwrap();
         for i in 0..3 {
             map.write_at(i * page as usize, &[1]).unwrap();
         }
@@ -283,13 +286,16 @@ mod tests {
 
     #[test]
     fn a_range_unmapped_since_reads_as_not_mapped_while_the_process_lives() {
-        let me = Process::new(std::process::id()).unwrap();
-        let page = crate::sys::page_size();
-        let map = crate::sys::RawMapping::map(2 * page, None, 0, Default::default()).unwrap();
-        let r = me.region(map.addr() as u64, map.len() as u64).unwrap();
-        drop(map);
+        // Nothing maps the second page of the address space unless it asks for it
+        // (MAP_FIXED); a range unmapped by dropping a mapping could be taken by
+        // another test's mmap meanwhile.
+        let r = RemoteRegion {
+            pid: std::process::id(),
+            start: 0x1000,
+            len: 0x1000,
+        };
         match r.inspect() {
-            Err(RemoteError::NotMapped { hole, .. }) => assert_eq!(hole, r.start()),
+            Err(RemoteError::NotMapped { hole, .. }) => assert_eq!(hole, 0x1000),
             other => panic!("{other:?}"),
         }
     }
@@ -315,7 +321,11 @@ mod tests {
         let me = Process::new(std::process::id()).unwrap();
         let page = crate::sys::page_size();
         let pages = PAGES_PER_CALL + 8;
-        let map = crate::sys::RawMapping::map(pages * page, None, 0, Default::default()).unwrap();
+        let opts = crate::sys::MapOptions {
+            noreserve: true,
+            ..Default::default()
+        };
+        let map = crate::sys::RawMapping::map(pages * page, None, 0, opts).unwrap();
         map.write_at(0, &[1]).unwrap();
         map.write_at((pages - 1) * page, &[1]).unwrap();
         // A read of an untouched private page maps the shared zero page, which
