@@ -332,6 +332,30 @@ mod tests {
         assert_eq!(rep.page_size, page as u64, "smaps' KernelPageSize");
         assert!(rep.failed.is_empty());
         assert_eq!(p.total(), 0, "nothing planned, nothing counted to do");
+        assert!(!rep.cancelled);
+        // numa_maps' policy of a plain mapping; later faults follow the CPU.
+        assert_eq!(rep.policy_after, "default");
+        assert_eq!(rep.warnings.len(), 1, "{:?}", rep.warnings);
+        assert!(
+            rep.warnings[0].contains("\"default\""),
+            "{:?}",
+            rep.warnings
+        );
+    }
+
+    #[test]
+    fn a_move_cancelled_before_it_starts_reports_cancelled_and_moves_nothing() {
+        let me = Process::new(std::process::id()).unwrap();
+        let page = crate::sys::page_size();
+        let map = crate::sys::RawMapping::map(2 * page, None, 0, Default::default()).unwrap();
+        map.write_at(0, &[1]).unwrap();
+        let r = me.region(map.addr() as u64, map.len() as u64).unwrap();
+        let p = Progress::new();
+        p.cancel();
+        let all = NodeSet::parse("0").unwrap();
+        let rep = r.rebind(&all, RebindOptions::default(), &p).unwrap();
+        assert!(rep.cancelled);
+        assert_eq!((rep.resident_pages, rep.moved, p.done()), (1, 0, 0));
     }
 
     #[test]
