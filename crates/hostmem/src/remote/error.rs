@@ -120,6 +120,21 @@ impl RemoteError {
             },
         }
     }
+
+    /// Maps a failed move_pages(2) call that moves pages on `pid`, after `moved` pages
+    /// had moved: the process gone, or a refusal naming what the kernel asks (EPERM
+    /// with MPOL_MF_MOVE_ALL is the missing CAP_SYS_NICE).
+    pub(crate) fn from_move(pid: u32, e: &std::io::Error, move_all: bool, moved: u64) -> Self {
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return RemoteError::Exited { pid, moved };
+        }
+        let needs = if move_all && e.raw_os_error() == Some(libc::EPERM) {
+            MOVE_ALL_PERMISSION
+        } else {
+            MOVE_PERMISSION
+        };
+        RemoteError::from_io(pid, "move_pages", e, needs)
+    }
 }
 
 /// The kernel's name for an errno move_pages(2) puts in a page's status, and what it
@@ -139,5 +154,93 @@ pub fn page_status_reason(errno: i32) -> (&'static str, &'static str) {
         libc::E2BIG => ("E2BIG", "too large to move"),
         libc::EAGAIN => ("EAGAIN", "temporarily pinned; try again"),
         _ => ("errno", "other kernel status"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Error;
+
+    fn os(errno: i32) -> Error {
+        Error::from_raw_os_error(errno)
+    }
+
+    #[test]
+    fn a_gone_process_reads_as_no_process() {
+        for errno in [libc::ESRCH, libc::ENOENT] {
+            let e = RemoteError::from_io(42, "reading /proc/42/smaps", &os(errno), READ_PERMISSION);
+            assert_eq!(e.to_string(), "process 42 does not exist (it exited?)");
+        }
+    }
+
+    #[test]
+    fn a_refusal_names_what_was_refused_and_what_the_kernel_asks() {
+        for errno in [libc::EACCES, libc::EPERM] {
+            let e = RemoteError::from_io(42, "reading /proc/42/smaps", &os(errno), READ_PERMISSION);
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "reading /proc/42/smaps of process 42: permission denied; the kernel asks \
+                     for {READ_PERMISSION}"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn other_errnos_carry_the_kernels_reason() {
+        let e = RemoteError::from_io(42, "move_pages", &os(libc::EINVAL), MOVE_PERMISSION);
+        let msg = e.to_string();
+        assert!(msg.starts_with("move_pages of process 42: "), "{msg}");
+        assert!(msg.contains("Invalid argument"), "{msg}");
+    }
+
+    #[test]
+    fn a_process_gone_during_a_move_reports_the_pages_already_moved() {
+        let e = RemoteError::from_move(42, &os(libc::ESRCH), false, 17);
+        assert_eq!(
+            e.to_string(),
+            "process 42 exited during the move, after 17 pages had moved"
+        );
+    }
+
+    #[test]
+    fn eperm_with_move_all_asks_for_cap_sys_nice() {
+        let needs = |errno, move_all| match RemoteError::from_move(42, &os(errno), move_all, 0) {
+            RemoteError::Permission { needs, what, .. } => {
+                assert_eq!(what, "move_pages");
+                needs
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(needs(libc::EPERM, true), MOVE_ALL_PERMISSION);
+        assert_eq!(needs(libc::EPERM, false), MOVE_PERMISSION);
+        assert_eq!(
+            needs(libc::EACCES, true),
+            MOVE_PERMISSION,
+            "EACCES is ptrace"
+        );
+    }
+
+    #[test]
+    fn each_page_status_has_the_kernels_name_and_its_meaning() {
+        let cases = [
+            (libc::EACCES, "EACCES", "MPOL_MF_MOVE_ALL (CAP_SYS_NICE)"),
+            (libc::EBUSY, "EBUSY", "busy"),
+            (libc::EFAULT, "EFAULT", "zero page"),
+            (libc::ENOENT, "ENOENT", "never faulted in"),
+            (libc::ENOMEM, "ENOMEM", "target node had no memory"),
+            (libc::EIO, "EIO", "written back"),
+            (libc::EINVAL, "EINVAL", "cannot migrate"),
+            (libc::E2BIG, "E2BIG", "too large"),
+            (libc::EAGAIN, "EAGAIN", "try again"),
+            (libc::EXDEV, "errno", "other kernel status"),
+        ];
+        for (errno, name, meaning) in cases {
+            let (n, m) = page_status_reason(errno);
+            assert_eq!(n, name);
+            assert!(m.contains(meaning), "{name}: {m}");
+        }
     }
 }

@@ -14,6 +14,7 @@ use std::fs;
 use crate::inspect::{self, KernelView, Placement};
 
 pub mod error;
+mod plan;
 mod rebind;
 
 pub use error::{page_status_reason, RemoteError};
@@ -216,6 +217,9 @@ mod tests {
         let page = crate::sys::page_size() as u64;
         let map =
             crate::sys::RawMapping::map(8 * page as usize, None, 0, Default::default()).unwrap();
+        // A VmFlag of its own, so no other test's mapping merges into its VMA (smaps
+        // counts whole VMAs).
+        map.madvise(0, map.len(), libc::MADV_DONTDUMP).unwrap();
         for i in 0..3 {
             map.write_at(i * page as usize, &[1]).unwrap();
         }
@@ -232,5 +236,105 @@ mod tests {
             Process::new(0),
             Err(RemoteError::NoProcess { pid: 0 })
         ));
+    }
+
+    /// A child that has exited and is not reaped yet: a zombie, /proc/PID still there.
+    fn zombie() -> std::process::Child {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let stat = format!("/proc/{}/stat", child.id());
+        for _ in 0..500 {
+            let s = fs::read_to_string(&stat).unwrap();
+            if s.rsplit_once(')').unwrap().1.trim().starts_with('Z') {
+                return child;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let status = child.wait();
+        panic!(
+            "child {} did not become a zombie in 5 s ({status:?})",
+            child.id()
+        );
+    }
+
+    #[test]
+    fn a_region_reports_the_pid_and_range_it_was_made_for() {
+        let me = Process::new(std::process::id()).unwrap();
+        assert_eq!(me.pid(), std::process::id());
+        let page = crate::sys::page_size();
+        let map = crate::sys::RawMapping::map(3 * page, None, 0, Default::default()).unwrap();
+        let r = me
+            .region(map.addr() as u64 + page as u64, 2 * page as u64)
+            .unwrap();
+        assert_eq!(r.pid(), std::process::id());
+        assert_eq!(r.start(), map.addr() as u64 + page as u64);
+        assert_eq!(r.len(), 2 * page as u64);
+        assert!(!r.is_empty());
+        let none = RemoteRegion { len: 0, ..r };
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn a_running_process_is_alive_and_a_zombie_or_missing_one_is_not() {
+        assert!(Process::new(std::process::id()).unwrap().is_alive());
+        let mut child = zombie();
+        let z = Process::new(child.id()).unwrap();
+        assert!(!z.is_alive(), "/proc/{}/stat says Z", child.id());
+        child.wait().unwrap();
+        // Above the kernel's PID_MAX_LIMIT (4 M): no /proc entry can exist.
+        assert!(!Process { pid: 1 << 30 }.is_alive());
+    }
+
+    #[test]
+    fn a_range_unmapped_since_reads_as_not_mapped_while_the_process_lives() {
+        // Nothing maps the second page of the address space unless it asks for it
+        // (MAP_FIXED); a range unmapped by dropping a mapping could be taken by
+        // another test's mmap meanwhile.
+        let r = RemoteRegion {
+            pid: std::process::id(),
+            start: 0x1000,
+            len: 0x1000,
+        };
+        match r.inspect() {
+            Err(RemoteError::NotMapped { hole, .. }) => assert_eq!(hole, 0x1000),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_zombies_range_reads_as_no_process() {
+        let mut child = zombie();
+        let r = RemoteRegion {
+            pid: child.id(),
+            start: 0x1000_0000,
+            len: 0x1000,
+        };
+        let got = r.inspect();
+        child.wait().unwrap();
+        assert!(
+            matches!(got, Err(RemoteError::NoProcess { pid }) if pid == r.pid),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn placement_counts_every_page_of_a_range_longer_than_one_call_once() {
+        let me = Process::new(std::process::id()).unwrap();
+        let page = crate::sys::page_size();
+        let pages = PAGES_PER_CALL + 8;
+        let opts = crate::sys::MapOptions {
+            noreserve: true,
+            ..Default::default()
+        };
+        let map = crate::sys::RawMapping::map(pages * page, None, 0, opts).unwrap();
+        map.write_at(0, &[1]).unwrap();
+        map.write_at((pages - 1) * page, &[1]).unwrap();
+        // A read of an untouched private page maps the shared zero page, which
+        // move_pages reports as EFAULT.
+        map.read_at(5 * page, &mut [0]).unwrap();
+        let r = me.region(map.addr() as u64, map.len() as u64).unwrap();
+        let p = r.placement(page as u64).unwrap();
+        assert_eq!(p.present(), 2, "{p:?}");
+        assert_eq!(p.other, [(libc::EFAULT, 1)].into(), "{p:?}");
+        assert_eq!(p.absent, pages as u64 - 3, "{p:?}");
     }
 }

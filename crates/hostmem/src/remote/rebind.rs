@@ -21,7 +21,9 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::error::{self, RemoteError};
-use super::{RemoteRegion, PAGES_PER_CALL};
+use super::plan::{self, Stripes, Survey};
+use super::RemoteRegion;
+use crate::inspect::{MemPolicy, Unknown};
 use crate::numa::{HostTopology, KernelMode, NodeSet};
 use crate::prealloc::Progress;
 
@@ -92,10 +94,6 @@ pub fn node_free_bytes(topo: &HostTopology, node: u32) -> u64 {
     }
 }
 
-/// Transparent huge pages are 2 MiB on x86-64 and arm64 with 4 KiB base pages; an
-/// interleave stripe of this size keeps each one whole.
-const THP_STRIPE: u64 = 2 << 20;
-
 impl RemoteRegion {
     /// Moves the range's resident pages to `targets` (interleaved when several), in
     /// chunks; `progress` counts bytes and may be cancelled from another thread.
@@ -114,141 +112,59 @@ impl RemoteRegion {
             return Err(RemoteError::UnusableNode(why));
         }
         let view = self.inspect()?;
-        let page = if view.page_size == 0 {
-            crate::sys::page_size() as u64
-        } else {
-            view.page_size
-        };
+        let page = plan::move_page_size(view.page_size, crate::sys::page_size() as u64);
         let hugetlb = view.hugetlb > 0;
-        let stripe = if view.thp > 0 {
-            THP_STRIPE.max(page)
-        } else {
-            page
-        } / page;
-        let nodes: Vec<u32> = targets.iter().collect();
-
-        let target_of = |addr: u64| {
-            let i = (addr - self.start) / page;
-            nodes[(i / stripe) as usize % nodes.len()] as i32
-        };
+        let stripes = Stripes::new(self.start, page, view.thp > 0, targets.iter().collect());
         let mut report = RemoteRebindReport {
             page_size: page,
             ..Default::default()
         };
-        // Windows of the range, one move_pages call each: no per-page list of the
-        // whole range is ever held (64 GiB of 4 KiB pages would be 16 M entries).
-        let window = (PAGES_PER_CALL as u64 * 4096 / page).max(1);
+        let window = plan::window_pages(page);
         let windows = |f: &mut dyn FnMut(Vec<u64>) -> Result<bool, RemoteError>| {
-            let pages = self.len / page;
-            let mut first = 0;
-            while first < pages {
-                let n = window.min(pages - first);
-                let addrs = (first..first + n).map(|i| self.start + i * page).collect();
-                if !f(addrs)? {
-                    break;
-                }
-                first += n;
-            }
-            Ok::<(), RemoteError>(())
+            plan::for_each_window(self.start, self.len, page, window, f)
         };
 
         // Pass 1: where every resident page is, and how many go to each node. Nothing
         // moves before every node's share is known to fit.
-        let mut headed: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut survey = Survey::default();
         windows(&mut |addrs| {
-            for (addr, now) in addrs.iter().zip(self.page_status(&addrs)?) {
-                if now < 0 {
-                    continue; // not resident: nothing to move
-                }
-                report.resident_pages += 1;
-                let to = target_of(*addr);
-                if now == to {
-                    report.already_placed += 1;
-                } else {
-                    *headed.entry(to as u32).or_default() += 1;
-                }
-            }
+            survey.count(&stripes, &addrs, &self.page_status(&addrs)?);
             Ok(true)
         })?;
-        check_capacity(&topo, &headed, page, hugetlb)?;
-        let planned: u64 = headed.values().sum();
+        report.resident_pages = survey.resident;
+        report.already_placed = survey.already_placed;
+        check_capacity(&topo, &survey.headed, page, hugetlb)?;
+        let planned = survey.planned();
 
         // Pass 2: the move, window by window, asking again where each page is (the
         // guest runs meanwhile).
         progress.add_total(planned * page);
         let started = Instant::now();
-        let mut tried = 0u64;
         let exited = |moved| RemoteError::Exited { pid, moved };
+        let status_during_move = |addrs: &[u64], moved: u64| {
+            self.page_status(addrs).map_err(|e| match e {
+                RemoteError::NoProcess { .. } => exited(moved),
+                e => e,
+            })
+        };
         windows(&mut |addrs| {
             if progress.is_cancelled() {
                 report.cancelled = true;
                 return Ok(false);
             }
-            let now = self.page_status(&addrs).map_err(|e| match e {
-                RemoteError::NoProcess { .. } => exited(report.moved),
-                e => e,
-            })?;
-            let batch: Vec<(u64, i32)> = addrs
-                .iter()
-                .zip(now)
-                .filter(|&(&a, n)| n >= 0 && n != target_of(a))
-                .map(|(&a, _)| (a, target_of(a)))
-                .collect();
+            let now = status_during_move(&addrs, report.moved)?;
+            let batch = plan::to_move(&stripes, &addrs, &now);
             if batch.is_empty() {
                 return Ok(true);
             }
             let a: Vec<u64> = batch.iter().map(|p| p.0).collect();
             let n: Vec<i32> = batch.iter().map(|p| p.1).collect();
-            let st = match crate::sys::move_pages_of(pid, &a, Some(&n), options.move_all) {
-                Ok(st) => st,
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                    return Err(exited(report.moved))
-                }
-                Err(e) => {
-                    let needs = if options.move_all && e.raw_os_error() == Some(libc::EPERM) {
-                        error::MOVE_ALL_PERMISSION
-                    } else {
-                        error::MOVE_PERMISSION
-                    };
-                    return Err(RemoteError::from_io(pid, "move_pages", &e, needs));
-                }
-            };
-            // A tail page of a huge page moved with its head reports EBUSY or its old
-            // node: ask the kernel where such pages are now before calling them failed.
-            let mut unsure: Vec<(u64, i32, i32)> = Vec::new();
-            for (&(addr, to), s) in batch.iter().zip(st) {
-                if s == to {
-                    report.moved += 1;
-                    *report.moved_per_node.entry(to as u32).or_default() += 1;
-                } else {
-                    unsure.push((addr, to, s));
-                }
-            }
-            if !unsure.is_empty() {
-                let a: Vec<u64> = unsure.iter().map(|f| f.0).collect();
-                let now = self.page_status(&a).map_err(|e| match e {
-                    RemoteError::NoProcess { .. } => exited(report.moved),
-                    e => e,
-                })?;
-                for ((_, to, s), n) in unsure.into_iter().zip(now) {
-                    if n == to {
-                        report.moved += 1;
-                        *report.moved_per_node.entry(to as u32).or_default() += 1;
-                    } else {
-                        let errno = if s < 0 { -s } else { libc::EAGAIN };
-                        *report.failed.entry(errno).or_default() += 1;
-                    }
-                }
-            }
-            tried += batch.len() as u64;
-            progress.add_done(batch.len() as u64 * page);
+            let st = crate::sys::move_pages_of(pid, &a, Some(&n), options.move_all)
+                .map_err(|e| RemoteError::from_move(pid, &e, options.move_all, report.moved))?;
+            plan::settle(&mut report, &batch, st, status_during_move, progress)?;
             Ok(true)
         })?;
-        report.skipped = if report.cancelled {
-            planned.saturating_sub(tried)
-        } else {
-            0
-        };
+        report.skipped = skipped_pages(&report, planned);
         report.seconds = started.elapsed().as_secs_f64();
 
         let after = self.inspect()?;
@@ -256,17 +172,34 @@ impl RemoteRegion {
             .numa
             .as_ref()
             .map_or_else(|u| u.to_string(), |n| n.policy.clone());
-        report.warnings = policy_warnings(&after, targets, &report.policy_after);
-        if report.failed.contains_key(&libc::EACCES) && !options.move_all {
-            report.warnings.push(format!(
-                "{} pages are mapped by more than one process and stayed: moving them needs \
-                 MPOL_MF_MOVE_ALL, which needs {}",
-                report.failed[&libc::EACCES],
-                error::MOVE_ALL_PERMISSION
-            ));
-        }
+        report.warnings = policy_warnings(&after.mempolicy, targets, &report.policy_after);
+        report
+            .warnings
+            .extend(shared_pages_warning(&report.failed, options.move_all));
         Ok(report)
     }
+}
+
+/// Pages a cancelled move did not try: every page tried ended moved or failed.
+fn skipped_pages(report: &RemoteRebindReport, planned: u64) -> u64 {
+    if report.cancelled {
+        planned.saturating_sub(report.moved + report.failed_total())
+    } else {
+        0
+    }
+}
+
+/// Pages that stayed because other processes map them, when the move did not ask
+/// for MPOL_MF_MOVE_ALL: what it would take to move them.
+fn shared_pages_warning(failed: &BTreeMap<i32, u64>, move_all: bool) -> Option<String> {
+    let shared = *failed.get(&libc::EACCES)?;
+    (!move_all).then(|| {
+        format!(
+            "{shared} pages are mapped by more than one process and stayed: moving them \
+             needs MPOL_MF_MOVE_ALL, which needs {}",
+            error::MOVE_ALL_PERMISSION
+        )
+    })
 }
 
 /// Refuses a plan a node cannot take: its share of base pages against its free memory,
@@ -278,40 +211,54 @@ fn check_capacity(
     hugetlb: bool,
 ) -> Result<(), RemoteError> {
     for (&node, &pages) in headed {
-        if hugetlb {
-            let free = topo
-                .node(node)
+        let free = if hugetlb {
+            topo.node(node)
                 .and_then(|n| n.pool(page))
-                .map_or(0, |p| p.free);
-            if pages > free {
-                return Err(RemoteError::NotEnoughHugePages {
-                    node,
-                    page_size: page,
-                    needed: pages,
-                    free,
-                });
-            }
+                .map_or(0, |p| p.free)
         } else {
-            let free = node_free_bytes(topo, node);
-            if pages * page > free {
-                return Err(RemoteError::NotEnoughFree {
-                    node,
-                    needed: pages * page,
-                    free,
-                });
-            }
+            node_free_bytes(topo, node)
+        };
+        check_share(node, pages, page, hugetlb, free)?;
+    }
+    Ok(())
+}
+
+/// Refuses `pages` pages headed to `node` when it has less room: `free` is free huge
+/// pages of the node's pool of `page` size (`hugetlb`), else available bytes. A share
+/// that exactly fills the room fits.
+fn check_share(
+    node: u32,
+    pages: u64,
+    page: u64,
+    hugetlb: bool,
+    free: u64,
+) -> Result<(), RemoteError> {
+    if hugetlb {
+        if pages > free {
+            return Err(RemoteError::NotEnoughHugePages {
+                node,
+                page_size: page,
+                needed: pages,
+                free,
+            });
         }
+    } else if pages * page > free {
+        return Err(RemoteError::NotEnoughFree {
+            node,
+            needed: pages * page,
+            free,
+        });
     }
     Ok(())
 }
 
 /// What later faults will do, when the range's policy sends them elsewhere.
 fn policy_warnings(
-    after: &crate::inspect::KernelView,
+    after: &Result<MemPolicy, Unknown>,
     targets: &NodeSet,
     text: &str,
 ) -> Vec<String> {
-    let Ok(p) = &after.mempolicy else {
+    let Ok(p) = after else {
         return vec![format!(
             "the range's policy is unknown ({text}); pages faulted later may go anywhere"
         )];
@@ -376,14 +323,39 @@ mod tests {
             .next()
             .unwrap();
         let one = NodeSet::parse(&node.to_string()).unwrap();
-        let rep = r
-            .rebind(&one, RebindOptions::default(), &Progress::new())
-            .unwrap();
+        let p = Progress::new();
+        let rep = r.rebind(&one, RebindOptions::default(), &p).unwrap();
         assert_eq!(
             (rep.resident_pages, rep.already_placed, rep.moved),
             (2, 2, 0)
         );
+        assert_eq!(rep.page_size, page as u64, "smaps' KernelPageSize");
         assert!(rep.failed.is_empty());
+        assert_eq!(p.total(), 0, "nothing planned, nothing counted to do");
+        assert!(!rep.cancelled);
+        // numa_maps' policy of a plain mapping; later faults follow the CPU.
+        assert_eq!(rep.policy_after, "default");
+        assert_eq!(rep.warnings.len(), 1, "{:?}", rep.warnings);
+        assert!(
+            rep.warnings[0].contains("\"default\""),
+            "{:?}",
+            rep.warnings
+        );
+    }
+
+    #[test]
+    fn a_move_cancelled_before_it_starts_reports_cancelled_and_moves_nothing() {
+        let me = Process::new(std::process::id()).unwrap();
+        let page = crate::sys::page_size();
+        let map = crate::sys::RawMapping::map(2 * page, None, 0, Default::default()).unwrap();
+        map.write_at(0, &[1]).unwrap();
+        let r = me.region(map.addr() as u64, map.len() as u64).unwrap();
+        let p = Progress::new();
+        p.cancel();
+        let all = NodeSet::parse("0").unwrap();
+        let rep = r.rebind(&all, RebindOptions::default(), &p).unwrap();
+        assert!(rep.cancelled);
+        assert_eq!((rep.resident_pages, rep.moved, p.done()), (1, 0, 0));
     }
 
     #[test]
@@ -419,5 +391,134 @@ mod tests {
             check_capacity(&topo, &huge, 2 << 20, true),
             Err(RemoteError::NotEnoughHugePages { node: 0, .. })
         ));
+    }
+
+    #[test]
+    fn a_share_that_exactly_fills_the_room_fits_and_one_page_more_is_refused() {
+        assert!(check_share(2, 10, 4096, false, 10 * 4096).is_ok());
+        let e = check_share(2, 11, 4096, false, 10 * 4096).unwrap_err();
+        assert!(
+            matches!(e, RemoteError::NotEnoughFree { node: 2, needed, free: 40960 } if needed == 11 * 4096),
+            "{e:?}"
+        );
+        assert!(check_share(1, 3, 2 << 20, true, 3).is_ok());
+        let e = check_share(1, 4, 2 << 20, true, 3).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "refused before moving any page: node 1 would receive 4 2 MiB huge pages but its \
+             pool has 3 free"
+        );
+    }
+
+    fn moved(pages: u64, page_size: u64, seconds: f64) -> RemoteRebindReport {
+        RemoteRebindReport {
+            page_size,
+            moved: pages,
+            seconds,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bytes_moved_are_pages_times_page_size() {
+        assert_eq!(moved(3, 2 << 20, 1.0).bytes_moved(), 6 << 20);
+    }
+
+    #[test]
+    fn failed_total_sums_every_errno() {
+        let r = RemoteRebindReport {
+            failed: [(libc::EACCES, 3), (libc::EBUSY, 2)].into(),
+            ..Default::default()
+        };
+        assert_eq!(r.failed_total(), 5);
+    }
+
+    #[test]
+    fn gib_per_sec_is_bytes_over_seconds_in_gib_and_zero_without_a_move() {
+        assert_eq!(moved(512, 2 << 20, 0.5).gib_per_sec(), 2.0);
+        assert_eq!(moved(512, 2 << 20, 0.0).gib_per_sec(), 0.0, "no time");
+        assert_eq!(moved(0, 4096, 0.5).gib_per_sec(), 0.0, "no pages");
+    }
+
+    #[test]
+    fn a_cancelled_move_skips_the_planned_pages_it_did_not_try() {
+        let mut r = RemoteRebindReport {
+            moved: 5,
+            failed: [(libc::EBUSY, 2)].into(),
+            ..Default::default()
+        };
+        assert_eq!(skipped_pages(&r, 10), 0, "not cancelled: nothing skipped");
+        r.cancelled = true;
+        assert_eq!(skipped_pages(&r, 10), 3);
+    }
+
+    #[test]
+    fn shared_pages_that_stayed_warn_only_without_move_all() {
+        let failed: BTreeMap<i32, u64> = [(libc::EACCES, 4), (libc::EBUSY, 1)].into();
+        let w = shared_pages_warning(&failed, false).unwrap();
+        assert!(
+            w.starts_with("4 pages are mapped by more than one process and stayed"),
+            "{w}"
+        );
+        assert!(w.ends_with(error::MOVE_ALL_PERMISSION), "{w}");
+        assert_eq!(shared_pages_warning(&failed, true), None);
+        let busy: BTreeMap<i32, u64> = [(libc::EBUSY, 1)].into();
+        assert_eq!(shared_pages_warning(&busy, false), None);
+    }
+
+    fn policy(mode: KernelMode, nodes: &str) -> Result<MemPolicy, Unknown> {
+        Ok(MemPolicy {
+            mode,
+            nodes: NodeSet::parse(nodes).unwrap(),
+        })
+    }
+
+    #[test]
+    fn a_policy_inside_the_targets_gives_no_warning() {
+        let targets = NodeSet::parse("0-2").unwrap();
+        let p = policy(KernelMode::Interleave, "0,2");
+        assert_eq!(
+            policy_warnings(&p, &targets, "interleave:0,2"),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn a_policy_naming_a_node_outside_the_targets_warns() {
+        let targets = NodeSet::parse("0-1").unwrap();
+        let p = policy(KernelMode::Bind, "1-2");
+        assert_eq!(
+            policy_warnings(&p, &targets, "bind:1-2"),
+            [
+                "the range's own policy is \"bind:1-2\": pages faulted in later follow it, not \
+              nodes 0-1"
+            ]
+        );
+    }
+
+    #[test]
+    fn default_and_local_policies_warn_that_later_faults_follow_the_cpu() {
+        let targets = NodeSet::parse("1").unwrap();
+        for mode in [KernelMode::Default, KernelMode::Local] {
+            let w = policy_warnings(&policy(mode, ""), &targets, "default");
+            assert_eq!(w.len(), 1, "{mode:?}");
+            assert!(
+                w[0].ends_with("(they go to the node of the CPU that touches them)"),
+                "{w:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_policy_warns_that_later_faults_may_go_anywhere() {
+        let unknown = Err(Unknown {
+            what: "get_mempolicy".into(),
+            reason: "Function not implemented".into(),
+        });
+        let targets = NodeSet::parse("0").unwrap();
+        assert_eq!(
+            policy_warnings(&unknown, &targets, "unknown"),
+            ["the range's policy is unknown (unknown); pages faulted later may go anywhere"]
+        );
     }
 }
