@@ -214,6 +214,9 @@ fn eaten_over_qmp(kind: &str) -> Result<String, String> {
         })
         .count();
     let eater_pages = pages_on(eater.id(), SMALL)?;
+    // Pages just freed may sit on the per-CPU free lists, outside MemFree; compaction
+    // drains those lists first (this is the guest's own kernel).
+    let _ = std::fs::write("/proc/sys/vm/compact_memory", "1");
     let free_now = node_free(SMALL)?;
     send("{\"execute\":\"quit\"}\n".into())?;
     let out = hm.wait_with_output().map_err(|e| e.to_string())?;
@@ -256,9 +259,15 @@ fn eaten_over_qmp(kind: &str) -> Result<String, String> {
         left_on_node.saturating_sub(base_on_node) * 4096 < 4 * MIB && memfds == 0,
         || format!("pages kept: {record}"),
     )?;
+    // Nothing of hostmem's may be missing from the node's free memory. More free than
+    // before is fine: the eater's pressure may have reclaimed page cache there.
     let expect = free0.saturating_sub(eater_pages * 4096);
-    ensure(free_now.abs_diff(expect) < 8 * MIB, || {
-        format!("node MemFree not back to before less the eater's: {record}")
+    ensure(free_now + 8 * MIB >= expect, || {
+        format!(
+            "node MemFree {} MiB, expected at least {} MiB (before less the eater's): {record}",
+            free_now / MIB,
+            expect.saturating_sub(8 * MIB) / MIB
+        )
     })?;
     ensure(
         out.status.code() == Some(0) && eater_status.success(),
