@@ -327,6 +327,17 @@ fn hostmem(args: &[&str]) -> Command {
     c
 }
 
+/// Runs hostmem to its end, requires success and gives its stdout.
+fn hostmem_ok(args: &[&str]) -> String {
+    let out = hostmem(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Waits for `child` at most `limit`; kills it and fails when it hangs.
 fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
     let t = Instant::now();
@@ -352,15 +363,7 @@ fn stderr_of(child: &mut Child) -> String {
 fn report_of_each_backend_equals_the_kernels_files() {
     let qemu = Qemu::start("report");
     let mut q = Qmp::connect(&qemu.ours);
-    let out = hostmem(&["vm", "--qmp", qemu.sock.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = hostmem_ok(&["vm", "--qmp", qemu.sock.to_str().unwrap(), "--json"]);
     // Every kind of backend, an unattached one (null ramblock and kernel) and an
     // unnamed block: the schema sees each shape the report has.
     assert_valid(&text, REPORT);
@@ -444,15 +447,7 @@ fn rebind_on_one_node_moves_nothing_and_refuses_a_missing_node_first() {
     );
     assert_eq!(read_kernel(qemu.pid(), block.hva, block.used), before);
 
-    let out = hostmem(&["vm", "--qmp", sock, "--json", "rebind", "ram-pre", "0"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = hostmem_ok(&["vm", "--qmp", sock, "--json", "rebind", "ram-pre", "0"]);
     assert_valid(&text, REBIND);
     assert_valid(&text, ANY);
     let r: Value = serde_json::from_str(&text).unwrap();
