@@ -186,6 +186,24 @@ impl RemoteRegion {
     }
 }
 
+/// Test memory of this process: `pages` base pages in a VMA of their own (a VmFlag no
+/// other mapping has, so none merges into it: smaps counts whole VMAs), the pages in
+/// `touched` faulted in, and the region over all of it. Keep the mapping alive.
+#[cfg(test)]
+pub(crate) fn own_pages(pages: usize, touched: &[usize]) -> (crate::sys::RawMapping, RemoteRegion) {
+    let page = crate::sys::page_size();
+    let map = crate::sys::RawMapping::map(pages * page, None, 0, Default::default()).unwrap();
+    map.madvise(0, map.len(), libc::MADV_DONTDUMP).unwrap();
+    for &i in touched {
+        map.write_at(i * page, &[1]).unwrap();
+    }
+    let region = Process::new(std::process::id())
+        .unwrap()
+        .region(map.addr() as u64, map.len() as u64)
+        .unwrap();
+    (map, region)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,15 +233,7 @@ mod tests {
     fn our_own_memory_reads_the_same_as_from_outside() {
         let me = Process::new(std::process::id()).unwrap();
         let page = crate::sys::page_size() as u64;
-        let map =
-            crate::sys::RawMapping::map(8 * page as usize, None, 0, Default::default()).unwrap();
-        // A VmFlag of its own, so no other test's mapping merges into its VMA (smaps
-        // counts whole VMAs).
-        map.madvise(0, map.len(), libc::MADV_DONTDUMP).unwrap();
-        for i in 0..3 {
-            map.write_at(i * page as usize, &[1]).unwrap();
-        }
-        let r = me.region(map.addr() as u64, map.len() as u64).unwrap();
+        let (_map, r) = own_pages(8, &[0, 1, 2]);
         let v = r.inspect().unwrap();
         assert_eq!(v.resident, 3 * page);
         let p = r.placement(page).unwrap();

@@ -285,15 +285,11 @@ fn policy_warnings(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::remote::Process;
+    use crate::remote::own_pages;
 
     #[test]
     fn refusals_come_before_any_page_moves() {
-        let me = Process::new(std::process::id()).unwrap();
-        let page = crate::sys::page_size();
-        let map = crate::sys::RawMapping::map(4 * page, None, 0, Default::default()).unwrap();
-        map.write_at(0, &[1]).unwrap();
-        let r = me.region(map.addr() as u64, map.len() as u64).unwrap();
+        let (_map, r) = own_pages(4, &[0]);
         let p = Progress::new();
         assert!(matches!(
             r.rebind(&NodeSet::new(), RebindOptions::default(), &p),
@@ -309,12 +305,8 @@ mod tests {
 
     #[test]
     fn moving_to_the_node_the_pages_are_on_moves_nothing() {
-        let me = Process::new(std::process::id()).unwrap();
         let page = crate::sys::page_size();
-        let map = crate::sys::RawMapping::map(4 * page, None, 0, Default::default()).unwrap();
-        map.write_at(0, &[1]).unwrap();
-        map.write_at(page, &[1]).unwrap();
-        let r = me.region(map.addr() as u64, map.len() as u64).unwrap();
+        let (_map, r) = own_pages(4, &[0, 1]);
         let node = r
             .placement(page as u64)
             .unwrap()
@@ -345,11 +337,7 @@ mod tests {
 
     #[test]
     fn a_move_cancelled_before_it_starts_reports_cancelled_and_moves_nothing() {
-        let me = Process::new(std::process::id()).unwrap();
-        let page = crate::sys::page_size();
-        let map = crate::sys::RawMapping::map(2 * page, None, 0, Default::default()).unwrap();
-        map.write_at(0, &[1]).unwrap();
-        let r = me.region(map.addr() as u64, map.len() as u64).unwrap();
+        let (_map, r) = own_pages(2, &[0]);
         let p = Progress::new();
         p.cancel();
         let all = NodeSet::parse("0").unwrap();
