@@ -10,10 +10,10 @@
 //! put back by a guard) and qemu-system-x86_64; fails loudly without them.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Lines, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -327,6 +327,25 @@ fn hostmem(args: &[&str]) -> Command {
     c
 }
 
+/// `hostmem vm --json --watch 0.2` on `qemu`'s socket: the process (stderr piped) and
+/// its report lines.
+fn watch_json(qemu: &Qemu) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut w = hostmem(&[
+        "vm",
+        "--qmp",
+        qemu.sock.to_str().unwrap(),
+        "--json",
+        "--watch",
+        "0.2",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let lines = BufReader::new(w.stdout.take().unwrap()).lines();
+    (w, lines)
+}
+
 /// Runs hostmem to its end, requires success and gives its stdout.
 fn hostmem_ok(args: &[&str]) -> String {
     let out = hostmem(args).output().unwrap();
@@ -467,19 +486,7 @@ fn rebind_on_one_node_moves_nothing_and_refuses_a_missing_node_first() {
 #[test]
 fn qemu_killed_while_watched_ends_the_watch_with_a_clear_error() {
     let mut qemu = Qemu::start("kill");
-    let mut w = hostmem(&[
-        "vm",
-        "--qmp",
-        qemu.sock.to_str().unwrap(),
-        "--json",
-        "--watch",
-        "0.2",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut lines = BufReader::new(w.stdout.take().unwrap()).lines();
+    let (mut w, mut lines) = watch_json(&qemu);
     let line = lines.next().unwrap().unwrap();
     let first: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(first["backends"].as_array().unwrap().len(), 7);
@@ -503,19 +510,7 @@ fn qemu_killed_while_watched_ends_the_watch_with_a_clear_error() {
 fn a_backend_deleted_while_watched_is_reported_gone_and_the_watch_goes_on() {
     let qemu = Qemu::start("del");
     let mut q = Qmp::connect(&qemu.ours);
-    let mut w = hostmem(&[
-        "vm",
-        "--qmp",
-        qemu.sock.to_str().unwrap(),
-        "--json",
-        "--watch",
-        "0.2",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut lines = BufReader::new(w.stdout.take().unwrap()).lines();
+    let (mut w, mut lines) = watch_json(&qemu);
     let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
     let first = next();
     assert!(first["backends"]

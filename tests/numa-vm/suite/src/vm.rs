@@ -126,20 +126,18 @@ fn all_pages(pid: u32, blocks: &[(String, u64, u64)]) -> Result<Vec<BTreeMap<u32
     blocks.iter().map(|b| pages(pid, b.1, b.2)).collect()
 }
 
+/// `hostmem vm` on the guest QEMU's second monitor, a minute at most per request;
+/// `args` follow the common options.
+fn hostmem_vm(args: &[&str]) -> Command {
+    let mut c = Command::new("/bin/hostmem");
+    c.args(["vm", "--qmp", HOSTMEM_QMP, "--timeout", "60"])
+        .args(args)
+        .stdin(Stdio::null());
+    c
+}
+
 fn rebind(id: &str, nodes: &str) -> Result<(std::process::ExitStatus, String, String), String> {
-    let out = Command::new("/bin/hostmem")
-        .args([
-            "vm",
-            "--qmp",
-            HOSTMEM_QMP,
-            "--timeout",
-            "60",
-            "--json",
-            "rebind",
-            id,
-            nodes,
-        ])
-        .stdin(Stdio::null())
+    let out = hostmem_vm(&["--json", "rebind", id, nodes])
         .output()
         .map_err(|e| format!("hostmem: {e}"))?;
     Ok((
@@ -247,18 +245,7 @@ pub fn vm_qemu_killed_mid_rebind(_t: &Topo) -> Check {
         .into_iter()
         .find(|b| b.0 == "big")
         .ok_or("no ram block big")?;
-    let mut h = Command::new("/bin/hostmem")
-        .args([
-            "vm",
-            "--qmp",
-            HOSTMEM_QMP,
-            "--timeout",
-            "60",
-            "rebind",
-            "big",
-            "1",
-        ])
-        .stdin(Stdio::null())
+    let mut h = hostmem_vm(&["rebind", "big", "1"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
