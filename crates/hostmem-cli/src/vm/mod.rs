@@ -49,7 +49,7 @@ pub struct VmArgs {
     /// QEMU's QMP socket: a Unix socket path (`unix:PATH[,...]` as in -qmp is accepted).
     #[arg(long = "qmp", value_name = "SOCKET")]
     pub qmp: String,
-    /// Print JSON (schema: docs/vm.md) instead of text.
+    /// Print JSON (schema: docs/vm.schema.json, described in docs/vm.md) instead of text.
     #[arg(long)]
     pub json: bool,
     /// Report again every SECONDS until Ctrl-C or until QEMU exits.
@@ -66,7 +66,7 @@ pub struct VmArgs {
 pub enum VmAction {
     /// Move a backend's resident pages to NODES (interleaved when several) with
     /// move_pages(2) on QEMU's process; refused before anything moves when a node has
-    /// no memory or too little free memory.
+    /// no memory or too little memory available for its share.
     Rebind {
         /// The memory backend's id (as in query-memdev).
         id: String,
