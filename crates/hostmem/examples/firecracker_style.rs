@@ -4,9 +4,9 @@
 //! tracking off for a region).
 //! Run: cargo run -p hostmem --features vm-memory --example firecracker_style
 
-use hostmem::vm_memory::bitmap::{AtomicBitmap, NewBitmap};
+use hostmem::vm_memory::bitmap::AtomicBitmap;
 use hostmem::vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
-use hostmem::vmm::guest_memory_with;
+use hostmem::vmm::{guest_memory_tracked, RegionSpec};
 use hostmem::{Backend, Kind};
 
 const MIB: u64 = 1 << 20;
@@ -21,17 +21,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mem_backend = Backend::builder(Kind::Memfd, "guest-mem")
         .size(size)
         .create()?;
-    let mem = guest_memory_with(
+    let mem = guest_memory_tracked::<AtomicBitmap>(
         &[
-            (&mem_backend, 0, low_len, GuestAddress(GAP_START - low_len)),
-            (
-                &mem_backend,
-                low_len,
-                size - low_len,
-                GuestAddress(HIGH_START),
-            ),
+            RegionSpec {
+                backend: &mem_backend,
+                offset: 0,
+                len: low_len,
+                guest_addr: GuestAddress(GAP_START - low_len),
+            },
+            RegionSpec {
+                backend: &mem_backend,
+                offset: low_len,
+                len: size - low_len,
+                guest_addr: GuestAddress(HIGH_START),
+            },
         ],
-        |_, len| Some(AtomicBitmap::with_len(len as usize)),
+        |_| true,
     )?;
     mem.write_slice(b"below the gap", GuestAddress(GAP_START - 4096))?;
     mem.write_slice(b"above the gap", GuestAddress(HIGH_START + 8 * 4096))?;

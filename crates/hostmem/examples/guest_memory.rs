@@ -3,7 +3,7 @@
 //! fd. Run: cargo run -p hostmem --features vm-memory --example guest_memory
 
 use hostmem::vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
-use hostmem::vmm::guest_memory;
+use hostmem::vmm::{guest_memory, RegionSpec};
 use hostmem::{Backend, Kind};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -15,8 +15,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .size(512 << 20)
         .create()?;
     let mem = guest_memory::<()>(&[
-        (&low, 0, 256 << 20, GuestAddress(0)),
-        (&high, 0, 512 << 20, GuestAddress(1 << 32)),
+        RegionSpec {
+            backend: &low,
+            offset: 0,
+            len: 256 << 20,
+            guest_addr: GuestAddress(0),
+        },
+        RegionSpec {
+            backend: &high,
+            offset: 0,
+            len: 512 << 20,
+            guest_addr: GuestAddress(1 << 32),
+        },
     ])?;
     for r in mem.iter() {
         let fd = r

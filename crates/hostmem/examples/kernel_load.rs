@@ -5,7 +5,7 @@
 use std::fs::File;
 
 use hostmem::vm_memory::GuestAddress;
-use hostmem::vmm::guest_memory;
+use hostmem::vmm::{guest_memory, RegionSpec};
 use hostmem::{Backend, Kind};
 use linux_loader::loader::{elf::Elf, KernelLoader};
 
@@ -18,7 +18,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .size(512 << 20)
         .prealloc(true)
         .create()?;
-    let mem = guest_memory::<()>(&[(&ram, 0, 512 << 20, GuestAddress(0))])?;
+    let mem = guest_memory::<()>(&[RegionSpec {
+        backend: &ram,
+        offset: 0,
+        len: 512 << 20,
+        guest_addr: GuestAddress(0),
+    }])?;
     let mut image = File::open(&path)?;
     let loaded = Elf::load(&mem, None, &mut image, Some(GuestAddress(1 << 20)))?;
     println!(

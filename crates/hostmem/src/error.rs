@@ -433,6 +433,17 @@ pub enum Error {
         /// Object id.
         id: String,
     },
+    /// The descriptor of a file the kernel cannot seal (shm, file) was asked for
+    /// without the caller's [`FileSizePromise`](crate::FileSizePromise): whoever holds
+    /// it could shrink the file, and the mapped memory past the new end would raise
+    /// SIGBUS.
+    #[error("{kind} '{id}': its file cannot be sealed against shrinking, and a descriptor would let its holder cut the memory from under the mapping (SIGBUS); promise that it will not shrink (Backend::trust_file_size) to have it handed out")]
+    FileCanShrink {
+        /// QEMU type name.
+        kind: &'static str,
+        /// Object id.
+        id: String,
+    },
     /// Allocation was asked of a backend that is already live.
     #[error("{kind} '{id}' is already allocated")]
     AlreadyAllocated {

@@ -55,6 +55,7 @@ pub use objspec::ObjectSpec;
 pub use prealloc::Progress;
 pub use props::{Config, MachineDefaults, Prop, PropType, PropValue};
 pub use remote::{Process, RemoteRegion};
+pub use sys::FileSizePromise;
 /// The vm-memory this crate's regions implement (0.18, with `backend-mmap` and
 /// `backend-bitmap`): use it rather than a dependency of your own, so the versions and
 /// features agree.

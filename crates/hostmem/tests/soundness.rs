@@ -7,33 +7,16 @@ mod common;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::Command;
 
 use common::*;
 use hostmem::{Backend, Kind};
 
-/// In the child: true. In the parent: runs this test in a child and returns its stdout
-/// after asserting it exited with status 0 (not by a signal, not by a panic).
+/// In the child: None. In the parent: runs this test in a child and returns its
+/// stdout after asserting it ran that very test and exited with status 0 (not by a
+/// signal, not by a panic): `common::child_run`.
 fn in_child(test: &str) -> Option<String> {
-    if std::env::var_os("HOSTMEM_CHILD").is_some() {
-        return None;
-    }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env("HOSTMEM_CHILD", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "child for {test} died: status {:?}, signal {:?}\n{stdout}\n{}",
-        out.status.code(),
-        out.status.signal(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(stdout)
+    child_run(test).map(|run| run.assert_survived().stdout.clone())
 }
 
 #[test]

@@ -1,9 +1,10 @@
 //! The memory of a live backend and the holds consumers take on it.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::kind::Mapped;
+use crate::kind::{FdSize, Mapped};
 
 /// The memory of a live backend. It stays mapped while any [`InUse`] handle or the
 /// backend refers to it.
@@ -17,6 +18,15 @@ pub(crate) struct Region {
     /// Ranges of the memory that are guest regions now (`backend/claim.rs`).
     #[cfg_attr(not(feature = "vm-memory"), allow(dead_code))]
     pub claims: std::sync::Mutex<Vec<super::claim::Claimed>>,
+    /// A first touch of any page cannot fail for want of backing (SIGBUS): the kind's
+    /// answer (`KindOps::faults_are_backed`).
+    pub faults_backed: bool,
+    /// The caller promised that the file will not shrink
+    /// ([`FileSizePromise`](crate::FileSizePromise)).
+    pub size_promised: AtomicBool,
+    /// Every page of the mapping was faulted in by a preallocation that succeeded
+    /// (what makes memory without a reservation safe to hand to vm-memory).
+    pub populated: AtomicBool,
 }
 
 /// A consumer's hold on a backend's memory (a guest region, a VMM): while one exists
@@ -67,12 +77,13 @@ impl InUse {
 
     /// The memfd or file behind the memory, for consumers that map it themselves
     /// (vhost-user back ends), with the offset of this memory in it.
+    ///
+    /// None for anonymous memory, and for a file that could be shrunk under the mapping:
+    /// an unsealed memfd is first sealed against shrinking (F_SEAL_SHRINK; growing
+    /// stays possible), while a shm object or a file is handed out only after
+    /// [`Backend::trust_file_size`](crate::Backend::trust_file_size).
     pub fn fd(&self) -> Option<(BorrowedFd<'_>, u64)> {
-        self.0
-            .mapped
-            .fd
-            .as_ref()
-            .map(|f| (f.as_fd(), self.0.mapped.fd_offset))
+        self.0.shrink_safe_fd().ok()
     }
 
     /// Copies bytes out of the memory at `offset`.
@@ -91,8 +102,37 @@ impl InUse {
     }
 }
 
+/// Why [`Region::shrink_safe_fd`] gave no descriptor.
+#[derive(Debug)]
+pub(crate) enum NoSafeFd {
+    /// Anonymous memory.
+    None,
+    /// A file that cannot be sealed, and no promise.
+    CanShrink,
+    /// Sealing the memfd failed.
+    Seal(std::io::Error),
+}
+
 impl Region {
     pub(crate) fn fd_and_offset(&self) -> Option<(&OwnedFd, u64)> {
         self.mapped.fd.as_ref().map(|f| (f, self.mapped.fd_offset))
+    }
+
+    /// The descriptor and the memory's offset in it, where handing it out cannot let
+    /// its holder shrink the file under the mapping: a sealed memfd, an unsealed one
+    /// once sealed against shrinking here, a file the caller promised about.
+    pub(crate) fn shrink_safe_fd(&self) -> Result<(BorrowedFd<'_>, u64), NoSafeFd> {
+        let (fd, offset) = self.fd_and_offset().ok_or(NoSafeFd::None)?;
+        match self.mapped.fd_size {
+            FdSize::Fixed => {}
+            FdSize::Sealable => {
+                // Idempotent: a second call adds the seal that is already there.
+                crate::sys::add_seals(fd, crate::sys::memfd::SEAL_SHRINK)
+                    .map_err(NoSafeFd::Seal)?;
+            }
+            FdSize::Unsealable if self.size_promised.load(Ordering::Acquire) => {}
+            FdSize::Unsealable => return Err(NoSafeFd::CanShrink),
+        }
+        Ok((fd.as_fd(), offset))
     }
 }

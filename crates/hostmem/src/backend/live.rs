@@ -145,6 +145,9 @@ impl Backend {
         let r = prealloc::populate(std::slice::from_ref(&job), progress).pop();
         match r {
             Some(Ok(s)) => {
+                region
+                    .populated
+                    .store(true, std::sync::atomic::Ordering::Release);
                 if let Some(l) = self.live.as_mut() {
                     l.prealloc = Some(s);
                 }

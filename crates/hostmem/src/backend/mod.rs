@@ -13,10 +13,12 @@ pub(crate) mod room;
 mod share;
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 pub use builder::Builder;
 pub use hold::InUse;
+pub(crate) use hold::NoSafeFd;
 pub use live::RebindReport;
 
 use crate::error::{Error, Result, Step};
@@ -266,6 +268,7 @@ impl Backend {
                 r.mapped.created_file.keep();
             }
             b.cfg.kind.ops_mut().settle();
+            region.populated.store(s.is_some(), Ordering::Release);
             b.live = Some(LiveState {
                 region,
                 prealloc: s,
@@ -320,8 +323,16 @@ impl Backend {
                 }
             }
         }
-        if usize::try_from(plan.len).is_err() {
-            return Err(self.alloc_error(Step::Map, "larger than the address space".into()));
+        // No mapping, and no file (memfd, shm), is larger than isize::MAX bytes.
+        if plan.len > isize::MAX as u64 {
+            return Err(self.target().invalid(
+                &props::Common::SIZE,
+                plan.len,
+                format!(
+                    "larger than any mapping or file can be (at most {} bytes, 8 EiB - 1)",
+                    isize::MAX
+                ),
+            ));
         }
         if plan.hugetlb && !plan.existing_file {
             capacity::check_huge_pages(self, plan.len / plan.page_size, plan.page_size, host)?;
@@ -381,6 +392,9 @@ impl Backend {
             hugetlb: plan.hugetlb,
             shared: c.share,
             claims: Default::default(),
+            faults_backed: self.ops().faults_are_backed(c, plan),
+            size_promised: Default::default(),
+            populated: Default::default(),
         }))
     }
 

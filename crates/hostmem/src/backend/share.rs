@@ -6,9 +6,12 @@
 //! copy-on-write pages the peer never sees, and it would read zeros.
 
 use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
 
+use super::hold::NoSafeFd;
 use super::Backend;
 use crate::error::{Error, Result};
+use crate::FileSizePromise;
 
 impl Backend {
     /// Whether another process mapping this backend's fd sees the same bytes: the
@@ -30,19 +33,51 @@ impl Backend {
     /// mapping of it). Refused for memory without an fd (`memory-backend-ram`) and
     /// before allocation. Whether the peer sees the guest's writes is
     /// [`Backend::is_shareable`].
+    ///
+    /// Whoever holds a descriptor can shrink the file, and this process's mapping would
+    /// then raise SIGBUS past the new end. So a memfd is sealed against shrinking first
+    /// (with `seal=off` only F_SEAL_SHRINK is added: it can still grow), and the
+    /// descriptor of a shm object or a file, which the kernel cannot seal, is refused
+    /// ([`Error::FileCanShrink`]) until [`Backend::trust_file_size`]. What a holder can
+    /// still do: write the memory, grow the file, punch holes in it (the guest then
+    /// reads zeros there) — all without harm to this process.
     pub fn dup_fd(&self) -> Result<(OwnedFd, u64)> {
         let region = self.region()?;
-        let (fd, offset) = region.fd_and_offset().ok_or_else(|| Error::NoFd {
-            kind: self.kind().qom_type(),
-            id: self.id.clone(),
-        })?;
-        let dup = fd.try_clone().map_err(|e| Error::Io {
+        let (fd, offset) = region.shrink_safe_fd().map_err(|e| self.no_safe_fd(e))?;
+        let dup = fd.try_clone_to_owned().map_err(|e| Error::Io {
             kind: self.kind().qom_type(),
             id: self.id.clone(),
             what: "duplicating its fd".into(),
             reason: crate::sys::strerror(&e),
         })?;
         Ok((dup, offset))
+    }
+
+    /// Takes the caller's promise that the backend's file will not shrink under its
+    /// memory, so that the descriptor of shm and file memory is handed out
+    /// ([`Backend::dup_fd`], [`InUse::fd`](crate::InUse::fd), the `FileOffset` of
+    /// guest regions that vhost-user back ends map). Memfds need no promise: they are
+    /// sealed. Refused before allocation; the promise holds for the life of the memory.
+    pub fn trust_file_size(&self, _promise: FileSizePromise) -> Result<()> {
+        let region = self.region()?;
+        region.size_promised.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The error for a descriptor [`Region::shrink_safe_fd`](super::hold::Region)
+    /// would not give.
+    pub(crate) fn no_safe_fd(&self, why: NoSafeFd) -> Error {
+        let (kind, id) = (self.kind().qom_type(), self.id.clone());
+        match why {
+            NoSafeFd::None => Error::NoFd { kind, id },
+            NoSafeFd::CanShrink => Error::FileCanShrink { kind, id },
+            NoSafeFd::Seal(e) => Error::Io {
+                kind,
+                id,
+                what: "sealing its memfd against shrinking".into(),
+                reason: crate::sys::strerror(&e),
+            },
+        }
     }
 }
 

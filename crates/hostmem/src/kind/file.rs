@@ -10,7 +10,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{fs_page_size, CreatedFile, KindOps, KindSpec, Mapped, Plan, Target};
+use super::{fs_page_size, CreatedFile, FdSize, KindOps, KindSpec, Mapped, Plan, Target};
 use crate::error::{Error, Result};
 use crate::props::group::property_group;
 use crate::props::OnOffAuto;
@@ -223,6 +223,13 @@ impl KindOps for FileConfig {
             fd_offset: self.offset,
             created_file: created,
             notes,
+            // A descriptor opened read-only cannot truncate; any other can, and the
+            // kernel seals only memfds.
+            fd_size: if self.readonly {
+                FdSize::Fixed
+            } else {
+                FdSize::Unsealable
+            },
         })
     }
 

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::os::fd::OwnedFd;
 
-use super::{KindOps, KindSpec, Mapped, Plan, Target};
+use super::{FdSize, KindOps, KindSpec, Mapped, Plan, Target};
 use crate::error::Result;
 use crate::numa::topology::{default_huge_page_size, huge_page_sizes};
 use crate::props::group::property_group;
@@ -65,10 +65,10 @@ impl KindOps for MemfdConfig {
     }
 
     fn map(&self, t: &Target<'_>, plan: &Plan) -> Result<Mapped> {
-        let mut flags = memfd::CLOEXEC;
-        if self.seal {
-            flags |= memfd::ALLOW_SEALING;
-        }
+        // Sealing is allowed also with seal=off (QEMU's memfd then carries F_SEAL_SEAL):
+        // such a memfd is sealed against shrinking before its descriptor is handed
+        // out, so that no holder can cut the file under the mapping (SIGBUS).
+        let mut flags = memfd::CLOEXEC | memfd::ALLOW_SEALING;
         if plan.hugetlb {
             flags |= memfd::HUGETLB | (plan.page_size.trailing_zeros() << memfd::HUGE_SHIFT);
         }
@@ -97,7 +97,12 @@ impl KindOps for MemfdConfig {
             ..Default::default()
         };
         let map = RawMapping::map(plan.len as usize, Some(&fd), 0, opts).map_err(fail)?;
-        Ok(Mapped::of_fd(map, fd))
+        let fd_size = if self.seal {
+            FdSize::Fixed
+        } else {
+            FdSize::Sealable
+        };
+        Ok(Mapped::of_fd(map, fd, fd_size))
     }
 }
 

@@ -58,6 +58,15 @@ pub(crate) trait KindOps: fmt::Debug {
         }
     }
 
+    /// Whether the kernel has set aside what a first touch of any page needs, so a
+    /// fault can fail only by the OOM killer (which the memory limits guard), never by
+    /// SIGBUS. Not so for huge pages without a reservation (`reserve=off`): a touch
+    /// when the pool is empty raises SIGBUS. Such memory becomes guest memory only
+    /// once preallocated (`vmm`).
+    fn faults_are_backed(&self, common: &Common, plan: &Plan) -> bool {
+        !plan.hugetlb || common.reserve
+    }
+
     /// Whether KSM can merge this memory at all (private anonymous memory only).
     fn mergeable(&self, _common: &Common) -> bool {
         false
@@ -237,13 +246,32 @@ pub(crate) struct Mapped {
     pub created_file: CreatedFile,
     /// Warnings about the memory as mapped (QEMU prints them; reports show them).
     pub notes: Vec<String>,
+    /// Whether whoever holds `fd` can shrink the file under the mapping.
+    pub fd_size: FdSize,
+}
+
+/// Whether the file behind a mapping can shrink under it. Memory past a file's end
+/// raises SIGBUS on access, vm-memory's copies included, so a descriptor that can
+/// shrink the file is handed out only where it cannot (`backend/share.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FdSize {
+    /// A memfd sealed against shrinking (`seal=on`), or no descriptor at all.
+    Fixed,
+    /// A memfd made with sealing allowed but not sealed (`seal=off`): sealed against
+    /// shrinking (F_SEAL_SHRINK, growing stays possible) before its descriptor leaves.
+    Sealable,
+    /// A file the kernel cannot seal (shm, a file or temp file): its descriptor leaves
+    /// only on the caller's [`FileSizePromise`](crate::FileSizePromise).
+    Unsealable,
 }
 
 impl Mapped {
-    /// Memory mapped from the whole of a descriptor this kind made (memfd, shm).
-    pub fn of_fd(map: RawMapping, fd: OwnedFd) -> Mapped {
+    /// Memory mapped from the whole of a descriptor this kind made (memfd, shm), whose
+    /// file can or cannot shrink as `fd_size` says.
+    pub fn of_fd(map: RawMapping, fd: OwnedFd, fd_size: FdSize) -> Mapped {
         Mapped {
             fd: Some(fd),
+            fd_size,
             ..Mapped::anonymous(map)
         }
     }
@@ -256,6 +284,7 @@ impl Mapped {
             fd_offset: 0,
             created_file: CreatedFile::default(),
             notes: Vec::new(),
+            fd_size: FdSize::Fixed,
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::os::fd::OwnedFd;
 
-use super::{base_pages, KindOps, KindSpec, Mapped, Plan, Target};
+use super::{base_pages, FdSize, KindOps, KindSpec, Mapped, Plan, Target};
 use crate::error::{Error, Result};
 use crate::props::group::property_group;
 use crate::sys::{self, MapOptions, RawMapping};
@@ -40,6 +40,6 @@ impl KindOps for ShmConfig {
         };
         let map =
             RawMapping::map(plan.len as usize, Some(&fd), 0, opts).map_err(|e| t.map_failed(&e))?;
-        Ok(Mapped::of_fd(map, fd))
+        Ok(Mapped::of_fd(map, fd, FdSize::Unsealable))
     }
 }

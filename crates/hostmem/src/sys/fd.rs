@@ -2,7 +2,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,9 +18,10 @@ pub(crate) fn memfd_create(name: &str, flags: u32) -> io::Result<OwnedFd> {
 }
 
 /// Adds file seals (`F_ADD_SEALS`).
-pub(crate) fn add_seals(fd: &OwnedFd, seals: i32) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor we own, integer argument.
-    check(unsafe { libc::fcntl(fd.as_raw_fd(), memfd::F_ADD_SEALS, seals) })?;
+pub(crate) fn add_seals(fd: impl AsFd, seals: i32) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor that is open for the call (borrowed), integer
+    // argument.
+    check(unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), memfd::F_ADD_SEALS, seals) })?;
     Ok(())
 }
 

@@ -13,6 +13,7 @@ pub(crate) mod kvm;
 mod mapping;
 mod numa;
 mod probe;
+mod promise;
 mod thread;
 #[cfg(feature = "vm-memory")]
 pub(crate) mod vmm;
@@ -23,6 +24,7 @@ pub(crate) use fd::{add_seals, memfd_create, punch_hole, shm_create_unlinked, st
 pub(crate) use mapping::{MapOptions, RawMapping};
 pub(crate) use numa::{mempolicy_at, move_pages_of};
 pub(crate) use probe::{probe_mempolicy, probe_populate_write};
+pub use promise::FileSizePromise;
 pub(crate) use thread::{
     allowed_cpus, current_cpu, gettid, pin_current_thread, set_thread_affinity, thread_affinity,
 };

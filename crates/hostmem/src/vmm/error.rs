@@ -3,6 +3,7 @@
 /// Why a backend, or a range of it, could not become guest memory. Each names the
 /// backend and the value refused.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum VmmError {
     /// The backend refused (not allocated, deleted, ...).
     #[error("{0}")]
@@ -12,6 +13,15 @@ pub enum VmmError {
     ReadOnly {
         /// Object id.
         id: String,
+    },
+    /// Huge pages without a reservation (`reserve=off`) and not preallocated: a touch
+    /// when the pool is empty would raise SIGBUS in the VMM.
+    #[error("backend '{id}': its {page:#x}-byte huge pages are not reserved (reserve=off) and not preallocated, so a guest access could find the pool empty and raise SIGBUS; preallocate it (prealloc=on) or keep reserve=on")]
+    Unbacked {
+        /// Object id.
+        id: String,
+        /// The huge page size.
+        page: u64,
     },
     /// An offset, length or guest address that is not whole pages of the backend.
     #[error("backend '{id}': {what} {value:#x} is not a multiple of the page size {page:#x}")]
@@ -23,7 +33,8 @@ pub enum VmmError {
         /// The value asked for.
         value: u64,
         /// The page size it must be a multiple of (the backend's for offset and
-        /// length, the host's base page for the guest address).
+        /// length; for the guest address the host's base page, or the huge page
+        /// for hugetlb memory).
         page: u64,
     },
     /// The range is empty or does not lie inside the backend's memory.

@@ -30,7 +30,9 @@ mod layout;
 mod region;
 
 pub use error::VmmError;
-pub use layout::{guest_memory, guest_memory_with, guest_regions, guest_regions_with, Placement};
+pub use layout::{
+    guest_memory, guest_memory_tracked, guest_regions, guest_regions_tracked, RegionSpec,
+};
 
 #[cfg(feature = "kvm")]
 pub use crate::sys::kvm::KvmSlot;
@@ -38,3 +40,8 @@ pub use crate::sys::vmm::Region;
 
 /// Guest memory made of hostmem regions, with dirty tracking `B` (`()`: none).
 pub type Memory<B = ()> = vm_memory::GuestRegionCollection<Region<B>>;
+
+/// Guest memory that can be swapped for a new layout while vCPUs and device threads
+/// read it (vm-memory's `GuestMemoryAtomic`, as Cloud Hypervisor and vhost-user back
+/// ends use): no second vm-memory dependency with `backend-atomic` needed.
+pub type AtomicMemory<B = ()> = vm_memory::GuestMemoryAtomic<Memory<B>>;

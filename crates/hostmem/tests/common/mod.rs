@@ -90,27 +90,90 @@ pub fn process_rss() -> u64 {
     l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
 }
 
-/// Runs the named test in a child process of its own (the test binary with
-/// HOSTMEM_CHILD set), where no other test maps or unmaps memory meanwhile, so
-/// /proc/self/maps and Rss change only by what the test does. In the child: false (go
-/// on with the test). In the parent: true after asserting the child passed.
-pub fn ran_in_child(test: &str) -> bool {
+/// What a test run alone in a child process did.
+#[derive(Debug)]
+pub struct ChildRun {
+    pub test: String,
+    pub stdout: String,
+    pub stderr: String,
+    /// Exit code; None when a signal ended the child.
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl ChildRun {
+    /// Asserts the child passed its one test and ended by itself: exit 0, no signal
+    /// (SIGBUS, SIGSEGV, SIGABRT), libtest's `1 passed`.
+    pub fn assert_survived(&self) -> &ChildRun {
+        assert!(
+            self.code == Some(0) && self.signal.is_none() && self.stdout.contains("1 passed"),
+            "child for {} did not pass: exit {:?}, signal {:?}\n{}\n{}",
+            self.test,
+            self.code,
+            self.signal,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Asserts the child printed `line` (a `CHILD ...` marker of what it did) as a
+    /// line of its own, or after libtest's `test NAME ... ` (--nocapture).
+    pub fn assert_printed(&self, line: &str) -> &ChildRun {
+        let after_name = format!("test {} ... {line}", self.test);
+        assert!(
+            self.stdout.lines().any(|l| l == line || l == after_name),
+            "child for {} did not print {line:?}:\n{}",
+            self.test,
+            self.stdout
+        );
+        self
+    }
+}
+
+/// In the child (HOSTMEM_CHILD set): None, go on with the test. In the parent: runs
+/// the test `test` (its full path in the binary, `module::name`) alone in a child
+/// process and returns what it did, after asserting the child really ran that one
+/// test (libtest printed `running 1 test` and the test's own line), so a renamed test
+/// cannot pass without running. What could kill the process (SIGBUS, SIGSEGV, an
+/// abort) then fails the parent's test instead of the whole run.
+pub fn child_run(test: &str) -> Option<ChildRun> {
     if std::env::var_os("HOSTMEM_CHILD").is_some() {
-        return false;
+        return None;
     }
     let out = Command::new(std::env::current_exe().unwrap())
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env("HOSTMEM_CHILD", "1")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let run = ChildRun {
+        test: test.to_string(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status.code(),
+        signal: std::os::unix::process::ExitStatusExt::signal(&out.status),
+    };
     assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "child for {test}: {:?}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+        run.stdout.contains("running 1 test") && run.stdout.contains(&format!("test {test} ")),
+        "the child did not run the test {test} (renamed?):\n{}\n{}",
+        run.stdout,
+        run.stderr
     );
-    true
+    Some(run)
+}
+
+/// Runs the named test in a child process of its own (the test binary with
+/// HOSTMEM_CHILD set), where no other test maps or unmaps memory meanwhile, so
+/// /proc/self/maps and Rss change only by what the test does. In the child: false (go
+/// on with the test). In the parent: true after asserting the child passed.
+pub fn ran_in_child(test: &str) -> bool {
+    match child_run(test) {
+        None => false,
+        Some(run) => {
+            run.assert_survived();
+            true
+        }
+    }
 }
 
 /// The /proc/self/maps line of the mapping at `start`.

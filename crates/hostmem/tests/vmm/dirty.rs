@@ -2,7 +2,7 @@
 
 use hostmem::vm_memory::bitmap::AtomicBitmap;
 use hostmem::vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
-use hostmem::vmm::{guest_memory, guest_memory_with};
+use hostmem::vmm::{guest_memory, guest_memory_tracked, RegionSpec};
 use hostmem::{Backend, Kind};
 
 use crate::common::{GIB, MIB};
@@ -24,8 +24,18 @@ fn writes_through_vm_memory_mark_exactly_their_pages_dirty_until_reset() {
         .create()
         .unwrap();
     let mem = guest_memory::<AtomicBitmap>(&[
-        (&low, 0, 8 * MIB, GuestAddress(0)),
-        (&high, 0, 8 * MIB, GuestAddress(GIB)),
+        RegionSpec {
+            backend: &low,
+            offset: 0,
+            len: 8 * MIB,
+            guest_addr: GuestAddress(0),
+        },
+        RegionSpec {
+            backend: &high,
+            offset: 0,
+            len: 8 * MIB,
+            guest_addr: GuestAddress(GIB),
+        },
     ])
     .unwrap();
     mem.write_slice(b"x", GuestAddress(5 * PAGE as u64))
@@ -65,16 +75,22 @@ fn option_bitmaps_track_only_the_regions_that_have_one() {
         .size(8 * MIB)
         .create()
         .unwrap();
-    let mut nth = 0;
-    let mem = guest_memory_with(
+    let mem = guest_memory_tracked::<AtomicBitmap>(
         &[
-            (&m, 0, 4 * MIB, GuestAddress(0)),
-            (&m, 4 * MIB, 4 * MIB, GuestAddress(GIB)),
+            RegionSpec {
+                backend: &m,
+                offset: 0,
+                len: 4 * MIB,
+                guest_addr: GuestAddress(0),
+            },
+            RegionSpec {
+                backend: &m,
+                offset: 4 * MIB,
+                len: 4 * MIB,
+                guest_addr: GuestAddress(GIB),
+            },
         ],
-        |_, len| {
-            nth += 1;
-            (nth == 2).then(|| AtomicBitmap::new(len as usize, PAGE.try_into().unwrap()))
-        },
+        |spec| spec.offset == 4 * MIB,
     )
     .unwrap();
     mem.write_slice(b"a", GuestAddress(GIB + 2 * PAGE as u64))

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use hostmem::vm_memory::bitmap::AtomicBitmap;
 use hostmem::vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
-use hostmem::vmm::{guest_regions, KvmSlot, Memory};
+use hostmem::vmm::{guest_regions, KvmSlot, Memory, RegionSpec};
 use hostmem::{Backend, Kind};
 use kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES;
-use kvm_ioctls::Kvm;
+use kvm_ioctls::{Kvm, VmFd};
 
 use crate::common::{GIB, MIB};
 
@@ -29,13 +29,28 @@ fn kvm_takes_split_backends_as_dirty_logged_slots_and_vm_memory_tracks_writes() 
         .create()
         .unwrap();
     let regions = guest_regions::<AtomicBitmap>(&[
-        (&memfd, 0, 32 * MIB, GuestAddress(0)),
-        (&memfd, 32 * MIB, 32 * MIB, GuestAddress(4 * GIB)),
-        (&ram, 0, 16 * MIB, GuestAddress(8 * GIB)),
+        RegionSpec {
+            backend: &memfd,
+            offset: 0,
+            len: 32 * MIB,
+            guest_addr: GuestAddress(0),
+        },
+        RegionSpec {
+            backend: &memfd,
+            offset: 32 * MIB,
+            len: 32 * MIB,
+            guest_addr: GuestAddress(4 * GIB),
+        },
+        RegionSpec {
+            backend: &ram,
+            offset: 0,
+            len: 16 * MIB,
+            guest_addr: GuestAddress(8 * GIB),
+        },
     ])
     .unwrap();
     let mem = Memory::from_arc_regions(regions.clone()).unwrap();
-    let slots: Vec<KvmSlot<'_, AtomicBitmap>> = regions
+    let slots: Vec<KvmSlot<&VmFd, AtomicBitmap>> = regions
         .iter()
         .enumerate()
         .map(|(i, r)| {
@@ -79,4 +94,40 @@ fn kvm_takes_split_backends_as_dirty_logged_slots_and_vm_memory_tracks_writes() 
     drop(again);
     drop((mem, regions));
     assert!(!memfd.is_in_use() && !ram.is_in_use());
+}
+
+/// A VMM that owns its VM (`Arc<VmFd>`, as Cloud Hypervisor holds its VM) keeps its
+/// slots beside it, and switches KVM's dirty log on for a slot that exists: KVM itself
+/// answers KVM_GET_DIRTY_LOG only while the slot logs (ENOENT otherwise).
+#[test]
+fn kvm_slots_live_beside_an_owned_vm_and_dirty_logging_switches_on_a_live_slot() {
+    struct Vmm {
+        vm: Arc<VmFd>,
+        slots: Vec<KvmSlot<Arc<VmFd>>>,
+    }
+    let kvm = Kvm::new().expect("/dev/kvm is needed for this test (open failed)");
+    let vm = Arc::new(kvm.create_vm().expect("KVM_CREATE_VM"));
+    let ram = Backend::builder(Kind::Ram, "owned")
+        .size(8 * MIB)
+        .create()
+        .unwrap();
+    let region = Arc::new(ram.guest_region::<()>(0, 8 * MIB, GuestAddress(0)).unwrap());
+    let mut vmm = Vmm {
+        slots: vec![KvmSlot::new(Arc::clone(&vm), 0, 0, region).unwrap()],
+        vm,
+    };
+    let enoent = rustix::io::Errno::NOENT.raw_os_error();
+    let e = vmm.slots[0].dirty_log().unwrap_err();
+    assert_eq!(e.errno(), enoent, "no log before logging is on: {e}");
+    vmm.slots[0].set_dirty_logging(true).unwrap();
+    assert_eq!(vmm.slots[0].flags(), KVM_MEM_LOG_DIRTY_PAGES);
+    let log = vmm.slots[0].dirty_log().expect("KVM logs the slot now");
+    assert_eq!(log.len(), (8 * MIB as usize / 4096).div_ceil(64));
+    vmm.slots[0].set_dirty_logging(false).unwrap();
+    let e = vmm.slots[0].dirty_log().unwrap_err();
+    assert_eq!(e.errno(), enoent, "logging off again: {e}");
+    assert!(ram.is_in_use(), "the slot holds the region");
+    drop(vmm.slots);
+    assert_eq!(Arc::strong_count(&vmm.vm), 1, "slots gave the VM back");
+    assert!(!ram.is_in_use());
 }

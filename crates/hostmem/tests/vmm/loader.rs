@@ -5,7 +5,7 @@ use std::io::Cursor;
 use std::os::unix::fs::FileExt;
 
 use hostmem::vm_memory::{Bytes, GuestAddress};
-use hostmem::vmm::guest_memory;
+use hostmem::vmm::{guest_memory, RegionSpec};
 use hostmem::{Backend, Kind};
 use linux_loader::loader::{elf::Elf, KernelLoader};
 
@@ -57,7 +57,13 @@ fn linux_loader_loads_an_elf_kernel_into_hostmem_guest_memory() {
         .size(8 * MIB)
         .create()
         .unwrap();
-    let mem = guest_memory::<()>(&[(&m, 0, 8 * MIB, GuestAddress(0))]).unwrap();
+    let mem = guest_memory::<()>(&[RegionSpec {
+        backend: &m,
+        offset: 0,
+        len: 8 * MIB,
+        guest_addr: GuestAddress(0),
+    }])
+    .unwrap();
     // 0x40 bytes of marker, then at the entry point: hlt; jmp $-1.
     let mut payload = b"hostmem tiny kernel".to_vec();
     payload.resize(0x40, 0xcc);

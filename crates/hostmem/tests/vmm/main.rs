@@ -11,4 +11,5 @@ mod loader;
 mod readonly;
 mod regions;
 mod share;
+mod sound;
 mod split;

@@ -5,7 +5,7 @@
 use std::os::unix::process::ExitStatusExt;
 
 use hostmem::vm_memory::{Bytes, GuestAddress};
-use hostmem::vmm::guest_memory;
+use hostmem::vmm::{guest_memory, RegionSpec};
 use hostmem::{Backend, Kind};
 
 use crate::common::{TempDir, MIB};
@@ -53,7 +53,12 @@ fn a_readonly_backend_never_becomes_a_writable_region() {
         }
         Err(e) => println!("CHILD guest_region: refused: {e}"),
     }
-    match guest_memory::<()>(&[(&b, 0, 2 * MIB, GuestAddress(0))]) {
+    match guest_memory::<()>(&[RegionSpec {
+        backend: &b,
+        offset: 0,
+        len: 2 * MIB,
+        guest_addr: GuestAddress(0),
+    }]) {
         Ok(mem) => {
             let _ = mem.write_obj(7u64, GuestAddress(0));
             println!("CHILD guest_memory: wrote through a read-only region");

@@ -2,7 +2,7 @@
 //! checks on offset, length and guest address.
 
 use hostmem::vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
-use hostmem::vmm::{guest_memory, Region};
+use hostmem::vmm::{guest_memory, Region, RegionSpec};
 use hostmem::{Backend, Kind};
 
 use crate::common::MIB;
@@ -19,7 +19,13 @@ fn a_region_is_the_backends_own_mapping_and_holds_it_in_use() {
         .size(16 * MIB)
         .create()
         .unwrap();
-    let mem = guest_memory::<()>(&[(&ram, 0, 16 * MIB, GuestAddress(0))]).unwrap();
+    let mem = guest_memory::<()>(&[RegionSpec {
+        backend: &ram,
+        offset: 0,
+        len: 16 * MIB,
+        guest_addr: GuestAddress(0),
+    }])
+    .unwrap();
     mem.write_slice(b"low ram", GuestAddress(0x2000)).unwrap();
     let region = mem.find_region(GuestAddress(0)).unwrap();
     assert_eq!(region.host_addr(), ram.host_addr().unwrap());
@@ -127,8 +133,18 @@ fn overlapping_guest_ranges_are_refused_naming_both_backends() {
         .create()
         .unwrap();
     let e = guest_memory::<()>(&[
-        (&b, 0, 4 * MIB, GuestAddress(2 * MIB)),
-        (&a, 0, 4 * MIB, GuestAddress(0)),
+        RegionSpec {
+            backend: &b,
+            offset: 0,
+            len: 4 * MIB,
+            guest_addr: GuestAddress(2 * MIB),
+        },
+        RegionSpec {
+            backend: &a,
+            offset: 0,
+            len: 4 * MIB,
+            guest_addr: GuestAddress(0),
+        },
     ])
     .unwrap_err();
     assert_eq!(
@@ -138,8 +154,18 @@ fn overlapping_guest_ranges_are_refused_naming_both_backends() {
     assert!(!a.is_in_use() && !b.is_in_use(), "nothing half-made");
     // Given out of order, the regions are sorted by guest address.
     let mem = guest_memory::<()>(&[
-        (&b, 0, 4 * MIB, GuestAddress(4 * MIB)),
-        (&a, 0, 4 * MIB, GuestAddress(0)),
+        RegionSpec {
+            backend: &b,
+            offset: 0,
+            len: 4 * MIB,
+            guest_addr: GuestAddress(4 * MIB),
+        },
+        RegionSpec {
+            backend: &a,
+            offset: 0,
+            len: 4 * MIB,
+            guest_addr: GuestAddress(0),
+        },
     ])
     .unwrap();
     let ids: Vec<&str> = mem.iter().map(|r| r.backend_id()).collect();

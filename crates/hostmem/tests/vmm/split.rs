@@ -4,7 +4,7 @@
 use std::os::unix::fs::FileExt;
 
 use hostmem::vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
-use hostmem::vmm::guest_memory;
+use hostmem::vmm::{guest_memory, RegionSpec};
 use hostmem::{Backend, Kind};
 
 use crate::common::{maps_line, GIB, MIB};
@@ -16,8 +16,18 @@ fn one_memfd_split_around_a_hole_lands_at_the_right_offsets_of_the_fd() {
         .create()
         .unwrap();
     let mem = guest_memory::<()>(&[
-        (&m, 0, 16 * MIB, GuestAddress(0)),
-        (&m, 16 * MIB, 16 * MIB, GuestAddress(4 * GIB)),
+        RegionSpec {
+            backend: &m,
+            offset: 0,
+            len: 16 * MIB,
+            guest_addr: GuestAddress(0),
+        },
+        RegionSpec {
+            backend: &m,
+            offset: 16 * MIB,
+            len: 16 * MIB,
+            guest_addr: GuestAddress(4 * GIB),
+        },
     ])
     .unwrap();
     assert_eq!(mem.num_regions(), 2);
@@ -56,8 +66,18 @@ fn the_same_backend_range_twice_is_refused_as_an_alias() {
         .create()
         .unwrap();
     let e = guest_memory::<()>(&[
-        (&m, 0, 4 * MIB, GuestAddress(0)),
-        (&m, 2 * MIB, 4 * MIB, GuestAddress(GIB)),
+        RegionSpec {
+            backend: &m,
+            offset: 0,
+            len: 4 * MIB,
+            guest_addr: GuestAddress(0),
+        },
+        RegionSpec {
+            backend: &m,
+            offset: 2 * MIB,
+            len: 4 * MIB,
+            guest_addr: GuestAddress(GIB),
+        },
     ])
     .unwrap_err();
     assert_eq!(
