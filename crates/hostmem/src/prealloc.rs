@@ -413,6 +413,68 @@ mod tests {
         assert_eq!(prev, len);
     }
 
+    /// smaps `Rss` of the mapping that starts at `addr`, read here from the kernel.
+    fn rss_of_mapping_at(addr: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let head = format!("{addr:x}-");
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head)).skip(1);
+        let rss = lines.find(|l| l.starts_with("Rss:")).unwrap();
+        rss.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    }
+
+    /// The fallback of kernels without MADV_POPULATE_WRITE never runs on a host that
+    /// has it: forced here, it must fault in every page, on every thread's chunk.
+    #[test]
+    fn touching_faults_in_every_page_of_private_memory() {
+        let len = 40 << 20;
+        let map = RawMapping::map(len, None, 0, Default::default()).unwrap();
+        assert_eq!(rss_of_mapping_at(map.addr()), 0);
+        let job = Job {
+            map: &map,
+            page_size: crate::sys::page_size() as u64,
+            threads: 3,
+            cpus: Vec::new(),
+            method: Method::Touch,
+            watch: None,
+            limits: Vec::new(),
+        };
+        let progress = Progress::new();
+        let stats = populate(std::slice::from_ref(&job), &progress)
+            .pop()
+            .unwrap();
+        assert!(stats.is_ok(), "{stats:?}");
+        assert_eq!(rss_of_mapping_at(map.addr()), len as u64, "smaps Rss");
+        assert_eq!(progress.done(), len as u64);
+    }
+
+    /// Which kinds may fall back to touching: private anonymous memory only, whose
+    /// faults fail by OOM and never by SIGBUS.
+    #[test]
+    fn only_private_ram_falls_back_to_touching() {
+        use crate::kind::{Kind, KindConfig};
+        use crate::props::{Common, MachineDefaults};
+        let machine = MachineDefaults::default();
+        for kind in Kind::ALL.iter().copied() {
+            let cfg = KindConfig::defaults(kind, &machine);
+            for share in [false, true] {
+                let common = Common {
+                    share,
+                    ..Common::defaults(kind, &machine)
+                };
+                let fallback = cfg.ops().prealloc_method(&common, false);
+                let want = (kind == Kind::Ram && !share).then_some(Method::Touch);
+                assert_eq!(fallback, want, "{kind} share={share}");
+                let normal = cfg.ops().prealloc_method(&common, true);
+                assert_eq!(normal, Some(Method::Populate { write: true }), "{kind}");
+            }
+        }
+    }
+
     #[test]
     fn at_least_64_mib_per_thread_and_no_fixed_cap() {
         assert_eq!(plan_threads(64 << 20, 8), 1);

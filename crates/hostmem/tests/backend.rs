@@ -132,10 +132,30 @@ fn bind_sets_the_kernels_policy_and_move_pages_counts_what_numa_maps_counts() {
         numa.policy
     );
     assert_eq!(numa.pages_per_node.get(&0).copied(), Some(64 * MIB / 4096));
+    // The policy covers the whole range, read here from the kernel: one VMA from the
+    // first byte to the last (an mbind of part of it would split it), and numa_maps
+    // says bind for every VMA inside it.
+    let (start, end) = (
+        b.host_addr().unwrap(),
+        b.host_addr().unwrap() + 64 * MIB as usize,
+    );
+    let inside: Vec<Vma> = vmas()
+        .into_iter()
+        .filter(|v| v.start < end && v.end > start)
+        .collect();
+    assert_eq!(inside.len(), 1, "one VMA over the backend: {inside:?}");
+    assert_eq!((inside[0].start, inside[0].end), (start, end));
+    for v in &inside {
+        let line = numa_maps_line(v.start).unwrap();
+        assert!(line.contains(" bind:0 "), "numa_maps: {line}");
+    }
 }
 
+/// On a one-node host every CPU is node 0's, so the placement of the threads cannot
+/// fail here: the NUMA guest checks threads on the CPUs of nodes 1 and 2. What can fail
+/// here: the thread count and that the threads report where they ran.
 #[test]
-fn prealloc_threads_run_on_the_bound_nodes_cpus() {
+fn prealloc_threads_one_node_host_four_threads_all_on_node0s_cpus() {
     let host = hostmem::HostTopology::read();
     let b = ram("r", 256 * MIB)
         .policy(Policy::Bind)
@@ -236,8 +256,11 @@ fn fixed_properties_are_refused_after_allocation() {
     assert!(e.to_string().contains("rebind"), "{e}");
 }
 
+/// On a one-node host nothing migrates (every page is on node 0 already): moving pages
+/// between nodes is the NUMA guest's rebind test. Here: the policy the kernel sets and
+/// the pages read back against smaps and numa_maps.
 #[test]
-fn rebind_migrates_and_reads_back() {
+fn rebind_one_node_host_sets_the_policy_and_reads_back_every_page() {
     let mut b = ram("r", 32 * MIB).prealloc(true).create().unwrap();
     let r = b
         .rebind(Policy::Bind, NodeSet::parse("0").unwrap())
