@@ -24,6 +24,14 @@
 //! sees the guest's writes ([`Backend::is_shareable`](crate::Backend::is_shareable)):
 //! with `share=off` the mapping is MAP_PRIVATE, and a vhost-user back end would read
 //! zeros. Read-only backends are refused: vm-memory writes do not check protection.
+//!
+//! What keeps vm-memory's copies from SIGBUS: the holder of a region's `FileOffset`
+//! cannot shrink the file (memfds are sealed against it; shm objects and files give a
+//! `FileOffset` only after [`Backend::trust_file_size`](crate::Backend::trust_file_size)),
+//! and huge pages without a reservation become a region only once preallocated. What
+//! another holder of a shared file can still do: write the memory (the guest sees it),
+//! grow the file, punch holes (the guest reads zeros there); another process can
+//! truncate a named `mem-path` file by its path, as for any file mapping.
 
 mod error;
 mod layout;
