@@ -28,6 +28,7 @@
 use super::Backend;
 use crate::error::{CgroupRef, Error, MemoryShort};
 use crate::kind::{Kind, Plan};
+use crate::limits::uncounted::Files;
 use crate::limits::watch::{Beyond, Edge, Source, Watch};
 use crate::limits::{CgroupLimit, Known, MemoryRoom, Snapshot};
 use crate::numa::{HostTopology, NodeSet};
@@ -403,7 +404,7 @@ fn watch(items: &[(&Backend, &Plan)], snap: &Snapshot) -> (Watch, Vec<Limit>, Ve
                         .collect(),
                     snap.uncounted.as_ref().map(|_| Beyond {
                         bound: nodes.iter().collect(),
-                        all: snap.nodes.iter().map(|(n, _)| *n).collect(),
+                        files: Files::of(snap.nodes.iter().map(|(n, _)| *n)),
                     }),
                 )),
                 Limit::Host => Some(Source::Host(snap.marks.host())),

@@ -83,6 +83,11 @@ impl MemoryRoom {
         Self::read_file(Path::new(MEMINFO), marks.host())
     }
 
+    /// The paths of /proc/meminfo and /proc/zoneinfo.
+    pub(crate) fn host_paths() -> (PathBuf, PathBuf) {
+        (MEMINFO.into(), ZONEINFO.into())
+    }
+
     pub(crate) fn read_file(path: &Path, reserve: u64) -> Known<MemoryRoom> {
         let text = read_text(path)?;
         MemoryRoom::parse(&text, reserve).map_err(|e| Unknown::new(path, e))
@@ -109,11 +114,16 @@ impl Watermarks {
     /// Reads /proc/zoneinfo and vm.watermark_boost_factor now (the kernel's default,
     /// 15000, when the sysctl cannot be read: the larger reserve).
     pub fn read() -> Watermarks {
+        Watermarks::read_from(Path::new(ZONEINFO))
+    }
+
+    /// [`Watermarks::read`] from a zoneinfo file at `zoneinfo`.
+    pub(crate) fn read_from(zoneinfo: &Path) -> Watermarks {
         let factor = read_text(Path::new("/proc/sys/vm/watermark_boost_factor"))
             .ok()
             .and_then(|t| t.trim().parse().ok())
             .unwrap_or(15000);
-        match read_text(Path::new(ZONEINFO)) {
+        match read_text(zoneinfo) {
             Ok(text) => Watermarks::parse(&text, crate::sys::page_size() as u64, factor),
             Err(e) => Watermarks {
                 per_node: BTreeMap::new(),

@@ -31,7 +31,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{read_text, Known, MemoryRoom, Watermarks};
 use crate::size::format_size;
@@ -93,14 +93,15 @@ impl Uncounted {
         })
     }
 
-    /// Reads the host, every node in `all` and /proc/zoneinfo now (the watch does, when
-    /// a bound node's own figure falls short).
-    pub(crate) fn read(all: &[u32]) -> Option<Uncounted> {
-        let marks = Watermarks::read();
-        let host = MemoryRoom::read_host(&marks);
-        let nodes: Vec<(u32, Known<MemoryRoom>)> = all
+    /// Reads the files of [`Files`] now (the watch does, when a bound node's own
+    /// figure falls short).
+    pub(crate) fn read(files: &Files) -> Option<Uncounted> {
+        let marks = Watermarks::read_from(&files.zoneinfo);
+        let host = MemoryRoom::read_file(&files.meminfo, marks.host());
+        let nodes: Vec<(u32, Known<MemoryRoom>)> = files
+            .nodes
             .iter()
-            .map(|&n| (n, MemoryRoom::read_node(n, &marks)))
+            .map(|(n, path)| (*n, MemoryRoom::read_file(path, marks.node(*n))))
             .collect();
         Uncounted::of(&host, &nodes, &marks)
     }
@@ -151,6 +152,32 @@ impl Uncounted {
             .iter()
             .map(|n| m.and_then(|m| m.get(n).copied()).unwrap_or(0))
             .sum()
+    }
+}
+
+/// The files the host's figures are compared with the nodes' from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Files {
+    /// /proc/meminfo.
+    pub(crate) meminfo: PathBuf,
+    /// Every node with memory and its meminfo.
+    pub(crate) nodes: Vec<(u32, PathBuf)>,
+    /// /proc/zoneinfo.
+    pub(crate) zoneinfo: PathBuf,
+}
+
+impl Files {
+    /// The kernel's files for the nodes `all`.
+    pub(crate) fn of(all: impl IntoIterator<Item = u32>) -> Files {
+        let (meminfo, zoneinfo) = MemoryRoom::host_paths();
+        Files {
+            meminfo,
+            nodes: all
+                .into_iter()
+                .map(|n| (n, MemoryRoom::node_path(n)))
+                .collect(),
+            zoneinfo,
+        }
     }
 }
 

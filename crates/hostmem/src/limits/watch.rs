@@ -32,7 +32,7 @@ use std::sync::Mutex;
 
 use super::cgroup::CgroupLimit;
 use super::meminfo::MemoryRoom;
-use super::uncounted::Uncounted;
+use super::uncounted::{Files, Uncounted};
 use super::Known;
 
 /// What one watched limit reads.
@@ -70,8 +70,8 @@ impl Source {
 pub(crate) struct Beyond {
     /// The bound nodes.
     pub(crate) bound: Vec<u32>,
-    /// Every node with memory (the host's figures are compared with their sum).
-    pub(crate) all: Vec<u32>,
+    /// The host's files and every node's with memory.
+    pub(crate) files: Files,
 }
 
 impl Source {
@@ -81,7 +81,8 @@ impl Source {
         let shown = self.available()?;
         match self {
             Source::Nodes(_, Some(b)) if shown.saturating_sub(in_flight) < len => {
-                Ok(shown + Uncounted::read(&b.all).map_or(0, |u| u.extra(b.bound.iter().copied())))
+                Ok(shown
+                    + Uncounted::read(&b.files).map_or(0, |u| u.extra(b.bound.iter().copied())))
             }
             _ => Ok(shown),
         }
@@ -279,6 +280,52 @@ mod tests {
             None,
         );
         assert_eq!(src.available(), Ok((103 + 52) << 20));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_bound_node_short_in_its_meminfo_is_granted_what_the_kernel_may_still_add_to_it() {
+        let dir = std::env::temp_dir().join(format!("hostmem-watch-{}-lazy", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (host, node0, zones) = crate::limits::uncounted::tests::lazy_files();
+        let files = Files {
+            meminfo: dir.join("meminfo"),
+            nodes: vec![(0, dir.join("node0-meminfo"))],
+            zoneinfo: dir.join("zoneinfo"),
+        };
+        std::fs::write(&files.meminfo, &host).unwrap();
+        std::fs::write(&files.nodes[0].1, &node0).unwrap();
+        std::fs::write(&files.zoneinfo, zones).unwrap();
+        let gib: u64 = 1 << 30;
+        let source = |beyond: bool| {
+            Source::Nodes(
+                vec![(files.nodes[0].1.clone(), 0)],
+                beyond.then(|| Beyond {
+                    bound: vec![0],
+                    files: files.clone(),
+                }),
+            )
+        };
+        // Node 0's meminfo shows 9.5 GiB, the host 10.5 GiB more free: 10 GiB is granted.
+        let w = Watch::new(vec![(source(true), 14 * gib)]);
+        assert_eq!(w.grant(&[0], 10 * gib), Ok(()));
+        // 10 GiB in flight: 10 GiB left of the 20, so 11 more is refused.
+        let edge = w.grant(&[0], 11 * gib).unwrap_err().unwrap();
+        assert_eq!(edge.available, 10 * gib);
+        // Without the comparison (the nodes added up before mapping): node 0's figure.
+        let w = Watch::new(vec![(source(false), 14 * gib)]);
+        let shown = (9_500u64 << 20) / 1000 * 1024;
+        assert_eq!(
+            w.grant(&[0], 10 * gib).unwrap_err().unwrap().available,
+            shown
+        );
+        // The host now counts what node 0 counts: the figure alone again.
+        std::fs::write(&files.meminfo, node0.replace("Node 0 ", "")).unwrap();
+        let w = Watch::new(vec![(source(true), 14 * gib)]);
+        assert_eq!(
+            w.grant(&[0], 10 * gib).unwrap_err().unwrap().available,
+            shown
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

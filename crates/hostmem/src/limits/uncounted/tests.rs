@@ -46,20 +46,21 @@ fn snapshot(host: &str, nodes: &[(u32, String)], zoneinfo: &str) -> Snapshot {
     }
 }
 
-/// The VM of issue 18 (`deferred_init=lazy`): /proc/meminfo counts 23.5 GiB, 20 GiB
-/// free; node 0's meminfo 12.6 GiB, 9.5 GiB free; its Normal zone has 5.5 M pages
-/// present and 2.5 M managed.
-pub(crate) fn lazy_host() -> Snapshot {
-    let zones =
-        zone(0, "DMA32", 500, 782_336, 772_915) + &zone(0, "Normal", 4000, 5_505_024, 2_500_000);
-    snapshot(
-        &meminfo("", 23_500 * GIB_KB / 1000, 20 * GIB_KB),
-        &[(
-            0,
-            meminfo("Node 0 ", 12_600 * GIB_KB / 1000, 9_500 * GIB_KB / 1000),
-        )],
-        &zones,
+/// The VM of issue 18 (`deferred_init=lazy`) as (/proc/meminfo, node 0's meminfo,
+/// /proc/zoneinfo): /proc/meminfo counts 23.5 GiB, 20 GiB free; node 0's meminfo
+/// 12.6 GiB, 9.5 GiB free; its Normal zone has 5.5 M pages present and 2.5 M managed.
+pub(crate) fn lazy_files() -> (String, String, String) {
+    (
+        meminfo("", 23_500 * GIB_KB / 1000, 20 * GIB_KB),
+        meminfo("Node 0 ", 12_600 * GIB_KB / 1000, 9_500 * GIB_KB / 1000),
+        zone(0, "DMA32", 500, 782_336, 772_915) + &zone(0, "Normal", 4000, 5_505_024, 2_500_000),
     )
+}
+
+/// [`lazy_files`] as a snapshot.
+pub(crate) fn lazy_host() -> Snapshot {
+    let (host, node0, zones) = lazy_files();
+    snapshot(&host, &[(0, node0)], &zones)
 }
 
 /// A NUMA host whose nodes add up to it exactly: node 0 with 8 GiB (6 free), node 4
