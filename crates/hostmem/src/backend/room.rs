@@ -8,7 +8,11 @@
 //!
 //! - `bind`: pages come only from host-nodes (MPOL_BIND); once those nodes are out of
 //!   memory the kernel reclaims and then OOM-kills, it never falls back. So the bound
-//!   nodes' room (summed) is the limit, and the host's too.
+//!   nodes' room (summed) is the limit, and the host's too. Where the nodes' meminfo
+//!   does not add up to /proc/meminfo (`limits::uncounted`: pages the kernel has not
+//!   initialised yet), the bound nodes also count what the kernel may still add to
+//!   them, an upper bound: a pass that rests on it is a warning
+//!   ([`uncertain_passes`]), not a refusal on the node figure alone.
 //! - `preferred`, `preferred-many`, `interleave`, `weighted-interleave`, `default`,
 //!   `local`: the nodes are a first choice only; when they are full the kernel takes
 //!   pages from any node the process may use. The OOM killer comes only when the whole
