@@ -4,6 +4,7 @@
 
 use std::process::Command;
 
+use hostmem::size::format_size;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hostmem");
@@ -198,11 +199,11 @@ fn a_bind_to_node0_above_its_meminfo_but_within_what_the_host_counts_passes_with
          total {} of {}; node 0's zones: {} present but not managed): the case this test \
          is about cannot be made here; it needs a host whose kernel has not yet added all of \
          a node's pages to it (deferred_init=lazy, as the CI VM after boot)",
-        f.nodes_free,
-        f.host_free,
-        f.nodes_total,
-        f.host_total,
-        f.node0_unmanaged
+        format_size(f.nodes_free),
+        format_size(f.host_free),
+        format_size(f.nodes_total),
+        format_size(f.host_total),
+        format_size(f.node0_unmanaged)
     );
     // Half way into what only the uncounted pages can give.
     let size = (f.node0_available + room / 2) & !0xfff;
