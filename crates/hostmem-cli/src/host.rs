@@ -46,14 +46,38 @@ fn cgroup_json(c: &Known<Option<CgroupLimit>>) -> Value {
 }
 
 /// What guest memory can still get, per node, host-wide and per cgroup (null: no
-/// cgroup limit).
+/// cgroup limit). A node's `uncounted` is what the kernel may add to it beyond its
+/// meminfo (0 when the nodes add up to the host; see `warnings`).
 fn guest_memory_json(s: &Snapshot) -> Value {
+    let node = |n: u32, r: &Known<MemoryRoom>| {
+        let mut v = room_json(r);
+        if let Some(o) = v.as_object_mut().filter(|o| o.contains_key("available")) {
+            o.insert("uncounted".into(), json!(s.extra([n])));
+        }
+        v
+    };
+    let uncounted = s.uncounted.as_ref().map(|u| {
+        json!({"host-total": u.host_total, "nodes-total": u.nodes_total,
+               "host-free": u.host_free, "nodes-free": u.nodes_free})
+    });
     json!({
-        "nodes": s.nodes.iter().map(|(n, r)| (n.to_string(), room_json(r))).collect::<serde_json::Map<_, _>>(),
+        "nodes": s.nodes.iter().map(|(n, r)| (n.to_string(), node(*n, r))).collect::<serde_json::Map<_, _>>(),
         "host": room_json(&s.host),
         "memory-cgroup": cgroup_json(&s.memory_cgroup),
         "hugetlb-cgroups": s.hugetlb_cgroups.iter().map(|(p, c)| (p.to_string(), cgroup_json(c))).collect::<serde_json::Map<_, _>>(),
+        "uncounted": uncounted,
+        "warnings": guest_memory_warnings(s),
     })
+}
+
+/// Why figures of `s` are uncertain: per node that may get more than its meminfo
+/// shows, with the numbers; then the hints (a balloon, offline memory blocks).
+fn guest_memory_warnings(s: &Snapshot) -> Vec<String> {
+    let nodes = s.nodes.iter().filter_map(|(n, _)| {
+        let u = s.uncounted.as_ref().filter(|u| u.extra([*n]) > 0)?;
+        Some(format!("node {n}: {}", u.why(&format!("node {n}"), &[*n])))
+    });
+    nodes.chain(s.hints.iter().map(|h| h.to_string())).collect()
 }
 
 pub fn to_json(t: &HostTopology) -> Value {
@@ -167,7 +191,11 @@ fn guest_memory_text(snap: &Snapshot) -> String {
 ",
     );
     for (n, r) in &snap.nodes {
-        let _ = writeln!(s, "  node {n}: {}", room_text(r));
+        let extra = match snap.extra([*n]) {
+            0 => String::new(),
+            b => format!(" + up to {} not yet counted (uncertain)", format_size(b)),
+        };
+        let _ = writeln!(s, "  node {n}: {}{extra}", room_text(r));
     }
     let _ = writeln!(s, "  host: {}", room_text(&snap.host));
     let _ = writeln!(s, "  memory cgroup: {}", cgroup_text(&snap.memory_cgroup));
@@ -178,6 +206,9 @@ fn guest_memory_text(snap: &Snapshot) -> String {
             format_size(*p),
             cgroup_text(c)
         );
+    }
+    for w in guest_memory_warnings(snap) {
+        let _ = writeln!(s, "  warning: {w}");
     }
     s
 }

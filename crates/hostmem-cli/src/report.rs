@@ -269,6 +269,9 @@ pub fn check_text(c: &hostmem::preflight::BackendCheck) -> String {
             Err(u) => format!("unknown ({u})"),
         };
         let _ = writeln!(s, "    limit {}: {room}", l.limit);
+        if let Some(u) = &l.uncertain {
+            let _ = writeln!(s, "      uncertain: {u}");
+        }
     }
     for p in &c.problems {
         let _ = writeln!(s, "    would fail: {p}");
@@ -305,6 +308,7 @@ pub fn check_json(c: &hostmem::preflight::BackendCheck) -> Value {
         "limits": c.limits.iter().map(|l| json!({
             "limit": l.limit,
             "available": room_json(&l.available),
+            "uncertain": l.uncertain,
         })).collect::<Vec<_>>(),
         "problems": c.problems,
         "warnings": c.warnings,

@@ -59,6 +59,10 @@ pub struct LimitRoom {
     pub limit: String,
     /// Bytes it can give; `Ok(None)`: no limit; `Err`: the file could not be read.
     pub available: Known<Option<u64>>,
+    /// Why the figure is uncertain, if it is: bound nodes whose meminfo does not add up
+    /// to the host's (`available` then counts what the kernel may still add to them, an
+    /// upper bound), a balloon, offline memory blocks.
+    pub uncertain: Option<String>,
 }
 
 impl BackendCheck {
@@ -85,13 +89,12 @@ pub fn check(backends: &[&Backend], host: &HostTopology) -> Vec<BackendCheck> {
     }
     let snap = Snapshot::read(host.has_memory.iter(), &host.huge_page_sizes);
     for (k, (b, plan)) in items.iter().enumerate() {
-        out[planned[k].0].limits = room::limits_of(b, plan)
+        let o = &mut out[planned[k].0];
+        o.limits = room::limits_of(b, plan)
             .iter()
-            .map(|l| {
-                let (limit, available) = room::fact(l, &snap);
-                LimitRoom { limit, available }
-            })
+            .map(|l| room::fact(l, &snap))
             .collect();
+        o.warnings.extend(room::hint_warnings(b, plan, &snap));
     }
     // Preallocated backends are summed among themselves, as allocation does; every
     // backend is summed for the warnings, since the guest will touch all of them.
@@ -102,11 +105,22 @@ pub fn check(backends: &[&Backend], host: &HostTopology) -> Vec<BackendCheck> {
     for (j, e) in room::check_batch(&pre_items, &snap) {
         out[planned[pre[j]].0].problems.push(e.to_string());
     }
+    // Passes that rest on what bound nodes may give beyond their meminfo: a warning
+    // with the numbers, not a refusal (summed as the problems and warnings above).
+    for (j, w) in room::uncertain_passes(&pre_items, &snap) {
+        out[planned[pre[j]].0].warnings.push(w);
+    }
+    let lazy = |k: &usize| !items[*k].0.config().common.prealloc;
     for (k, e) in room::check_batch(&items, &snap) {
-        if !items[k].0.config().common.prealloc {
+        if lazy(&k) {
             out[planned[k].0].warnings.push(format!(
                 "without prealloc the memory may not be there when the guest touches it: {e}"
             ));
+        }
+    }
+    for (k, w) in room::uncertain_passes(&items, &snap).into_iter() {
+        if lazy(&k) {
+            out[planned[k].0].warnings.push(w);
         }
     }
     out

@@ -8,7 +8,11 @@
 //!
 //! - `bind`: pages come only from host-nodes (MPOL_BIND); once those nodes are out of
 //!   memory the kernel reclaims and then OOM-kills, it never falls back. So the bound
-//!   nodes' room (summed) is the limit, and the host's too.
+//!   nodes' room (summed) is the limit, and the host's too. Where the nodes' meminfo
+//!   does not add up to /proc/meminfo (`limits::uncounted`: pages the kernel has not
+//!   initialised yet), the bound nodes also count what the kernel may still add to
+//!   them, an upper bound: a pass that rests on it is a warning
+//!   ([`uncertain_passes`]), not a refusal on the node figure alone.
 //! - `preferred`, `preferred-many`, `interleave`, `weighted-interleave`, `default`,
 //!   `local`: the nodes are a first choice only; when they are full the kernel takes
 //!   pages from any node the process may use. The OOM killer comes only when the whole
@@ -28,10 +32,12 @@
 use super::Backend;
 use crate::error::{CgroupRef, Error, MemoryShort};
 use crate::kind::{Kind, Plan};
-use crate::limits::watch::{Edge, Source, Watch};
+use crate::limits::uncounted::Files;
+use crate::limits::watch::{Beyond, Edge, Source, Watch};
 use crate::limits::{CgroupLimit, Known, MemoryRoom, Snapshot};
 use crate::numa::{HostTopology, NodeSet};
 use crate::prealloc::Job;
+use crate::preflight::LimitRoom;
 use crate::sys;
 
 /// A batch's memory limits from the check before mapping to the end of its prealloc:
@@ -153,24 +159,56 @@ fn counts(b: &Backend) -> bool {
     })
 }
 
-/// Bytes `limit` can give according to `snap`; None when it has no limit or the
-/// files could not be read (then nothing is refused on its account).
-fn available(limit: &Limit, snap: &Snapshot) -> Option<u64> {
+/// Bytes `limit` can give according to `snap`, as (what its files show, what the
+/// nodes may give beyond that: [`Snapshot::extra`], uncertain); None when it has no
+/// limit or the files could not be read (then nothing is refused on its account).
+fn available(limit: &Limit, snap: &Snapshot) -> Option<(u64, u64)> {
     let known =
         |k: &Known<Option<CgroupLimit>>| k.as_ref().ok().and_then(|l| l.as_ref().map(|l| l.room()));
     match limit {
-        Limit::Nodes(nodes) => nodes.iter().try_fold(0, |sum, n| {
-            Some(sum + snap.node(n)?.as_ref().ok()?.available())
-        }),
-        Limit::Host => snap.host.as_ref().ok().map(|r| r.available()),
-        Limit::MemoryCgroup => known(&snap.memory_cgroup),
-        Limit::HugetlbCgroup(page) => known(snap.hugetlb(*page)?),
+        Limit::Nodes(nodes) => {
+            let shown = nodes.iter().try_fold(0, |sum, n| {
+                Some(sum + snap.node(n)?.as_ref().ok()?.available())
+            })?;
+            Some((shown, snap.extra(nodes.iter())))
+        }
+        Limit::Host => snap.host.as_ref().ok().map(|r| (r.available(), 0)),
+        Limit::MemoryCgroup => known(&snap.memory_cgroup).map(|a| (a, 0)),
+        Limit::HugetlbCgroup(page) => known(snap.hugetlb(*page)?).map(|a| (a, 0)),
     }
 }
 
+/// Why `limit`'s figure in `snap` is uncertain, if it is: a node's share of what the
+/// host counts and no node does, and for a node or the host the [`Hint`]s.
+///
+/// [`Hint`]: crate::limits::Hint
+fn uncertain(limit: &Limit, snap: &Snapshot) -> Option<String> {
+    let mut why: Vec<String> = Vec::new();
+    if let (Limit::Nodes(nodes), Some(u)) = (limit, &snap.uncounted) {
+        if let Some((shown, extra)) = available(limit, snap).filter(|a| a.1 > 0) {
+            why.push(format!(
+                "{} of it from meminfo, {} uncertain: {}",
+                crate::size::format_size(shown),
+                crate::size::format_size(extra),
+                u.why(&nodes_name(nodes), &nodes.iter().collect::<Vec<_>>())
+            ));
+        }
+    }
+    if matches!(limit, Limit::Nodes(_) | Limit::Host) {
+        why.extend(snap.hints.iter().map(|h| h.to_string()));
+    }
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
+/// `node 4` or `nodes 0,4`.
+fn nodes_name(nodes: &NodeSet) -> String {
+    let name = if nodes.len() == 1 { "node" } else { "nodes" };
+    format!("{name} {nodes}")
+}
+
 /// One limit as `--check` and `hostmem host` show it: its name, the bytes it can give
-/// (None: no limit), or why it is not known.
-pub(crate) fn fact(limit: &Limit, snap: &Snapshot) -> (String, Known<Option<u64>>) {
+/// (None: no limit), or why it is not known, and why the figure is uncertain.
+pub(crate) fn fact(limit: &Limit, snap: &Snapshot) -> LimitRoom {
     let cg = |what: &str, k: Option<&Known<Option<CgroupLimit>>>| match k {
         Some(Ok(Some(l))) => (
             format!("{what} {} ({} {})", l.cgroup, l.max_file, l.max),
@@ -179,15 +217,15 @@ pub(crate) fn fact(limit: &Limit, snap: &Snapshot) -> (String, Known<Option<u64>
         Some(Ok(None)) | None => (what.to_string(), Ok(None)),
         Some(Err(u)) => (what.to_string(), Err(u.clone())),
     };
-    match limit {
+    let (name, avail) = match limit {
         Limit::Nodes(nodes) => {
-            let name = if nodes.len() == 1 { "node" } else { "nodes" };
             let avail = nodes.iter().try_fold(0, |sum, n| match snap.node(n) {
                 Some(Ok(r)) => Ok(sum + r.available()),
                 Some(Err(u)) => Err(u.clone()),
                 None => Ok(sum),
             });
-            (format!("{name} {nodes}"), avail.map(Some))
+            let extra = snap.extra(nodes.iter());
+            (nodes_name(nodes), avail.map(|a| Some(a + extra)))
         }
         Limit::Host => (
             "host".to_string(),
@@ -198,6 +236,11 @@ pub(crate) fn fact(limit: &Limit, snap: &Snapshot) -> (String, Known<Option<u64>
             &format!("hugetlb cgroup for {}", crate::size::format_size(*p)),
             snap.hugetlb(*p),
         ),
+    };
+    LimitRoom {
+        limit: name,
+        available: avail,
+        uncertain: uncertain(limit, snap),
     }
 }
 
@@ -249,36 +292,101 @@ pub(crate) fn short_error(
     }
 }
 
-/// Checks the backends of a batch in order against every limit they count against:
-/// each one's need plus that of the backends before it under the same limit. Returns
-/// every (index in `items`, error); a backend may have several.
-pub(crate) fn check_batch(items: &[(&Backend, &Plan)], snap: &Snapshot) -> Vec<(usize, Error)> {
+/// Per backend of a batch (index in `items`) and limit it counts against: the bytes
+/// it needs there together with the backends before it under the same limit, and
+/// those backends.
+fn needs(items: &[(&Backend, &Plan)]) -> Vec<(usize, Limit, u64, Vec<usize>)> {
     let counted: Vec<(Vec<Limit>, u64)> = items
         .iter()
         .map(|(b, p)| (limits_of(b, p), p.len))
         .collect();
     let mut out = Vec::new();
-    for (i, (b, _)) in items.iter().enumerate() {
-        for limit in &counted[i].0 {
-            let Some(avail) = available(limit, snap) else {
-                continue;
-            };
+    for (i, (limits, len)) in counted.iter().enumerate() {
+        for limit in limits {
             let earlier: Vec<usize> = (0..i)
                 .filter(|&j| counted[j].0.iter().any(|l| limit.includes(l)))
                 .collect();
-            let needed = counted[i].1 + earlier.iter().map(|&j| counted[j].1).sum::<u64>();
-            if needed > avail {
-                let short = MemoryShort {
-                    needed,
-                    available: avail,
-                    with: earlier.iter().map(|&j| items[j].0.id.clone()).collect(),
-                    stopped_after: None,
-                };
-                out.push((i, short_error(b, limit, short, snap)));
-            }
+            let needed = len + earlier.iter().map(|&j| counted[j].1).sum::<u64>();
+            out.push((i, limit.clone(), needed, earlier));
         }
     }
     out
+}
+
+/// Checks the backends of a batch in order against every limit they count against:
+/// each one's need plus that of the backends before it under the same limit. Returns
+/// every (index in `items`, error); a backend may have several. A bound node counts
+/// with what it may give beyond its meminfo ([`uncertain_passes`] says where that
+/// decided).
+pub(crate) fn check_batch(items: &[(&Backend, &Plan)], snap: &Snapshot) -> Vec<(usize, Error)> {
+    let mut out = Vec::new();
+    for (i, limit, needed, earlier) in needs(items) {
+        let Some((shown, extra)) = available(&limit, snap) else {
+            continue;
+        };
+        if needed > shown + extra {
+            let short = MemoryShort {
+                needed,
+                available: shown + extra,
+                with: earlier.iter().map(|&j| items[j].0.id.clone()).collect(),
+                stopped_after: None,
+            };
+            out.push((i, short_error(items[i].0, &limit, short, snap)));
+        }
+    }
+    out
+}
+
+/// The backends of a batch (index in `items`) that [`check_batch`] lets pass only
+/// thanks to what bound nodes may give beyond their meminfo, each with a warning that
+/// says so with the numbers.
+pub(crate) fn uncertain_passes(
+    items: &[(&Backend, &Plan)],
+    snap: &Snapshot,
+) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (i, limit, needed, _) in needs(items) {
+        let Limit::Nodes(nodes) = &limit else {
+            continue;
+        };
+        let Some((shown, extra)) = available(&limit, snap) else {
+            continue;
+        };
+        if needed > shown && needed <= shown + extra {
+            let b = items[i].0;
+            out.push((
+                i,
+                format!(
+                    "{} '{}': needs {} on {}, more than the {} its meminfo shows available; \
+                     not refused: {}",
+                    b.kind().qom_type(),
+                    b.id,
+                    crate::size::format_size(needed),
+                    nodes_name(nodes),
+                    crate::size::format_size(shown),
+                    uncertain(&limit, snap).unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// The [`Hint`]s as warnings for a backend whose memory counts against a node or the
+/// host: figures that may change without the kernel's counters disagreeing.
+///
+/// [`Hint`]: crate::limits::Hint
+pub(crate) fn hint_warnings(b: &Backend, plan: &Plan, snap: &Snapshot) -> Vec<String> {
+    let counted = limits_of(b, plan)
+        .iter()
+        .any(|l| matches!(l, Limit::Nodes(_) | Limit::Host));
+    if !counted {
+        return Vec::new();
+    }
+    snap.hints
+        .iter()
+        .map(|h| format!("{} '{}': {h}", b.kind().qom_type(), b.id))
+        .collect()
 }
 
 /// The watch for a batch's preallocation: the limits the items count against, read
@@ -298,6 +406,10 @@ fn watch(items: &[(&Backend, &Plan)], snap: &Snapshot) -> (Watch, Vec<Limit>, Ve
                         .iter()
                         .map(|n| (MemoryRoom::node_path(n), snap.marks.node(n)))
                         .collect(),
+                    snap.uncounted.as_ref().map(|_| Beyond {
+                        bound: nodes.iter().collect(),
+                        files: Files::of(snap.nodes.iter().map(|(n, _)| *n)),
+                    }),
                 )),
                 Limit::Host => Some(Source::Host(snap.marks.host())),
                 Limit::MemoryCgroup => snap

@@ -83,6 +83,11 @@ impl MemoryRoom {
         Self::read_file(Path::new(MEMINFO), marks.host())
     }
 
+    /// The paths of /proc/meminfo and /proc/zoneinfo.
+    pub(crate) fn host_paths() -> (PathBuf, PathBuf) {
+        (MEMINFO.into(), ZONEINFO.into())
+    }
+
     pub(crate) fn read_file(path: &Path, reserve: u64) -> Known<MemoryRoom> {
         let text = read_text(path)?;
         MemoryRoom::parse(&text, reserve).map_err(|e| Unknown::new(path, e))
@@ -98,6 +103,9 @@ impl MemoryRoom {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Watermarks {
     per_node: BTreeMap<u32, u64>,
+    /// Per node, bytes its zones hold that the node's meminfo does not count: `present`
+    /// less `managed` pages (read from the same file for [`super::uncounted`]).
+    unmanaged: BTreeMap<u32, u64>,
     /// Why /proc/zoneinfo could not be read; the watermarks are then taken as 0.
     pub unknown: Option<Unknown>,
 }
@@ -106,14 +114,20 @@ impl Watermarks {
     /// Reads /proc/zoneinfo and vm.watermark_boost_factor now (the kernel's default,
     /// 15000, when the sysctl cannot be read: the larger reserve).
     pub fn read() -> Watermarks {
+        Watermarks::read_from(Path::new(ZONEINFO))
+    }
+
+    /// [`Watermarks::read`] from a zoneinfo file at `zoneinfo`.
+    pub(crate) fn read_from(zoneinfo: &Path) -> Watermarks {
         let factor = read_text(Path::new("/proc/sys/vm/watermark_boost_factor"))
             .ok()
             .and_then(|t| t.trim().parse().ok())
             .unwrap_or(15000);
-        match read_text(Path::new(ZONEINFO)) {
+        match read_text(zoneinfo) {
             Ok(text) => Watermarks::parse(&text, crate::sys::page_size() as u64, factor),
             Err(e) => Watermarks {
                 per_node: BTreeMap::new(),
+                unmanaged: BTreeMap::new(),
                 unknown: Some(e),
             },
         }
@@ -121,20 +135,24 @@ impl Watermarks {
 
     /// Adds up every zone's reserve per node (`Node 0, zone Normal` opens a zone; `min`
     /// and `high` are in pages of `page_size` bytes; `boost_factor` is
-    /// vm.watermark_boost_factor).
+    /// vm.watermark_boost_factor), and its present pages the zone does not manage.
     pub fn parse(text: &str, page_size: u64, boost_factor: u64) -> Watermarks {
         const PAGEBLOCK: u64 = 2 << 20;
         let mut per_node: BTreeMap<u32, u64> = BTreeMap::new();
-        // (node, min, high) of the zone being read.
-        let mut zone: Option<(u32, u64, u64)> = None;
-        let mut close = |z: Option<(u32, u64, u64)>| {
-            if let Some((n, min, high)) = z.filter(|z| z.2 > 0) {
+        let mut unmanaged: BTreeMap<u32, u64> = BTreeMap::new();
+        // The zone being read.
+        let mut zone: Option<Zone> = None;
+        let mut close = |z: Option<Zone>| {
+            let Some(z) = z else { return };
+            *unmanaged.entry(z.node).or_insert(0) +=
+                z.present.saturating_sub(z.managed) * page_size;
+            if z.high > 0 {
                 let boost = if boost_factor == 0 {
                     0
                 } else {
-                    (high * page_size * boost_factor / 10000).max(PAGEBLOCK)
+                    (z.high * page_size * boost_factor / 10000).max(PAGEBLOCK)
                 };
-                *per_node.entry(n).or_insert(0) += min * page_size + boost;
+                *per_node.entry(z.node).or_insert(0) += z.min * page_size + boost;
             }
         };
         for line in text.lines() {
@@ -144,7 +162,10 @@ impl Watermarks {
                     .split(',')
                     .next()
                     .and_then(|n| n.trim().parse::<u32>().ok())
-                    .map(|n| (n, 0, 0));
+                    .map(|node| Zone {
+                        node,
+                        ..Zone::default()
+                    });
                 continue;
             }
             let mut words = line.split_whitespace();
@@ -152,16 +173,25 @@ impl Watermarks {
                 continue;
             };
             match (key, v.parse::<u64>()) {
-                ("min", Ok(p)) => z.1 = p,
-                ("high", Ok(p)) => z.2 = p,
+                ("min", Ok(p)) => z.min = p,
+                ("high", Ok(p)) => z.high = p,
+                ("present", Ok(p)) => z.present = p,
+                ("managed", Ok(p)) => z.managed = p,
                 _ => {}
             }
         }
         close(zone.take());
         Watermarks {
             per_node,
+            unmanaged,
             unknown: None,
         }
+    }
+
+    /// Bytes of node `n`'s zones present but not managed (memory the firmware or the
+    /// kernel reserved, or pages whose initialisation is deferred).
+    pub fn unmanaged(&self, n: u32) -> u64 {
+        self.unmanaged.get(&n).copied().unwrap_or(0)
     }
 
     /// Node `n`'s reserve, bytes.
@@ -173,6 +203,16 @@ impl Watermarks {
     pub fn host(&self) -> u64 {
         self.per_node.values().sum()
     }
+}
+
+/// One zone of /proc/zoneinfo, in pages.
+#[derive(Debug, Default)]
+struct Zone {
+    node: u32,
+    min: u64,
+    high: u64,
+    present: u64,
+    managed: u64,
 }
 
 #[cfg(test)]

@@ -6,17 +6,22 @@
 //! process that takes the memory meanwhile makes hostmem stop and give its pages back
 //! instead of letting the OOM killer choose a victim.
 //!
+//! Where the nodes' figures do not add up to the host's, [`uncounted`] works out what a
+//! node may give beyond its meminfo, marked uncertain.
+//!
 //! A file that cannot be read is an [`Unknown`] carrying the path and the reason, never a
 //! silent 0 (which would refuse everything) or "unlimited" (which would hide a limit).
 
 pub mod cgroup;
 pub mod meminfo;
+pub mod uncounted;
 pub mod watch;
 
 use std::path::Path;
 
 pub use cgroup::{CgroupLimit, CgroupVersion};
 pub use meminfo::{MemoryRoom, Watermarks};
+pub use uncounted::{Hint, Uncounted};
 
 /// A limit that could not be read: which file, and what went wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,22 +76,36 @@ pub struct Snapshot {
     pub hugetlb_cgroups: Vec<(u64, Known<Option<CgroupLimit>>)>,
     /// The kernel's reserves the node and host figures were read with.
     pub marks: Watermarks,
+    /// What the host counts and the nodes do not; None when they add up.
+    pub uncounted: Option<Uncounted>,
+    /// What else may change the figures (a balloon, offline memory blocks).
+    pub hints: Vec<Hint>,
 }
 
 impl Snapshot {
-    /// Reads every limit now, for the nodes in `nodes` and the huge page `sizes`.
+    /// Reads every limit now, for the nodes in `nodes` (every node with memory: the
+    /// host's figures are compared with their sum) and the huge page `sizes`.
     pub fn read(nodes: impl IntoIterator<Item = u32>, sizes: &[u64]) -> Snapshot {
         let marks = Watermarks::read();
+        let nodes: Vec<(u32, Known<MemoryRoom>)> = nodes
+            .into_iter()
+            .map(|n| (n, MemoryRoom::read_node(n, &marks)))
+            .collect();
+        let host = MemoryRoom::read_host(&marks);
         Snapshot {
-            nodes: nodes
-                .into_iter()
-                .map(|n| (n, MemoryRoom::read_node(n, &marks)))
-                .collect(),
-            host: MemoryRoom::read_host(&marks),
+            uncounted: Uncounted::of(&host, &nodes, &marks),
+            hints: Hint::read(),
+            nodes,
+            host,
             memory_cgroup: cgroup::memory(),
             hugetlb_cgroups: sizes.iter().map(|&s| (s, cgroup::hugetlb(s))).collect(),
             marks,
         }
+    }
+
+    /// Bytes `nodes` may give beyond their meminfo figures (0 when the nodes add up).
+    pub fn extra(&self, nodes: impl IntoIterator<Item = u32>) -> u64 {
+        self.uncounted.as_ref().map_or(0, |u| u.extra(nodes))
     }
 
     /// The room of node `n`, if it was read.

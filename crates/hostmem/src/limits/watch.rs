@@ -18,6 +18,11 @@
 //! backend gives every page back before it reports the [`Edge`]. The room figures
 //! leave out free pages parked on per-CPU lists, so they err on the side of stopping.
 //!
+//! Bound nodes whose figures did not add up to the host's before mapping
+//! ([`super::uncounted`]) are, when their meminfo falls short of a step, read again with
+//! the host, every node and /proc/zoneinfo (about 100 µs, only near the edge): the
+//! kernel may still add the pages it has not initialised to the node.
+//!
 //! A file that cannot be read any more mid-run (an administrator removed the cgroup)
 //! is treated as room: the check before mapping already passed, and stopping on a
 //! read error would turn a monitoring hiccup into a failed VM start.
@@ -27,14 +32,16 @@ use std::sync::Mutex;
 
 use super::cgroup::CgroupLimit;
 use super::meminfo::MemoryRoom;
+use super::uncounted::{Files, Uncounted};
 use super::Known;
 
 /// What one watched limit reads.
 #[derive(Debug, Clone)]
 pub(crate) enum Source {
     /// The nodes a strict policy binds to: each one's meminfo file with its kernel
-    /// reserve, summed.
-    Nodes(Vec<(PathBuf, u64)>),
+    /// reserve, summed; and when the nodes did not add up to the host, which ones to
+    /// compare again.
+    Nodes(Vec<(PathBuf, u64)>, Option<Beyond>),
     /// /proc/meminfo, with every node's kernel reserve.
     Host(u64),
     /// A cgroup's limit and use files.
@@ -45,7 +52,7 @@ impl Source {
     /// Bytes the limit can still give, read now.
     pub(crate) fn available(&self) -> Known<u64> {
         match self {
-            Source::Nodes(nodes) => nodes.iter().try_fold(0, |sum, (path, mark)| {
+            Source::Nodes(nodes, _) => nodes.iter().try_fold(0, |sum, (path, mark)| {
                 Ok(sum + MemoryRoom::read_file(path, *mark)?.available())
             }),
             Source::Host(mark) => Ok(MemoryRoom::read_file(
@@ -54,6 +61,30 @@ impl Source {
             )?
             .available()),
             Source::Cgroup(l) => Ok(l.reread()?.room()),
+        }
+    }
+}
+
+/// The nodes to compare with the host again when bound nodes' meminfo falls short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Beyond {
+    /// The bound nodes.
+    pub(crate) bound: Vec<u32>,
+    /// The host's files and every node's with memory.
+    pub(crate) files: Files,
+}
+
+impl Source {
+    /// Bytes the limit can give when [`Self::available`] falls short of `len`: bound
+    /// nodes add what they may give beyond their meminfo, read now.
+    fn available_for(&self, len: u64, in_flight: u64) -> Known<u64> {
+        let shown = self.available()?;
+        match self {
+            Source::Nodes(_, Some(b)) if shown.saturating_sub(in_flight) < len => {
+                Ok(shown
+                    + Uncounted::read(&b.files).map_or(0, |u| u.extra(b.bound.iter().copied())))
+            }
+            _ => Ok(shown),
         }
     }
 }
@@ -121,7 +152,7 @@ impl Watch {
             return Err(None);
         }
         for &i in limits {
-            let Ok(avail) = self.sources[i].available() else {
+            let Ok(avail) = self.sources[i].available_for(len, l.in_flight[i]) else {
                 continue;
             };
             let room = avail.saturating_sub(l.in_flight[i]);
@@ -244,11 +275,57 @@ mod tests {
             path
         };
         // Node 1: 100 MiB free + 4 MiB reclaimable - 1 MiB reserve; node 4: 50 + 4 - 2.
-        let src = Source::Nodes(vec![
-            (node(1, 100 << 10), 1 << 20),
-            (node(4, 50 << 10), 2 << 20),
-        ]);
+        let src = Source::Nodes(
+            vec![(node(1, 100 << 10), 1 << 20), (node(4, 50 << 10), 2 << 20)],
+            None,
+        );
         assert_eq!(src.available(), Ok((103 + 52) << 20));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_bound_node_short_in_its_meminfo_is_granted_what_the_kernel_may_still_add_to_it() {
+        let dir = std::env::temp_dir().join(format!("hostmem-watch-{}-lazy", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (host, node0, zones) = crate::limits::uncounted::tests::lazy_files();
+        let files = Files {
+            meminfo: dir.join("meminfo"),
+            nodes: vec![(0, dir.join("node0-meminfo"))],
+            zoneinfo: dir.join("zoneinfo"),
+        };
+        std::fs::write(&files.meminfo, &host).unwrap();
+        std::fs::write(&files.nodes[0].1, &node0).unwrap();
+        std::fs::write(&files.zoneinfo, zones).unwrap();
+        let gib: u64 = 1 << 30;
+        let source = |beyond: bool| {
+            Source::Nodes(
+                vec![(files.nodes[0].1.clone(), 0)],
+                beyond.then(|| Beyond {
+                    bound: vec![0],
+                    files: files.clone(),
+                }),
+            )
+        };
+        // Node 0's meminfo shows 9.5 GiB, the host 10.5 GiB more free: 10 GiB is granted.
+        let w = Watch::new(vec![(source(true), 14 * gib)]);
+        assert_eq!(w.grant(&[0], 10 * gib), Ok(()));
+        // 10 GiB in flight: 10 GiB left of the 20, so 11 more is refused.
+        let edge = w.grant(&[0], 11 * gib).unwrap_err().unwrap();
+        assert_eq!(edge.available, 10 * gib);
+        // Without the comparison (the nodes added up before mapping): node 0's figure.
+        let w = Watch::new(vec![(source(false), 14 * gib)]);
+        let shown = (9_500u64 << 20) / 1000 * 1024;
+        assert_eq!(
+            w.grant(&[0], 10 * gib).unwrap_err().unwrap().available,
+            shown
+        );
+        // The host now counts what node 0 counts: the figure alone again.
+        std::fs::write(&files.meminfo, node0.replace("Node 0 ", "")).unwrap();
+        let w = Watch::new(vec![(source(true), 14 * gib)]);
+        assert_eq!(
+            w.grant(&[0], 10 * gib).unwrap_err().unwrap().available,
+            shown
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -33,6 +33,8 @@ fn snapshot() -> Snapshot {
         })),
         hugetlb_cgroups: Vec::new(),
         marks: Watermarks::default(),
+        uncounted: None,
+        hints: Vec::new(),
     }
 }
 
@@ -204,13 +206,97 @@ fn huge_pages_are_summed_on_their_sizes_hugetlb_cgroup_and_not_on_the_memory_cgr
 fn fact_names_one_node_or_several_and_sums_their_room() {
     let snap = snapshot();
     let nodes = |s: &str| Limit::Nodes(NodeSet::parse(s).unwrap());
-    assert_eq!(
-        fact(&nodes("4"), &snap),
-        ("node 4".to_string(), Ok(Some(371 * MIB)))
-    );
+    let room = |limit: &str, bytes| LimitRoom {
+        limit: limit.to_string(),
+        available: Ok(Some(bytes)),
+        uncertain: None,
+    };
+    assert_eq!(fact(&nodes("4"), &snap), room("node 4", 371 * MIB));
     assert_eq!(
         fact(&nodes("0,4"), &snap),
-        ("nodes 0,4".to_string(), Ok(Some((1500 + 371) * MIB)))
+        room("nodes 0,4", (1500 + 371) * MIB)
+    );
+}
+
+/// Errors and warnings of one preallocated backend bound to `nodes`.
+fn verdict(size: &str, nodes: &str, snap: &Snapshot) -> (Vec<String>, Vec<String>) {
+    let (b, p) = ram("x", size, Some(nodes));
+    let errs = check_batch(&[(&b, &p)], snap);
+    let warns = uncertain_passes(&[(&b, &p)], snap);
+    (
+        errs.iter().map(|(_, e)| e.to_string()).collect(),
+        warns.into_iter().map(|(_, w)| w).collect(),
+    )
+}
+
+#[test]
+fn on_a_lazily_initialised_host_a_bind_above_the_nodes_meminfo_passes_with_a_warning() {
+    let snap = crate::limits::uncounted::tests::lazy_host();
+    let (errs, warns) = verdict("14G", "0", &snap);
+    assert_eq!(errs, Vec::<String>::new());
+    assert_eq!(warns.len(), 1);
+    assert!(
+        warns[0].starts_with(
+            "memory-backend-ram 'x': needs 14 GiB on node 0, more than the 9.48 GiB its \
+             meminfo shows available; not refused: 9.48 GiB of it from meminfo, 10.50 GiB \
+             uncertain: the nodes' meminfo count 12.60 GiB of the host's 23.50 GiB"
+        ),
+        "{}",
+        warns[0]
+    );
+    let f = fact(&Limit::Nodes(NodeSet::parse("0").unwrap()), &snap);
+    let shown = snap.node(0).unwrap().as_ref().unwrap().available();
+    assert_eq!(f.available, Ok(Some(shown + snap.extra([0]))));
+    assert!(f.uncertain.is_some_and(|u| u.contains("an upper bound")));
+    // Beyond even what the host counts free: refused, with the bound as the room.
+    let (errs, warns) = verdict("21G", "0", &snap);
+    assert_eq!(warns, Vec::<String>::new());
+    assert_eq!(
+        errs,
+        [
+            "memory-backend-ram 'x': needs 21 GiB on node 0, which has 19.98 GiB available \
+          (bound by policy=bind host-nodes=0)"
+        ]
+    );
+}
+
+#[test]
+fn on_a_host_whose_nodes_add_up_a_bind_above_the_nodes_meminfo_is_refused() {
+    let snap = crate::limits::uncounted::tests::exact_host();
+    let (errs, warns) = verdict("512M", "4", &snap);
+    assert_eq!(warns, Vec::<String>::new());
+    assert_eq!(
+        errs,
+        [
+            "memory-backend-ram 'x': needs 512 MiB on node 4, which has 370.61 MiB available \
+          (bound by policy=bind host-nodes=4)"
+        ]
+    );
+    let f = fact(&Limit::Nodes(NodeSet::parse("4").unwrap()), &snap);
+    assert_eq!(f.uncertain, None);
+}
+
+#[test]
+fn a_balloon_is_a_warning_on_node_and_host_limits_and_refuses_as_before() {
+    let mut snap = crate::limits::uncounted::tests::exact_host();
+    snap.hints = vec![crate::limits::Hint::Balloon(1 << 30)];
+    let (errs, warns) = verdict("512M", "4", &snap);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(warns, Vec::<String>::new());
+    let (b, p) = ram("x", "512M", Some("4"));
+    let hint = "memory-backend-ram 'x': a balloon holds 1 GiB (/proc/meminfo Balloon): the \
+                hypervisor may take more or give it back; the kernel returns a \
+                deflate-on-oom balloon's pages only when it is out of memory, so they are \
+                not counted";
+    assert_eq!(hint_warnings(&b, &p, &snap), [hint]);
+    let f = fact(&Limit::Nodes(NodeSet::parse("4").unwrap()), &snap);
+    assert!(f
+        .uncertain
+        .is_some_and(|u| u.starts_with("a balloon holds 1 GiB")));
+    let f = fact(&Limit::MemoryCgroup, &snap);
+    assert_eq!(
+        f.uncertain, None,
+        "a balloon does not change the cgroup's room"
     );
 }
 
