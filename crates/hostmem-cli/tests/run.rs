@@ -2,73 +2,19 @@
 //! process (/proc/PID/smaps, numa_maps), its errors, and its clean exit.
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
 
 // `pub`: this crate uses only part of the shared helpers; exported ones are not "unused".
 pub mod common;
 
-use common::kernel::read_range;
+use common::held::Held;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hostmem");
 const MIB: u64 = 1 << 20;
 
 fn run(args: &[&str]) -> std::process::Output {
     Command::new(BIN).arg("run").args(args).output().unwrap()
-}
-
-/// `hostmem run --json --hold ARGS` while it holds its backends: the process and the
-/// report it printed.
-struct Held {
-    child: Child,
-    report: serde_json::Value,
-}
-
-impl Held {
-    fn start<S: AsRef<OsStr>>(args: &[S]) -> Held {
-        let mut child = Command::new(BIN)
-            .args(["run", "--json", "--hold"])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let report = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-        Held { child, report }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The kernel's view, read by the test from /proc/PID/smaps and numa_maps, of the
-    /// `len` bytes of backend `id`; the report serves only to find where it is mapped.
-    fn kernel(&self, id: &str, len: u64) -> common::kernel::Kernel {
-        let b = self.report["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["id"] == id)
-            .unwrap_or_else(|| panic!("no backend {id} in {}", self.report));
-        read_range(self.pid(), b["host-addr"].as_u64().unwrap(), len)
-    }
-
-    /// EOF on stdin ends the hold: the backends are deleted and the exit is clean.
-    /// What it printed on stderr.
-    fn finish(mut self) -> String {
-        drop(self.child.stdin.take());
-        let mut err = String::new();
-        let mut pipe = self.child.stderr.take().unwrap();
-        pipe.read_to_string(&mut err).unwrap();
-        assert!(self.child.wait().unwrap().success(), "{err}");
-        err
-    }
 }
 
 #[test]

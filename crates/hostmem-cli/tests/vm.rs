@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 // `pub`: this crate uses only part of the shared helpers; exported ones are not "unused".
 pub mod common;
 
+use common::held::Held;
 use common::kernel::{read_range, Kernel};
 use common::qmp::{ramblocks, Qmp};
 use common::schema::{assert_valid, validate};
@@ -535,20 +536,10 @@ fn notes_appear_where_the_kernel_contradicts_qemu_and_nowhere_else() {
         "memory-backend-file,id=other,size=64M,mem-path={},share=on,policy=interleave,host-nodes=0",
         file.display()
     );
-    let mut other = hostmem(&["run", "--json", "--hold", "-object", &spec])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
     // Its report is printed once the file is mapped and its policy set.
-    let mut report = String::new();
-    BufReader::new(other.stdout.take().unwrap())
-        .read_line(&mut report)
-        .unwrap();
-    assert!(report.contains("\"other\""), "{report}");
+    let other = Held::start(&["-object", &spec]);
     let got = notes_by_backend(sock);
-    drop(other.stdin.take());
-    assert!(wait_bounded(&mut other, Duration::from_secs(20)).success());
+    other.finish();
     let mut want = none;
     want.insert(
         "file".into(),

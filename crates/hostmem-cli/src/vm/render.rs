@@ -263,11 +263,16 @@ mod tests {
         direct
     }
 
+    /// Reads no note for `requested` and `v`; `why` says why none is due.
+    fn no_note(requested: Value, v: KernelView, why: &str) {
+        assert_eq!(read_notes(requested, v), Vec::<String>::new(), "{why}");
+    }
+
     #[test]
     fn a_backend_the_kernel_agrees_with_has_no_note() {
-        assert_eq!(read_notes(asked(), kernel("default")), Vec::<String>::new());
+        no_note(asked(), kernel("default"), "made as asked");
         let bound = asking(json!({"policy": "bind", "host-nodes": [0], "prealloc": true}));
-        assert_eq!(read_notes(bound, kernel("bind:0")), Vec::<String>::new());
+        no_note(bound, kernel("bind:0"), "bound and preallocated as asked");
     }
 
     #[test]
@@ -279,16 +284,8 @@ mod tests {
             read_notes(pre.clone(), v.clone()),
             ["prealloc=on, but only 60 MiB of 64 MiB is resident"]
         );
-        assert_eq!(
-            read_notes(asked(), v),
-            Vec::<String>::new(),
-            "prealloc=off: pages come on first touch"
-        );
-        assert_eq!(
-            read_notes(pre, kernel("default")),
-            Vec::<String>::new(),
-            "all resident"
-        );
+        no_note(asked(), v, "prealloc=off: pages come on first touch");
+        no_note(pre, kernel("default"), "all resident");
     }
 
     #[test]
@@ -296,28 +293,16 @@ mod tests {
         const NOTE: &str = "merge=on, but VmFlags has no mg (KSM does not scan this range)";
         let no_mg = without(kernel("default"), "mg");
         assert_eq!(read_notes(asked(), no_mg.clone()), [NOTE]);
-        assert_eq!(
-            read_notes(asked(), kernel("default")),
-            Vec::<String>::new(),
-            "mg set"
-        );
-        assert_eq!(
-            read_notes(asking(json!({"merge": false})), no_mg.clone()),
-            Vec::<String>::new(),
-            "merge=off"
-        );
-        assert_eq!(
-            read_notes(asking(json!({"share": true})), no_mg.clone()),
-            Vec::<String>::new(),
-            "share=on: KSM never merges it"
+        no_note(asked(), kernel("default"), "mg set");
+        no_note(asking(json!({"merge": false})), no_mg.clone(), "merge=off");
+        no_note(
+            asking(json!({"share": true})),
+            no_mg.clone(),
+            "share=on: KSM never merges it",
         );
         let mut huge = no_mg;
         huge.hugetlb = 64 * MIB;
-        assert_eq!(
-            read_notes(asked(), huge),
-            Vec::<String>::new(),
-            "hugetlb: KSM never merges it"
-        );
+        no_note(asked(), huge, "hugetlb: KSM never merges it");
     }
 
     #[test]
@@ -329,12 +314,8 @@ mod tests {
             read_notes(off.clone(), kernel("default")),
             ["dump=off, but VmFlags has no dd (it would be in a core dump)"]
         );
-        assert_eq!(read_notes(off, dd.clone()), Vec::<String>::new(), "dd set");
-        assert_eq!(
-            read_notes(asked(), dd),
-            Vec::<String>::new(),
-            "dump=on: dd or not, nothing was asked"
-        );
+        no_note(off, dd.clone(), "dd set");
+        no_note(asked(), dd, "dump=on: dd or not, nothing was asked");
     }
 
     #[test]
@@ -344,36 +325,32 @@ mod tests {
             read_notes(bind.clone(), kernel("interleave:0")),
             ["QEMU was asked for policy bind:0, the kernel has interleave:0 for the range"]
         );
-        assert_eq!(
-            read_notes(bind.clone(), kernel("bind=static:0")),
-            Vec::<String>::new(),
-            "mode flags after '=' are the same mode"
+        no_note(
+            bind.clone(),
+            kernel("bind=static:0"),
+            "mode flags after '=' are the same mode",
         );
         let preferred = asking(json!({"policy": "preferred", "host-nodes": [1]}));
-        assert_eq!(
-            read_notes(preferred.clone(), kernel("prefer:1")),
-            Vec::<String>::new(),
-            "numa_maps spells preferred 'prefer'"
+        no_note(
+            preferred.clone(),
+            kernel("prefer:1"),
+            "numa_maps spells preferred 'prefer'",
         );
         assert_eq!(
             read_notes(preferred, kernel("default")),
             ["QEMU was asked for policy preferred:1, the kernel has default for the range"]
         );
-        assert_eq!(
-            read_notes(asked(), kernel("interleave:0-1")),
-            Vec::<String>::new(),
-            "policy=default: QEMU sets no policy, so none contradicts it"
+        no_note(
+            asked(),
+            kernel("interleave:0-1"),
+            "policy=default: QEMU sets no policy, so none contradicts it",
         );
         let mut unknown = kernel("bind:0");
         unknown.numa = Err(Unknown {
             what: "/proc/1/numa_maps".into(),
             reason: "No such file or directory".into(),
         });
-        assert_eq!(
-            read_notes(bind, unknown),
-            Vec::<String>::new(),
-            "no numa_maps: nothing to contradict"
-        );
+        no_note(bind, unknown, "no numa_maps: nothing to contradict");
     }
 
     #[test]
