@@ -1,77 +1,20 @@
 //! `hostmem run` as a process: its report checked against the kernel's view of that
 //! process (/proc/PID/smaps, numa_maps), its errors, and its clean exit.
 
-use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+
+// `pub`: this crate uses only part of the shared helpers; exported ones are not "unused".
+pub mod common;
+
+use common::held::Held;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hostmem");
 const MIB: u64 = 1 << 20;
 
 fn run(args: &[&str]) -> std::process::Output {
     Command::new(BIN).arg("run").args(args).output().unwrap()
-}
-
-/// Rss and pages per node of the mapping at `addr` in process `pid`, read from /proc.
-fn kernel_view(pid: u32, addr: u64) -> (u64, Vec<(u32, u64)>) {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-    let head = format!("{addr:x}-");
-    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head)).skip(1);
-    let rss = lines
-        .find(|l| l.starts_with("Rss:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap()
-        * 1024;
-    let numa = std::fs::read_to_string(format!("/proc/{pid}/numa_maps")).unwrap();
-    let line = numa
-        .lines()
-        .find(|l| l.starts_with(&format!("{addr:x} ")))
-        .unwrap()
-        .to_string();
-    let nodes = line
-        .split_whitespace()
-        .filter_map(|w| {
-            let (n, p) = w.strip_prefix('N')?.split_once('=')?;
-            Some((n.parse().ok()?, p.parse().ok()?))
-        })
-        .collect();
-    (rss, nodes)
-}
-
-/// `hostmem run --json --hold ARGS` while it holds its backends: the process and the
-/// report it printed.
-struct Held {
-    child: Child,
-    report: serde_json::Value,
-}
-
-impl Held {
-    fn start<S: AsRef<OsStr>>(args: &[S]) -> Held {
-        let mut child = Command::new(BIN)
-            .args(["run", "--json", "--hold"])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let report = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-        Held { child, report }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// EOF on stdin ends the hold: the backends are deleted and the exit is clean.
-    fn finish(mut self) {
-        drop(self.child.stdin.take());
-        assert!(self.child.wait().unwrap().success());
-    }
 }
 
 #[test]
@@ -106,29 +49,26 @@ fn json_report_agrees_with_the_kernel_view_of_the_holding_process() {
     assert_eq!(a["qom-type"], "memory-backend-ram");
     assert_eq!(a["policy"], "bind");
     assert_eq!(a["host-nodes"], serde_json::json!([0]));
-    let addr = a["host-addr"].as_u64().unwrap();
-    let (rss, nodes) = kernel_view(held.pid(), addr);
+    let k = held.kernel("a", 64 * MIB);
     assert_eq!(
-        rss,
+        k.resident,
         64 * MIB,
         "the holding process really has 64 MiB resident"
     );
-    assert_eq!(a["kernel"]["resident-bytes"].as_u64(), Some(rss));
-    let reported: Vec<(u32, u64)> = a["kernel"]["pages-per-node"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.parse().unwrap(), v.as_u64().unwrap()))
-        .collect();
-    assert_eq!(reported, nodes, "pages per node as numa_maps shows them");
+    assert_eq!(a["kernel"]["resident-bytes"].as_u64(), Some(k.resident));
+    let reported: BTreeMap<String, u64> =
+        serde_json::from_value(a["kernel"]["pages-per-node"].clone()).unwrap();
+    assert_eq!(
+        reported, k.pages_per_node,
+        "pages per node as numa_maps shows them"
+    );
     let b = &backends[1];
     assert_eq!(b["share"], true);
     assert_eq!(b["prealloc-seconds"], serde_json::Value::Null);
-    assert!(b["kernel"]["vmflags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|f| f == "sh"));
+    let k = held.kernel("b", 32 * MIB);
+    assert!(k.has_flag("sh"), "a memfd is shared: {:?}", k.vmflags);
+    let vmflags: Vec<String> = serde_json::from_value(b["kernel"]["vmflags"].clone()).unwrap();
+    assert_eq!(vmflags, k.vmflags, "VmFlags as smaps shows them");
     held.finish();
 }
 
@@ -223,27 +163,35 @@ fn default_run_preallocates_a_ram_backend_and_draws_node_bars() {
     assert!(text.contains("prealloc "), "{text}");
 }
 
+/// -machine's mem-merge and dump-guest-core and -mem-prealloc are the defaults of a
+/// backend that says nothing itself: smaps of the holding process shows no mg, dd and
+/// the whole range resident. A backend that overrides each shows the opposite in the
+/// same process, so each flag is one this kernel sets and the machine options made
+/// the difference.
 #[test]
 fn machine_defaults_reach_the_kernel() {
-    let o = run(&[
-        "--json",
+    let held = Held::start(&[
         "-machine",
         "mem-merge=off,dump-guest-core=off",
         "-mem-prealloc",
         "-object",
         "memory-backend-ram,id=m,size=4M",
+        "-object",
+        "memory-backend-ram,id=own,size=4M,merge=on,dump=on,prealloc=off",
     ]);
-    assert!(o.status.success());
-    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let b = &doc["backends"][0];
-    let flags: Vec<&str> = b["kernel"]["vmflags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|f| f.as_str())
-        .collect();
-    assert!(flags.contains(&"dd") && !flags.contains(&"mg"), "{flags:?}");
-    assert_eq!(b["kernel"]["resident-bytes"].as_u64(), Some(4 * MIB));
+    let m = held.kernel("m", 4 * MIB);
+    let own = held.kernel("own", 4 * MIB);
+    held.finish();
+    assert!(!m.has_flag("mg"), "mem-merge=off: no mg in {:?}", m.vmflags);
+    assert!(
+        m.has_flag("dd"),
+        "dump-guest-core=off: dd in {:?}",
+        m.vmflags
+    );
+    assert_eq!(m.resident, 4 * MIB, "-mem-prealloc: all of it resident");
+    assert!(own.has_flag("mg"), "merge=on: mg in {:?}", own.vmflags);
+    assert!(!own.has_flag("dd"), "dump=on: no dd in {:?}", own.vmflags);
+    assert_eq!(own.resident, 0, "prealloc=off: nothing resident");
 }
 
 #[test]
@@ -276,9 +224,8 @@ fn host_features_agree_with_what_the_kernel_does() {
     let populate = f["madv-populate-write"].as_bool().unwrap();
     assert!(populate, "Linux 5.14+ has MADV_POPULATE_WRITE: {f}");
     let held = Held::start(&["-object", "memory-backend-memfd,id=m,size=8M,prealloc=on"]);
-    let addr = held.report["backends"][0]["host-addr"].as_u64().unwrap();
     assert_eq!(
-        kernel_view(held.pid(), addr).0,
+        held.kernel("m", 8 * MIB).resident,
         8 * MIB,
         "memfd preallocated"
     );
@@ -418,9 +365,7 @@ fn libvirt_style_json_objects_with_a_thread_context() {
     let doc = &held.report;
     let b = &doc["backends"][0];
     assert_eq!(b["prealloc-context"], "/objects/tc-ram-node0");
-    let addr = b["host-addr"].as_u64().unwrap();
-    let (rss, _) = kernel_view(held.pid(), addr);
-    assert_eq!(rss, 32 * MIB);
+    assert_eq!(held.kernel("ram-node0", 32 * MIB).resident, 32 * MIB);
     let tasks = std::fs::read_dir(format!("/proc/{}/task", held.pid())).unwrap();
     let tc = tasks
         .filter_map(|t| {
@@ -506,32 +451,23 @@ fn a_libvirt_args_file_runs_its_memory_part() {
         "LC_ALL=C \\\nPATH=/bin \\\n/usr/bin/qemu-system-x86_64 \\\n-name guest=vm1,debug-threads=on \\\n-machine pc-q35-10.0,usb=off,dump-guest-core=off \\\n-m size=65536k \\\n-object '{\"qom-type\":\"thread-context\",\"id\":\"tc-ram-node0\",\"node-affinity\":[0]}' \\\n-object '{\"qom-type\":\"memory-backend-ram\",\"id\":\"ram-node0\",\"size\":33554432,\"prealloc\":true,\"prealloc-context\":\"tc-ram-node0\"}' \\\n-numa node,nodeid=0,cpus=0,memdev=ram-node0 \\\n-object '{\"qom-type\":\"memory-backend-ram\",\"id\":\"ram-node1\",\"size\":33554432}' \\\n-numa node,nodeid=1,cpus=1,memdev=ram-node1 \\\n-device '{\"driver\":\"virtio-balloon-pci\",\"id\":\"balloon0\"}'\n",
     )
     .unwrap();
-    let out = run(&["--json", "--qemu-cmdline", path.to_str().unwrap()]);
+    let held = Held::start(&["--qemu-cmdline", path.to_str().unwrap()]);
     std::fs::remove_file(&path).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ids: Vec<&str> = doc["backends"]
+    let ids: Vec<&str> = held.report["backends"]
         .as_array()
         .unwrap()
         .iter()
         .map(|b| b["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["ram-node0", "ram-node1"]);
-    let b0 = &doc["backends"][0];
-    assert_eq!(b0["kernel"]["resident-bytes"], 32 * MIB, "preallocated");
+    let k = held.kernel("ram-node0", 32 * MIB);
+    let err = held.finish();
+    assert_eq!(k.resident, 32 * MIB, "prealloc: all of it resident");
     assert!(
-        b0["kernel"]["vmflags"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f == "dd"),
-        "dump-guest-core=off reached the kernel"
+        k.has_flag("dd"),
+        "dump-guest-core=off: dd in {:?}",
+        k.vmflags
     );
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("3 memory objects") && err.contains("-name") && err.contains("-device"),
         "{err}"

@@ -171,3 +171,202 @@ pub fn json(
         })).collect::<Vec<_>>(),
     })
 }
+
+/// Each note read where the kernel's view contradicts what QEMU was asked for, and
+/// not read where it agrees: through `notes`, the text report and the JSON report.
+#[cfg(test)]
+mod tests {
+    use hostmem::inspect::{NumaView, Unknown};
+
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// What query-memdev says of a 64 MiB backend QEMU made as asked: no prealloc,
+    /// private, merge and dump on (QEMU's machine defaults), policy default.
+    fn asked() -> Value {
+        json!({"id": "m", "size": 64 * MIB, "prealloc": false, "share": false,
+               "merge": true, "dump": true, "policy": "default"})
+    }
+
+    fn backend(requested: Value) -> VmBackend {
+        VmBackend {
+            id: "m".into(),
+            qom_type: Some("memory-backend-ram".into()),
+            requested,
+            block: None,
+        }
+    }
+
+    /// The kernel's view of a fully resident private range with mg and dd set and
+    /// numa_maps policy `policy`.
+    fn kernel(policy: &str) -> KernelView {
+        KernelView {
+            vmas: 1,
+            vmflags: ["rd", "wr", "mr", "mw", "me", "ac", "mg"]
+                .map(String::from)
+                .to_vec(),
+            size: 64 * MIB,
+            resident: 64 * MIB,
+            thp: 0,
+            hugetlb: 0,
+            page_size: 4096,
+            numa: Ok(NumaView {
+                pages_per_node: [(0, 16384)].into(),
+                page_size: 4096,
+                policy: policy.into(),
+            }),
+            mempolicy: Err(Unknown {
+                what: "get_mempolicy".into(),
+                reason: "not asked in this test".into(),
+            }),
+        }
+    }
+
+    fn without(mut v: KernelView, flag: &str) -> KernelView {
+        v.vmflags.retain(|f| f != flag);
+        v
+    }
+
+    /// `asked()` with `changes` over it.
+    fn asking(changes: Value) -> Value {
+        let mut r = asked();
+        for (k, v) in changes.as_object().unwrap() {
+            r[k] = v.clone();
+        }
+        r
+    }
+
+    /// The notes of one backend three ways: `notes`, the text report's `note:` lines and
+    /// the JSON report's `notes`; all three must agree.
+    fn read_notes(requested: Value, v: KernelView) -> Vec<String> {
+        let b = backend(requested);
+        let direct = notes(&b, &v);
+        let looked = [Looked {
+            backend: &b,
+            view: Some(Ok(v)),
+        }];
+        let snap = Snapshot {
+            backends: vec![b.clone()],
+            unnamed_blocks: Vec::new(),
+        };
+        let text = text(1, "10.0.0", &snap, &looked);
+        let in_text: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("    note: "))
+            .map(String::from)
+            .collect();
+        let in_json: Vec<String> =
+            serde_json::from_value(backend_json(&looked[0])["notes"].clone()).unwrap();
+        assert_eq!(in_text, direct, "text report:\n{text}");
+        assert_eq!(in_json, direct, "JSON report");
+        direct
+    }
+
+    /// Reads no note for `requested` and `v`; `why` says why none is due.
+    fn no_note(requested: Value, v: KernelView, why: &str) {
+        assert_eq!(read_notes(requested, v), Vec::<String>::new(), "{why}");
+    }
+
+    #[test]
+    fn a_backend_the_kernel_agrees_with_has_no_note() {
+        no_note(asked(), kernel("default"), "made as asked");
+        let bound = asking(json!({"policy": "bind", "host-nodes": [0], "prealloc": true}));
+        no_note(bound, kernel("bind:0"), "bound and preallocated as asked");
+    }
+
+    #[test]
+    fn prealloc_on_with_part_of_the_range_resident_is_noted() {
+        let pre = asking(json!({"prealloc": true}));
+        let mut v = kernel("default");
+        v.resident = 60 * MIB;
+        assert_eq!(
+            read_notes(pre.clone(), v.clone()),
+            ["prealloc=on, but only 60 MiB of 64 MiB is resident"]
+        );
+        no_note(asked(), v, "prealloc=off: pages come on first touch");
+        no_note(pre, kernel("default"), "all resident");
+    }
+
+    #[test]
+    fn merge_on_without_mg_is_noted_only_for_private_non_hugetlb_memory() {
+        const NOTE: &str = "merge=on, but VmFlags has no mg (KSM does not scan this range)";
+        let no_mg = without(kernel("default"), "mg");
+        assert_eq!(read_notes(asked(), no_mg.clone()), [NOTE]);
+        no_note(asked(), kernel("default"), "mg set");
+        no_note(asking(json!({"merge": false})), no_mg.clone(), "merge=off");
+        no_note(
+            asking(json!({"share": true})),
+            no_mg.clone(),
+            "share=on: KSM never merges it",
+        );
+        let mut huge = no_mg;
+        huge.hugetlb = 64 * MIB;
+        no_note(asked(), huge, "hugetlb: KSM never merges it");
+    }
+
+    #[test]
+    fn dump_off_without_dd_is_noted() {
+        let off = asking(json!({"dump": false}));
+        let mut dd = kernel("default");
+        dd.vmflags.push("dd".into());
+        assert_eq!(
+            read_notes(off.clone(), kernel("default")),
+            ["dump=off, but VmFlags has no dd (it would be in a core dump)"]
+        );
+        no_note(off, dd.clone(), "dd set");
+        no_note(asked(), dd, "dump=on: dd or not, nothing was asked");
+    }
+
+    #[test]
+    fn a_kernel_policy_other_than_the_requested_one_is_noted() {
+        let bind = asking(json!({"policy": "bind", "host-nodes": [0]}));
+        assert_eq!(
+            read_notes(bind.clone(), kernel("interleave:0")),
+            ["QEMU was asked for policy bind:0, the kernel has interleave:0 for the range"]
+        );
+        no_note(
+            bind.clone(),
+            kernel("bind=static:0"),
+            "mode flags after '=' are the same mode",
+        );
+        let preferred = asking(json!({"policy": "preferred", "host-nodes": [1]}));
+        no_note(
+            preferred.clone(),
+            kernel("prefer:1"),
+            "numa_maps spells preferred 'prefer'",
+        );
+        assert_eq!(
+            read_notes(preferred, kernel("default")),
+            ["QEMU was asked for policy preferred:1, the kernel has default for the range"]
+        );
+        no_note(
+            asked(),
+            kernel("interleave:0-1"),
+            "policy=default: QEMU sets no policy, so none contradicts it",
+        );
+        let mut unknown = kernel("bind:0");
+        unknown.numa = Err(Unknown {
+            what: "/proc/1/numa_maps".into(),
+            reason: "No such file or directory".into(),
+        });
+        no_note(bind, unknown, "no numa_maps: nothing to contradict");
+    }
+
+    #[test]
+    fn several_notes_of_one_backend_are_all_read_in_order() {
+        let all = asking(json!({"prealloc": true, "dump": false, "policy": "bind",
+                               "host-nodes": [0]}));
+        let mut v = without(kernel("prefer:0"), "mg");
+        v.resident = 0;
+        assert_eq!(
+            read_notes(all, v),
+            [
+                "prealloc=on, but only 0 B of 64 MiB is resident",
+                "merge=on, but VmFlags has no mg (KSM does not scan this range)",
+                "dump=off, but VmFlags has no dd (it would be in a core dump)",
+                "QEMU was asked for policy bind:0, the kernel has prefer:0 for the range",
+            ]
+        );
+    }
+}

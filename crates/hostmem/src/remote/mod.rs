@@ -14,6 +14,7 @@ use std::fs;
 use crate::inspect::{self, KernelView, Placement};
 
 pub mod error;
+mod pass;
 mod plan;
 mod rebind;
 

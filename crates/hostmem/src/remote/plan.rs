@@ -116,15 +116,41 @@ impl Survey {
     }
 }
 
+/// One move_pages(2) call's arguments: the pages to move and, index for index, the
+/// node each goes to. Kept as the two lists the call takes, so what is tested is what
+/// the kernel is given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct MoveBatch {
+    /// The pages' addresses, in the process's address space.
+    pub(super) addrs: Vec<u64>,
+    /// The target node of each page.
+    pub(super) nodes: Vec<i32>,
+}
+
+impl MoveBatch {
+    /// Pages in the batch.
+    pub(super) fn len(&self) -> usize {
+        self.addrs.len()
+    }
+
+    /// Whether nothing is to move.
+    pub(super) fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
+    }
+}
+
 /// The pages of a window to move now, with their targets: resident and not on their
 /// node (asked again at move time: the process runs meanwhile).
-pub(super) fn to_move(stripes: &Stripes, addrs: &[u64], now: &[i32]) -> Vec<(u64, i32)> {
-    addrs
-        .iter()
-        .zip(now)
-        .filter(|&(&a, &n)| n >= 0 && n != stripes.target_of(a))
-        .map(|(&a, _)| (a, stripes.target_of(a)))
-        .collect()
+pub(super) fn to_move(stripes: &Stripes, addrs: &[u64], now: &[i32]) -> MoveBatch {
+    let mut batch = MoveBatch::default();
+    for (&a, &n) in addrs.iter().zip(now) {
+        let to = stripes.target_of(a);
+        if n >= 0 && n != to {
+            batch.addrs.push(a);
+            batch.nodes.push(to);
+        }
+    }
+    batch
 }
 
 /// Counts move_pages' answer `status` for `batch` into `report`. A tail page of a huge
@@ -135,13 +161,13 @@ pub(super) fn to_move(stripes: &Stripes, addrs: &[u64], now: &[i32]) -> Vec<(u64
 /// The batch counts as done in `progress`.
 pub(super) fn settle(
     report: &mut RemoteRebindReport,
-    batch: &[(u64, i32)],
+    batch: &MoveBatch,
     status: Vec<i32>,
     ask_again: impl FnOnce(&[u64], u64) -> Result<Vec<i32>, RemoteError>,
     progress: &Progress,
 ) -> Result<(), RemoteError> {
     let mut unsure: Vec<(u64, i32, i32)> = Vec::new();
-    for (&(addr, to), s) in batch.iter().zip(status) {
+    for ((&addr, &to), s) in batch.addrs.iter().zip(&batch.nodes).zip(status) {
         if s == to {
             report.moved += 1;
             *report.moved_per_node.entry(to as u32).or_default() += 1;
@@ -257,7 +283,15 @@ mod tests {
         let s = Stripes::new(0, 4096, false, vec![0, 1]);
         let addrs: Vec<u64> = (0..4).map(|i| i * 4096).collect();
         let batch = to_move(&s, &addrs, &[1, 1, -libc::ENOENT, 0]);
-        assert_eq!(batch, [(0, 0), (3 * 4096, 1)]);
+        assert_eq!(batch, pairs(&[(0, 0), (3 * 4096, 1)]));
+    }
+
+    /// A batch from (address, node) pairs.
+    fn pairs(p: &[(u64, i32)]) -> MoveBatch {
+        MoveBatch {
+            addrs: p.iter().map(|p| p.0).collect(),
+            nodes: p.iter().map(|p| p.1).collect(),
+        }
     }
 
     fn report() -> RemoteRebindReport {
@@ -271,7 +305,7 @@ mod tests {
     fn pages_whose_status_is_their_target_count_as_moved_without_asking_again() {
         let mut r = report();
         let p = Progress::new();
-        let batch = [(0, 1), (4096, 2), (8192, 1)];
+        let batch = pairs(&[(0, 1), (4096, 2), (8192, 1)]);
         settle(
             &mut r,
             &batch,
@@ -290,7 +324,7 @@ mod tests {
     fn pages_found_on_their_target_when_asked_again_count_as_moved() {
         let mut r = report();
         let p = Progress::new();
-        let batch = [(0, 1), (4096, 1), (8192, 1), (12288, 0)];
+        let batch = pairs(&[(0, 1), (4096, 1), (8192, 1), (12288, 0)]);
         let mut asked = Vec::new();
         settle(
             &mut r,
@@ -318,7 +352,7 @@ mod tests {
         let mut r = report();
         let e = settle(
             &mut r,
-            &[(0, 1)],
+            &pairs(&[(0, 1)]),
             vec![-libc::EBUSY],
             |_, moved| Err(RemoteError::Exited { pid: 7, moved }),
             &Progress::new(),

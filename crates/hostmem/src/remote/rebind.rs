@@ -21,7 +21,8 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::error::{self, RemoteError};
-use super::plan::{self, Stripes, Survey};
+use super::pass::{self, Pages, Windows};
+use super::plan::{self, MoveBatch, Stripes};
 use super::RemoteRegion;
 use crate::inspect::{MemPolicy, Unknown};
 use crate::numa::{HostTopology, KernelMode, NodeSet};
@@ -103,7 +104,6 @@ impl RemoteRegion {
         options: RebindOptions,
         progress: &Progress,
     ) -> Result<RemoteRebindReport, RemoteError> {
-        let pid = self.pid;
         if targets.is_empty() {
             return Err(RemoteError::NoNodes);
         }
@@ -119,51 +119,29 @@ impl RemoteRegion {
             page_size: page,
             ..Default::default()
         };
-        let window = plan::window_pages(page);
-        let windows = |f: &mut dyn FnMut(Vec<u64>) -> Result<bool, RemoteError>| {
-            plan::for_each_window(self.start, self.len, page, window, f)
+        let windows = Windows {
+            start: self.start,
+            len: self.len,
+            page,
+            window: plan::window_pages(page),
+        };
+        let mut live = Live {
+            region: self,
+            move_all: options.move_all,
         };
 
         // Pass 1: where every resident page is, and how many go to each node. Nothing
         // moves before every node's share is known to fit.
-        let mut survey = Survey::default();
-        windows(&mut |addrs| {
-            survey.count(&stripes, &addrs, &self.page_status(&addrs)?);
-            Ok(true)
-        })?;
+        let survey = pass::survey(windows, &stripes, &mut live)?;
         report.resident_pages = survey.resident;
         report.already_placed = survey.already_placed;
         check_capacity(&topo, &survey.headed, page, hugetlb)?;
         let planned = survey.planned();
 
-        // Pass 2: the move, window by window, asking again where each page is (the
-        // guest runs meanwhile).
+        // Pass 2: the move, window by window.
         progress.add_total(planned * page);
         let started = Instant::now();
-        let exited = |moved| RemoteError::Exited { pid, moved };
-        let status_during_move = |addrs: &[u64], moved: u64| {
-            self.page_status(addrs).map_err(|e| match e {
-                RemoteError::NoProcess { .. } => exited(moved),
-                e => e,
-            })
-        };
-        windows(&mut |addrs| {
-            if progress.is_cancelled() {
-                report.cancelled = true;
-                return Ok(false);
-            }
-            let now = status_during_move(&addrs, report.moved)?;
-            let batch = plan::to_move(&stripes, &addrs, &now);
-            if batch.is_empty() {
-                return Ok(true);
-            }
-            let a: Vec<u64> = batch.iter().map(|p| p.0).collect();
-            let n: Vec<i32> = batch.iter().map(|p| p.1).collect();
-            let st = crate::sys::move_pages_of(pid, &a, Some(&n), options.move_all)
-                .map_err(|e| RemoteError::from_move(pid, &e, options.move_all, report.moved))?;
-            plan::settle(&mut report, &batch, st, status_during_move, progress)?;
-            Ok(true)
-        })?;
+        pass::move_windows(windows, &stripes, &mut live, &mut report, progress)?;
         report.skipped = skipped_pages(&report, planned);
         report.seconds = started.elapsed().as_secs_f64();
 
@@ -177,6 +155,24 @@ impl RemoteRegion {
             .warnings
             .extend(shared_pages_warning(&report.failed, options.move_all));
         Ok(report)
+    }
+}
+
+/// The process's pages as the move pass sees them: move_pages(2) with its pid.
+struct Live<'a> {
+    region: &'a RemoteRegion,
+    move_all: bool,
+}
+
+impl Pages for Live<'_> {
+    fn status(&mut self, addrs: &[u64]) -> Result<Vec<i32>, RemoteError> {
+        self.region.page_status(addrs)
+    }
+
+    fn move_batch(&mut self, batch: &MoveBatch, moved: u64) -> Result<Vec<i32>, RemoteError> {
+        let pid = self.region.pid;
+        crate::sys::move_pages_of(pid, &batch.addrs, Some(&batch.nodes), self.move_all)
+            .map_err(|e| RemoteError::from_move(pid, &e, self.move_all, moved))
     }
 }
 

@@ -182,20 +182,24 @@ pub fn vm_rebind_backends(t: &Topo) -> Check {
         )?;
     }
 
-    // A memory-less node is refused before any page moves.
-    let (st, _, err) = rebind("a", &none.to_string())?;
-    ensure(st.code() == Some(1), || {
-        format!("rebind to node {none}: {st} {err}")
-    })?;
-    ensure(
-        err.contains(&format!(
-            "refused before moving any page: node {none} has no memory"
-        )),
-        || format!("refusal said: {err}"),
-    )?;
-    ensure(all_pages(pid, &blocks)? == before, || {
-        "pages moved on a refusal".into()
-    })?;
+    // A memory-less node, or a node missing from a list with good ones, is refused
+    // before any page moves (a one-node host cannot tell: nothing could move there).
+    for (nodes, why) in [
+        (none.to_string(), format!("node {none} has no memory")),
+        ("2,9".to_string(), "node 9 does not exist".to_string()),
+    ] {
+        let (st, _, err) = rebind("a", &nodes)?;
+        ensure(st.code() == Some(1), || {
+            format!("rebind to nodes {nodes}: {st} {err}")
+        })?;
+        ensure(
+            err.contains(&format!("refused before moving any page: {why}")),
+            || format!("refusal of {nodes} said: {err}"),
+        )?;
+        ensure(all_pages(pid, &blocks)? == before, || {
+            format!("pages moved on the refusal of nodes {nodes}")
+        })?;
+    }
 
     // a → node 2.
     let (st, out_a, err) = rebind("a", "2")?;
@@ -227,7 +231,7 @@ pub fn vm_rebind_backends(t: &Topo) -> Check {
         || format!("no warning that later faults still go to node 0: {out_b}"),
     )?;
     Ok(format!(
-        "a 64M→2: {} ({:.3} s, {:.2} GiB/s); b 96M→1,2: {} ({:.3} s, {:.2} GiB/s); c {}; node {none} refused",
+        "a 64M→2: {} ({:.3} s, {:.2} GiB/s); b 96M→1,2: {} ({:.3} s, {:.2} GiB/s); c {}; node {none} and 2,9 refused",
         dist(&after[0]),
         field(&out_a, "seconds"),
         field(&out_a, "gib-per-sec"),
