@@ -7,6 +7,7 @@ fail and name what is missing. Run by scripts/test as a suite of its own:
 
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -104,8 +105,7 @@ PYTEST_INV = "[QMP tests]\ntests/qmp/test_load.py  2\ntests/qmp/test_monitor.py 
 
 def results_dir(tmp_path, *suites):
     """The DIR scripts/test leaves: suites as (kind, name, log[, status])."""
-    d = tmp_path / "results"
-    d.mkdir()
+    d = Path(tempfile.mkdtemp(prefix="results.", dir=tmp_path))
     for i, (kind, name, log, *status) in enumerate(suites, 1):
         base = d / f"{i:02d}-{kind}"
         base.with_suffix(".log").write_text(log)
@@ -289,11 +289,17 @@ def test_a_summary_line_in_a_tests_output_is_not_pytests(tmp_path, capsys):
     assert closing(out).startswith("suites: 3 passed, 1 failed, ")
 
 
-def test_pytest_without_rap_cannot_be_held_to_its_files(tmp_path, capsys):
+def test_pytest_without_rap_is_held_to_its_total_only_and_fails(tmp_path, capsys):
     rc, out = check(tmp_path, capsys, PYTEST_INV,
                     ("pytest", "QMP tests", "....\n4 passed in 38.58s\n"))
     assert rc == 1, out
     assert "no short test summary (run pytest with -rap)" in out
+    assert "missing" not in out
+    assert closing(out).startswith("suites: 4 passed, 1 failed, ")
+    rc, out = check(tmp_path, capsys, PYTEST_INV,
+                    ("pytest", "QMP tests", "...\n2 passed, 1 failed in 38.58s\n", 1))
+    assert "missing: 3 ran in all, at least 4 expected (1 missing)" in out
+    assert closing(out).startswith("suites: 2 passed, 2 failed, ")
 
 
 def test_pytest_that_ran_no_test_fails(tmp_path, capsys):
