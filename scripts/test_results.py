@@ -440,7 +440,11 @@ def write_inventory(d, path):
         lines.append(f"[{name}]")
         lines += [f"{e:<{width}}  {n}" for e, n in entries.items()]
         lines.append("")
-    path.write_text("\n".join(lines))
+    try:
+        path.write_text("\n".join(lines))
+    except OSError as e:
+        print(f"test_results: cannot write {path}: {e.strerror}", file=sys.stderr)
+        return 1
     print(f"test_results: wrote {path}")
     return 0 if all(ok for _name, ok, _r in suites) else 1
 
