@@ -11,7 +11,10 @@
 # Without BIN/CMD: target/release/{hostmem,numa-suite}, qemu-system-x86_64 (with the
 # firmware -machine pc reads) and /bin/numa-suite.
 # Exit status: 0 only if the guest reported `NUMA-VM: suite exit 0`.
-set -euo pipefail
+set -Eeuo pipefail
+# Whatever fails without a message of its own still says what failed and where (once:
+# not again in each command substitution it happened in).
+trap 'rc=$?; ((BASH_SUBSHELL)) || echo "NUMA-VM: error: ${0##*/} line $LINENO: \`$BASH_COMMAND\` failed (exit $rc)" >&2' ERR
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CACHE=$ROOT/target/numa-vm
@@ -38,9 +41,12 @@ while (($#)); do
         *) BINS+=("$1"); shift ;;
     esac
 done
+# The default QEMU is added once `need` below has installed it where it was missing.
+WITH_QEMU=
 if ((${#BINS[@]} == 0 && ${#CMD[@]} == 0)); then
-    BINS=("$ROOT/target/release/hostmem" "$ROOT/target/release/numa-suite" "$(command -v qemu-system-x86_64)")
+    BINS=("$ROOT/target/release/hostmem" "$ROOT/target/release/numa-suite")
     CMD=(/bin/numa-suite)
+    WITH_QEMU=1
 fi
 ((${#CMD[@]})) || die "no guest command given after --"
 for b in "${BINS[@]}"; do
@@ -74,6 +80,7 @@ need() {
 need qemu-system-x86_64 qemu-system-x86
 need cpio cpio
 need numactl numactl
+[[ -z $WITH_QEMU ]] || BINS+=("$(command -v qemu-system-x86_64)")
 # busybox-static, specifically: the guest has no libc of its own to offer a
 # dynamically linked busybox, and Debian's plain `busybox` package is dynamic.
 BUSYBOX=/bin/busybox
@@ -90,14 +97,17 @@ mkdir -p "$CACHE"
 # Debian's 6.12 kernel has NUMA, ACPI SRAT, 8250 console, devtmpfs, tmpfs and
 # hugetlbfs built in, so the guest needs no modules: only vmlinuz is kept.
 # The generic flavour only: cloud lacks bits we want, rt changes scheduling.
+# Prints nothing when apt knows no such package (empty or old lists): awk, not grep,
+# filters, as grep would fail the pipeline on no match.
 newest_kernel_pkg() {
     apt-cache search --names-only '^linux-image-6\.12\..*-amd64-unsigned$' \
-        | awk '{print $1}' | grep -Ev -- '-(cloud|rt)-amd64-unsigned$' | sort -V | tail -n1
+        | awk '$1 !~ /-(cloud|rt)-amd64-unsigned$/ {print $1}' | sort -V | tail -n1
 }
-KPKG=$(newest_kernel_pkg)
+KPKG=$(newest_kernel_pkg) || die "apt-cache search for the kernel package failed (above)"
 if [[ -z $KPKG ]]; then
+    note "apt-cache finds no linux-image-6.12.*-amd64-unsigned: updating the package lists"
     apt_update
-    KPKG=$(newest_kernel_pkg)
+    KPKG=$(newest_kernel_pkg) || die "apt-cache search for the kernel package failed (above)"
 fi
 if [[ -z $KPKG ]]; then
     # Offline or lists gone: a kernel fetched earlier is as good as any.
@@ -121,10 +131,11 @@ if ! compgen -G "$KDIR/boot/vmlinuz-*" >/dev/null; then
     # Only boot/ is needed; the modules would be ~400 MB of disk for nothing.
     rm -rf "$KDIR.tmp"
     mkdir -p "$KDIR.tmp"
-    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$KDIR.tmp" --wildcards './boot/*'
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$KDIR.tmp" --wildcards './boot/*' \
+        || die "cannot unpack boot/ of $deb (above); delete it to download it again"
     mv "$KDIR.tmp" "$KDIR"
 fi
-VMLINUZ=$(compgen -G "$KDIR/boot/vmlinuz-*" | head -n1)
+VMLINUZ=$(compgen -G "$KDIR/boot/vmlinuz-*" | head -n1) || die "no boot/vmlinuz-* in $KDIR"
 KCONFIG=$(compgen -G "$KDIR/boot/config-*" | head -n1) || die "no boot/config-* in $KPKG"
 for opt in CONFIG_NUMA CONFIG_ACPI_NUMA CONFIG_DEVTMPFS CONFIG_TMPFS CONFIG_HUGETLBFS \
            CONFIG_SERIAL_8250_CONSOLE CONFIG_BLK_DEV_INITRD CONFIG_RD_GZIP; do
@@ -242,7 +253,9 @@ mkfifo "$FIFO"
 QPID=
 cleanup() {
     # timeout(1) forwards the signal to QEMU, which then quits promptly.
-    [[ -n $QPID ]] && kill -TERM "$QPID" 2>/dev/null && wait "$QPID" 2>/dev/null
+    if [[ -n $QPID ]]; then
+        kill -TERM "$QPID" 2>/dev/null && wait "$QPID" 2>/dev/null || true
+    fi
     rm -f "$FIFO"
 }
 trap cleanup EXIT
