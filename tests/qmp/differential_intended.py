@@ -44,15 +44,11 @@ def host_facts():
 
 
 def expand(v, facts):
-    if isinstance(v, str):
-        for k, x in facts.items():
-            v = v.replace(k, x)
-        return v
-    if isinstance(v, list):
-        return [expand(x, facts) for x in v]
-    if isinstance(v, dict):
-        return {k: expand(x, facts) for k, x in v.items()}
-    return v
+    """`v` with the placeholders replaced by their values (none holds a quote)."""
+    text = json.dumps(v)
+    for k, x in facts.items():
+        text = text.replace(k, x)
+    return json.loads(text)
 
 
 def cell(reply):
