@@ -98,6 +98,7 @@ class Server:
         self.argv = argv
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _SERVERS.append(self)
         deadline = time.monotonic() + 15
         while not os.path.exists(self.sock):
             if self.proc.poll() is not None:
@@ -208,8 +209,11 @@ class Raw:
         self.s.close()
 
 
-# Clients a test opened; closed after it even when it failed half-way.
+# Clients a test opened, closed after it even when it failed half-way; and servers it
+# started, killed then if still running (a test that fails before stopping its own
+# server must not leave it behind holding memory).
 _OPEN = []
+_SERVERS = []
 
 
 @pytest.fixture(autouse=True)
@@ -217,6 +221,11 @@ def _close_clients():
     yield
     while _OPEN:
         _OPEN.pop().close()
+    while _SERVERS:
+        srv = _SERVERS.pop()
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+            srv.proc.wait()
 
 
 class Qmp:
