@@ -125,17 +125,28 @@ def backend_view(pid, entry):
     return view
 
 
-def assert_residency_agrees(pid, entry):
-    """hostmem's residency entry says what the kernel says of the same range (its
-    `resident-bytes`, `thp-bytes`, `vmflags`, `pages-per-node` and `numa-maps-policy`);
-    returns the kernel's view, which is what the caller's claims must use."""
+def residency_fields(view):
+    """What hostmem's residency command must say of a range the kernel shows as `view`."""
+    return {"resident-bytes": view.resident, "thp-bytes": view.thp,
+            "vmflags": view.vmas[0].vmflags, "pages-per-node": view.pages_per_node,
+            "numa-maps-policy": view.policies[0] if view.policies else None}
+
+
+def assert_residency_agrees(pid, fetch):
+    """hostmem's residency entry of a backend (`fetch()` asks for it) says what the
+    kernel says of the same range: its `resident-bytes`, `thp-bytes`, `vmflags`,
+    `pages-per-node` and `numa-maps-policy` are each the kernel's value at a reading
+    just before or just after the query (khugepaged may collapse pages into huge ones
+    at any moment in between). Returns the kernel's view after it, which is what the
+    caller's claims must use."""
+    before = residency_fields(backend_view(pid, fetch()))  # the first query: the range
+    entry = fetch()
     view = backend_view(pid, entry)
-    ours = {k: entry.get(k) for k in ("resident-bytes", "thp-bytes", "vmflags",
-                                      "pages-per-node", "numa-maps-policy")}
-    kernel = {"resident-bytes": view.resident, "thp-bytes": view.thp,
-              "vmflags": view.vmas[0].vmflags, "pages-per-node": view.pages_per_node,
-              "numa-maps-policy": view.policies[0] if view.policies else None}
-    assert ours == kernel, f"{entry['id']}: residency command {ours}, kernel {kernel}"
+    after = residency_fields(view)
+    wrong = {k: {"command": entry.get(k), "kernel before": before[k], "kernel after": v}
+             for k, v in after.items() if entry.get(k) not in (before[k], v)}
+    assert not wrong, (f"{entry['id']}: the residency command disagrees with "
+                       f"smaps/numa_maps: {wrong}")
     return view
 
 

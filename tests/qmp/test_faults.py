@@ -26,6 +26,7 @@ MIB = 1 << 20
 ORPHAN = 512 * MIB
 MEMFD = "memory-backend-memfd"
 FILE = "memory-backend-file"
+RESIDENCY = "__org.hostmem_query-memdev-residency"
 
 
 def bystanders(q, huge=True):
@@ -46,8 +47,8 @@ def state(q, pid):
     command must agree with the kernel."""
     memdev = sorted(q("query-memdev"), key=lambda m: m["id"])
     kernel = {}
-    for r in q("__org.hostmem_query-memdev-residency"):
-        view = assert_residency_agrees(pid, r)
+    for r in q(RESIDENCY):
+        view = assert_residency_agrees(pid, lambda i=r["id"]: q(RESIDENCY, id=i)[0])
         kernel[r["id"]] = (view.resident, len(view.vmas))
     return memdev, kernel
 
@@ -233,7 +234,8 @@ def test_killed_and_stalled_clients_leave_nothing_behind(hostmem):
     stalled.close()
     # Disconnecting does not undo a command (as in QEMU): the orphan is complete.
     orphan = q("__org.hostmem_query-memdev-residency", id="orphan")[0]
-    assert assert_residency_agrees(hostmem.pid, orphan).resident == ORPHAN
+    assert assert_residency_agrees(hostmem.pid, lambda: q(RESIDENCY, id="orphan")[0]) \
+        .resident == ORPHAN
     q("object-del", id="orphan")
     assert_unharmed(q, hostmem, before)
     after = process_counts(hostmem.pid)

@@ -19,6 +19,7 @@ from kernel import (assert_residency_agrees, backend_view, prealloc_in_flight, r
 
 MIB = 1 << 20
 GIB = 1 << 30
+RESIDENCY = "__org.hostmem_query-memdev-residency"
 
 
 def ram(q, id, size=4 * MIB, **props):
@@ -80,8 +81,7 @@ def test_every_command(hostmem):
                             "prealloc": True, "share": False, "reserve": True,
                             "host-nodes": [0], "policy": "bind"}
     assert memdev["d1"]["share"] is True
-    res = {r["id"]: r for r in q("__org.hostmem_query-memdev-residency")}
-    m1 = assert_residency_agrees(hostmem.pid, res["m1"])
+    m1 = assert_residency_agrees(hostmem.pid, lambda: q(RESIDENCY, id="m1")[0])
     assert m1.rss == 2 * MIB      # the live prealloc happened, as smaps counts it
     # dump=off and merge=off reached every VMA of the backend.
     assert "dd" in m1.vmflags and "mg" not in m1.any_vmflags, m1.vmas
@@ -191,7 +191,7 @@ def test_rebind_and_residency_agree_with_numa_maps(hostmem):
     res = q("__org.hostmem_query-memdev-residency", id="r")
     assert len(res) == 1
     r = res[0]
-    kernel = assert_residency_agrees(hostmem.pid, r)
+    kernel = assert_residency_agrees(hostmem.pid, lambda: q(RESIDENCY, id="r")[0])
     assert kernel.pages_per_node == {"0": pages} and kernel.rss == 32 * MIB
     assert set(kernel.policies) == {"bind:0"}
     assert out["pages-per-node"] == kernel.pages_per_node   # the rebind's own report
@@ -219,8 +219,8 @@ def test_machine_defaults_apply_to_qmp_backends(sockdir):
     m, n = q("query-memdev")
     assert (m["merge"], m["dump"], m["prealloc"]) == (False, False, True)
     assert (n["merge"], n["dump"], n["prealloc"]) == (True, False, False)
-    km, kn = (assert_residency_agrees(srv.pid, r)
-              for r in q("__org.hostmem_query-memdev-residency"))
+    km, kn = (assert_residency_agrees(srv.pid, lambda i=i: q(RESIDENCY, id=i)[0])
+              for i in ("m", "n"))
     assert km.rss == 8 * MIB and kn.rss == 0     # -mem-prealloc, unless prealloc=false
     assert "dd" in km.vmflags and "mg" not in km.any_vmflags, km.vmas
     assert "dd" in kn.vmflags and "mg" in kn.vmflags, kn.vmas
@@ -283,8 +283,7 @@ def test_long_prealloc_does_not_block_other_clients(hostmem):
     assert res["big"]["resident-bytes"] < slow            # progress, not the end
     assert res["small"].get("busy") is None
     assert b("qom-get", path="/objects/big", property="prealloc") is True
-    done_big = b("__org.hostmem_query-memdev-residency", id="big")[0]
-    assert assert_residency_agrees(hostmem.pid, done_big).rss == slow
+    assert assert_residency_agrees(hostmem.pid, lambda: b(RESIDENCY, id="big")[0]).rss == slow
     a.close()
     b.close()
 
@@ -364,9 +363,8 @@ def test_bad_input_never_disturbs_others(hostmem):
     # Everyone else is fine, backends intact (the orphan's add completed).
     wait_for(lambda: "orphan" in [m["id"] for m in q("query-memdev")] or None,
              "the orphan's object-add completed")
-    res = {x["id"]: x for x in q("__org.hostmem_query-memdev-residency")}
-    assert assert_residency_agrees(hostmem.pid, res["keep"]).rss == 4 * MIB
-    assert assert_residency_agrees(hostmem.pid, res["orphan"]).rss == 256 * MIB
+    for id, size in (("keep", 4 * MIB), ("orphan", 256 * MIB)):
+        assert assert_residency_agrees(hostmem.pid, lambda: q(RESIDENCY, id=id)[0]).rss == size
     q.close()
 
 
