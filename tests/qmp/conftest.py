@@ -98,6 +98,7 @@ class Server:
         self.argv = argv
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _SERVERS.append(self)
         deadline = time.monotonic() + 15
         while not os.path.exists(self.sock):
             if self.proc.poll() is not None:
@@ -208,8 +209,11 @@ class Raw:
         self.s.close()
 
 
-# Clients a test opened; closed after it even when it failed half-way.
+# Clients a test opened, closed after it even when it failed half-way; and servers it
+# started, killed then if still running (a test that fails before stopping its own
+# server must not leave it behind holding memory).
 _OPEN = []
+_SERVERS = []
 
 
 @pytest.fixture(autouse=True)
@@ -217,6 +221,11 @@ def _close_clients():
     yield
     while _OPEN:
         _OPEN.pop().close()
+    while _SERVERS:
+        srv = _SERVERS.pop()
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+            srv.proc.wait()
 
 
 class Qmp:
@@ -257,29 +266,6 @@ class Qmp:
             pass  # the server may be gone already; the loop still must close
         finally:
             self.loop.close()
-
-
-def numa_maps_pages(pid, start, size):
-    """Pages per node and the policy of the VMAs in [start, start+size) of `pid`,
-    from /proc/PID/numa_maps."""
-    pages, policies = {}, set()
-    with open(f"/proc/{pid}/numa_maps") as f:
-        for line in f:
-            words = line.split()
-            addr = int(words[0], 16)
-            if not start <= addr < start + size:
-                continue
-            policies.add(words[1])
-            for w in words[2:]:
-                if w.startswith("N") and "=" in w:
-                    n, p = w[1:].split("=")
-                    pages[n] = pages.get(n, 0) + int(p)
-    return pages, policies
-
-
-def smaps_rss(pid, start, size):
-    """Resident bytes of the VMAs in [start, start+size) of `pid`, from smaps."""
-    return smaps_sum(pid, start, size, ("Rss:",))[0]
 
 
 HUGE_POOL = Path("/sys/kernel/mm/hugepages/hugepages-2048kB")
@@ -334,39 +320,3 @@ def mounts():
             if subprocess.run(["umount", str(d)], capture_output=True).returncode != 0:
                 subprocess.run(["umount", "-l", str(d)], capture_output=True)
             d.rmdir()
-
-
-def process_counts(pid):
-    """What the kernel says the process holds: mappings (/proc/PID/maps lines), open
-    fds, threads and VmRSS in bytes."""
-    with open(f"/proc/{pid}/maps") as f:
-        maps = sum(1 for _ in f)
-    status = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            status[k] = v.split()
-    return {"maps": maps, "fds": len(os.listdir(f"/proc/{pid}/fd")),
-            "threads": int(status["Threads"][0]), "rss": int(status["VmRSS"][0]) * 1024}
-
-
-def smaps_sum(pid, start, size, fields):
-    """The sum in bytes of the smaps `fields` (kB) of the VMAs in [start, start+size)
-    of `pid`, and how many VMAs there are."""
-    total, vmas, inside = 0, 0, False
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            head = line.split()[0]
-            if "-" in head and not head.endswith(":"):
-                a = int(head.split("-")[0], 16)
-                inside = start <= a < start + size
-                vmas += inside
-            elif inside and head in fields:
-                total += int(line.split()[1]) * 1024
-    return total, vmas
-
-
-def smaps_resident(pid, start, size):
-    """Resident bytes of the VMAs in [start, start+size) of `pid` including hugetlb
-    pages (which smaps counts apart from Rss), and how many VMAs there are."""
-    return smaps_sum(pid, start, size, ("Rss:", "Shared_Hugetlb:", "Private_Hugetlb:"))

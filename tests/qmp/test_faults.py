@@ -18,12 +18,15 @@ import time
 
 import pytest
 
-from conftest import (Qmp, Raw, huge_pool, process_counts, smaps_resident)
+from conftest import Qmp, Raw, huge_pool
+from kernel import (assert_residency_agrees, backend_view, prealloc_in_flight,
+                    process_counts)
 
 MIB = 1 << 20
 ORPHAN = 512 * MIB
 MEMFD = "memory-backend-memfd"
 FILE = "memory-backend-file"
+RESIDENCY = "__org.hostmem_query-memdev-residency"
 
 
 def bystanders(q, huge=True):
@@ -39,21 +42,24 @@ def bystanders(q, huge=True):
 
 
 def state(q, pid):
-    """The backends as QMP and as the kernel (smaps of the server) show them."""
+    """The backends as QMP shows them, and as the kernel (smaps of the server) does:
+    resident bytes (hugetlb pages included) and VMAs of each; hostmem's residency
+    command must agree with the kernel."""
     memdev = sorted(q("query-memdev"), key=lambda m: m["id"])
-    residency = q("__org.hostmem_query-memdev-residency")
-    resident = {r["id"]: r["resident-bytes"] for r in residency}
-    kernel = {r["id"]: smaps_resident(pid, r["host-addr"], r["size"]) for r in residency}
-    return memdev, resident, kernel
+    kernel = {}
+    for r in q(RESIDENCY):
+        view = assert_residency_agrees(pid, lambda i=r["id"]: q(RESIDENCY, id=i)[0])
+        kernel[r["id"]] = (view.resident, len(view.vmas))
+    return memdev, kernel
 
 
 def assert_unharmed(q, srv, before):
     assert srv.proc.poll() is None, "the server died"
     after = state(q, srv.pid)
     assert after == before
-    memdev, resident, kernel = after
+    memdev, kernel = after
     for m in memdev:    # fully resident, as the kernel counts it
-        assert resident[m["id"]] == m["size"] and kernel[m["id"]][0] == m["size"], m
+        assert kernel[m["id"]][0] == m["size"], (m, kernel[m["id"]])
 
 
 @pytest.mark.parametrize("kind", ["memfd", "hugetlbfs"])
@@ -84,14 +90,13 @@ def test_huge_page_exhaustion_is_clear_and_gives_every_page_back(
     else:
         q("object-add", **props, reserve=False)
         victim = q("__org.hostmem_query-memdev-residency", id="victim")[0]
-        assert smaps_resident(hostmem.pid, victim["host-addr"], 8 * MIB)[1] >= 1, \
-            "reserve=off maps the memory"
+        assert backend_view(hostmem.pid, victim).vmas, "reserve=off maps the memory"
         assert huge_pool() == pool, "reserve=off holds no pages"
         cls, desc = q.error("qom-set", path="/objects/victim", property="prealloc",
                             value=True)
         # The backend lives on, as it was: nothing faulted in, nothing held.
         assert huge_pool() == pool
-        assert smaps_resident(hostmem.pid, victim["host-addr"], 8 * MIB)[0] == 0
+        assert backend_view(hostmem.pid, victim).resident == 0
         assert q("qom-get", path="/objects/victim", property="prealloc") is False
         q("object-del", id="victim")
     assert cls == "GenericError"
@@ -190,7 +195,8 @@ def test_killed_and_stalled_clients_leave_nothing_behind(hostmem):
             hostmem.sock, '{"execute": "object-add", "arguments": {'
             '"qom-type": "memory-backend-memfd", "id": "orphan", '
             f'"size": {ORPHAN}, "prealloc": true, "prealloc-threads": 1}}}}\n'))
-        time.sleep(0.1)
+        # Killed only once the kernel shows the orphan's prealloc running.
+        prealloc_in_flight(hostmem.pid, ORPHAN, "/memfd:orphan (deleted)")
     finally:
         for p in killed:
             p.send_signal(signal.SIGKILL)
@@ -228,7 +234,8 @@ def test_killed_and_stalled_clients_leave_nothing_behind(hostmem):
     stalled.close()
     # Disconnecting does not undo a command (as in QEMU): the orphan is complete.
     orphan = q("__org.hostmem_query-memdev-residency", id="orphan")[0]
-    assert smaps_resident(hostmem.pid, orphan["host-addr"], ORPHAN)[0] == ORPHAN
+    assert assert_residency_agrees(hostmem.pid, lambda: q(RESIDENCY, id="orphan")[0]) \
+        .resident == ORPHAN
     q("object-del", id="orphan")
     assert_unharmed(q, hostmem, before)
     after = process_counts(hostmem.pid)

@@ -1,6 +1,7 @@
 """`hostmem run --qmp` driven by the real qemu.qmp client, plus raw sockets for the
 input a real client never sends. Claims about memory are checked against
-/proc/PID/numa_maps and smaps of the server process, not against its own answers."""
+/proc/PID/numa_maps and smaps of the server process (kernel.py), not against its own
+answers; hostmem's residency command is checked to agree with them."""
 
 import json
 import os
@@ -12,10 +13,13 @@ import time
 
 import pytest
 
-from conftest import Qmp, Raw, numa_maps_pages, smaps_rss, start_hostmem
+from conftest import Qmp, Raw, start_hostmem
+from kernel import (assert_residency_agrees, backend_view, prealloc_in_flight, range_view,
+                    wait_for)
 
 MIB = 1 << 20
 GIB = 1 << 30
+RESIDENCY = "__org.hostmem_query-memdev-residency"
 
 
 def ram(q, id, size=4 * MIB, **props):
@@ -77,9 +81,10 @@ def test_every_command(hostmem):
                             "prealloc": True, "share": False, "reserve": True,
                             "host-nodes": [0], "policy": "bind"}
     assert memdev["d1"]["share"] is True
-    res = {r["id"]: r for r in q("__org.hostmem_query-memdev-residency")}
-    assert res["m1"]["resident-bytes"] == 2 * MIB      # the live prealloc happened
-    assert "dd" in res["m1"]["vmflags"] and "mg" not in res["m1"]["vmflags"]
+    m1 = assert_residency_agrees(hostmem.pid, lambda: q(RESIDENCY, id="m1")[0])
+    assert m1.rss == 2 * MIB      # the live prealloc happened, as smaps counts it
+    # dump=off and merge=off reached every VMA of the backend.
+    assert "dd" in m1.vmflags and "mg" not in m1.any_vmflags, m1.vmas
     assert q("object-del", id="m1") == {}
     assert [m["id"] for m in q("query-memdev")] == ["d1", "f1"]
     q.close()
@@ -186,16 +191,16 @@ def test_rebind_and_residency_agree_with_numa_maps(hostmem):
     res = q("__org.hostmem_query-memdev-residency", id="r")
     assert len(res) == 1
     r = res[0]
-    kernel_pages, policies = numa_maps_pages(hostmem.pid, r["host-addr"], r["size"])
-    assert kernel_pages == {"0": pages}
-    assert r["pages-per-node"] == {k: v for k, v in kernel_pages.items()}
-    assert policies == {"bind:0"} and r["numa-maps-policy"] == "bind:0"
-    assert r["resident-bytes"] == smaps_rss(hostmem.pid, r["host-addr"], r["size"])
-    assert r["mempolicy"]["mode"] == "bind"
+    kernel = assert_residency_agrees(hostmem.pid, lambda: q(RESIDENCY, id="r")[0])
+    assert kernel.pages_per_node == {"0": pages} and kernel.rss == 32 * MIB
+    assert set(kernel.policies) == {"bind:0"}
+    assert out["pages-per-node"] == kernel.pages_per_node   # the rebind's own report
+    assert r["mempolicy"] == {"mode": "bind", "nodes": [0]}  # get_mempolicy, as numa_maps
     # Back to default, and refusals of bad placements.
     out = q("__org.hostmem_memdev-rebind", id="r", policy="default")
     assert out["policy"] == "default" and out["pages-present"] == pages
-    assert numa_maps_pages(hostmem.pid, r["host-addr"], r["size"])[1] == {"default"}
+    kernel = range_view(hostmem.pid, r["host-addr"], r["size"])
+    assert set(kernel.policies) == {"default"} and kernel.pages_per_node == {"0": pages}
     cls, desc = q.error("__org.hostmem_memdev-rebind", id="r", policy="bind",
                         **{"host-nodes": [5]})
     assert cls == "GenericError" and "node 5" in desc
@@ -214,10 +219,11 @@ def test_machine_defaults_apply_to_qmp_backends(sockdir):
     m, n = q("query-memdev")
     assert (m["merge"], m["dump"], m["prealloc"]) == (False, False, True)
     assert (n["merge"], n["dump"], n["prealloc"]) == (True, False, False)
-    rm, rn = q("__org.hostmem_query-memdev-residency")
-    assert rm["resident-bytes"] == 8 * MIB == smaps_rss(srv.pid, rm["host-addr"], rm["size"])
-    assert "dd" in rm["vmflags"] and "mg" not in rm["vmflags"]
-    assert "mg" in rn["vmflags"] and rn["resident-bytes"] == 0
+    km, kn = (assert_residency_agrees(srv.pid, lambda i=i: q(RESIDENCY, id=i)[0])
+              for i in ("m", "n"))
+    assert km.rss == 8 * MIB and kn.rss == 0     # -mem-prealloc, unless prealloc=false
+    assert "dd" in km.vmflags and "mg" not in km.any_vmflags, km.vmas
+    assert "dd" in kn.vmflags and "mg" in kn.vmflags, kn.vmas
     q.close()
     assert srv.close() == 0
 
@@ -240,7 +246,7 @@ def test_long_prealloc_does_not_block_other_clients(hostmem):
         "qom-type": "memory-backend-memfd", "id": "huge", "size": slow, "prealloc": True,
         "prealloc-threads": 1})
     t.start()
-    time.sleep(0.05)
+    prealloc_in_flight(hostmem.pid, slow, "/memfd:huge (deleted)")
     t0 = time.monotonic()
     assert [m["id"] for m in b("query-memdev")] == ["small", "big"]
     assert b("qom-get", path="/objects/small", property="size") == 4 * MIB
@@ -255,24 +261,29 @@ def test_long_prealloc_does_not_block_other_clients(hostmem):
         "path": "/objects/big", "property": "prealloc", "value": True})
     b("qom-set", path="/objects/big", property="prealloc-threads", value=1)
     t.start()
-    time.sleep(0.05)
+    big = prealloc_in_flight(hostmem.pid, slow, "/memfd:big (deleted)")
     t0 = time.monotonic()
     memdev = {m["id"]: m for m in b("query-memdev")}
     assert b("qom-get", path="/objects/big", property="prealloc") is False
     settings_answered = time.monotonic()
     # The residency query reads /proc while the kernel is busy faulting pages in:
-    # slower, but answered while the prealloc still runs.
+    # slower, but answered while the prealloc still runs. Rss only grows meanwhile, so
+    # its answer lies between the kernel's readings before and after it.
+    rss_before = range_view(hostmem.pid, big.start, slow).rss
     res = {r["id"]: r for r in b("__org.hostmem_query-memdev-residency")}
     answered = time.monotonic()
+    rss_after = range_view(hostmem.pid, big.start, slow).rss
     t.join()
     assert settings_answered - t0 < 0.5 and answered < done["set"][1], \
         "queries waited for another client's qom-set prealloc"
     assert memdev["big"]["prealloc"] is False            # not finished when asked
-    assert res["big"].get("busy") is True
-    assert 0 < res["big"]["resident-bytes"] < slow        # progress seen from /proc
+    assert res["big"].get("busy") is True and res["big"]["host-addr"] == big.start
+    assert 0 < rss_before <= res["big"]["resident-bytes"] <= rss_after, \
+        (rss_before, res["big"]["resident-bytes"], rss_after)
+    assert res["big"]["resident-bytes"] < slow            # progress, not the end
     assert res["small"].get("busy") is None
     assert b("qom-get", path="/objects/big", property="prealloc") is True
-    assert b("__org.hostmem_query-memdev-residency", id="big")[0]["resident-bytes"] == slow
+    assert assert_residency_agrees(hostmem.pid, lambda: b(RESIDENCY, id="big")[0]).rss == slow
     a.close()
     b.close()
 
@@ -350,20 +361,11 @@ def test_bad_input_never_disturbs_others(hostmem):
     r.close()
 
     # Everyone else is fine, backends intact (the orphan's add completed).
-    deadline = time.monotonic() + 10
-    while "orphan" not in [m["id"] for m in q("query-memdev")]:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    res = {x["id"]: x for x in q("__org.hostmem_query-memdev-residency")}
-    assert res["keep"]["resident-bytes"] == 4 * MIB
-    assert res["orphan"]["resident-bytes"] == 256 * MIB
+    wait_for(lambda: "orphan" in [m["id"] for m in q("query-memdev")] or None,
+             "the orphan's object-add completed")
+    for id, size in (("keep", 4 * MIB), ("orphan", 256 * MIB)):
+        assert assert_residency_agrees(hostmem.pid, lambda: q(RESIDENCY, id=id)[0]).rss == size
     q.close()
-
-
-def maps_ranges(pid):
-    """(start, end) of every mapping in /proc/PID/maps."""
-    with open(f"/proc/{pid}/maps") as f:
-        return [tuple(int(x, 16) for x in line.split()[0].split("-")) for line in f]
 
 
 def fd_targets(pid):
@@ -374,7 +376,7 @@ def fd_targets(pid):
 
 @pytest.mark.parametrize("how", ["quit", "SIGINT", "SIGTERM"])
 def test_stop_deletes_everything_and_exits_0(sockdir, how):
-    """The backends are seen in /proc/PID/maps, smaps and fd before the stop; after it
+    """The backends are seen in /proc/PID/smaps and fd before the stop; after it
     the process is gone with its memory, and each file backend's blocks are punched out
     (discard-data=on): only Backend::delete does that, an exit alone keeps the data."""
     boot_file, added_file = sockdir / "boot.ram", sockdir / "added.ram"
@@ -390,11 +392,8 @@ def test_stop_deletes_everything_and_exits_0(sockdir, how):
     # What the kernel shows of each backend before the stop.
     res = {r["id"]: r for r in q("__org.hostmem_query-memdev-residency")}
     assert set(res) == {"boot", "added", "added-file"}
-    ranges = maps_ranges(srv.pid)
     for r in res.values():
-        start, size = r["host-addr"], r["size"]
-        assert any(a <= start and start + size <= b for a, b in ranges), (r["id"], ranges)
-        assert smaps_rss(srv.pid, start, size) == size, r["id"]
+        assert backend_view(srv.pid, r).rss == r["size"], r["id"]
     fds = fd_targets(srv.pid)
     assert {str(boot_file), str(added_file)} <= fds, fds
     for f in (boot_file, added_file):
@@ -404,7 +403,7 @@ def test_stop_deletes_everything_and_exits_0(sockdir, how):
     r.send({"execute": "object-add", "arguments": {
         "qom-type": "memory-backend-ram", "id": "slow", "size": 8 * GIB, "prealloc": True,
         "prealloc-threads": 1, "reserve": True}})
-    time.sleep(0.3)
+    prealloc_in_flight(srv.pid, 8 * GIB)
     t0 = time.monotonic()
     if how == "quit":
         # Like QEMU: the quitter gets its reply first, then the event.
