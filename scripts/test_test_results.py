@@ -335,6 +335,28 @@ def test_libvirt_sets_not_run_are_missing(tmp_path, capsys):
     assert "missing: qmp: 143 ran, at least 153 expected (10 missing)" in out
 
 
+LIBVIRT_GIGANTIC = """== cli: -object on the command line
+object sets total 153: accepted by both 136, refused by both 2, QEMU-only 0, hostmem-only 0, value mismatches 0, not run 0
+skipped by name: 15 object sets: the kernel could not assemble 1 1G huge page(s) (...)
+  skipped: hugepages-shared.x86_64-latest.args: memory-backend-file ...
+== qmp: object-add over QMP
+object sets total 153: accepted by both 136, refused by both 2, QEMU-only 0, hostmem-only 0, value mismatches 0, not run 0
+skipped by name: 15 object sets: the kernel could not assemble 1 1G huge page(s) (...)
+libvirt-objects: passed
+"""
+
+
+def test_libvirt_sets_skipped_by_name_are_skipped_not_passed(tmp_path, capsys):
+    rc, out = check(tmp_path, capsys, "[libvirt objects]\ncli  138\nqmp  138\n",
+                    ("libvirt", "libvirt objects", LIBVIRT_GIGANTIC))
+    assert rc == 0, out
+    assert closing(out) == "suites: 276 passed, 0 failed, 30 skipped/ignored; fuzz: 0 runs, 0 crashes"
+    rc, out = check(tmp_path, capsys, "[libvirt objects]\ncli  153\nqmp  153\n",
+                    ("libvirt", "libvirt objects", LIBVIRT_GIGANTIC))
+    assert rc == 1, out
+    assert "missing: cli: 138 ran, at least 153 expected (15 missing)" in out
+
+
 def test_lint_checks_skipped_by_name_are_there(tmp_path, capsys):
     log = ("lint: cargo fmt --check exit 0\n"
            "lint: cargo +1.87 check (rust-version) skipped: rustup cannot install Rust 1.87\n")

@@ -145,6 +145,14 @@ def report_phase(ph, res, weight, example):
           f"{count.get('qemu-only', 0)}, hostmem-only {count.get('hostmem-only', 0)}, "
           f"value mismatches {mism}, not run {count.get('not run', 0)}"
           + (f", object-del problems {cleanup}" if cleanup else ""))
+    skipped = [rk for rk, r in res.items() if r["status"] == "skipped"]
+    if skipped:
+        # Excluded by name (README: gigantic pages), never counted as passed.
+        print(f"skipped by name: {sum(weight[rk] for rk in skipped)} object sets: "
+              + res[skipped[0]]["why"])
+        for rk in skipped:
+            key, fname = example[rk]
+            print(f"  skipped: {fname}: {' '.join(key)}")
     if n_cmp:
         print("read back from both (distinct sets run): " + ", ".join(
             f"{v} {k} values" for k, v in n_cmp.items()) + " compared")

@@ -150,7 +150,12 @@ def main():
             t = templates[keys[0]]
             types = dict(zip(t.ids, (parse_object(x).qom_type for x in keys[0])))
             skip = t.needs or "; ".join(huge.missing[p] for p in t.hugepages if p in huge.missing)
+            gigantic = "; ".join(huge.unassembled[p] for p in t.hugepages
+                                 if p in huge.unassembled)
             for ph in phases:
+                if gigantic and not skip:
+                    results[ph][rk] = {"status": "skipped", "why": gigantic}
+                    continue
                 if skip:
                     results[ph][rk] = {"status": "not run", "why": skip}
                     continue
