@@ -31,14 +31,13 @@
 
 use super::Backend;
 use crate::error::{CgroupRef, Error, MemoryShort};
-use crate::kind::{Kind, Plan};
+use crate::kind::Plan;
 use crate::limits::uncounted::Files;
 use crate::limits::watch::{Beyond, Edge, Source, Watch};
 use crate::limits::{CgroupLimit, Known, MemoryRoom, Snapshot};
 use crate::numa::{HostTopology, NodeSet};
 use crate::prealloc::Job;
 use crate::preflight::LimitRoom;
-use crate::sys;
 
 /// A batch's memory limits from the check before mapping to the end of its prealloc:
 /// what was read, the watch its threads ask, and which limits each job counts against.
@@ -92,9 +91,6 @@ impl Guard {
     }
 }
 
-/// `statfs` magic of tmpfs and of shmem.
-const TMPFS_MAGIC: i64 = 0x0102_1994;
-
 /// A limit backends of a batch count against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Limit {
@@ -143,20 +139,9 @@ pub(crate) fn limits_of(b: &Backend, plan: &Plan) -> Vec<Limit> {
     vec![nodes, Limit::MemoryCgroup]
 }
 
-/// Whether the memory cannot be written back: everything but a shared file mapping
-/// on a file system other than tmpfs.
+/// Whether the memory takes RAM the limits count: the kind's answer.
 fn counts(b: &Backend) -> bool {
-    if b.kind() != Kind::File || !b.cfg.common.share {
-        return true;
-    }
-    b.mem_path().is_none_or(|p| {
-        let probe = if p.exists() {
-            p
-        } else {
-            p.parent().unwrap_or(p)
-        };
-        sys::statfs(probe).is_ok_and(|fs| fs.magic == TMPFS_MAGIC)
-    })
+    b.ops().takes_ram(&b.cfg.common)
 }
 
 /// Bytes `limit` can give according to `snap`, as (what its files show, what the

@@ -10,10 +10,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{fs_page_size, CreatedFile, FdSize, KindOps, KindSpec, Mapped, Plan, Target};
+use super::{fs_page_size, CreatedFile, FdSize, Kind, KindOps, KindSpec, Mapped, Plan, Target};
 use crate::error::{Error, Result};
 use crate::props::group::property_group;
-use crate::props::OnOffAuto;
+use crate::props::{Common, OnOffAuto};
 use crate::size::format_size;
 use crate::sys::{self, MapOptions, RawMapping};
 
@@ -39,9 +39,13 @@ property_group! {
     }
 }
 
-impl KindSpec for FileConfig {
-    const QOM_TYPE: &'static str = "memory-backend-file";
-}
+/// What `memory-backend-file` is, statically.
+pub(crate) const SPEC: KindSpec = KindSpec {
+    qom_type: "memory-backend-file",
+    shared_by_default: false,
+    has_fd: true,
+    own_props: FileConfig::PROPS,
+};
 
 fn open_error(path: &Path, e: &std::io::Error) -> Error {
     Error::OpenBackingStore {
@@ -72,6 +76,10 @@ impl FileConfig {
 }
 
 impl KindOps for FileConfig {
+    fn kind(&self) -> Kind {
+        Kind::File
+    }
+
     fn plan(&self, t: &Target<'_>) -> Result<Plan> {
         let path = self.path_set()?;
         let size = t.common.size;
@@ -84,8 +92,7 @@ impl KindOps for FileConfig {
                 &std::io::Error::from_raw_os_error(libc::EISDIR),
             ));
         }
-        if self.align != 0 && (!self.align.is_power_of_two() || !self.align.is_multiple_of(page))
-        {
+        if self.align != 0 && (!self.align.is_power_of_two() || !self.align.is_multiple_of(page)) {
             return Err(t.invalid(
                 &FileConfig::ALIGN,
                 self.align,
@@ -102,7 +109,11 @@ impl KindOps for FileConfig {
                 format!("must be a multiple of the page size {}", format_size(page)),
             ));
         }
-        if self.offset.checked_add(size).is_none_or(|end| end > i64::MAX as u64) {
+        if self
+            .offset
+            .checked_add(size)
+            .is_none_or(|end| end > i64::MAX as u64)
+        {
             return Err(t.invalid(
                 &FileConfig::OFFSET,
                 self.offset,
@@ -117,12 +128,10 @@ impl KindOps for FileConfig {
                     "property 'rom' = 'on' is not supported with 'readonly' = 'off'".into(),
                 ))
             }
-            OnOffAuto::Off if self.readonly && t.common.share => {
-                return Err(Error::Refused(
-                    "property 'rom' = 'off' is incompatible with 'readonly' = 'on' and 'share' = 'on'"
-                        .into(),
-                ))
-            }
+            OnOffAuto::Off if self.readonly && t.common.share => return Err(Error::Refused(
+                "property 'rom' = 'off' is incompatible with 'readonly' = 'on' and 'share' = 'on'"
+                    .into(),
+            )),
             _ => {}
         }
         Ok(Plan {
@@ -140,7 +149,11 @@ impl KindOps for FileConfig {
         let file = if path.is_dir() {
             temp_file(path, t.id).map_err(|e| open_error(path, &e))?
         } else {
-            match OpenOptions::new().read(true).write(!self.readonly).open(path) {
+            match OpenOptions::new()
+                .read(true)
+                .write(!self.readonly)
+                .open(path)
+            {
                 Ok(f) => f,
                 Err(e) if e.kind() == ErrorKind::NotFound && !self.readonly => {
                     let f = OpenOptions::new()
@@ -244,6 +257,14 @@ impl KindOps for FileConfig {
         } else {
             OnOffAuto::Off
         };
+    }
+
+    fn takes_ram(&self, common: &Common) -> bool {
+        // A private mapping's written pages are anonymous; a shared one's live in the
+        // page cache of the file, written back unless the file is on tmpfs. A file
+        // system that cannot be read counts as not holding RAM (nothing refused).
+        !common.share
+            || super::statfs_of(&self.mem_path).is_ok_and(|fs| fs.magic == sys::TMPFS_MAGIC)
     }
 
     fn path(&self) -> Option<&Path> {

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::os::fd::OwnedFd;
 
-use super::{FdSize, KindOps, KindSpec, Mapped, Plan, Target};
+use super::{FdSize, Kind, KindOps, KindSpec, Mapped, Plan, Target};
 use crate::error::Result;
 use crate::numa::topology::{default_huge_page_size, huge_page_sizes};
 use crate::props::group::property_group;
@@ -23,12 +23,19 @@ property_group! {
     }
 }
 
-impl KindSpec for MemfdConfig {
-    const QOM_TYPE: &'static str = "memory-backend-memfd";
-    const SHARED_BY_DEFAULT: bool = true;
-}
+/// What `memory-backend-memfd` is, statically.
+pub(crate) const SPEC: KindSpec = KindSpec {
+    qom_type: "memory-backend-memfd",
+    shared_by_default: true,
+    has_fd: true,
+    own_props: MemfdConfig::PROPS,
+};
 
 impl KindOps for MemfdConfig {
+    fn kind(&self) -> Kind {
+        Kind::Memfd
+    }
+
     fn plan(&self, t: &Target<'_>) -> Result<Plan> {
         let size = t.common.size;
         if !self.hugetlb {

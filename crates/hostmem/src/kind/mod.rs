@@ -1,11 +1,12 @@
 //! The kinds of backend, each in its own file, answering the kind questions through
-//! [`KindOps`]: what it checks before mapping and the page size it learns ([`Plan`]), how
+//! `KindOps`: what it checks before mapping and the page size it learns ([`Plan`]), how
 //! it maps, whether its size rounds up to the page, how its pages are preallocated, what
 //! KSM can do with it, and what delete does. The lifecycle in `backend/` asks; it never
 //! tests which kind it has.
 //!
-//! Adding a kind is one file here (its property group, [`KindSpec`] and [`KindOps`]) and
-//! one line in the [`kinds!`] list below.
+//! Adding a kind is one file here (its property group, its `SPEC` and its `KindOps`) and
+//! one line in each table of this file that lists the kinds: [`Kind`], `Kind::ALL`,
+//! `Kind::spec`, [`KindConfig`] and its `defaults`, `ops` and `ops_mut`.
 
 use std::fmt;
 use std::os::fd::OwnedFd;
@@ -19,16 +20,11 @@ use crate::sys::{self, RawMapping};
 /// THP size on x86 and arm64 with 4 KiB pages: anonymous memory is aligned to it.
 pub const THP_ALIGN: usize = 2 << 20;
 
-/// What a kind is, statically: its QEMU type name and the defaults that depend on it.
-pub(crate) trait KindSpec {
-    /// QEMU's type name (`memory-backend-ram`).
-    const QOM_TYPE: &'static str;
-    /// Whether `share` defaults to on (memfd and shm: the point is sharing).
-    const SHARED_BY_DEFAULT: bool = false;
-}
-
 /// The questions the lifecycle asks a kind, answered from the kind's own settings.
 pub(crate) trait KindOps: fmt::Debug {
+    /// Which kind this is.
+    fn kind(&self) -> Kind;
+
     /// Checks the kind's own properties against the common ones and learns the page
     /// size, without mapping anything.
     fn plan(&self, t: &Target<'_>) -> Result<Plan>;
@@ -67,6 +63,13 @@ pub(crate) trait KindOps: fmt::Debug {
         !plan.hugetlb || common.reserve
     }
 
+    /// Whether the memory takes host RAM the kernel cannot write back and drop under
+    /// pressure, so the memory limits count it: everything but a shared mapping of a
+    /// file on a disk file system (tmpfs and shm pages have nowhere to go).
+    fn takes_ram(&self, _common: &Common) -> bool {
+        true
+    }
+
     /// Whether KSM can merge this memory at all (private anonymous memory only).
     fn mergeable(&self, _common: &Common) -> bool {
         false
@@ -84,94 +87,68 @@ pub(crate) trait KindOps: fmt::Debug {
     fn settle(&mut self) {}
 }
 
-/// Lists the kinds: `Variant(module::ConfigGroup)`. Declares the modules and makes
-/// [`Kind`], [`KindConfig`] and the dispatch to each kind's [`KindOps`].
-macro_rules! kinds {
-    ($($variant:ident($module:ident::$config:ident),)*) => {
-        $(pub mod $module;)*
+pub mod file;
+pub mod memfd;
+pub mod ram;
+pub mod shm;
 
-        /// The backend kinds, by QEMU's type names.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum Kind {
-            $(
-                #[doc = concat!("The kind of `kind/", stringify!($module), ".rs`.")]
-                $variant,
-            )*
-        }
-
-        impl Kind {
-            /// Every kind, in the order QEMU added them.
-            pub const ALL: &'static [Kind] = &[$(Kind::$variant),*];
-
-            /// QEMU's type name.
-            pub fn qom_type(self) -> &'static str {
-                match self {
-                    $(Kind::$variant => <$module::$config as KindSpec>::QOM_TYPE,)*
-                }
-            }
-
-            /// Whether `share` defaults to on for this kind.
-            pub fn shares_by_default(self) -> bool {
-                match self {
-                    $(Kind::$variant => <$module::$config as KindSpec>::SHARED_BY_DEFAULT,)*
-                }
-            }
-
-            /// The kind's own properties (after the common ones).
-            pub fn own_props(self) -> &'static [Prop] {
-                match self {
-                    $(Kind::$variant => $module::$config::PROPS,)*
-                }
-            }
-        }
-
-        /// A kind's own settings; the variant is the kind.
-        #[derive(Debug, Clone, PartialEq)]
-        pub enum KindConfig {
-            $(
-                #[doc = concat!("Settings of the kind of `kind/", stringify!($module), ".rs`.")]
-                $variant($module::$config),
-            )*
-        }
-
-        impl KindConfig {
-            /// The kind's settings at their defaults.
-            pub(crate) fn defaults(kind: Kind, machine: &MachineDefaults) -> KindConfig {
-                match kind {
-                    $(Kind::$variant => KindConfig::$variant($module::$config::defaults(kind, machine)),)*
-                }
-            }
-
-            /// Which kind these are the settings of.
-            pub fn kind(&self) -> Kind {
-                match self {
-                    $(KindConfig::$variant(_) => Kind::$variant,)*
-                }
-            }
-
-            pub(crate) fn ops(&self) -> &dyn KindOps {
-                match self {
-                    $(KindConfig::$variant(c) => c,)*
-                }
-            }
-
-            pub(crate) fn ops_mut(&mut self) -> &mut dyn KindOps {
-                match self {
-                    $(KindConfig::$variant(c) => c,)*
-                }
-            }
-        }
-    };
+/// The backend kinds, by QEMU's type names. Adding one: its file, and one line in each
+/// table below that lists the kinds (the compiler names every `match` left without it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Kind {
+    /// `memory-backend-ram`: `kind/ram.rs`.
+    Ram,
+    /// `memory-backend-file`: `kind/file.rs`.
+    File,
+    /// `memory-backend-memfd`: `kind/memfd.rs`.
+    Memfd,
+    /// `memory-backend-shm`: `kind/shm.rs`.
+    Shm,
 }
 
-kinds! {
-    Ram(ram::RamConfig),
-    File(file::FileConfig),
-    Memfd(memfd::MemfdConfig),
-    Shm(shm::ShmConfig),
+/// What a kind is, statically: its QEMU type name and the facts that depend on nothing
+/// but the kind. Each kind file has one, `SPEC`.
+#[derive(Debug)]
+pub(crate) struct KindSpec {
+    /// QEMU's type name (`memory-backend-ram`).
+    pub qom_type: &'static str,
+    /// Whether `share` defaults to on (memfd and shm: the point is sharing).
+    pub shared_by_default: bool,
+    /// Whether the memory comes from an fd another process can map.
+    pub has_fd: bool,
+    /// The kind's own properties (after the common ones).
+    pub own_props: &'static [Prop],
 }
 
 impl Kind {
+    /// Every kind, in the order QEMU added them.
+    pub const ALL: &'static [Kind] = &[Kind::Ram, Kind::File, Kind::Memfd, Kind::Shm];
+
+    fn spec(self) -> &'static KindSpec {
+        match self {
+            Kind::Ram => &ram::SPEC,
+            Kind::File => &file::SPEC,
+            Kind::Memfd => &memfd::SPEC,
+            Kind::Shm => &shm::SPEC,
+        }
+    }
+
+    /// QEMU's type name.
+    pub fn qom_type(self) -> &'static str {
+        self.spec().qom_type
+    }
+
+    /// Whether `share` defaults to on for this kind.
+    pub fn shares_by_default(self) -> bool {
+        self.spec().shared_by_default
+    }
+
+    /// The kind's own properties (after the common ones).
+    pub fn own_props(self) -> &'static [Prop] {
+        self.spec().own_props
+    }
+
     /// The kind named by QEMU's type name.
     pub fn from_qom_type(s: &str) -> Option<Kind> {
         Kind::ALL.iter().copied().find(|k| k.qom_type() == s)
@@ -180,7 +157,56 @@ impl Kind {
     /// Whether its memory comes from an fd another process can map (memfd, file,
     /// shm); `memory-backend-ram` is anonymous.
     pub fn has_fd(self) -> bool {
-        self != Kind::Ram
+        self.spec().has_fd
+    }
+}
+
+/// A kind's own settings; the variant is the kind.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum KindConfig {
+    /// Settings of `memory-backend-ram`.
+    Ram(ram::RamConfig),
+    /// Settings of `memory-backend-file`.
+    File(file::FileConfig),
+    /// Settings of `memory-backend-memfd`.
+    Memfd(memfd::MemfdConfig),
+    /// Settings of `memory-backend-shm`.
+    Shm(shm::ShmConfig),
+}
+
+impl KindConfig {
+    /// The kind's settings at their defaults.
+    pub(crate) fn defaults(kind: Kind, machine: &MachineDefaults) -> KindConfig {
+        match kind {
+            Kind::Ram => KindConfig::Ram(ram::RamConfig::defaults(kind, machine)),
+            Kind::File => KindConfig::File(file::FileConfig::defaults(kind, machine)),
+            Kind::Memfd => KindConfig::Memfd(memfd::MemfdConfig::defaults(kind, machine)),
+            Kind::Shm => KindConfig::Shm(shm::ShmConfig::defaults(kind, machine)),
+        }
+    }
+
+    /// Which kind these are the settings of.
+    pub fn kind(&self) -> Kind {
+        self.ops().kind()
+    }
+
+    pub(crate) fn ops(&self) -> &dyn KindOps {
+        match self {
+            KindConfig::Ram(c) => c,
+            KindConfig::File(c) => c,
+            KindConfig::Memfd(c) => c,
+            KindConfig::Shm(c) => c,
+        }
+    }
+
+    pub(crate) fn ops_mut(&mut self) -> &mut dyn KindOps {
+        match self {
+            KindConfig::Ram(c) => c,
+            KindConfig::File(c) => c,
+            KindConfig::Memfd(c) => c,
+            KindConfig::Shm(c) => c,
+        }
     }
 }
 
@@ -314,9 +340,9 @@ impl Drop for CreatedFile {
     }
 }
 
-/// Page size of the file system holding `path` (or its directory if it does not
-/// exist), and whether it is hugetlbfs.
-pub(crate) fn fs_page_size(path: &Path) -> std::io::Result<(u64, bool)> {
+/// The file system holding `path`, or its directory's if it does not exist yet (a
+/// file the backend will create).
+pub(crate) fn statfs_of(path: &Path) -> std::io::Result<sys::FsInfo> {
     let probe = if path.exists() {
         path
     } else {
@@ -324,7 +350,13 @@ pub(crate) fn fs_page_size(path: &Path) -> std::io::Result<(u64, bool)> {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
     };
-    let fs = sys::statfs(probe)?;
+    sys::statfs(probe)
+}
+
+/// Page size of the file system holding `path` (or its directory if it does not
+/// exist), and whether it is hugetlbfs.
+pub(crate) fn fs_page_size(path: &Path) -> std::io::Result<(u64, bool)> {
+    let fs = statfs_of(path)?;
     if fs.magic == sys::HUGETLBFS_MAGIC {
         Ok((fs.block_size, true))
     } else {

@@ -1,7 +1,7 @@
 //! `memory-backend-ram`: anonymous memory, aligned for THP. Like QEMU, a size that is not
 //! whole pages is rounded up, and all of it is preallocated.
 
-use super::{base_pages, KindOps, KindSpec, Mapped, Plan, Target, THP_ALIGN};
+use super::{base_pages, Kind, KindOps, KindSpec, Mapped, Plan, Target, THP_ALIGN};
 use crate::error::Result;
 use crate::prealloc::Method;
 use crate::props::group::property_group;
@@ -13,11 +13,19 @@ property_group! {
     pub struct RamConfig in kind Ram {}
 }
 
-impl KindSpec for RamConfig {
-    const QOM_TYPE: &'static str = "memory-backend-ram";
-}
+/// What `memory-backend-ram` is, statically.
+pub(crate) const SPEC: KindSpec = KindSpec {
+    qom_type: "memory-backend-ram",
+    shared_by_default: false,
+    has_fd: false,
+    own_props: RamConfig::PROPS,
+};
 
 impl KindOps for RamConfig {
+    fn kind(&self) -> Kind {
+        Kind::Ram
+    }
+
     fn plan(&self, t: &Target<'_>) -> Result<Plan> {
         Ok(base_pages(t.common.size))
     }

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::os::fd::OwnedFd;
 
-use super::{base_pages, FdSize, KindOps, KindSpec, Mapped, Plan, Target};
+use super::{base_pages, FdSize, Kind, KindOps, KindSpec, Mapped, Plan, Target};
 use crate::error::{Error, Result};
 use crate::props::group::property_group;
 use crate::sys::{self, MapOptions, RawMapping};
@@ -15,12 +15,19 @@ property_group! {
     pub struct ShmConfig in kind Shm {}
 }
 
-impl KindSpec for ShmConfig {
-    const QOM_TYPE: &'static str = "memory-backend-shm";
-    const SHARED_BY_DEFAULT: bool = true;
-}
+/// What `memory-backend-shm` is, statically.
+pub(crate) const SPEC: KindSpec = KindSpec {
+    qom_type: "memory-backend-shm",
+    shared_by_default: true,
+    has_fd: true,
+    own_props: ShmConfig::PROPS,
+};
 
 impl KindOps for ShmConfig {
+    fn kind(&self) -> Kind {
+        Kind::Shm
+    }
+
     fn plan(&self, t: &Target<'_>) -> Result<Plan> {
         if !t.common.share {
             return Err(Error::ShmNotShared);

@@ -20,7 +20,7 @@ pub(crate) mod vmm;
 
 use std::io;
 
-pub(crate) use fd::{add_seals, memfd_create, punch_hole, shm_create_unlinked, statfs};
+pub(crate) use fd::{add_seals, memfd_create, punch_hole, shm_create_unlinked, statfs, FsInfo};
 pub(crate) use mapping::{MapOptions, RawMapping};
 pub(crate) use numa::{mempolicy_at, move_pages_of};
 pub(crate) use probe::{probe_mempolicy, probe_populate_write};
@@ -71,6 +71,8 @@ pub(crate) mod memfd {
 
 /// statfs magic of hugetlbfs.
 pub(crate) const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+/// statfs magic of tmpfs (and of shm, memfd's internal mount).
+pub(crate) const TMPFS_MAGIC: i64 = 0x0102_1994;
 
 fn last_err() -> io::Error {
     io::Error::last_os_error()

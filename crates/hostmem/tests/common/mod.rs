@@ -205,7 +205,10 @@ pub struct PoolGuard {
 }
 
 impl PoolGuard {
-    pub fn set(page_size: u64, pages: u64) -> PoolGuard {
+    /// As [`PoolGuard::set`], but a kernel that makes fewer pages than asked (no
+    /// contiguous memory for them, even after compaction) is an `Err` holding the pool
+    /// as the kernel left it (put back on drop), not a panic.
+    pub fn try_set(page_size: u64, pages: u64) -> Result<PoolGuard, PoolGuard> {
         let lock = POOLS.lock().unwrap_or_else(|e| e.into_inner());
         let before = HugePool::read(page_size, None)
             .unwrap_or_else(|| panic!("no pool for {page_size}-byte huge pages in sysfs"))
@@ -213,23 +216,28 @@ impl PoolGuard {
         let mut got =
             HugePool::set_total(page_size, None, pages).expect("setting nr_hugepages needs root");
         if got < pages {
-            // Large pages need contiguous memory: free the page cache and compact, once.
             let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
             let _ = std::fs::write("/proc/sys/vm/compact_memory", "1");
             got = HugePool::set_total(page_size, None, pages).unwrap_or(0);
         }
-        if got != pages {
-            let _ = HugePool::set_total(page_size, None, before);
-        }
-        assert_eq!(
-            got, pages,
-            "the kernel made {got} of the {pages} huge pages the test asked for"
-        );
-        PoolGuard {
+        let guard = PoolGuard {
             page_size,
             before,
             _lock: lock,
+        };
+        if got == pages {
+            Ok(guard)
+        } else {
+            Err(guard)
         }
+    }
+
+    pub fn set(page_size: u64, pages: u64) -> PoolGuard {
+        PoolGuard::try_set(page_size, pages).unwrap_or_else(|short| {
+            let got = short.pool().total;
+            drop(short);
+            panic!("the kernel made {got} of the {pages} huge pages the test asked for")
+        })
     }
 
     pub fn pool(&self) -> HugePool {

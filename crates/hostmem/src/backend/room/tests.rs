@@ -3,6 +3,7 @@
 use super::*;
 use crate::limits::{CgroupVersion, Watermarks};
 use crate::props::MachineDefaults;
+use crate::{sys, Kind};
 
 const MIB: u64 = 1 << 20;
 
@@ -318,11 +319,11 @@ fn only_a_shared_file_on_a_disk_file_system_counts_against_no_limit() {
     let magic = |p: &std::path::Path| sys::statfs(p).unwrap().magic;
     assert_ne!(
         magic(disk),
-        TMPFS_MAGIC,
+        sys::TMPFS_MAGIC,
         "the source tree must be on a disk"
     );
     let shm = std::path::Path::new("/dev/shm");
-    assert_eq!(magic(shm), TMPFS_MAGIC, "/dev/shm must be tmpfs");
+    assert_eq!(magic(shm), sys::TMPFS_MAGIC, "/dev/shm must be tmpfs");
     let host_and_cgroup = vec![Limit::Host, Limit::MemoryCgroup];
     let (b, p) = file(&disk.join("not-there.img"), true);
     assert_eq!(limits_of(&b, &p), [], "shared file on disk: page cache");
