@@ -6,7 +6,9 @@ use hostmem::numa::{NodeSet, MAX_NODES};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(set) = NodeSet::parse(text) {
         assert!(set.iter().all(|n| n < MAX_NODES));
         assert_eq!(NodeSet::parse(&set.to_string()).as_ref(), Ok(&set));

@@ -6,14 +6,18 @@ use hostmem::{MachineDefaults, ObjectSpec};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(spec) = ObjectSpec::parse(text) {
         assert!(hostmem::objspec::valid_id(&spec.id));
         if let Ok(b) = spec.to_backend(&MachineDefaults::default()) {
             // Every property reads back, and its text form parses to the same value.
             for p in b.properties() {
                 let v = b.get(p.name).expect("listed property reads back");
-                let again = p.ty.parse(p.name, &v.to_string()).expect("printed value parses");
+                let again =
+                    p.ty.parse(p.name, &v.to_string())
+                        .expect("printed value parses");
                 assert_eq!(again, v, "{}", p.name);
             }
         }

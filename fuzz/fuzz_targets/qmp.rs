@@ -21,7 +21,10 @@ const CLASSES: &[&str] = &["GenericError", "CommandNotFound", "DeviceNotFound"];
 fn check(reply: &Value) {
     let obj = reply.as_object().expect("a reply is a JSON object");
     for k in obj.keys() {
-        assert!(["return", "error", "id"].contains(&k.as_str()), "member {k}: {reply}");
+        assert!(
+            ["return", "error", "id"].contains(&k.as_str()),
+            "member {k}: {reply}"
+        );
     }
     match (obj.get("return"), obj.get("error")) {
         (Some(_), None) => {}
@@ -50,7 +53,9 @@ fn empty_scratch(dir: &Path) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, data)) = data.split_first() else { return };
+    let Some((&mode, data)) = data.split_first() else {
+        return;
+    };
     let dir = Path::new(SCRATCH);
     let _ = std::fs::create_dir_all(dir);
     let limits = Limits {

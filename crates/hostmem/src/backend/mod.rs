@@ -1,7 +1,7 @@
 //! The backend object and its life (docs/design.md §1): configured → complete → live →
 //! deleted. This file owns the order of the steps; what differs by kind is asked of the
 //! kind (`kind::KindOps`), policy rules of `numa::Policy`, pool accounting of
-//! [`capacity`], and live changes are in [`live`].
+//! `capacity`, and live changes are in `live`.
 
 mod builder;
 pub(crate) mod capacity;

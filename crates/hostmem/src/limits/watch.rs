@@ -1,7 +1,7 @@
 //! The limits of a batch, watched between preallocation steps.
 //!
-//! Each thread asks for every step before faulting it in ([`Watch::grant`]) and says
-//! when it is done ([`Watch::finish`]). A grant reads the files of the job's limits
+//! Each thread asks for every step before faulting it in (`Watch::grant`) and says
+//! when it is done (`Watch::finish`). A grant reads the files of the job's limits
 //! again (one meminfo per bound node, or the host's; the cgroup's two files: about
 //! 10 µs against the milliseconds a 16 MiB step takes) and compares the room with the
 //! step plus the steps of other threads still in flight (granted, not yet visible in

@@ -1,5 +1,5 @@
 //! QEMU's `-object` argument, in both of its forms: keyval text
-//! (`memory-backend-ram,id=m0,size=1G`, [`keyval`]) and JSON
+//! (`memory-backend-ram,id=m0,size=1G`, `keyval`) and JSON
 //! (`{"qom-type":"memory-backend-ram","id":"m0","size":1073741824}`, as libvirt writes
 //! it; cargo feature `json`). Both give an [`ObjectSpec`]: the object's type, its id and
 //! its properties in the order given, still as written; [`ObjectSpec::to_backend`] and

@@ -1,5 +1,5 @@
 //! Properties: each one declared once, in the group that stores it (the common ones in
-//! [`common`], a kind's own in that kind's file under `kind/`), with its name, type,
+//! `common`, a kind's own in that kind's file under `kind/`), with its name, type,
 //! default, when it may change and a doc line. From that one declaration come the
 //! name/value table ([`Prop`]), the typed field of the configuration, and the builder's
 //! setter. See docs/design.md ("Adding a property").
