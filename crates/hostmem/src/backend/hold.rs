@@ -20,6 +20,7 @@ pub(crate) struct Region {
     pub claims: std::sync::Mutex<Vec<super::claim::Claimed>>,
     /// A first touch of any page cannot fail for want of backing (SIGBUS): the kind's
     /// answer (`KindOps::faults_are_backed`).
+    #[cfg_attr(not(feature = "vm-memory"), allow(dead_code))]
     pub faults_backed: bool,
     /// The caller promised that the file will not shrink
     /// ([`FileSizePromise`](crate::FileSizePromise)).

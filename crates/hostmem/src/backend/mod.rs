@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 pub use builder::Builder;
 pub use hold::InUse;
+#[cfg(feature = "vm-memory")]
 pub(crate) use hold::NoSafeFd;
 pub use live::RebindReport;
 
