@@ -10,7 +10,8 @@
 
 use crate::backend::{capacity, room, Backend};
 use crate::kind::{Kind, Plan};
-use crate::limits::{Known, Snapshot};
+pub use crate::limits::LimitRoom;
+use crate::limits::Snapshot;
 use crate::numa::{HostTopology, NodeSet, Policy};
 
 /// What a node offers the backend's memory now.
@@ -50,19 +51,6 @@ pub struct BackendCheck {
     /// For a backend without prealloc, the limits its memory would pass: allocation
     /// succeeds, but the guest may meet the OOM killer (or SIGBUS) when it touches it.
     pub warnings: Vec<String>,
-}
-
-/// One memory limit and what it can give now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitRoom {
-    /// Which limit: `node 4`, `host`, `memory cgroup /t (memory.max 268435456)`, ...
-    pub limit: String,
-    /// Bytes it can give; `Ok(None)`: no limit; `Err`: the file could not be read.
-    pub available: Known<Option<u64>>,
-    /// Why the figure is uncertain, if it is: bound nodes whose meminfo does not add up
-    /// to the host's (`available` then counts what the kernel may still add to them, an
-    /// upper bound), a balloon, offline memory blocks.
-    pub uncertain: Option<String>,
 }
 
 impl BackendCheck {

@@ -34,10 +34,9 @@ use crate::error::{CgroupRef, Error, MemoryShort};
 use crate::kind::Plan;
 use crate::limits::uncounted::Files;
 use crate::limits::watch::{Beyond, Edge, Source, Watch};
-use crate::limits::{CgroupLimit, Known, MemoryRoom, Snapshot};
+use crate::limits::{CgroupLimit, Known, LimitRoom, MemoryRoom, Snapshot};
 use crate::numa::{HostTopology, NodeSet};
 use crate::prealloc::Job;
-use crate::preflight::LimitRoom;
 
 /// A batch's memory limits from the check before mapping to the end of its prealloc:
 /// what was read, the watch its threads ask, and which limits each job counts against.

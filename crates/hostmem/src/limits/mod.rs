@@ -121,3 +121,16 @@ impl Snapshot {
             .map(|(_, l)| l)
     }
 }
+
+/// One memory limit and what it can give now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitRoom {
+    /// Which limit: `node 4`, `host`, `memory cgroup /t (memory.max 268435456)`, ...
+    pub limit: String,
+    /// Bytes it can give; `Ok(None)`: no limit; `Err`: the file could not be read.
+    pub available: Known<Option<u64>>,
+    /// Why the figure is uncertain, if it is: bound nodes whose meminfo does not add up
+    /// to the host's (`available` then counts what the kernel may still add to them, an
+    /// upper bound), a balloon, offline memory blocks.
+    pub uncertain: Option<String>,
+}

@@ -17,9 +17,11 @@ pub mod error;
 mod pass;
 mod plan;
 mod rebind;
+mod report;
 
 pub use error::{page_status_reason, RemoteError};
-pub use rebind::{node_free_bytes, RebindOptions, RemoteRebindReport};
+pub use rebind::{node_free_bytes, RebindOptions};
+pub use report::RemoteRebindReport;
 
 /// Pages asked about per move_pages(2) call: 64 MiB of 4 KiB pages.
 pub(crate) const PAGES_PER_CALL: usize = 16384;

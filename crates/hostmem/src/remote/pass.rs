@@ -7,7 +7,7 @@
 
 use super::error::RemoteError;
 use super::plan::{self, MoveBatch, Stripes, Survey};
-use super::rebind::RemoteRebindReport;
+use super::report::RemoteRebindReport;
 use crate::prealloc::Progress;
 
 /// The kernel as a move sees it: move_pages(2) on the process, or a fake in tests.

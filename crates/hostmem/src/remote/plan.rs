@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::error::RemoteError;
-use super::rebind::RemoteRebindReport;
+use super::report::RemoteRebindReport;
 use super::PAGES_PER_CALL;
 use crate::prealloc::Progress;
 
