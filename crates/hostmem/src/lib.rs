@@ -49,11 +49,11 @@ pub use backend::{Backend, BatchError, Builder, InUse, RebindReport};
 pub use context::{ContextLink, ThreadContext};
 pub use error::{Error, Result};
 pub use inspect::{KernelView, Placement};
-pub use kind::{Kind, KindConfig};
+pub use kind::{Config, Kind, KindConfig};
 pub use numa::{HostTopology, NodeSet, Policy};
 pub use objspec::ObjectSpec;
 pub use prealloc::Progress;
-pub use props::{Config, MachineDefaults, Prop, PropType, PropValue};
+pub use props::{MachineDefaults, Prop, PropType, PropValue};
 pub use remote::{Process, RemoteRegion};
 pub use sys::FileSizePromise;
 /// The vm-memory this crate's regions implement (0.18, with `backend-mmap` and

@@ -464,7 +464,7 @@ mod tests {
             for share in [false, true] {
                 let common = Common {
                     share,
-                    ..Common::defaults(kind, &machine)
+                    ..Common::defaults(kind.shares_by_default(), &machine)
                 };
                 let fallback = cfg.ops().prealloc_method(&common, false);
                 let want = (kind == Kind::Ram && !share).then_some(Method::Touch);

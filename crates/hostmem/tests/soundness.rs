@@ -227,7 +227,7 @@ fn each_property_name_is_spelled_in_one_place_of_the_library() {
     }
     let mut names: Vec<&str> = Kind::ALL
         .iter()
-        .flat_map(|&k| hostmem::props::properties(k))
+        .flat_map(|&k| hostmem::kind::properties(k))
         .map(|p| p.name)
         .collect();
     names.sort_unstable();

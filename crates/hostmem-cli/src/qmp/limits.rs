@@ -22,7 +22,7 @@ pub struct Limits {
 
 impl Limits {
     /// Refuses a backend these limits do not allow, before anything is mapped.
-    pub fn check(&self, id: &str, cfg: &hostmem::props::Config) -> Result<(), QmpError> {
+    pub fn check(&self, id: &str, cfg: &hostmem::Config) -> Result<(), QmpError> {
         if let Some(max) = self.max_backend_size {
             let size = cfg.common.size;
             if size > max {
@@ -32,7 +32,7 @@ impl Limits {
             }
         }
         // Every path-typed property (a file backend's mem-path) must lie in the directory.
-        let paths = hostmem::props::properties(cfg.kind())
+        let paths = hostmem::kind::properties(cfg.kind())
             .filter(|p| p.ty == hostmem::PropType::Path)
             .filter_map(|p| match p.get(cfg) {
                 Some(hostmem::PropValue::Path(path)) if !path.as_os_str().is_empty() => Some(path),

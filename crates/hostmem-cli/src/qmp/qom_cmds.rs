@@ -3,7 +3,7 @@
 //! a thread-context's are its CPU affinity (read back from the kernel) and thread id.
 
 use hostmem::context::{self, Affinity};
-use hostmem::props::{self, Common};
+use hostmem::props::Common;
 use hostmem::ThreadContext;
 use serde_json::{json, Value};
 
@@ -29,7 +29,8 @@ pub fn list(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
                 .map(|(id, ty)| (id, format!("child<{ty}>"))),
         ),
         Node::Object(e) => list.extend(
-            props::properties(e.kind).map(|p| (p.name.to_string(), p.ty.qom_name().to_string())),
+            hostmem::kind::properties(e.kind)
+                .map(|p| (p.name.to_string(), p.ty.qom_name().to_string())),
         ),
         Node::Context(_) => list.extend(
             context::PROPERTIES
@@ -87,7 +88,7 @@ pub fn get(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
     let not_found = || not_found(&node, &prop);
     match &node {
         Node::Object(e) => {
-            let info = props::lookup(e.kind, &prop).ok_or_else(not_found)?;
+            let info = hostmem::kind::lookup(e.kind, &prop).ok_or_else(not_found)?;
             let value = e.snapshot().cfg.get(info.name).ok_or_else(not_found)?;
             Ok(report::value_json(value))
         }
@@ -138,7 +139,7 @@ pub fn set(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
         }
         Node::Root | Node::Objects => return Err(not_found(&node, &prop)),
     };
-    let info = props::lookup(e.kind, &prop).ok_or_else(|| not_found(&node, &prop))?;
+    let info = hostmem::kind::lookup(e.kind, &prop).ok_or_else(|| not_found(&node, &prop))?;
     // QEMU refuses a live `size` before reading the value, other properties after.
     if info.name == Common::SIZE.name {
         e.lock().refuse_live_change(info.name)?;

@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use hostmem::props::Config;
+use hostmem::Config;
 use hostmem::{Backend, Kind, ThreadContext};
 
 /// What queries read without taking the backend's lock.

@@ -24,10 +24,11 @@ pub use live::RebindReport;
 
 use crate::error::{Error, Result, Step};
 use crate::inspect::{self, KernelView, Placement};
+use crate::kind::{self as kinds, Config};
 use crate::kind::{Kind, KindOps, Plan, Target};
 use crate::numa::{HostTopology, NodeSet, Policy};
 use crate::prealloc::{self, Failure, Job, Progress, Stats};
-use crate::props::{self, Config, MachineDefaults, Prop, PropValue};
+use crate::props::{self, MachineDefaults, Prop, PropValue};
 use crate::sys::{self, advice, mpol, RawMapping};
 use hold::Region;
 
@@ -134,11 +135,11 @@ impl Backend {
 
     /// The properties this backend has, with their types.
     pub fn properties(&self) -> impl Iterator<Item = &'static Prop> {
-        props::properties(self.kind())
+        kinds::properties(self.kind())
     }
 
     pub(crate) fn prop(&self, name: &str) -> Result<&'static Prop> {
-        props::lookup(self.kind(), name).ok_or_else(|| Error::UnknownProperty {
+        kinds::lookup(self.kind(), name).ok_or_else(|| Error::UnknownProperty {
             kind: self.kind().qom_type(),
             prop: name.to_string(),
         })

@@ -19,7 +19,7 @@ use crate::sys::{self, MapOptions, RawMapping};
 
 property_group! {
     /// The settings of `memory-backend-file`.
-    pub struct FileConfig in kind File {
+    pub struct FileConfig in kind {
         /// open and map the file read-only
         READONLY readonly: bool = "readonly", live Fixed, default |_, _| false;
         /// alignment of the mapping (0: the page size)
@@ -30,8 +30,7 @@ property_group! {
         PMEM pmem: bool = "pmem", live Fixed, default |_, _| false;
         /// file, or directory for an unlinked temp file (required)
         MEM_PATH mem_path: PathBuf = "mem-path", live Fixed, required,
-            default |_, _| PathBuf::new(),
-            arg impl Into<PathBuf>;
+            default |_, _| PathBuf::new();
         /// drop the file's data on delete
         DISCARD_DATA discard_data: bool = "discard-data", live Immediate, default |_, _| false;
         /// the guest sees the memory as ROM

@@ -13,7 +13,7 @@ use crate::sys::{self, memfd, MapOptions, RawMapping};
 
 property_group! {
     /// The settings of `memory-backend-memfd`.
-    pub struct MemfdConfig in kind Memfd {
+    pub struct MemfdConfig in kind {
         /// use huge pages
         HUGETLB hugetlb: bool = "hugetlb", live Fixed, default |_, _| false;
         /// seal the memfd against resizing

@@ -21,7 +21,7 @@ use crate::sys::{self, RawMapping};
 pub const THP_ALIGN: usize = 2 << 20;
 
 /// The questions the lifecycle asks a kind, answered from the kind's own settings.
-pub(crate) trait KindOps: fmt::Debug {
+pub(crate) trait KindOps: fmt::Debug + std::any::Any {
     /// Which kind this is.
     fn kind(&self) -> Kind;
 
@@ -87,10 +87,13 @@ pub(crate) trait KindOps: fmt::Debug {
     fn settle(&mut self) {}
 }
 
+mod config;
 pub mod file;
 pub mod memfd;
 pub mod ram;
 pub mod shm;
+
+pub use config::{lookup, properties, Config};
 
 /// The backend kinds, by QEMU's type names. Adding one: its file, and one line in each
 /// table below that lists the kinds (the compiler names every `match` left without it).
@@ -178,11 +181,12 @@ pub enum KindConfig {
 impl KindConfig {
     /// The kind's settings at their defaults.
     pub(crate) fn defaults(kind: Kind, machine: &MachineDefaults) -> KindConfig {
+        let shared = kind.shares_by_default();
         match kind {
-            Kind::Ram => KindConfig::Ram(ram::RamConfig::defaults(kind, machine)),
-            Kind::File => KindConfig::File(file::FileConfig::defaults(kind, machine)),
-            Kind::Memfd => KindConfig::Memfd(memfd::MemfdConfig::defaults(kind, machine)),
-            Kind::Shm => KindConfig::Shm(shm::ShmConfig::defaults(kind, machine)),
+            Kind::Ram => KindConfig::Ram(ram::RamConfig::defaults(shared, machine)),
+            Kind::File => KindConfig::File(file::FileConfig::defaults(shared, machine)),
+            Kind::Memfd => KindConfig::Memfd(memfd::MemfdConfig::defaults(shared, machine)),
+            Kind::Shm => KindConfig::Shm(shm::ShmConfig::defaults(shared, machine)),
         }
     }
 

@@ -10,7 +10,7 @@ use crate::sys::{advice, MapOptions, RawMapping};
 
 property_group! {
     /// `memory-backend-ram` has only the common properties.
-    pub struct RamConfig in kind Ram {}
+    pub struct RamConfig in kind {}
 }
 
 /// What `memory-backend-ram` is, statically.

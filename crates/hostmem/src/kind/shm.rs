@@ -12,7 +12,7 @@ use crate::sys::{self, MapOptions, RawMapping};
 
 property_group! {
     /// `memory-backend-shm` has only the common properties.
-    pub struct ShmConfig in kind Shm {}
+    pub struct ShmConfig in kind {}
 }
 
 /// What `memory-backend-shm` is, statically.

@@ -11,7 +11,7 @@ property_group! {
     /// The settings every backend has, whatever its kind.
     pub struct Common in common {
         /// map shared (visible to other mappings of the memory)
-        SHARE share: bool = "share", live Fixed, default |kind, _| kind.shares_by_default();
+        SHARE share: bool = "share", live Fixed, default |shared, _| shared;
         /// size of the memory in bytes (required)
         SIZE size: u64 = "size", live Fixed, required, default |_, _| 0, min 1;
         /// include the memory in core dumps
@@ -26,7 +26,7 @@ property_group! {
         POLICY policy: Policy = "policy", live Rebind, default |_, _| Policy::Default;
         /// thread-context whose CPUs the prealloc threads run on (none: node-local)
         PREALLOC_CONTEXT prealloc_context: ContextLink = "prealloc-context", live Immediate,
-            default |_, _| ContextLink::default(), arg impl Into<ContextLink>;
+            default |_, _| ContextLink::default();
         /// fault all memory in up front
         PREALLOC prealloc: bool = "prealloc", live Immediate, default |_, m| m.prealloc;
         /// reserve swap space or huge pages for the memory

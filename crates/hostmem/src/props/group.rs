@@ -1,42 +1,36 @@
 //! The declaration of a group of properties: [`property_group!`] turns one line per
-//! property into the typed field, the [`Prop`](super::Prop) row and the builder setter.
+//! property into the typed field and the [`Prop`](super::Prop) row (name, type, when it
+//! may change, doc, minimum, and how to read and write it in a backend's settings).
+//! The builder's typed setters are written out in `backend/builder.rs`, where a reader
+//! can find them.
 //!
 //! ```text
 //! property_group! {
 //!     /// The settings of memory-backend-file.
-//!     pub struct FileConfig in kind File {
+//!     pub struct FileConfig in kind {
 //!         /// offset into the file
 //!         OFFSET offset: u64 = "offset", live Fixed, default |_, _| 0;
 //!     }
 //! }
 //! ```
 //!
-//! `in common` stores the group in [`Config::common`](super::Config), `in kind V` in the
-//! variant `V` of [`KindConfig`](crate::kind::KindConfig); a group kept elsewhere (a part
-//! two kinds share) implements [`Group`] itself. `required,` before the default marks a
+//! `in common` stores the group as the settings' common part, `in kind` as the kind's
+//! own group (found by its type: [`Settings::kind_group`](super::Settings)); a group
+//! kept elsewhere implements [`Group`] itself. `required,` before the default marks a
 //! property that must be set before allocation. `min N` refuses integers below N with
-//! QEMU's message; `arg T` lets the builder setter take `T` (converted with `Into`).
+//! QEMU's message. The default is `|shared_by_default, machine| value`: the kind's share
+//! default and the machine-wide defaults.
 
-use super::Config;
+use super::Settings;
 
-/// Where a group of properties lives in a [`Config`]: absent for kinds without it.
+/// Where a group of properties lives in a backend's [`Settings`]: absent for kinds
+/// without it.
 pub(crate) trait Group: Sized {
     /// The group in `c`, if `c`'s kind has it.
-    fn of(c: &Config) -> Option<&Self>;
+    fn of(c: &dyn Settings) -> Option<&Self>;
     /// The group in `c`, writable.
-    fn of_mut(c: &mut Config) -> Option<&mut Self>;
+    fn of_mut(c: &mut dyn Settings) -> Option<&mut Self>;
 }
-
-/// The builder setter's argument type: the field's own type unless `arg T` says.
-macro_rules! setter_arg {
-    ($ty:ty) => {
-        $ty
-    };
-    ($ty:ty, $arg:ty) => {
-        $arg
-    };
-}
-pub(crate) use setter_arg;
 
 /// Declares a group of properties; see the module documentation.
 macro_rules! property_group {
@@ -46,33 +40,25 @@ macro_rules! property_group {
     ) => {
         $crate::props::group::property_group!(@struct $(#[$meta])* $group { $($body)* });
         impl $crate::props::group::Group for $group {
-            fn of(c: &$crate::props::Config) -> Option<&Self> {
-                Some(&c.common)
+            fn of(c: &dyn $crate::props::Settings) -> Option<&Self> {
+                Some(c.common())
             }
-            fn of_mut(c: &mut $crate::props::Config) -> Option<&mut Self> {
-                Some(&mut c.common)
+            fn of_mut(c: &mut dyn $crate::props::Settings) -> Option<&mut Self> {
+                Some(c.common_mut())
             }
         }
     };
     (
         $(#[$meta:meta])*
-        pub struct $group:ident in kind $variant:ident { $($body:tt)* }
+        pub struct $group:ident in kind { $($body:tt)* }
     ) => {
         $crate::props::group::property_group!(@struct $(#[$meta])* $group { $($body)* });
         impl $crate::props::group::Group for $group {
-            fn of(c: &$crate::props::Config) -> Option<&Self> {
-                match &c.kind {
-                    $crate::kind::KindConfig::$variant(g) => Some(g),
-                    #[allow(unreachable_patterns)]
-                    _ => None,
-                }
+            fn of(c: &dyn $crate::props::Settings) -> Option<&Self> {
+                c.kind_group().downcast_ref()
             }
-            fn of_mut(c: &mut $crate::props::Config) -> Option<&mut Self> {
-                match &mut c.kind {
-                    $crate::kind::KindConfig::$variant(g) => Some(g),
-                    #[allow(unreachable_patterns)]
-                    _ => None,
-                }
+            fn of_mut(c: &mut dyn $crate::props::Settings) -> Option<&mut Self> {
+                c.kind_group_mut().downcast_mut()
             }
         }
     };
@@ -84,7 +70,7 @@ macro_rules! property_group {
                 $konst:ident $field:ident: $ty:ty = $name:literal,
                     live $live:ident, $(required$req:vis,)?
                     default |$k:pat_param, $m:pat_param| $default:expr
-                    $(, min $min:literal)? $(, arg $arg:ty)?;
+                    $(, min $min:literal)?;
             )*
         }
     ) => {
@@ -122,29 +108,16 @@ macro_rules! property_group {
             /// The group at its defaults for `kind` and the machine-wide defaults.
             #[allow(unused_variables)]
             pub(crate) fn defaults(
-                kind: $crate::kind::Kind,
+                shared_by_default: bool,
                 machine: &$crate::props::MachineDefaults,
             ) -> Self {
                 Self {
-                    $( $field: (|$k: $crate::kind::Kind,
+                    $( $field: (|$k: bool,
                                  $m: &$crate::props::MachineDefaults| -> $ty { $default })(
-                        kind, machine,
+                        shared_by_default, machine,
                     ), )*
                 }
             }
-        }
-
-        impl $crate::backend::Builder {
-            $(
-                #[doc = concat!("Sets `", $name, "`:", $doc)]
-                pub fn $field(
-                    self,
-                    v: $crate::props::group::setter_arg!($ty $(, $arg)?),
-                ) -> Self {
-                    let v: $ty = v.into();
-                    self.with(&$group::$konst, $crate::props::Value::to_value(&v))
-                }
-            )*
         }
     };
 }

@@ -15,8 +15,9 @@ use std::fmt;
 pub use common::Common;
 pub use value::{parse_bool, Lookup, OnOffAuto, PropType, PropValue, Resolver, Value};
 
+use std::any::Any;
+
 use crate::error::{Error, Result};
-use crate::kind::{Kind, KindConfig};
 
 /// Machine-wide defaults (`-machine mem-merge=,dump-guest-core=`, `-mem-prealloc`):
 /// a new backend's initial `merge`, `dump` and `prealloc`.
@@ -69,8 +70,8 @@ pub struct Prop {
     pub min: u64,
     /// Must be set before the backend is allocated (`size`, a file's `mem-path`).
     pub required: bool,
-    pub(crate) get: fn(&Config) -> Option<PropValue>,
-    pub(crate) put: fn(&mut Config, PropValue) -> Option<()>,
+    pub(crate) get: fn(&dyn Settings) -> Option<PropValue>,
+    pub(crate) put: fn(&mut dyn Settings, PropValue) -> Option<()>,
 }
 
 impl fmt::Debug for Prop {
@@ -90,17 +91,17 @@ impl Prop {
     }
 
     /// Reads this property of `cfg` (None where the kind does not have it).
-    pub fn get(&self, cfg: &Config) -> Option<PropValue> {
+    pub fn get(&self, cfg: &dyn Settings) -> Option<PropValue> {
         (self.get)(cfg)
     }
 
     /// Stores a typed value, checked against the type, the kind and the minimum.
-    pub(crate) fn store(&self, cfg: &mut Config, value: PropValue) -> Result<()> {
+    pub(crate) fn store(&self, cfg: &mut dyn Settings, value: PropValue) -> Result<()> {
         if let PropValue::Int(v) = value {
             if v < self.min {
                 return Err(Error::ZeroValue {
                     prop: self.name,
-                    kind: cfg.kind().qom_type(),
+                    kind: cfg.qom_type(),
                     value: v.to_string(),
                 });
             }
@@ -112,43 +113,21 @@ impl Prop {
     }
 }
 
-/// A backend's settings: the common part and the kind's own, typed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Config {
-    /// Properties every kind has.
-    pub common: Common,
-    /// The kind's own properties; its variant is the backend's kind.
-    pub kind: KindConfig,
-}
-
-impl Config {
-    /// Every property at its default for `kind`, with the machine-wide defaults.
-    pub fn new(kind: Kind, machine: &MachineDefaults) -> Config {
-        Config {
-            common: Common::defaults(kind, machine),
-            kind: KindConfig::defaults(kind, machine),
-        }
-    }
-
-    /// The kind these settings are for.
-    pub fn kind(&self) -> Kind {
-        self.kind.kind()
-    }
-
-    /// Reads a property by name.
-    pub fn get(&self, name: &str) -> Option<PropValue> {
-        lookup(self.kind(), name).and_then(|p| p.get(self))
-    }
-}
-
-/// The properties of one kind: the common ones, then the kind's own.
-pub fn properties(kind: Kind) -> impl Iterator<Item = &'static Prop> {
-    Common::PROPS.iter().chain(kind.own_props())
-}
-
-/// A property of a kind by name.
-pub fn lookup(kind: Kind, name: &str) -> Option<&'static Prop> {
-    properties(kind).find(|p| p.name == name)
+/// Where the property rows find their values: a backend's settings, the common part
+/// and its kind's own. The settings type itself lives with the kinds
+/// ([`Config`](crate::Config)); the rows here only need these answers, so properties
+/// know nothing of kinds.
+pub trait Settings {
+    /// The properties every kind has.
+    fn common(&self) -> &Common;
+    /// The same, writable.
+    fn common_mut(&mut self) -> &mut Common;
+    /// The kind's own group (`FileConfig`, ...), for a row to downcast to its group.
+    fn kind_group(&self) -> &dyn Any;
+    /// The same, writable.
+    fn kind_group_mut(&mut self) -> &mut dyn Any;
+    /// QEMU's type name of the kind, for errors.
+    fn qom_type(&self) -> &'static str;
 }
 
 /// CPUs this process may run on: the default thread count.
@@ -160,68 +139,6 @@ pub fn default_threads() -> u32 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn kinds_see_their_own_properties() {
-        assert!(lookup(Kind::File, "mem-path").is_some());
-        assert!(lookup(Kind::Ram, "mem-path").is_none());
-        assert!(lookup(Kind::Memfd, "hugetlbsize").is_some());
-        assert!(lookup(Kind::Shm, "hugetlb").is_none());
-        assert_eq!(properties(Kind::Ram).count(), 11);
-    }
-
-    #[test]
-    fn a_kind_property_is_absent_from_other_kinds_configs() {
-        let ram = Config::new(Kind::Ram, &MachineDefaults::default());
-        let align = lookup(Kind::File, "align").unwrap();
-        assert_eq!(align.get(&ram), None);
-        let mut ram2 = ram.clone();
-        assert!(align.store(&mut ram2, PropValue::Int(4096)).is_err());
-        assert_eq!(ram2, ram);
-    }
-
-    #[test]
-    fn zero_is_refused_where_qemu_refuses_it() {
-        let mut c = Config::new(Kind::Ram, &MachineDefaults::default());
-        let size = lookup(Kind::Ram, "size").unwrap();
-        assert_eq!(
-            size.store(&mut c, PropValue::Int(0))
-                .unwrap_err()
-                .to_string(),
-            "property 'size' of memory-backend-ram doesn't take value '0'"
-        );
-    }
-
-    #[test]
-    fn the_minimum_itself_is_taken_and_values_read_back_by_name() {
-        let mut c = Config::new(Kind::Ram, &MachineDefaults::default());
-        let size = lookup(Kind::Ram, "size").unwrap();
-        size.store(&mut c, PropValue::Int(1)).unwrap();
-        assert_eq!(c.get("size"), Some(PropValue::Int(1)));
-        assert_eq!(c.get("mem-path"), None, "not a ram property");
-        assert_eq!(size.description(), "size of the memory in bytes (required)");
-    }
-
-    #[test]
-    fn memfd_and_shm_share_by_default() {
-        let d = MachineDefaults::default();
-        assert!(Config::new(Kind::Memfd, &d).common.share);
-        assert!(Config::new(Kind::Shm, &d).common.share);
-        assert!(!Config::new(Kind::Ram, &d).common.share);
-        assert!(!Config::new(Kind::File, &d).common.share);
-    }
-
-    #[test]
-    fn machine_defaults_seed_merge_dump_prealloc() {
-        let d = MachineDefaults {
-            merge: false,
-            dump: false,
-            prealloc: true,
-            ..Default::default()
-        };
-        let c = Config::new(Kind::Ram, &d);
-        assert!(!c.common.merge && !c.common.dump && c.common.prealloc);
-    }
-
     /// A CPU quota of this process's cgroup (v2 `cpu.max`, v1 `cpu.cfs_quota_us`) may
     /// lower the count below the CPUs it may run on.
     fn cpu_quota() -> bool {
@@ -230,7 +147,6 @@ mod tests {
         let v1 = read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us");
         !(v2.is_empty() || v2.starts_with("max")) || !(v1.is_empty() || v1.trim() == "-1")
     }
-
     #[test]
     fn default_threads_are_the_cpus_this_thread_may_run_on() {
         let cpus = crate::sys::allowed_cpus();

@@ -36,7 +36,6 @@ pub struct RebindOptions {
     pub move_all: bool,
 }
 
-
 /// Bytes `node` can still take, as a move's capacity check sees them: what the
 /// memory limits say is available there (free plus what the kernel reclaims without
 /// swapping, less its reserve: [`crate::limits::MemoryRoom`]), the same figure a
