@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::numa::{NodeListError, NodeSet, Policy};
+use crate::numa::{NodeListError, NodeSet, Policy, PolicyNodesError};
 use crate::size::format_size;
 
 /// The step of allocation that failed, for errors that are not about one property.
@@ -149,13 +149,10 @@ fn node_words(nodes: &NodeSet) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     // --- QEMU's own messages, word for word -------------------------------------------
-    /// Policy `default` was given host-nodes (checked at allocation and rebind).
-    #[error("host-nodes must be empty for policy default, or you should explicitly specify a policy other than default")]
-    NodesWithDefaultPolicy,
-    /// A policy that places memory on nodes (preferred, bind, interleave, ...) has an
-    /// empty host-nodes.
-    #[error("host-nodes must be set for policy {0}")]
-    NodesMissing(Policy),
+    /// Policy and host-nodes do not go together (QEMU's words for QEMU's policies;
+    /// checked at allocation and rebind).
+    #[error(transparent)]
+    PolicyNodes(#[from] PolicyNodesError),
     /// mbind refused the policy on freshly mapped memory; holds the errno text.
     #[error("cannot bind memory to host NUMA nodes: {0}")]
     Mbind(String),
@@ -291,9 +288,6 @@ pub enum Error {
     },
 
     // --- NUMA, better than QEMU --------------------------------------------------------
-    /// A policy other than `default` that takes no nodes (`local`) was given host-nodes.
-    #[error("host-nodes must be empty for policy {0}")]
-    NodesNotTaken(Policy),
     /// A node of host-nodes does not exist on this host, is offline or has no memory.
     #[error("{kind} '{id}': host-nodes = '{nodes}': {why}")]
     BadNode {

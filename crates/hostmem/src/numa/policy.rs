@@ -60,12 +60,11 @@ impl Policy {
 
     /// The one rule about nodes every policy has: `default` and `local` take none, the
     /// others need some. QEMU's messages for QEMU's policies.
-    pub fn check_nodes(self, nodes: &NodeSet) -> Result<(), crate::Error> {
-        use crate::Error;
+    pub fn check_nodes(self, nodes: &NodeSet) -> Result<(), PolicyNodesError> {
         match (self.takes_nodes(), nodes.is_empty()) {
-            (false, false) if self == Policy::Default => Err(Error::NodesWithDefaultPolicy),
-            (false, false) => Err(Error::NodesNotTaken(self)),
-            (true, true) => Err(Error::NodesMissing(self)),
+            (false, false) if self == Policy::Default => Err(PolicyNodesError::WithDefault),
+            (false, false) => Err(PolicyNodesError::NotTaken(self)),
+            (true, true) => Err(PolicyNodesError::Missing(self)),
             _ => Ok(()),
         }
     }
@@ -267,4 +266,20 @@ mod tests {
             "weighted-interleave"
         );
     }
+}
+
+/// A policy and a node set that do not go together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyNodesError {
+    /// Policy `default` was given host-nodes (QEMU's words).
+    #[error("host-nodes must be empty for policy default, or you should explicitly specify a policy other than default")]
+    WithDefault,
+    /// A policy that places memory on nodes (preferred, bind, interleave, ...) has an
+    /// empty host-nodes (QEMU's words).
+    #[error("host-nodes must be set for policy {0}")]
+    Missing(Policy),
+    /// A policy other than `default` that takes no nodes (`local`) was given host-nodes.
+    #[error("host-nodes must be empty for policy {0}")]
+    NotTaken(Policy),
 }
