@@ -5,9 +5,11 @@ use std::path::PathBuf;
 
 use crate::numa::{NodeListError, NodeSet, Policy, PolicyNodesError};
 use crate::size::format_size;
+use crate::sys::strerror;
 
 /// The step of allocation that failed, for errors that are not about one property.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Step {
     /// Mapping the memory or making what is mapped (memfd and its seals, the shm object
     /// and its length), or a size larger than the address space.
@@ -147,6 +149,7 @@ fn node_words(nodes: &NodeSet) -> String {
 /// Everything that can go wrong with a backend: setting its properties, parsing
 /// `-object` text, allocating, changing it live and reading it back from the kernel.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     // --- QEMU's own messages, word for word -------------------------------------------
     /// Policy and host-nodes do not go together (QEMU's words for QEMU's policies;
@@ -154,8 +157,8 @@ pub enum Error {
     #[error(transparent)]
     PolicyNodes(#[from] PolicyNodesError),
     /// mbind refused the policy on freshly mapped memory; holds the errno text.
-    #[error("cannot bind memory to host NUMA nodes: {0}")]
-    Mbind(String),
+    #[error("cannot bind memory to host NUMA nodes: {}", strerror(.0))]
+    Mbind(#[source] std::io::Error),
     /// An integer property was set below its minimum (`size=0`, `prealloc-threads=0`).
     #[error("property '{prop}' of {kind} doesn't take value '{value}'")]
     ZeroValue {
@@ -172,12 +175,13 @@ pub enum Error {
     NodeList(#[from] NodeListError),
     /// The file backend's `mem-path` cannot be examined (statfs), opened, created, or
     /// given a temp file when it is a directory.
-    #[error("can't open backing store {path} for guest RAM: {reason}")]
+    #[error("can't open backing store {path} for guest RAM: {}", strerror(.source))]
     OpenBackingStore {
         /// The `mem-path` as set (the directory, for a temp file).
         path: PathBuf,
-        /// The errno text.
-        reason: String,
+        /// What the kernel said.
+        #[source]
+        source: std::io::Error,
     },
     /// A required parameter is unset: `size` or the file backend's `mem-path` at
     /// allocation, `qom-type` or `id` in `-object` text.
@@ -400,6 +404,9 @@ pub enum Error {
         step: Step,
         /// The errno text, or what was short and where (memory, file system room).
         reason: String,
+        /// The system call's error, where one failed.
+        #[source]
+        source: Option<std::io::Error>,
     },
     /// Preallocation was stopped through [`Progress::cancel`](crate::Progress::cancel).
     #[error("{kind} '{id}': preallocation cancelled")]
@@ -448,7 +455,7 @@ pub enum Error {
     },
     /// A rebind's mbind (MPOL_MF_MOVE | MPOL_MF_STRICT) failed, typically on pages that
     /// cannot migrate; the previous policy is put back where the kernel lets it.
-    #[error("cannot rebind '{id}' to {policy} {nodes}: {reason}; its policy is {now}, pages already moved stay where they are")]
+    #[error("cannot rebind '{id}' to {policy} {nodes}: {}; its policy is {now}, pages already moved stay where they are", strerror(.source))]
     RebindFailed {
         /// Object id.
         id: String,
@@ -457,22 +464,24 @@ pub enum Error {
         /// The nodes asked for.
         nodes: String,
         /// What mbind said.
-        reason: String,
+        #[source]
+        source: std::io::Error,
         /// The policy and nodes in force now (the previous ones, put back).
         now: String,
     },
     /// Reading what the kernel says about a live backend failed (/proc/self/smaps,
     /// page placement through move_pages).
-    #[error("{kind} '{id}': {what}: {reason}")]
+    #[error("{kind} '{id}': {what}: {}", strerror(.source))]
     Io {
         /// QEMU type name.
         kind: &'static str,
         /// Object id.
         id: String,
-        /// What was being read (`reading /proc/self/smaps`).
+        /// What was being done (`reading /proc/self/smaps`).
         what: String,
-        /// The errno text.
-        reason: String,
+        /// What the kernel said.
+        #[source]
+        source: std::io::Error,
     },
 }
 

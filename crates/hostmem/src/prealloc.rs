@@ -69,6 +69,7 @@ impl Progress {
 
 /// How to fault in one job's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Method {
     /// MADV_POPULATE_WRITE (or _READ for read-only mappings).
     Populate {
@@ -127,6 +128,7 @@ impl Stats {
 
 /// Why a job did not finish.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Failure {
     /// The populate call failed at `offset` (EFAULT: no huge page or SIGBUS-class fault;
     /// ENOMEM: out of memory; EHWPOISON ...).

@@ -10,7 +10,7 @@ use crate::inspect;
 use crate::numa::{HostTopology, NodeSet, Policy};
 use crate::prealloc::{self, Progress};
 use crate::props::{Common, Live, PropValue};
-use crate::sys::{self, advice};
+use crate::sys::advice;
 
 /// Where the pages of a backend are after a rebind, read back page by page.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,7 +119,7 @@ impl Backend {
                 // KSM advice on memory KSM cannot merge (shared, hugetlb) or a kernel
                 // without KSM: the kernel view shows whether `mg` took, and reports say so.
                 Err(_) if adv == advice::MERGEABLE || adv == advice::UNMERGEABLE => {}
-                Err(e) => return Err(self.alloc_error(Step::Advise, sys::strerror(&e))),
+                Err(e) => return Err(self.alloc_io_error(Step::Advise, e)),
             }
         }
         if next.prealloc && !now.prealloc {
@@ -190,7 +190,7 @@ impl Backend {
                 id: self.id.clone(),
                 policy,
                 nodes: nodes.to_string(),
-                reason: sys::strerror(&e),
+                source: e,
                 now: if restored.is_ok() {
                     format!("{old_policy} {old_nodes}")
                 } else {

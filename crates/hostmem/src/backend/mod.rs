@@ -173,6 +173,19 @@ impl Backend {
             id: self.id.clone(),
             step,
             reason,
+            source: None,
+        }
+    }
+
+    /// An allocation step whose system call failed: its errno text, and the error as
+    /// the source.
+    fn alloc_io_error(&self, step: Step, e: std::io::Error) -> Error {
+        Error::Alloc {
+            kind: self.kind().qom_type(),
+            id: self.id.clone(),
+            step,
+            reason: sys::strerror(&e),
+            source: Some(e),
         }
     }
 
@@ -374,7 +387,7 @@ impl Backend {
         let map = &mapped.map;
         let advise = |adv| {
             map.madvise(0, map.len(), adv)
-                .map_err(|e| self.alloc_error(Step::Advise, sys::strerror(&e)))
+                .map_err(|e| self.alloc_io_error(Step::Advise, e))
         };
         // Like QEMU: a child the VMM forks (a helper, a mount) must not share or
         // copy-on-write guest RAM, nor keep its pages alive after the backend goes.
@@ -386,8 +399,7 @@ impl Backend {
         if !c.dump {
             advise(advice::DONTDUMP)?;
         }
-        bind(map, c.policy, &c.host_nodes, host, false)
-            .map_err(|e| Error::Mbind(sys::strerror(&e)))?;
+        bind(map, c.policy, &c.host_nodes, host, false).map_err(Error::Mbind)?;
         Ok(Arc::new(Region {
             mapped,
             page_size: plan.page_size,
@@ -525,7 +537,7 @@ impl Backend {
             kind: self.kind().qom_type(),
             id: self.id.clone(),
             what: what.into(),
-            reason: sys::strerror(e),
+            source: sys::copy_io_error(e),
         }
     }
 

@@ -48,7 +48,7 @@ impl Backend {
             kind: self.kind().qom_type(),
             id: self.id.clone(),
             what: "duplicating its fd".into(),
-            reason: crate::sys::strerror(&e),
+            source: e,
         })?;
         Ok((dup, offset))
     }
@@ -75,7 +75,7 @@ impl Backend {
                 kind,
                 id,
                 what: "sealing its memfd against shrinking".into(),
-                reason: crate::sys::strerror(&e),
+                source: e,
             },
         }
     }

@@ -49,7 +49,7 @@ pub(crate) const SPEC: KindSpec = KindSpec {
 fn open_error(path: &Path, e: &std::io::Error) -> Error {
     Error::OpenBackingStore {
         path: path.to_path_buf(),
-        reason: sys::strerror(e),
+        source: sys::copy_io_error(e),
     }
 }
 

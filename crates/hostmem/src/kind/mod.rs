@@ -247,6 +247,7 @@ impl Target<'_> {
             id: self.id.to_string(),
             step: Step::Map,
             reason: sys::strerror(e),
+            source: Some(sys::copy_io_error(e)),
         }
     }
 }

@@ -183,6 +183,7 @@ impl Files {
 
 /// Something that changes what the host has without its counters disagreeing.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Hint {
     /// `Balloon:` of /proc/meminfo: bytes a balloon driver holds for the hypervisor.
     Balloon(u64),

@@ -13,6 +13,7 @@ pub struct NodeSet(BTreeSet<u32>);
 
 /// Why a node list did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum NodeListError {
     /// A node id at or past [`MAX_NODES`] (QEMU's wording).
     #[error("Invalid host-nodes value: {0}")]

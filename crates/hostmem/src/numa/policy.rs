@@ -8,6 +8,7 @@ use crate::sys::mpol;
 
 /// A backend's memory policy, by the names QEMU and hostmem accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum Policy {
     /// The process's policy (usually local allocation). Takes no nodes.
     #[default]
@@ -103,6 +104,7 @@ impl Policy {
 
 /// A memory policy mode as the kernel reports it (get_mempolicy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum KernelMode {
     /// MPOL_DEFAULT.
     Default,

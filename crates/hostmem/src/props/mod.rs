@@ -47,6 +47,7 @@ impl Default for MachineDefaults {
 
 /// What happens when a property is set on a live (allocated) backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Live {
     /// Refused: the memory would have to be remade.
     Fixed,

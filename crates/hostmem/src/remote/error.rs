@@ -15,6 +15,7 @@ pub const MOVE_ALL_PERMISSION: &str = "CAP_SYS_NICE (MPOL_MF_MOVE_ALL moves page
 
 /// Why a view of, or a move in, another process's memory failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RemoteError {
     /// The process does not exist (any more).
     #[error("process {pid} does not exist (it exited?)")]

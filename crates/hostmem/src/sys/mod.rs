@@ -96,6 +96,15 @@ pub(crate) fn strerror(err: &io::Error) -> String {
     }
 }
 
+/// The same error again (io::Error is not Clone): the errno for an OS error, else its
+/// kind and text. For errors kept as a source and also shown.
+pub(crate) fn copy_io_error(err: &io::Error) -> io::Error {
+    match err.raw_os_error() {
+        Some(errno) => io::Error::from_raw_os_error(errno),
+        None => io::Error::new(err.kind(), err.to_string()),
+    }
+}
+
 /// Base page size of the host.
 pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf reads a constant; no memory is touched.
