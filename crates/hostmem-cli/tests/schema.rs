@@ -91,3 +91,61 @@ fn the_schema_ids_carry_the_version_the_documents_write() {
     assert_eq!(vm["$id"], format!("urn:hostmem:vm:{v}"));
     assert_eq!(vm["$defs"]["schema-version"]["const"], v);
 }
+
+/// The schema's lists are the library's tables, so a kind, a policy or a property added
+/// to the library without its schema entry fails here: the policy names, the kinds'
+/// type names, and every property of every kind among the backend's keys (the keys
+/// that are not properties are the report's own, listed here).
+#[test]
+fn the_schema_lists_every_kind_policy_and_property_the_library_has() {
+    let text = std::fs::read_to_string(schema_file("report.schema.json")).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let defs = &schema["$defs"];
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let policies: Vec<String> = hostmem::Policy::ALL
+        .iter()
+        .map(|p| p.name().to_string())
+        .collect();
+    assert_eq!(strings(&defs["policy"]["enum"]), policies);
+    let backend = &defs["backend"]["properties"];
+    let kinds: Vec<String> = hostmem::Kind::ALL
+        .iter()
+        .map(|k| k.qom_type().to_string())
+        .collect();
+    assert_eq!(strings(&backend["qom-type"]["enum"]), kinds);
+    let mut props: Vec<String> = hostmem::Kind::ALL
+        .iter()
+        .flat_map(|&k| hostmem::kind::properties(k))
+        .map(|p| p.name.to_string())
+        .collect();
+    props.sort();
+    props.dedup();
+    const REPORT_OWN: [&str; 8] = [
+        "id",
+        "qom-type",
+        "host-addr",
+        "page-size",
+        "notes",
+        "prealloc-seconds",
+        "prealloc-gib-per-sec",
+        "prealloc-threads-used",
+    ];
+    let mut keys: Vec<String> = backend
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| !REPORT_OWN.contains(&k.as_str()) && *k != "kernel")
+        .cloned()
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys, props,
+        "the backend's keys in the schema against the property table"
+    );
+}
