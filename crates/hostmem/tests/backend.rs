@@ -298,6 +298,10 @@ fn in_use_backends_cannot_be_deleted() {
     let mut b = ram("busy", 4 * MIB).create().unwrap();
     let addr = b.host_addr().unwrap();
     let hold = b.hold().unwrap();
+    // The hold is the whole mapping, as /proc/self/maps has it.
+    let vma = vmas().into_iter().find(|v| v.start == addr).unwrap();
+    assert_eq!((hold.host_addr(), hold.len()), (vma.start, vma.len()));
+    assert!(!hold.is_empty());
     let e = b.delete().unwrap_err();
     assert_eq!(e.to_string(), "object 'busy' is in use, can not be deleted");
     assert!(mapped(addr, 4096));
