@@ -1,5 +1,6 @@
-//! The monitor's `/objects` container: backends and thread-contexts by id, in creation
-//! order.
+//! The monitor's `/objects` container: the library's [`Objects`] (which keeps the rules
+//! about ids, links, deletion and order, the same as `hostmem run`'s) shared between
+//! the connection threads.
 //!
 //! Locking is two-level so that a long operation never stalls other clients: the table
 //! lock is held only to look up, reserve or remove an id; each backend has its own lock,
