@@ -146,6 +146,21 @@ fn runs(program: &std::ffi::OsStr) -> bool {
     Command::new(program).arg("--version").output().is_ok()
 }
 
+/// The first line of `qemu --version`, for the report.
+pub fn qemu_version(qemu: &str) -> String {
+    Command::new(qemu)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// `QEMU 10.0` from `QEMU emulator version 10.0.2 (Debian ...)`; `QEMU` when the line
 /// says no version.
 pub fn qemu_label(version_line: &str) -> String {
@@ -194,7 +209,7 @@ pub fn make_plan(args: &BenchArgs, cpus: usize) -> Result<Plan, String> {
         threads,
         hostmem,
         qemu: args.qemu.clone(),
-        qemu_label: qemu_label(&crate::runner::qemu_version(&args.qemu)),
+        qemu_label: qemu_label(&qemu_version(&args.qemu)),
         libvirt: Libvirt::new(
             size,
             args.libvirt_backends,

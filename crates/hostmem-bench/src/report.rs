@@ -10,8 +10,7 @@ use rustix::system::uname;
 use serde_json::{json, Value};
 
 use crate::measure::Ctx;
-use crate::plan::{Libvirt, Mem, HUGE_2M};
-use crate::runner::qemu_version;
+use crate::plan::{qemu_version, Libvirt, Mem, HUGE_2M};
 use crate::stats::{fmt_num, fmt_ratio, ratio, Samples};
 use crate::targets::{targets, Target};
 

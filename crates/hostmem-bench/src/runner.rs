@@ -132,21 +132,6 @@ pub fn prime(bytes: u64, threads: usize) -> Result<(), String> {
     make_backend(&spec, &Progress::new()).map(drop)
 }
 
-/// The first line of `qemu --version`, for the report.
-pub fn qemu_version(qemu: &str) -> String {
-    Command::new(qemu)
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use hostmem::objects::Objects;
 use hostmem::objspec::ObjectType;
 use hostmem::props::parse_bool;
-use hostmem::props::Lookup;
-use hostmem::{Backend, HostTopology, MachineDefaults, ObjectSpec, Progress, ThreadContext};
+use hostmem::{Backend, HostTopology, MachineDefaults, ObjectSpec, Progress};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::signals::{self, Stop};
@@ -29,8 +29,8 @@ fn dedup<'a>(names: &[&'a str]) -> Vec<&'a str> {
 }
 
 /// `--check`: the pre-flight verdict of every backend, nothing allocated.
-fn check(backends: &[Backend], specs: &[&String], json: bool) -> ExitCode {
-    let refs: Vec<&Backend> = backends.iter().collect();
+fn check(objects: &Objects, specs: &[&String], json: bool) -> ExitCode {
+    let refs: Vec<&Backend> = objects.backends().collect();
     let verdicts = hostmem::preflight::check(&refs, &HostTopology::read());
     let mut out = std::io::stdout().lock();
     let printed = if json {
@@ -172,7 +172,7 @@ fn default_spec() -> String {
 }
 
 /// Creates all backends as one batch, with a progress bar on a terminal.
-fn create(backends: &mut [Backend], progress: &Progress) -> Result<(), hostmem::BatchError> {
+fn create(mut backends: Vec<&mut Backend>, progress: &Progress) -> Result<(), hostmem::BatchError> {
     let total: u64 = backends
         .iter()
         .filter(|b| b.config().common.prealloc)
@@ -197,11 +197,34 @@ fn create(backends: &mut [Backend], progress: &Progress) -> Result<(), hostmem::
                 bar.finish_and_clear();
             });
         }
-        let mut refs: Vec<&mut Backend> = backends.iter_mut().collect();
-        let r = Backend::complete_batch(&mut refs, progress);
+        let r = Backend::complete_batch(&mut backends, progress);
         drop(finished);
         r
     })
+}
+
+/// The command line's objects, made by the library's container (which keeps the
+/// rules: ids unique across objects, contexts made before the backends that link
+/// them), and the `-object` text of each backend in order, for messages.
+fn make_objects<'a>(
+    specs: &'a [String],
+    defaults: &MachineDefaults,
+) -> Result<(Objects, Vec<&'a String>), ExitCode> {
+    let mut objects = Objects::new();
+    let mut backend_specs: Vec<&String> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let s = ObjectSpec::parse(spec).map_err(|e| fail(&format!("-object {spec}"), e))?;
+        if s.ty != ObjectType::ThreadContext {
+            backend_specs.push(spec);
+        }
+        objects
+            .declare(s)
+            .map_err(|e| fail(&format!("-object {spec}"), e))?;
+    }
+    objects
+        .create(defaults)
+        .map_err(|e| fail(&format!("-object {}", specs[e.index]), e))?;
+    Ok((objects, backend_specs))
 }
 
 pub fn main(args: RunArgs) -> ExitCode {
@@ -254,66 +277,19 @@ pub fn main(args: RunArgs) -> ExitCode {
         specs.push(default_spec());
     }
     defaults.ignore_memory_limits = args.ignore_memory_limits;
-    // Like QEMU, thread-contexts are made first (they are "early" objects), so a
-    // backend may name a context given after it; ids are unique across both.
-    let mut parsed = Vec::with_capacity(specs.len());
-    for spec in &specs {
-        match ObjectSpec::parse(spec) {
-            Ok(s)
-                if parsed
-                    .iter()
-                    .any(|(_, o): &(&String, ObjectSpec)| o.id == s.id) =>
-            {
-                let msg = format!(
-                    "attempt to add duplicate property '{}' to object (type 'container')",
-                    s.id
-                );
-                return fail(&format!("-object {spec}"), msg);
-            }
-            Ok(s) => parsed.push((spec, s)),
-            Err(e) => return fail(&format!("-object {spec}"), e),
-        }
-    }
-    let mut contexts: Vec<Arc<ThreadContext>> = Vec::new();
-    for (spec, s) in parsed
-        .iter()
-        .filter(|(_, s)| s.ty == ObjectType::ThreadContext)
-    {
-        match s.to_context().and_then(|c| c.complete().map(|()| c)) {
-            Ok(c) => contexts.push(c),
-            Err(e) => return fail(&format!("-object {spec}"), e),
-        }
-    }
-    let find = |id: &str| match contexts.iter().find(|c| c.id() == id) {
-        Some(c) => Some(Lookup::Context(c.clone())),
-        None => parsed
-            .iter()
-            .any(|(_, s)| s.id == id)
-            .then_some(Lookup::Other),
+    let (mut objects, backend_specs) = match make_objects(&specs, &defaults) {
+        Ok(made) => made,
+        Err(status) => return status,
     };
-    let mut backends: Vec<Backend> = Vec::with_capacity(specs.len());
-    let mut backend_specs: Vec<&String> = Vec::with_capacity(specs.len());
-    for (spec, s) in parsed
-        .iter()
-        .filter(|(_, s)| s.ty != ObjectType::ThreadContext)
-    {
-        match s.to_backend_with(&defaults, &find) {
-            Ok(b) => {
-                backends.push(b);
-                backend_specs.push(spec);
-            }
-            Err(e) => return fail(&format!("-object {spec}"), e),
-        }
-    }
     if args.check {
-        return check(&backends, &backend_specs, args.json);
+        return check(&objects, &backend_specs, args.json);
     }
     let progress = Arc::new(Progress::new());
     let events = match signals::install(progress.clone()) {
         Ok(e) => e,
         Err(e) => return fail("signals", e),
     };
-    if let Err(e) = create(&mut backends, &progress) {
+    if let Err(e) = create(objects.backends_mut().collect(), &progress) {
         if let Ok(Stop::Signal(sig)) = events.rx.try_recv() {
             eprintln!("hostmem: interrupted by signal {sig}; nothing was left allocated");
             return ExitCode::from(Stop::Signal(sig).status());
@@ -321,18 +297,18 @@ pub fn main(args: RunArgs) -> ExitCode {
         return fail(&format!("-object {}", backend_specs[e.index]), e.error);
     }
     // What QEMU prints as warnings (a pmem=on file that is not on DAX, ...).
-    for (b, spec) in backends.iter().zip(&backend_specs) {
+    for (b, spec) in objects.backends().zip(&backend_specs) {
         for n in b.notes() {
             eprintln!("hostmem: warning: -object {spec}: {n}");
         }
     }
     let mut out = std::io::stdout().lock();
     let printed = if args.json {
-        let doc = report::document(backends.iter().map(report::backend_json).collect());
+        let doc = report::document(objects.backends().map(report::backend_json).collect());
         writeln!(out, "{doc}")
     } else {
-        backends
-            .iter()
+        objects
+            .backends()
             .try_for_each(|b| write!(out, "{}", report::backend_text(b)))
     };
     if printed.and_then(|_| out.flush()).is_err() {
@@ -345,9 +321,8 @@ pub fn main(args: RunArgs) -> ExitCode {
     }
     if let Some(path) = qmp_path {
         // Backends added over QMP get the same machine-wide defaults. The monitor owns
-        // the backends from here and deletes them when it stops.
-        let backends = std::mem::take(&mut backends);
-        match qmp::serve(&path, backends, contexts, defaults, &events) {
+        // the objects from here and deletes the backends when it stops.
+        match qmp::serve(&path, objects, defaults, &events) {
             Ok(not_deleted) => {
                 for n in not_deleted {
                     eprintln!("hostmem: {n}");
@@ -356,15 +331,15 @@ pub fn main(args: RunArgs) -> ExitCode {
             }
             Err(e) => return fail("-qmp", e),
         }
-    } else if args.hold {
+        return ExitCode::from(status);
+    }
+    if args.hold {
         // Any stop (EOF, SIGINT, SIGTERM) ends the hold cleanly with status 0.
         let _ = events.rx.recv();
     }
-    for b in &mut backends {
-        if let Err(e) = b.delete() {
-            eprintln!("hostmem: {e}");
-            status = 1;
-        }
+    for e in objects.delete_all() {
+        eprintln!("hostmem: {e}");
+        status = 1;
     }
     ExitCode::from(status)
 }

@@ -33,6 +33,7 @@ pub mod inspect;
 pub mod kind;
 pub mod limits;
 pub mod numa;
+pub mod objects;
 pub mod objspec;
 pub mod prealloc;
 pub mod preflight;

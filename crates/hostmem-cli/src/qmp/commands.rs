@@ -1,42 +1,74 @@
 //! The commands: QEMU's for memory backends, with QEMU's reply shapes, plus the
 //! downstream extensions (`__org.hostmem_*`, QMP's rule for names outside QEMU).
+//!
+//! [`COMMANDS`] is the one list: `query-commands` lists it, [`execute`] runs from it
+//! and answers "not found" for any name outside it, so a command is one row.
 
 use hostmem::numa::{NodeSet, Policy};
+use hostmem::props::{Common, Prop};
 use serde_json::{json, Map, Value};
 
 use super::args::Args;
 use super::error::QmpError;
 use super::registry::{Entry, Snapshot};
+use super::session::{After, Session};
+use super::shared::Shared;
 use super::{objects, qom_cmds};
-use super::{Session, Shared};
 use crate::report;
 
 pub const REBIND: &str = "__org.hostmem_memdev-rebind";
 pub const RESIDENCY: &str = "__org.hostmem_query-memdev-residency";
 
-/// Every command, as `query-commands` lists them.
-pub const COMMANDS: &[&str] = &[
-    "qmp_capabilities",
-    "query-commands",
-    "query-version",
-    "object-add",
-    "object-del",
-    "qom-list",
-    "qom-get",
-    "qom-set",
-    "query-memdev",
-    "quit",
-    REBIND,
-    RESIDENCY,
-];
-
-/// What the connection must do after sending the reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum After {
-    Continue,
-    /// `quit`: stop the server once the reply is out.
-    Quit,
+/// How a command runs.
+#[derive(Clone, Copy)]
+enum Run {
+    /// On the monitor's objects: nearly every command.
+    Monitor(fn(&Shared, Args) -> Result<Value, QmpError>),
+    /// On the connection's session (`qmp_capabilities`).
+    Session(fn(&mut Session, Args) -> Result<Value, QmpError>),
 }
+
+/// One row of the command table.
+pub struct Command {
+    pub name: &'static str,
+    run: Run,
+    /// What the connection does once the reply is out.
+    after: After,
+}
+
+impl Command {
+    const fn new(name: &'static str, run: fn(&Shared, Args) -> Result<Value, QmpError>) -> Self {
+        Command {
+            name,
+            run: Run::Monitor(run),
+            after: After::Continue,
+        }
+    }
+}
+
+/// Every command, in the order `query-commands` lists them.
+pub const COMMANDS: &[Command] = &[
+    Command {
+        name: "qmp_capabilities",
+        run: Run::Session(capabilities),
+        after: After::Continue,
+    },
+    Command::new("query-commands", query_commands),
+    Command::new("query-version", |_, args| no_args(args, version())),
+    Command::new("object-add", objects::add),
+    Command::new("object-del", objects::del),
+    Command::new("qom-list", qom_cmds::list),
+    Command::new("qom-get", qom_cmds::get),
+    Command::new("qom-set", qom_cmds::set),
+    Command::new("query-memdev", query_memdev),
+    Command {
+        name: "quit",
+        run: Run::Monitor(|_, args| no_args(args, json!({}))),
+        after: After::Quit,
+    },
+    Command::new(REBIND, rebind),
+    Command::new(RESIDENCY, residency),
+];
 
 /// `query-version` and the greeting: hostmem's own version in QEMU's shape.
 pub fn version() -> Value {
@@ -66,54 +98,45 @@ pub fn execute(
             "Expecting capabilities negotiation with 'qmp_capabilities'",
         ));
     }
-    if !COMMANDS.contains(&command) {
+    let Some(row) = COMMANDS.iter().find(|c| c.name == command) else {
         return Err(QmpError::command_not_found(format!(
             "The command {command} has not been found"
         )));
-    }
+    };
     if oob {
         // No command here is one of QEMU's few out-of-band ones.
         return Err(QmpError::generic(format!(
             "The command {command} does not support OOB"
         )));
     }
-    let done = |v: Value| Ok((v, After::Continue));
-    match command {
-        "qmp_capabilities" => done(capabilities(session, args)?),
-        "query-commands" => {
-            args.finish()?;
-            done(COMMANDS.iter().map(|c| json!({"name": c})).collect())
-        }
-        "query-version" => {
-            args.finish()?;
-            done(version())
-        }
-        "object-add" => done(objects::add(shared, args)?),
-        "object-del" => done(objects::del(shared, args)?),
-        "qom-list" => done(qom_cmds::list(shared, args)?),
-        "qom-get" => done(qom_cmds::get(shared, args)?),
-        "qom-set" => done(qom_cmds::set(shared, args)?),
-        "query-memdev" => {
-            args.finish()?;
-            done(
-                shared
-                    .registry
-                    .live()
-                    .iter()
-                    .map(|e| memdev(&e.id, &e.snapshot()))
-                    .collect(),
-            )
-        }
-        "quit" => {
-            args.finish()?;
-            Ok((json!({}), After::Quit))
-        }
-        REBIND => done(rebind(shared, args)?),
-        RESIDENCY => done(residency(shared, args)?),
-        _ => Err(QmpError::command_not_found(format!(
-            "The command {command} has not been found"
-        ))),
-    }
+    let value = match row.run {
+        Run::Monitor(run) => run(shared, args)?,
+        Run::Session(run) => run(session, args)?,
+    };
+    Ok((value, row.after))
+}
+
+/// A command without arguments: refuses any, then answers `value`.
+fn no_args(args: Args, value: Value) -> Result<Value, QmpError> {
+    args.finish()?;
+    Ok(value)
+}
+
+fn query_commands(_: &Shared, args: Args) -> Result<Value, QmpError> {
+    no_args(
+        args,
+        COMMANDS.iter().map(|c| json!({"name": c.name})).collect(),
+    )
+}
+
+fn query_memdev(shared: &Shared, args: Args) -> Result<Value, QmpError> {
+    args.finish()?;
+    Ok(shared
+        .registry
+        .live()
+        .iter()
+        .map(|e| memdev(&e.id, &e.snapshot()))
+        .collect())
 }
 
 fn capabilities(session: &mut Session, mut args: Args) -> Result<Value, QmpError> {
@@ -146,20 +169,29 @@ fn capabilities(session: &mut Session, mut args: Args) -> Result<Value, QmpError
     Ok(json!({}))
 }
 
-/// One `query-memdev` element (QEMU's `Memdev`).
+/// The properties QEMU's `Memdev` (one `query-memdev` element) reports besides the id,
+/// each under its property name.
+const MEMDEV: [&Prop; 8] = [
+    &Common::SIZE,
+    &Common::MERGE,
+    &Common::DUMP,
+    &Common::PREALLOC,
+    &Common::SHARE,
+    &Common::RESERVE,
+    &Common::HOST_NODES,
+    &Common::POLICY,
+];
+
+/// One `query-memdev` element, read through the library's property table.
 fn memdev(id: &str, s: &Snapshot) -> Value {
-    let c = &s.cfg.common;
-    json!({
-        "id": id,
-        "size": c.size,
-        "merge": c.merge,
-        "dump": c.dump,
-        "prealloc": c.prealloc,
-        "share": c.share,
-        "reserve": c.reserve,
-        "host-nodes": c.host_nodes.iter().collect::<Vec<_>>(),
-        "policy": c.policy.name(),
-    })
+    let mut o = Map::new();
+    o.insert("id".into(), json!(id));
+    for p in MEMDEV {
+        if let Some(v) = p.get(&s.cfg) {
+            o.insert(p.name.into(), report::value_json(v));
+        }
+    }
+    Value::Object(o)
 }
 
 fn entry(shared: &Shared, id: &str) -> Result<std::sync::Arc<Entry>, QmpError> {

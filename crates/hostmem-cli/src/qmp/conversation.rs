@@ -5,22 +5,15 @@
 
 use serde_json::Value;
 
-use super::commands::After;
 use super::dispatch::answer;
 use super::error::QmpError;
 use super::framer::Framer;
+use super::session::{After, Session};
 use super::shared::{lock, Shared};
 use crate::signals::Stop;
 
 /// Largest request accepted; a client that sends more is answered and disconnected.
 pub const MAX_REQUEST: usize = 1 << 20;
-
-/// Per-connection protocol state.
-#[derive(Debug, Default)]
-pub struct Session {
-    pub negotiated: bool,
-    pub oob: bool,
-}
 
 /// Whether a connection goes on after what it sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

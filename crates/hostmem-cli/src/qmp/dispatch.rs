@@ -4,10 +4,10 @@
 
 use serde_json::{json, Value};
 
-use super::commands::{self, After};
-use super::conversation::Session;
+use super::commands;
 use super::error::QmpError;
 use super::request;
+use super::session::{After, Session};
 use super::shared::Shared;
 
 /// The reply to one message. A panic in a command (a bug, never input) becomes an

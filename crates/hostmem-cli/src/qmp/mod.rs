@@ -13,8 +13,9 @@
 //! thread runs.
 //!
 //! The path of a request, one file each: `server` (socket, threads, stop) →
-//! `conversation` (framing, session) → `dispatch` (one reply per message) → `commands`
-//! (with `args`, `qom`, `registry`), over the state in `shared`; `spec` parses `-qmp`,
+//! `conversation` (framing, the `session`) → `dispatch` (one reply per message) →
+//! `commands` (the table of commands; with `args`, `objects`, `qom_cmds`, `registry`),
+//! over the state in `shared`; `spec` parses `-qmp`,
 //! `limits` bounds an in-process monitor.
 
 mod args;
@@ -31,13 +32,15 @@ mod qom_cmds;
 mod registry;
 mod request;
 mod server;
+mod session;
 mod shared;
 mod spec;
 
-pub use conversation::{Conversation, Flow, Session, MAX_REQUEST};
+pub use conversation::{Conversation, Flow, MAX_REQUEST};
 pub use limits::Limits;
 pub use monitor::Monitor;
 pub use registry::NotDeleted;
 pub use server::{serve, ServeError};
+pub use session::Session;
 pub use shared::{Shared, Tracked};
 pub use spec::{parse_spec, SpecError};

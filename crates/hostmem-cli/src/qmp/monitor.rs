@@ -28,7 +28,7 @@ impl Monitor {
     pub fn new(backends: Vec<Backend>, defaults: MachineDefaults, limits: Limits) -> Self {
         let (tx, stop) = channel();
         Monitor {
-            shared: Shared::new(Registry::new(backends, Vec::new()), defaults, limits, tx),
+            shared: Shared::new(Registry::with_backends(backends), defaults, limits, tx),
             conversation: Conversation::new(),
             closed: false,
             stop,
@@ -89,13 +89,15 @@ impl Drop for Monitor {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
+    use std::path::Path;
+
     use super::*;
     use crate::qmp::shared::message_bytes;
     use crate::qmp::MAX_REQUEST;
 
     /// A monitor with capabilities negotiated.
-    pub(in crate::qmp) fn monitor(limits: Limits) -> Monitor {
+    fn monitor(limits: Limits) -> Monitor {
         let mut m = Monitor::new(Vec::new(), MachineDefaults::default(), limits);
         assert_eq!(
             m.feed(b"{'execute': 'qmp_capabilities'}"),
@@ -105,14 +107,14 @@ pub(super) mod tests {
     }
 
     /// The reply to one `object-add` with these arguments.
-    pub(in crate::qmp) fn add(m: &mut Monitor, args: Value) -> Value {
+    fn add(m: &mut Monitor, args: Value) -> Value {
         let req = json!({"execute": "object-add", "arguments": args});
         let mut r = m.feed(&message_bytes(&req));
         assert_eq!(r.len(), 1, "{r:?}");
         r.remove(0)
     }
 
-    pub(in crate::qmp) fn error_desc(reply: &Value) -> &str {
+    fn error_desc(reply: &Value) -> &str {
         reply["error"]["desc"]
             .as_str()
             .unwrap_or_else(|| panic!("{reply}"))
@@ -140,6 +142,32 @@ pub(super) mod tests {
         assert_eq!(r[0]["return"][0]["size"], 2 << 20);
         assert_eq!(r[1], json!({"return": {}}));
         assert!(m.quit_requested() && !m.is_closed());
+    }
+
+    #[test]
+    fn query_commands_lists_exactly_the_table_and_runs_every_row() {
+        let mut m = monitor(Limits::default());
+        let names: Vec<&str> = commands::COMMANDS.iter().map(|c| c.name).collect();
+        let listed = m.feed(b"{'execute': 'query-commands'}").remove(0);
+        let listed: Vec<&str> = listed["return"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, names);
+        // Every row dispatches (`quit` only asks a socket server to stop, so the rows
+        // after it are still answered here); a name outside the table is not found.
+        for name in names.iter().copied().chain(["query-cpus"]) {
+            let r = m.feed(&message_bytes(&json!({"execute": name}))).remove(0);
+            let not_found = format!("The command {name} has not been found");
+            assert_eq!(
+                r["error"]["desc"] == not_found.as_str(),
+                name == "query-cpus",
+                "{r}"
+            );
+        }
+        assert!(m.quit_requested());
     }
 
     #[test]
@@ -184,5 +212,51 @@ pub(super) mod tests {
         );
         assert!(m.is_closed());
         assert!(m.feed(b"{'execute': 'query-version'}").is_empty());
+    }
+
+    #[test]
+    fn limits_refuse_before_mapping_and_the_server_sets_none() {
+        let dir = std::env::temp_dir().join(format!("hostmem-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let outside = dir.with_extension("outside");
+        let mut m = monitor(Limits {
+            max_backend_size: Some(4 << 20),
+            mem_path_under: Some(dir.clone()),
+        });
+        let r = add(
+            &mut m,
+            json!({"qom-type": "memory-backend-ram", "id": "big", "size": 8 << 20, "prealloc": true}),
+        );
+        assert_eq!(
+            error_desc(&r),
+            "object 'big': size 8388608 exceeds this monitor's limit of 4194304 bytes"
+        );
+        assert!(m.backend_ids().is_empty());
+        let file = |path: &Path| {
+            json!({"qom-type": "memory-backend-file", "id": "f", "size": 2 << 20,
+                   "mem-path": path.to_str().unwrap()})
+        };
+        // `..` out of the directory, to a name no other program uses.
+        let escaped = dir.join(format!("../hostmem-limits-{}.escaped", std::process::id()));
+        for bad in [outside.clone(), escaped] {
+            let r = add(&mut m, file(&bad));
+            assert!(error_desc(&r).contains("is outside"), "{r}");
+            assert!(!bad.exists(), "{} was created", bad.display());
+        }
+        assert_eq!(
+            add(&mut m, file(&dir.join("inside"))),
+            json!({"return": {}})
+        );
+        assert!(dir.join("inside").exists());
+        assert_eq!(m.backend_ids(), ["f"]);
+        drop(m);
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Unlimited (what `serve` uses): the same request passes.
+        let mut m = monitor(Limits::default());
+        let r = add(
+            &mut m,
+            json!({"qom-type": "memory-backend-ram", "id": "big", "size": 8 << 20}),
+        );
+        assert_eq!(r, json!({"return": {}}));
     }
 }

@@ -13,10 +13,7 @@ use super::Shared;
 
 /// The monitor's objects, for links (`prealloc-context`).
 pub fn resolver(shared: &Shared) -> impl Fn(&str) -> Option<Lookup> + '_ {
-    |id| match shared.registry.context(id) {
-        Some(c) => Some(Lookup::Context(c)),
-        None => shared.registry.get(id).map(|_| Lookup::Other),
-    }
+    |id| shared.registry.lookup(id)
 }
 
 pub fn add(shared: &Shared, args: Args) -> Result<Value, QmpError> {

@@ -85,7 +85,7 @@ mod tests {
 
     fn registry() -> Registry {
         let b = Backend::new(Kind::Ram, "m0", &MachineDefaults::default());
-        Registry::new(vec![b], Vec::new())
+        Registry::with_backends(vec![b])
     }
 
     #[test]

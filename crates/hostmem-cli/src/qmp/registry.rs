@@ -1,5 +1,6 @@
-//! The monitor's `/objects` container: backends and thread-contexts by id, in creation
-//! order.
+//! The monitor's `/objects` container: the library's [`Objects`] (which keeps the rules
+//! about ids, links, deletion and order, the same as `hostmem run`'s) shared between
+//! the connection threads.
 //!
 //! Locking is two-level so that a long operation never stalls other clients: the table
 //! lock is held only to look up, reserve or remove an id; each backend has its own lock,
@@ -10,6 +11,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use hostmem::objects::{Deleting, Member, Object, Objects, ObjectsError};
+use hostmem::props::Lookup;
 use hostmem::Config;
 use hostmem::{Backend, Kind, ThreadContext};
 
@@ -73,6 +76,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+impl Member for Entry {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn kind(&self) -> Kind {
+        self.kind
+    }
+}
+
 impl Entry {
     fn new(b: Backend) -> Self {
         Entry {
@@ -106,73 +118,6 @@ impl Entry {
     }
 }
 
-#[derive(Debug)]
-enum Slot {
-    /// An `object-add` in progress: the id is taken, the object not there yet.
-    Creating(String),
-    Live(Arc<Entry>),
-    /// A thread-context; backends that name it hold it too, and keep it after it is
-    /// deleted from the table, as QEMU's links do.
-    Context(Arc<ThreadContext>),
-}
-
-impl Slot {
-    fn id(&self) -> &str {
-        match self {
-            Slot::Creating(id) => id,
-            Slot::Live(e) => &e.id,
-            Slot::Context(c) => c.id(),
-        }
-    }
-}
-
-/// Why an id cannot be taken or removed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SlotError {
-    Duplicate(String),
-    NotFound(String),
-    BeingCreated(String),
-}
-
-impl std::fmt::Display for SlotError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SlotError::Duplicate(id) => write!(
-                f,
-                "attempt to add duplicate property '{id}' to object (type 'container')"
-            ),
-            SlotError::NotFound(id) => write!(f, "object '{id}' not found"),
-            SlotError::BeingCreated(id) => write!(
-                f,
-                "object '{id}' is still being created (preallocating), can not be deleted"
-            ),
-        }
-    }
-}
-
-/// Why `object-del` failed.
-#[derive(Debug)]
-pub enum DeleteError {
-    Slot(SlotError),
-    /// The library refused (in use).
-    Backend(hostmem::Error),
-}
-
-impl From<SlotError> for DeleteError {
-    fn from(e: SlotError) -> Self {
-        DeleteError::Slot(e)
-    }
-}
-
-impl std::fmt::Display for DeleteError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DeleteError::Slot(e) => e.fmt(f),
-            DeleteError::Backend(e) => e.fmt(f),
-        }
-    }
-}
-
 /// A backend shutdown could not delete, and why. Said on stderr by name: a backend is
 /// never dropped without [`Backend::delete`] unless someone is told.
 #[derive(Debug)]
@@ -201,155 +146,117 @@ impl std::fmt::Display for NotDeleted {
     }
 }
 
+/// The monitor's objects: the library's container behind one lock, with each backend
+/// behind its own.
 #[derive(Debug, Default)]
 pub struct Registry {
-    slots: Mutex<Vec<Slot>>,
-    /// Set (under the `slots` lock) by [`Registry::delete_all`]: nothing is added after.
+    objects: Mutex<Objects<Arc<Entry>>>,
+    /// Set (under the `objects` lock) by [`Registry::delete_all`]: nothing is added after.
     closed: AtomicBool,
 }
 
 impl Registry {
-    /// A table of the objects `hostmem run` made: contexts first, as QEMU makes them.
-    pub fn new(backends: Vec<Backend>, contexts: Vec<Arc<ThreadContext>>) -> Self {
+    /// A table of the objects `hostmem run` made, in their creation order.
+    pub fn new(objects: Objects) -> Self {
         Registry {
-            slots: Mutex::new(
-                contexts
-                    .into_iter()
-                    .map(Slot::Context)
-                    .chain(
-                        backends
-                            .into_iter()
-                            .map(|b| Slot::Live(Arc::new(Entry::new(b)))),
-                    )
-                    .collect(),
-            ),
+            objects: Mutex::new(objects.map_backends(|b| Arc::new(Entry::new(b)))),
             closed: AtomicBool::new(false),
         }
     }
 
+    /// A table of these backends, for a monitor started on its own; a backend whose id
+    /// is taken already is named on stderr and deleted, never kept twice.
+    pub fn with_backends(backends: Vec<Backend>) -> Self {
+        let mut objects = Objects::new();
+        for mut b in backends {
+            match objects.reserve(b.id()) {
+                Ok(()) => objects.fill_backend(b),
+                Err(e) => {
+                    eprintln!("hostmem: {e}");
+                    if let Err(e) = b.delete() {
+                        eprintln!("hostmem: {}", NotDeleted::Refused(e));
+                    }
+                }
+            }
+        }
+        Registry::new(objects)
+    }
+
+    fn objects(&self) -> MutexGuard<'_, Objects<Arc<Entry>>> {
+        lock(&self.objects)
+    }
+
     /// Puts a started thread-context where its reservation was.
     pub fn fill_context(&self, c: Arc<ThreadContext>) {
-        let mut slots = lock(&self.slots);
-        if self.closed.load(Ordering::SeqCst) {
-            return;
-        }
-        let id = c.id().to_string();
-        let slot = Slot::Context(c);
-        match slots
-            .iter_mut()
-            .find(|s| matches!(s, Slot::Creating(c) if *c == id))
-        {
-            Some(s) => *s = slot,
-            None => slots.push(slot),
+        let mut objects = self.objects();
+        if !self.closed.load(Ordering::SeqCst) {
+            objects.fill_context(c);
         }
     }
 
     /// A thread-context by id.
     pub fn context(&self, id: &str) -> Option<Arc<ThreadContext>> {
-        lock(&self.slots).iter().find_map(|s| match s {
-            Slot::Context(c) if c.id() == id => Some(c.clone()),
-            _ => None,
-        })
+        self.objects().context(id).cloned()
+    }
+
+    /// What an id names, for links (`prealloc-context`).
+    pub fn lookup(&self, id: &str) -> Option<Lookup> {
+        self.objects().lookup(id)
     }
 
     /// Every object's id and QEMU type name, in creation order (`qom-list /objects`).
     pub fn children(&self) -> Vec<(String, &'static str)> {
-        lock(&self.slots)
-            .iter()
-            .filter_map(|s| match s {
-                Slot::Creating(_) => None,
-                Slot::Live(e) => Some((e.id.clone(), e.kind.qom_type())),
-                Slot::Context(c) => Some((c.id().to_string(), hostmem::context::QOM_TYPE)),
-            })
+        self.objects()
+            .children()
+            .map(|(id, ty)| (id.to_string(), ty))
             .collect()
     }
 
     /// Takes an id for an object about to be created.
-    pub fn reserve(&self, id: &str) -> Result<(), SlotError> {
-        let mut slots = lock(&self.slots);
-        if slots.iter().any(|s| s.id() == id) {
-            return Err(SlotError::Duplicate(id.to_string()));
-        }
-        slots.push(Slot::Creating(id.to_string()));
-        Ok(())
+    pub fn reserve(&self, id: &str) -> Result<(), ObjectsError> {
+        self.objects().reserve(id)
     }
 
     /// Puts the created backend where its reservation was; after
     /// [`Registry::delete_all`], deletes it instead (a shutdown has emptied the table).
     pub fn fill(&self, mut b: Backend) {
-        let mut slots = lock(&self.slots);
+        let mut objects = self.objects();
         if self.closed.load(Ordering::SeqCst) {
-            drop(slots);
+            drop(objects);
             if let Err(e) = b.delete() {
                 eprintln!("hostmem: {}", NotDeleted::Refused(e));
             }
             return;
         }
-        let entry = Slot::Live(Arc::new(Entry::new(b)));
-        match slots
-            .iter_mut()
-            .find(|s| matches!(s, Slot::Creating(id) if id == entry.id()))
-        {
-            Some(slot) => *slot = entry,
-            None => slots.push(entry),
-        }
+        objects.fill_backend(Arc::new(Entry::new(b)));
     }
 
     /// Gives back a reservation whose object could not be created.
     pub fn release(&self, id: &str) {
-        lock(&self.slots).retain(|s| !matches!(s, Slot::Creating(c) if c == id));
+        self.objects().release(id);
     }
 
     /// The live backends, in creation order.
     pub fn live(&self) -> Vec<Arc<Entry>> {
-        lock(&self.slots)
-            .iter()
-            .filter_map(|s| match s {
-                Slot::Live(e) => Some(e.clone()),
-                Slot::Creating(_) | Slot::Context(_) => None,
-            })
-            .collect()
+        self.objects().backends().cloned().collect()
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Entry>> {
-        lock(&self.slots).iter().find_map(|s| match s {
-            Slot::Live(e) if e.id == id => Some(e.clone()),
-            _ => None,
-        })
+        self.objects().backend(id).cloned()
     }
 
     /// Deletes a backend (refused while in use) or a thread-context and takes it out of
-    /// the table. The table lock is not held while waiting for an operation on a backend.
-    pub fn delete(&self, id: &str) -> Result<(), DeleteError> {
-        let mut slots = lock(&self.slots);
-        let entry = match slots.iter().position(|s| s.id() == id) {
-            Some(at) if matches!(slots[at], Slot::Context(_)) => {
-                // Like QEMU: a context goes from the table at once; backends that name
-                // it keep it (and its thread) until they go, their link reading empty.
-                if let Slot::Context(c) = slots.remove(at) {
-                    c.detach();
-                }
-                return Ok(());
-            }
-            Some(at) => match &slots[at] {
-                Slot::Live(e) => e.clone(),
-                _ => return Err(SlotError::BeingCreated(id.into()).into()),
-            },
-            None => return Err(SlotError::NotFound(id.into()).into()),
+    /// the table, by the library's rules. The table lock is not held while waiting for
+    /// an operation on a backend.
+    pub fn delete(&self, id: &str) -> Result<(), ObjectsError> {
+        let entry = match self.objects().begin_delete(id)? {
+            Deleting::Done => return Ok(()),
+            Deleting::Backend(e) => e.clone(),
         };
-        drop(slots);
         let mut backend = entry.lock();
-        let mut slots = lock(&self.slots);
         // Another client may have deleted it while this one waited for the lock.
-        let Some(at) = slots
-            .iter()
-            .position(|s| matches!(s, Slot::Live(e) if Arc::ptr_eq(e, &entry)))
-        else {
-            return Err(SlotError::NotFound(id.into()).into());
-        };
-        backend.delete().map_err(DeleteError::Backend)?;
-        slots.remove(at);
-        Ok(())
+        self.objects()
+            .finish_delete(id, |e| Arc::ptr_eq(e, &entry), |_| backend.delete())
     }
 
     /// Deletes every backend through [`Backend::delete`] and empties the table, for
@@ -359,17 +266,17 @@ impl Registry {
     /// dropped silently. An `object-add` still running is returned too, and its backend
     /// is deleted as soon as it arrives ([`Registry::fill`]).
     pub fn delete_all(&self) -> Vec<NotDeleted> {
-        let slots = {
-            let mut slots = lock(&self.slots);
+        let objects = {
+            let mut objects = self.objects();
             self.closed.store(true, Ordering::SeqCst);
-            std::mem::take(&mut *slots)
+            std::mem::take(&mut *objects)
         };
         let mut left = Vec::new();
-        for slot in slots {
-            match slot {
-                Slot::Creating(id) => left.push(NotDeleted::Creating(id)),
-                Slot::Context(_) => {}
-                Slot::Live(e) => match e.try_lock() {
+        for object in objects {
+            match object {
+                Object::Reserved(id) => left.push(NotDeleted::Creating(id)),
+                Object::Declared(_) | Object::Context(_) => {}
+                Object::Backend(e) => match e.try_lock() {
                     Some(mut b) => {
                         if let Err(err) = b.delete() {
                             left.push(NotDeleted::Refused(err));
@@ -397,8 +304,8 @@ mod tests {
 
     #[test]
     fn ids_are_unique_while_creating_and_after() {
-        let r = Registry::new(vec![ram("a")], Vec::new());
-        assert_eq!(r.reserve("a"), Err(SlotError::Duplicate("a".into())));
+        let r = Registry::with_backends(vec![ram("a")]);
+        assert!(matches!(r.reserve("a"), Err(ObjectsError::Duplicate(_))));
         r.reserve("b").unwrap();
         assert!(
             r.get("b").is_none(),
@@ -417,7 +324,7 @@ mod tests {
 
     #[test]
     fn delete_is_refused_while_in_use_and_unknown_ids_are_named() {
-        let r = Registry::new(vec![ram("m")], Vec::new());
+        let r = Registry::with_backends(vec![ram("m")]);
         let hold = r.get("m").unwrap().lock().hold().unwrap();
         assert_eq!(
             r.delete("m").unwrap_err().to_string(),

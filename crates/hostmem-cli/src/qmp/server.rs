@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hostmem::{Backend, MachineDefaults, ThreadContext};
+use hostmem::objects::Objects;
+use hostmem::MachineDefaults;
 use rustix::fs::Mode;
 use rustix::process::umask;
 use serde_json::Value;
@@ -133,19 +134,18 @@ fn listen(path: &Path) -> Result<(UnixListener, SocketFile), ServeError> {
     ))
 }
 
-/// Serves QMP on `path` over `backends` until `quit`, SIGINT or SIGTERM (or whatever
-/// else sends on `events`). The monitor owns the backends from here on and deletes
-/// every one of them when it stops; it returns those it could not delete, by name.
+/// Serves QMP on `path` over `objects` until `quit`, SIGINT or SIGTERM (or whatever
+/// else sends on `events`). The monitor owns the objects from here on and deletes
+/// every backend when it stops; it returns those it could not delete, by name.
 pub fn serve(
     path: &Path,
-    backends: Vec<Backend>,
-    contexts: Vec<Arc<ThreadContext>>,
+    objects: Objects,
     defaults: MachineDefaults,
     events: &Events,
 ) -> Result<Vec<NotDeleted>, ServeError> {
     let (listener, socket_file) = listen(path)?;
     let shared = Arc::new(Shared::new(
-        Registry::new(backends, contexts),
+        Registry::new(objects),
         defaults,
         Limits::default(),
         events.tx.clone(),

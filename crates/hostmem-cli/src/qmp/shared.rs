@@ -205,7 +205,7 @@ mod tests {
 
     fn shared(backends: Vec<Backend>) -> Shared {
         Shared::new(
-            Registry::new(backends, Vec::new()),
+            Registry::with_backends(backends),
             MachineDefaults::default(),
             Limits::default(),
             channel().0,
