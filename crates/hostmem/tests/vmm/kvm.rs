@@ -120,6 +120,8 @@ fn kvm_slots_live_beside_an_owned_vm_and_dirty_logging_switches_on_a_live_slot()
     let e = vmm.slots[0].dirty_log().unwrap_err();
     assert_eq!(e.errno(), enoent, "no log before logging is on: {e}");
     vmm.slots[0].set_dirty_logging(true).unwrap();
+    // Switching on what is on leaves it on.
+    vmm.slots[0].set_dirty_logging(true).unwrap();
     assert_eq!(vmm.slots[0].flags(), KVM_MEM_LOG_DIRTY_PAGES);
     let log = vmm.slots[0].dirty_log().expect("KVM logs the slot now");
     assert_eq!(log.len(), (8 * MIB as usize / 4096).div_ceil(64));
