@@ -45,7 +45,7 @@ class QmpStream:
         if self.greeting is None:
             raise QmpError("no greeting (the server ended)")
         if negotiate:
-            r = self.request({"execute": "qmp_capabilities"})
+            r = self.execute("qmp_capabilities")
             if r != {"return": {}}:
                 raise QmpError(f"qmp_capabilities: {r}")
 
@@ -86,18 +86,17 @@ class QmpStream:
         return os.read(fd, 65536)
 
     def send(self, data):
+        """Sends `data` as it is (a dict or list as one JSON line); OSError when the
+        server is gone or does not read (a test of that expects the OSError)."""
         if isinstance(data, (dict, list)):
             data = json.dumps(data).encode() + b"\n"
         elif isinstance(data, str):
             data = data.encode()
-        try:
-            if self.s is not None:
-                self.s.sendall(data)
-            else:
-                self.proc.stdin.write(data)
-                self.proc.stdin.flush()
-        except (BrokenPipeError, ConnectionResetError) as e:
-            raise QmpError(f"connection lost ({e})") from None
+        if self.s is not None:
+            self.s.sendall(data)
+        else:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
 
     def readline(self):
         """The next line (without its newline); None at EOF."""
@@ -128,9 +127,14 @@ class QmpStream:
         return self.read()
 
     def execute(self, name, **args):
-        """The reply to command `name` (a `return` or an `error`); QmpError at EOF."""
+        """The reply to command `name` (a `return` or an `error`); QmpError when the
+        connection is lost or closed."""
         req = {"execute": name, **({"arguments": args} if args else {})}
-        reply = self.request(req)
+        try:
+            self.send(req)
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise QmpError(f"{name}: connection lost ({e})") from None
+        reply = self.read()
         if reply is None:
             raise QmpError(f"{name}: connection closed")
         return reply
