@@ -1,6 +1,6 @@
 """hugetlbfs mounts and huge page pools for the sets that need them (grown for the run,
-given back after), and the fresh mem-path directories of each run of a set. Part of
-libvirt_objects.py.
+given back after, with tests/lib/hostmem_testkit.py's pool guard), and the fresh
+mem-path directories of each run of a set. Part of libvirt_objects.py.
 """
 
 import shutil
@@ -9,7 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from libvirt_data import KIB, human, placeholder_for_dir
+from libvirt_data import human, placeholder_for_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+from hostmem_testkit import HugePool, unmount  # noqa: E402
 
 # Huge pages larger than the buddy allocator's blocks (x86: 1 GiB), made from a
 # contiguous, aligned range of physical memory.
@@ -24,16 +27,16 @@ class HugePages:
 
     def __init__(self, root, host):
         self.root, self.host = Path(root), host
-        self.mounts, self.added, self.missing = {}, {}, {}
+        self.mounts, self.pools, self.missing = {}, {}, {}
         # Gigantic page sizes the kernel could not assemble a page of (see prepare).
         self.unassembled = {}
         self.regrown, self.seen = False, {}
 
-    def _dir(self, page):
-        return Path(f"/sys/kernel/mm/hugepages/hugepages-{page // KIB}kB")
+    def _pool(self, page):
+        return self.pools.setdefault(page, HugePool(page))
 
     def free(self, page):
-        return int((self._dir(page) / "free_hugepages").read_text())
+        return self._pool(page).read("free_hugepages")
 
     def prepare(self, needs):
         for page, pages in sorted(needs.items()):
@@ -64,22 +67,14 @@ class HugePages:
                                       f"pool has {self.free(page)} free")
 
     def nr(self, page):
-        return int((self._dir(page) / "nr_hugepages").read_text())
+        return self._pool(page).read("nr_hugepages")
 
     def grow(self, page, short):
-        """Add `short` pages to the pool (counted in `added`, to be given back). When
-        the kernel finds fewer (no contiguous memory left for a 1 GiB page), compact
-        memory once and ask again, rather than leave the sets that need them unrun."""
-        for attempt in range(2):
-            if short <= 0:
-                return
-            nr = self.nr(page)
-            (self._dir(page) / "nr_hugepages").write_text(str(nr + short))
-            got = self.nr(page) - nr
-            self.added[page] = self.added.get(page, 0) + got
-            short -= got
-            if short > 0 and attempt == 0:
-                Path("/proc/sys/vm/compact_memory").write_text("1")
+        """Add `short` pages to the pool (to be given back by release()); when the
+        kernel finds fewer (no contiguous memory left for a 1 GiB page), memory is
+        compacted once and the kernel asked again, rather than leave the sets that
+        need them unrun."""
+        self._pool(page).grow(short)
 
     def ensure(self, needs, timeout=5.0):
         """Before a program runs a set: wait until the pools have its pages free again
@@ -107,16 +102,11 @@ class HugePages:
         return self.regrown or any(self.nr(page) != n for page, n in self.seen.items())
 
     def release(self):
-        for page, n in self.added.items():
-            f = self._dir(page) / "nr_hugepages"
-            try:
-                f.write_text(str(max(0, int(f.read_text()) - n)))
-            except OSError as e:
-                print(f"warning: could not shrink the {human(page)} pool back by {n}: {e}",
-                      file=sys.stderr)
+        for page, pool in self.pools.items():
+            for problem in pool.restore():
+                print(f"warning: the {human(page)} pool: {problem}", file=sys.stderr)
         for mnt in self.mounts.values():
-            if subprocess.run(["umount", str(mnt)], capture_output=True).returncode:
-                subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+            unmount(mnt)
 
 
 # ---------------------------------------------------------------- the run

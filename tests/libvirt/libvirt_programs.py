@@ -1,108 +1,39 @@
-"""QEMU 10 and hostmem running one object set: a minimal QMP client, the read-back of
-a set's objects, each program on the command line (cli) and as a long-lived QMP
-server (qmp). Part of libvirt_objects.py.
+"""QEMU 10 and hostmem running one object set: QMP replies as tuples, the read-back
+of a set's objects, each program on the command line (cli) and as a long-lived QMP
+server (qmp). The QMP client and the waits for a server are tests/lib/hostmem_testkit.py's.
+Part of libvirt_objects.py.
 """
 
-import json
 import os
-import select
 import shutil
-import socket
 import subprocess
+import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from libvirt_data import die
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+from hostmem_testkit import QmpError, QmpStream, end, wait_for_socket  # noqa: E402
 
 QMP_TIMEOUT = 30  # seconds for one reply (a preallocation of 1 GiB takes a few)
 
 
 # ---------------------------------------------------------------- QMP
 
-class QmpError(Exception):
-    pass
-
-
-class Qmp:
-    """A minimal synchronous QMP client over a pipe pair or a Unix socket."""
-
-    def __init__(self, rfd, wfile, close=None):
-        self.rfd, self.wfile, self._close = rfd, wfile, close
-        self.buf = b""
-        self.greeting = self.read(timeout=QMP_TIMEOUT)
-        if self.greeting is None:
-            raise QmpError("no greeting (the process ended)")
-        r = self.cmd("qmp_capabilities")
-        if r[0] != "ok":
-            raise QmpError(f"qmp_capabilities: {r}")
-
-    @classmethod
-    def unix(cls, path, proc=None, timeout=QMP_TIMEOUT):
-        """Connect, retrying while the socket exists but is not listening yet (between
-        bind and listen) and `proc` is still running."""
-        deadline = time.monotonic() + timeout
-        while True:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(str(path))
-                break
-            except (ConnectionRefusedError, FileNotFoundError):
-                s.close()
-                if (proc is not None and proc.poll() is not None) \
-                        or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.005)
-        f = s.makefile("wb")
-        return cls(s.fileno(), f, close=lambda: (f.close(), s.close()))
-
-    def read(self, timeout=QMP_TIMEOUT):
-        """The next non-event message; None at EOF."""
-        deadline = time.monotonic() + timeout
-        while True:
-            while b"\n" not in self.buf:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise QmpError("no reply within %d s" % timeout)
-                r, _, _ = select.select([self.rfd], [], [], left)
-                if not r:
-                    continue
-                chunk = os.read(self.rfd, 65536)
-                if not chunk:
-                    return None
-                self.buf += chunk
-            line, self.buf = self.buf.split(b"\n", 1)
-            if not line.strip():
-                continue
-            msg = json.loads(line)
-            if "event" not in msg:
-                return msg
+class Qmp(QmpStream):
+    """The kit's QMP client, with a reply as ("ok", value) or ("err", class, desc)."""
 
     def cmd(self, execute, **args):
-        """("ok", value) or ("err", class, desc)."""
-        req = {"execute": execute}
-        if args:
-            req["arguments"] = args
         try:
-            self.wfile.write(json.dumps(req).encode() + b"\n")
-            self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError) as e:
-            raise QmpError(f"{execute}: connection lost ({e})")
-        try:
-            msg = self.read()
+            msg = self.execute(execute, **args)
         except QmpError as e:
-            raise QmpError(f"{execute}: {e}")
-        if msg is None:
-            raise QmpError(f"{execute}: connection closed")
+            raise QmpError(f"{execute}: {e}") from None
         if "return" in msg:
             return ("ok", msg["return"])
         err = msg.get("error", {})
         return ("err", err.get("class"), err.get("desc"))
-
-    def close(self):
-        if self._close:
-            self._close()
 
 
 def readback(q, ids, backend_ids, extra_props=None):
@@ -206,7 +137,7 @@ class Runner:
                              stderr=errf)
         try:
             try:
-                q = Qmp(p.stdout.fileno(), p.stdin)
+                q = Qmp.stdio(p, timeout=QMP_TIMEOUT)
             except QmpError:
                 p.wait(timeout=60)
                 return refused(self.qemu_name, errf, objs)
@@ -228,15 +159,14 @@ class Runner:
         errf, outf = tempfile.TemporaryFile(), tempfile.TemporaryFile()
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=outf, stderr=errf)
         try:
-            deadline = time.monotonic() + QMP_TIMEOUT
-            while not sock.exists() and p.poll() is None:
-                if time.monotonic() > deadline:
-                    raise QmpError("hostmem did not listen within %d s" % QMP_TIMEOUT)
-                time.sleep(0.002)
-            if p.poll() is not None and not sock.exists():
+            try:
+                listening = wait_for_socket(p, sock, QMP_TIMEOUT)
+            except TimeoutError as e:
+                raise QmpError(str(e)) from None
+            if not listening:
                 return refused("hostmem", errf, objs)
             try:
-                q = Qmp.unix(sock, p)
+                q = Qmp.unix(sock, timeout=QMP_TIMEOUT, proc=p)
             except (QmpError, OSError):
                 if p.wait(timeout=60) != 0:  # gone between listening and our connect
                     return refused("hostmem", errf, objs)
@@ -247,13 +177,7 @@ class Runner:
             p.wait(timeout=60)
             return accepted("hostmem", errf, rb)
         finally:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            end(p)
             shutil.rmtree(sockdir, ignore_errors=True)
 
 
@@ -273,19 +197,20 @@ class Server:
                 [r.qemu, "-machine", "none", "-nodefaults", "-display", "none",
                  "-qmp", "stdio"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=self.errf)
-            self.q = Qmp(self.p.stdout.fileno(), self.p.stdin)
+            self.q = Qmp.stdio(self.p, timeout=QMP_TIMEOUT)
         else:
             self.sockdir = Path(tempfile.mkdtemp(prefix="hmlv", dir="/tmp"))
             sock = self.sockdir / "qmp.sock"
             self.p = subprocess.Popen(
                 [r.hostmem, "run", "-qmp", f"unix:{sock},server=on,wait=off"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.errf)
-            deadline = time.monotonic() + 30
-            while not sock.exists():
-                if self.p.poll() is not None or time.monotonic() > deadline:
-                    die("hostmem -qmp did not start")
-                time.sleep(0.002)
-            self.q = Qmp.unix(sock, self.p)
+            try:
+                listening = wait_for_socket(self.p, sock, 30)
+            except TimeoutError:
+                listening = False
+            if not listening:
+                die("hostmem -qmp did not start")
+            self.q = Qmp.unix(sock, timeout=QMP_TIMEOUT, proc=self.p)
 
     def stderr_mark(self):
         self.errf.seek(0, os.SEEK_END)

@@ -1,6 +1,7 @@
 """Shared fixtures for the QMP monitor tests: the hostmem binary and QEMU as servers,
 a raw-socket client (for what a well-behaved client never sends) and the real
-`qemu.qmp` client.
+`qemu.qmp` client. The server guard, the raw client, the pool guard and mounts are
+tests/lib/hostmem_testkit.py's (shared with tests/libvirt).
 
 The binary is target/release/hostmem (HOSTMEM_BIN overrides). A missing binary, a
 missing QEMU or a QEMU other than 10.0.x (the reference of docs/qmp.md) fails the
@@ -8,20 +9,20 @@ tests: a skipped suite would pass unnoticed.
 """
 
 import asyncio
-import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "lib"))
+
+import hostmem_testkit as kit  # noqa: E402
 
 # Lines for the end of the pytest run (the differential summary).
 SUMMARY = []
@@ -90,56 +91,24 @@ def short_dir():
     return Path(tempfile.mkdtemp(prefix="hmqmp", dir="/tmp"))
 
 
-class Server:
-    """A QMP server process (hostmem or QEMU) listening on a Unix socket."""
-
-    def __init__(self, argv, sock):
-        self.sock = str(sock)
-        self.argv = argv
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        _SERVERS.append(self)
-        deadline = time.monotonic() + 15
-        while not os.path.exists(self.sock):
-            if self.proc.poll() is not None:
-                out, err = self.proc.communicate()
-                pytest.fail(f"{argv[0]} exited with {self.proc.returncode} before "
-                            f"listening: {err.decode()}{out.decode()}")
-            if time.monotonic() > deadline:
-                self.proc.kill()
-                pytest.fail(f"{argv[0]} did not create {self.sock}")
-            time.sleep(0.002)
-
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def signal(self, sig):
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout=15):
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            pytest.fail(f"{self.argv[0]} did not exit within {timeout} s")
-
-    def stderr(self):
-        return self.proc.stderr.read().decode() if self.proc.stderr else ""
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.wait()
+def start_server(argv, sock):
+    """A QMP server process (hostmem or QEMU) listening on `sock`, killed after the
+    test if still running; a server that does not come up fails the test."""
+    try:
+        srv = kit.Server(argv, sock)
+    except kit.ServerError as e:
+        pytest.fail(str(e))
+    _SERVERS.append(srv)
+    return srv
 
 
 def start_hostmem(sock, *args, spec=None):
     spec = spec or f"unix:{sock},server=on,wait=off"
-    return Server([hostmem_bin(), "run", "-qmp", spec, *args], sock)
+    return start_server([hostmem_bin(), "run", "-qmp", spec, *args], sock)
 
 
 def start_qemu(sock, *args):
-    return Server([qemu_bin(), "-machine", "none", "-nodefaults", "-display", "none",
+    return start_server([qemu_bin(), "-machine", "none", "-nodefaults", "-display", "none",
                    "-qmp", f"unix:{sock},server=on,wait=off", *args], sock)
 
 
@@ -160,53 +129,9 @@ def hostmem(sockdir):
     assert not os.path.exists(srv.sock), "socket file left behind"
 
 
-class Raw:
-    """A byte-level QMP client: sends anything, reads replies line by line."""
-
-    def __init__(self, path, negotiate=True, timeout=10):
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(timeout)
-        self.s.connect(str(path))
-        self.buf = b""
-        self.events = []
-        self.greeting = self.read()
-        if negotiate:
-            assert self.request({"execute": "qmp_capabilities"}) == {"return": {}}
-
-    def send(self, data):
-        if isinstance(data, (dict, list)):
-            data = json.dumps(data).encode() + b"\n"
-        elif isinstance(data, str):
-            data = data.encode()
-        self.s.sendall(data)
-
-    def readline(self):
-        while b"\n" not in self.buf:
-            chunk = self.s.recv(65536)
-            if not chunk:
-                return None
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line
-
-    def read(self):
-        """The next message that is not an event; None on EOF."""
-        while True:
-            line = self.readline()
-            if line is None:
-                return None
-            msg = json.loads(line)
-            if "event" in msg:
-                self.events.append(msg)
-                continue
-            return msg
-
-    def request(self, req):
-        self.send(req)
-        return self.read()
-
-    def close(self):
-        self.s.close()
+# A byte-level QMP client: sends anything, reads replies line by line.
+# Raw(path, negotiate=True, timeout=10).
+Raw = kit.QmpStream.unix
 
 
 # Clients a test opened, closed after it even when it failed half-way; and servers it
@@ -222,10 +147,7 @@ def _close_clients():
     while _OPEN:
         _OPEN.pop().close()
     while _SERVERS:
-        srv = _SERVERS.pop()
-        if srv.proc.poll() is None:
-            srv.proc.kill()
-            srv.proc.wait()
+        _SERVERS.pop().kill()
 
 
 class Qmp:
@@ -268,13 +190,9 @@ class Qmp:
             self.loop.close()
 
 
-HUGE_POOL = Path("/sys/kernel/mm/hugepages/hugepages-2048kB")
-
-
 def huge_pool():
     """The 2 MiB pool's counters as the kernel shows them."""
-    return {k: int((HUGE_POOL / k).read_text())
-            for k in ("nr_hugepages", "free_hugepages", "resv_hugepages", "surplus_hugepages")}
+    return kit.HugePool().counts()
 
 
 @pytest.fixture
@@ -282,12 +200,13 @@ def hugepool():
     """`set(n)` gives the 2 MiB pool n pages (overcommit off); the pool and the
     overcommit setting are put back afterwards, also when the test fails. Request it
     before the server fixture, so the server (holding pages) is gone by then."""
-    saved = {k: (HUGE_POOL / k).read_text().strip()
-             for k in ("nr_overcommit_hugepages", "nr_hugepages")}
+    pool = kit.HugePool()
+    pool.save("nr_overcommit_hugepages", "nr_hugepages")
+    saved = pool.saved["nr_hugepages"]
 
     def set_pages(n):
-        (HUGE_POOL / "nr_overcommit_hugepages").write_text("0")
-        (HUGE_POOL / "nr_hugepages").write_text(str(n))
+        pool.write("nr_overcommit_hugepages", 0)
+        pool.set(n)
         got = huge_pool()
         assert got["nr_hugepages"] == n and got["free_hugepages"] == n, got
         return got
@@ -295,9 +214,9 @@ def hugepool():
     try:
         yield set_pages
     finally:
-        for k, v in saved.items():
-            (HUGE_POOL / k).write_text(v)
-        assert (HUGE_POOL / "nr_hugepages").read_text().strip() == saved["nr_hugepages"]
+        problems = pool.restore()
+        assert not problems, problems
+        assert str(pool.read("nr_hugepages")) == saved
 
 
 @pytest.fixture
@@ -308,15 +227,12 @@ def mounts():
     made = []
 
     def mount(fstype, options):
-        d = Path(tempfile.mkdtemp(prefix=f"hm{fstype}", dir="/tmp"))
-        made.append(d)
-        subprocess.run(["mount", "-t", fstype, "-o", options, "none", str(d)], check=True)
-        return d
+        made.append(kit.mount(fstype, options, prefix=f"hm{fstype}"))
+        return made[-1]
 
     try:
         yield mount
     finally:
         for d in reversed(made):
-            if subprocess.run(["umount", str(d)], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "-l", str(d)], capture_output=True)
+            kit.unmount(d)
             d.rmdir()

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import Qmp, Raw, huge_pool
+from conftest import REPO, Qmp, Raw, huge_pool
 from kernel import (assert_residency_agrees, backend_view, prealloc_in_flight,
                     process_counts)
 
@@ -159,22 +159,22 @@ def test_file_backend_faults_are_clear_and_leave_no_file(hugepool, mounts, hostm
     assert_unharmed(q, hostmem, before)
 
 
+# The client process uses the tests' QMP client (tests/lib/hostmem_testkit.py).
+TESTKIT = REPO / "tests" / "lib"
 CLIENT = r"""
-import json, socket, sys, time
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.connect(sys.argv[1])
-s.recv(65536)
-s.sendall(b'{"execute": "qmp_capabilities"}\n')
-s.recv(65536)
-s.sendall(sys.argv[2].encode())
+import sys, time
+sys.path.insert(0, sys.argv[3])
+from hostmem_testkit import QmpStream
+q = QmpStream.unix(sys.argv[1])
+q.send(sys.argv[2])
 print("sent", flush=True)
-time.sleep(60)
+time.sleep(60)  # until the test kills this process
 """
 
 
 def client_process(sock, text):
     """A client in its own process that sends `text` and then waits to be killed."""
-    p = subprocess.Popen([sys.executable, "-c", CLIENT, str(sock), text],
+    p = subprocess.Popen([sys.executable, "-c", CLIENT, str(sock), text, str(TESTKIT)],
                          stdout=subprocess.PIPE)
     assert p.stdout.readline() == b"sent\n"
     return p

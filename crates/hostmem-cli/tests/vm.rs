@@ -10,10 +10,10 @@
 //! put back by a guard) and qemu-system-x86_64; fails loudly without them.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Lines, Read, Write};
+use std::io::{BufRead, BufReader, Lines, Write};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -23,50 +23,22 @@ pub mod common;
 
 use common::held::Held;
 use common::kernel::{read_range, Kernel};
-use common::qmp::{ramblocks, Qmp};
 use common::schema::{assert_valid, validate};
+use hostmem_testkit as testkit;
+use testkit::pool::{Pool, PoolGuard, HUGE_2M};
+use testkit::qemu::{qmp_arg, stopped_pc};
+use testkit::qmp::{ramblocks, Qmp};
+use testkit::spawn::{command, output_ok, stderr_of, wait_bounded};
 
 const HOSTMEM: &str = env!("CARGO_BIN_EXE_hostmem");
 const MIB: u64 = 1 << 20;
+/// How long the test's own QMP client waits for a reply.
+const QMP_WAIT: Duration = Duration::from_secs(20);
 /// The whole schema: a document must match exactly one of the three below.
 const ANY: &str = "urn:hostmem:vm:1";
 const REPORT: &str = "urn:hostmem:vm:1#/$defs/report";
 const WATCH_REPORT: &str = "urn:hostmem:vm:1#/$defs/watch-report";
 const REBIND: &str = "urn:hostmem:vm:1#/$defs/rebind";
-
-/// Raises the 2 MiB huge page pool by `pages` and puts the old size back on drop
-/// (also when a test panics).
-struct HugePool {
-    old: String,
-}
-
-const NR_HUGEPAGES: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
-
-impl HugePool {
-    fn raise(pages: u64) -> HugePool {
-        let old = std::fs::read_to_string(NR_HUGEPAGES)
-            .expect("reading nr_hugepages (2 MiB huge pages needed)")
-            .trim()
-            .to_string();
-        let want = old.parse::<u64>().unwrap() + pages;
-        std::fs::write(NR_HUGEPAGES, want.to_string())
-            .expect("raising nr_hugepages: this test must run as root");
-        let got: u64 = std::fs::read_to_string(NR_HUGEPAGES)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let guard = HugePool { old };
-        assert_eq!(got, want, "the kernel made only {got} huge pages");
-        guard
-    }
-}
-
-impl Drop for HugePool {
-    fn drop(&mut self) {
-        let _ = std::fs::write(NR_HUGEPAGES, &self.old);
-    }
-}
 
 /// The same fields from hostmem's JSON for one backend.
 fn reported(b: &Value) -> Kernel {
@@ -87,18 +59,20 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// A QEMU with one backend of each kind and two QMP monitors (hostmem's and ours).
 /// Dropped: QEMU killed, then the huge page pool put back, then the lock released.
 struct Qemu {
-    child: Child,
+    child: testkit::qemu::Qemu,
     dir: PathBuf,
     sock: PathBuf,
     ours: PathBuf,
-    _pool: HugePool,
+    _pool: PoolGuard,
     _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Qemu {
     fn start(tag: &str) -> Qemu {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-        let pool = HugePool::raise(32);
+        let mut pool = PoolGuard::new();
+        pool.raise(Pool::host(HUGE_2M), 32)
+            .expect("raising the 2 MiB huge page pool: this test must run as root");
         let dir = PathBuf::from(format!(
             "/dev/shm/hostmem-vm-test-{}-{tag}",
             std::process::id()
@@ -120,54 +94,29 @@ impl Qemu {
             "memory-backend-memfd,id=huge,size=64M,hugetlb=on,hugetlbsize=2M,prealloc=on".into(),
             "memory-backend-ram,id=spare,size=32M".into(),
         ];
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args([
-            "-machine",
-            "pc",
-            "-accel",
-            "tcg",
-            "-S",
-            "-display",
-            "none",
-            "-nodefaults",
-            "-m",
-            "384M",
-        ]);
-        cmd.arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", sock.display()));
-        cmd.arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", ours.display()));
+        let mut cmd = stopped_pc("qemu-system-x86_64", 384);
+        cmd.arg("-qmp").arg(qmp_arg(&sock));
+        cmd.arg("-qmp").arg(qmp_arg(&ours));
         for o in &objects {
             cmd.arg("-object").arg(o);
         }
         for id in ["ram", "ram-pre", "ram-thp", "memfd", "file", "huge"] {
             cmd.arg("-numa").arg(format!("node,memdev={id}"));
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("qemu-system-x86_64 must be installed (apt-get install qemu-system-x86)");
-        let q = Qemu {
+        let sockets = [sock.clone(), ours.clone()];
+        let child = testkit::qemu::Qemu::spawn(cmd, &sockets, Duration::from_secs(30)).unwrap();
+        Qemu {
             child,
             dir,
             sock,
             ours,
             _pool: pool,
             _turn: turn,
-        };
-        let t = Instant::now();
-        while !(q.sock.exists() && q.ours.exists()) {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "QEMU made no QMP sockets"
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        q
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.pid()
     }
 
     /// The file behind the `file` backend (in `dir`, on /dev/shm: shmem).
@@ -176,8 +125,7 @@ impl Qemu {
     }
 
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 }
 
@@ -189,9 +137,7 @@ impl Drop for Qemu {
 }
 
 fn hostmem(args: &[&str]) -> Command {
-    let mut c = Command::new(HOSTMEM);
-    c.args(args).stdin(Stdio::null());
-    c
+    command(HOSTMEM, args)
 }
 
 /// `hostmem vm --json --watch 0.2` on `qemu`'s socket: the process (stderr piped) and
@@ -215,40 +161,13 @@ fn watch_json(qemu: &Qemu) -> (Child, Lines<BufReader<ChildStdout>>) {
 
 /// Runs hostmem to its end, requires success and gives its stdout.
 fn hostmem_ok(args: &[&str]) -> String {
-    let out = hostmem(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Waits for `child` at most `limit`; kills it and fails when it hangs.
-fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
-    let t = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if t.elapsed() > limit {
-            let _ = child.kill();
-            panic!("hostmem did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn stderr_of(child: &mut Child) -> String {
-    let mut s = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut s).unwrap();
-    s
+    output_ok(&mut hostmem(args)).unwrap()
 }
 
 #[test]
 fn report_of_each_backend_equals_the_kernels_files() {
     let qemu = Qemu::start("report");
-    let mut q = Qmp::connect(&qemu.ours);
+    let mut q = Qmp::connect(&qemu.ours, QMP_WAIT).unwrap();
     let text = hostmem_ok(&["vm", "--qmp", qemu.sock.to_str().unwrap(), "--json"]);
     // Every kind of backend, an unattached one (null ramblock and kernel) and an
     // unnamed block: the schema sees each shape the report has.
@@ -261,7 +180,7 @@ fn report_of_each_backend_equals_the_kernels_files() {
     );
     assert_eq!(doc["qemu"]["pid"], json!(qemu.pid()));
     assert!(doc["qemu"]["version"].as_str().unwrap().starts_with("10."));
-    let blocks = ramblocks(&mut q);
+    let blocks = ramblocks(&mut q).unwrap();
     let backends = doc["backends"].as_array().unwrap();
     assert_eq!(backends.len(), 7, "{doc}");
     for b in backends {
@@ -320,9 +239,10 @@ fn report_of_each_backend_equals_the_kernels_files() {
 #[test]
 fn rebind_to_the_node_every_page_is_on_counts_none_moved_and_refuses_a_missing_node() {
     let qemu = Qemu::start("rebind");
-    let mut q = Qmp::connect(&qemu.ours);
+    let mut q = Qmp::connect(&qemu.ours, QMP_WAIT).unwrap();
     let sock = qemu.sock.to_str().unwrap();
     let block = ramblocks(&mut q)
+        .unwrap()
         .into_iter()
         .find(|b| b.name == "ram-pre")
         .unwrap();
@@ -374,7 +294,7 @@ fn qemu_killed_while_watched_ends_the_watch_with_a_clear_error() {
     // schema checks below come after, so they do not move the kill into a QMP exchange.
     let pid = qemu.pid();
     qemu.kill();
-    let status = wait_bounded(&mut w, Duration::from_secs(20));
+    let status = wait_bounded(&mut w, Duration::from_secs(20)).unwrap();
     let err = stderr_of(&mut w);
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("QEMU (pid {pid}) exited")), "{err}");
@@ -389,7 +309,7 @@ fn qemu_killed_while_watched_ends_the_watch_with_a_clear_error() {
 #[test]
 fn a_backend_deleted_while_watched_is_reported_gone_and_the_watch_goes_on() {
     let qemu = Qemu::start("del");
-    let mut q = Qmp::connect(&qemu.ours);
+    let mut q = Qmp::connect(&qemu.ours, QMP_WAIT).unwrap();
     let (mut w, mut lines) = watch_json(&qemu);
     let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
     let first = next();
@@ -398,7 +318,7 @@ fn a_backend_deleted_while_watched_is_reported_gone_and_the_watch_goes_on() {
         .unwrap()
         .iter()
         .any(|b| b["id"] == "spare"));
-    let r = q.cmd("object-del", json!({"id": "spare"}));
+    let r = q.cmd("object-del", json!({"id": "spare"})).unwrap();
     assert_eq!(r["return"], json!({}), "{r}");
     // The deletion shows in a later report as "gone", once.
     let mut gone_seen = false;
@@ -425,7 +345,7 @@ fn a_backend_deleted_while_watched_is_reported_gone_and_the_watch_goes_on() {
     let _ = Command::new("kill")
         .args(["-INT", &w.id().to_string()])
         .status();
-    let status = wait_bounded(&mut w, Duration::from_secs(20));
+    let status = wait_bounded(&mut w, Duration::from_secs(20)).unwrap();
     assert_eq!(status.code(), Some(0), "{}", stderr_of(&mut w));
 }
 
@@ -451,7 +371,7 @@ fn a_socket_that_is_not_qemus_is_named_so_without_hanging() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let status = wait_bounded(&mut c, Duration::from_secs(10));
+        let status = wait_bounded(&mut c, Duration::from_secs(10)).unwrap();
         let err = stderr_of(&mut c);
         assert_eq!(status.code(), Some(1), "{name}: {err}");
         assert!(

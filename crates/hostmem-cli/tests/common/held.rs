@@ -1,16 +1,14 @@
 //! `hostmem run --hold` as a process that keeps its backends while a test reads the
-//! kernel's view of them from /proc/PID.
+//! kernel's view of them from /proc/PID (hostmem-testkit's `Held`, its report parsed).
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
 
 use super::kernel::{read_range, Kernel};
 
 /// `hostmem run --json --hold ARGS` while it holds its backends: the process and the
 /// report it printed.
 pub struct Held {
-    child: Child,
+    kit: hostmem_testkit::spawn::Held,
     /// The report it printed (`hostmem run --json`).
     pub report: serde_json::Value,
 }
@@ -18,25 +16,16 @@ pub struct Held {
 impl Held {
     /// Starts it and waits for its report: then the backends are made.
     pub fn start<S: AsRef<OsStr>>(args: &[S]) -> Held {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hostmem"))
-            .args(["run", "--json", "--hold"])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let report = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-        Held { child, report }
+        let kit = hostmem_testkit::spawn::Held::start(env!("CARGO_BIN_EXE_hostmem"), args)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let line = &kit.line;
+        let report = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        Held { kit, report }
     }
 
     /// Its process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.kit.pid()
     }
 
     /// The kernel's view, read by the test from /proc/PID/smaps and numa_maps, of the
@@ -53,12 +42,9 @@ impl Held {
 
     /// EOF on stdin ends the hold: the backends are deleted and the exit is clean.
     /// What it printed on stderr.
-    pub fn finish(mut self) -> String {
-        drop(self.child.stdin.take());
-        let mut err = String::new();
-        let mut pipe = self.child.stderr.take().unwrap();
-        pipe.read_to_string(&mut err).unwrap();
-        assert!(self.child.wait().unwrap().success(), "{err}");
+    pub fn finish(self) -> String {
+        let (status, err) = self.kit.finish().unwrap_or_else(|e| panic!("{e}"));
+        assert!(status.success(), "{err}");
         err
     }
 }

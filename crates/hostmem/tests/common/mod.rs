@@ -6,6 +6,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 
 use hostmem::numa::HugePool;
+use hostmem_testkit as testkit;
 
 pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
@@ -185,9 +186,6 @@ pub fn maps_line(start: usize) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Tests that change the huge page pools run one at a time, in one process.
-static POOLS: Mutex<()> = Mutex::new(());
-
 /// Tests that count a file system's free blocks run one at a time: a child process
 /// another test spawns holds copies of every fd between its fork and exec, and with
 /// them the blocks of a just-deleted temp file.
@@ -197,11 +195,11 @@ pub fn serial() -> MutexGuard<'static, ()> {
     SPAWNS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Sets the pool of `page_size` pages for a test and puts it back as it was on drop.
+/// Sets the pool of `page_size` pages for a test and puts it back as it was on drop
+/// (hostmem-testkit's guard, which also keeps pool-changing tests one at a time).
 pub struct PoolGuard {
     page_size: u64,
-    before: u64,
-    _lock: MutexGuard<'static, ()>,
+    _kit: testkit::pool::PoolGuard,
 }
 
 impl PoolGuard {
@@ -209,21 +207,13 @@ impl PoolGuard {
     /// contiguous memory for them, even after compaction) is an `Err` holding the pool
     /// as the kernel left it (put back on drop), not a panic.
     pub fn try_set(page_size: u64, pages: u64) -> Result<PoolGuard, PoolGuard> {
-        let lock = POOLS.lock().unwrap_or_else(|e| e.into_inner());
-        let before = HugePool::read(page_size, None)
-            .unwrap_or_else(|| panic!("no pool for {page_size}-byte huge pages in sysfs"))
-            .total;
-        let mut got =
-            HugePool::set_total(page_size, None, pages).expect("setting nr_hugepages needs root");
-        if got < pages {
-            let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-            let _ = std::fs::write("/proc/sys/vm/compact_memory", "1");
-            got = HugePool::set_total(page_size, None, pages).unwrap_or(0);
-        }
+        let mut kit = testkit::pool::PoolGuard::new();
+        let got = kit
+            .set(testkit::pool::Pool::host(page_size), pages)
+            .unwrap_or_else(|e| panic!("setting the {page_size}-byte pool: {e}"));
         let guard = PoolGuard {
             page_size,
-            before,
-            _lock: lock,
+            _kit: kit,
         };
         if got == pages {
             Ok(guard)
@@ -242,12 +232,6 @@ impl PoolGuard {
 
     pub fn pool(&self) -> HugePool {
         HugePool::read(self.page_size, None).unwrap()
-    }
-}
-
-impl Drop for PoolGuard {
-    fn drop(&mut self) {
-        let _ = HugePool::set_total(self.page_size, None, self.before);
     }
 }
 

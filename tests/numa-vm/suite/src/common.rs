@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use hostmem::numa::HugePool;
 use hostmem::{Backend, HostTopology, Kind, NodeSet, Policy};
+use hostmem_testkit::pool::{Pool, PoolGuard};
+use hostmem_testkit::spawn::Held;
 
 pub const MIB: u64 = 1 << 20;
 pub type Check = Result<String, String>;
@@ -155,31 +156,18 @@ pub fn with_thp<T>(mode: &str, f: impl FnOnce() -> Result<T, String>) -> Result<
 /// test; so does the host-wide pool not having `host_wide` pages available (the check
 /// must see the node, not the host, fall short).
 pub fn with_node_pools(set: &[(u32, u64)], host_wide: u64, f: impl FnOnce() -> Check) -> Check {
-    let pool = |n: Option<u32>| {
-        HugePool::read(2 * MIB, n).ok_or_else(|| format!("no 2 MiB pool for node {n:?}"))
-    };
-    let mut saved = Vec::new();
-    for &(n, _) in set {
-        saved.push((n, pool(Some(n))?.total));
-    }
-    let apply = |v: &[(u32, u64)]| -> Result<(), String> {
-        for &(n, pages) in v {
-            let got = HugePool::set_total(2 * MIB, Some(n), pages)
-                .map_err(|e| format!("node {n} pool: {e}"))?;
-            ensure(got == pages, || {
-                format!("node {n}: asked for {pages} huge pages, the kernel made {got}")
+    let mut guard = PoolGuard::new();
+    let r = set
+        .iter()
+        .try_for_each(|&(n, pages)| guard.set_exactly(Pool::node(2 * MIB, n), pages))
+        .and_then(|()| {
+            let avail = Pool::host(2 * MIB).counts()?.available();
+            ensure(avail >= host_wide, || {
+                format!("host-wide pool has {avail} pages available, the test needs {host_wide}")
             })?;
-        }
-        Ok(())
-    };
-    let r = apply(set).and_then(|()| {
-        let avail = pool(None)?.available();
-        ensure(avail >= host_wide, || {
-            format!("host-wide pool has {avail} pages available, the test needs {host_wide}")
-        })?;
-        f()
-    });
-    let restored = apply(&saved);
+            f()
+        });
+    let restored = guard.restore();
     let r = r?;
     restored?;
     Ok(r)
@@ -252,24 +240,11 @@ pub fn extract_pages(json: &str, id: &str) -> Result<BTreeMap<u32, u64>, String>
 /// report line and the kernel's numa_maps of that process; then lets it exit and
 /// requires success.
 pub fn held_run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Result<(String, String), String> {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("/bin/hostmem")
-        .args(["run", "--json", "--hold"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting /bin/hostmem: {e}"))?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().ok_or("no stdout")?)
-        .read_line(&mut line)
+    let held = Held::start("/bin/hostmem", args)?;
+    let numa = std::fs::read_to_string(format!("/proc/{}/numa_maps", held.pid()))
         .map_err(|e| e.to_string())?;
-    let numa = std::fs::read_to_string(format!("/proc/{}/numa_maps", child.id()))
-        .map_err(|e| e.to_string())?;
-    drop(child.stdin.take());
-    let status = child.wait().map_err(|e| e.to_string())?;
+    let line = held.line.clone();
+    let (status, _) = held.finish()?;
     ensure(status.success(), || format!("hostmem run exited {status}"))?;
     Ok((line, numa))
 }

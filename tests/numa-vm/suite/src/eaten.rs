@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use hostmem::{Backend, Kind, NodeSet, Policy};
 use rustix::process::{kill_process, Pid, Signal};
 
+use hostmem_testkit::qmp::{json, Qmp};
+
 use crate::common::*;
 use crate::limits::{
     command, finish, last_line, node_free, node_room, oom_lines, status_text, tail, Vmm, QEMU,
@@ -108,18 +110,6 @@ fn wait_begun(child: &mut Child, free0: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// One QMP reply (events skipped), as text.
-fn qmp_reply(r: &mut impl BufRead) -> Result<String, String> {
-    loop {
-        let mut line = String::new();
-        let n = r.read_line(&mut line).map_err(|e| format!("QMP: {e}"))?;
-        ensure(n > 0, || "QMP: connection closed".to_string())?;
-        if line.contains("\"return\"") || line.contains("\"error\"") {
-            return Ok(line.trim().to_string());
-        }
-    }
-}
-
 /// Another process takes the small node's memory while hostmem preallocates there.
 ///
 /// The backend is added over QMP, so hostmem lives on after the failure and its own
@@ -143,30 +133,15 @@ fn eaten_over_qmp(kind: &str) -> Result<String, String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("starting hostmem: {e}"))?;
-    let t = Instant::now();
-    let stream = loop {
-        match std::os::unix::net::UnixStream::connect(&sock) {
-            Ok(s) => break s,
-            Err(e) if t.elapsed() > Duration::from_secs(10) => {
-                return Err(format!("QMP socket {sock}: {e}"))
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    };
-    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-    let mut writer = stream;
-    let mut send = |cmd: String| writer.write_all(cmd.as_bytes()).map_err(|e| e.to_string());
-    let mut greeting = String::new();
-    reader.read_line(&mut greeting).map_err(|e| e.to_string())?;
-    send("{\"execute\":\"qmp_capabilities\"}\n".into())?;
-    qmp_reply(&mut reader)?;
+    let mut q = Qmp::connect(Path::new(&sock), Duration::from_secs(60))?;
     // What the process itself has on the node before any backend (its code and the
     // initramfs files it maps may lie there): the baseline for "gave every page back".
     let base_on_node = pages_on(hm.id(), SMALL)?;
-    send(format!(
-        "{{\"execute\":\"object-add\",\"arguments\":{{\"qom-type\":\"memory-backend-{kind}\",\"id\":\"x\",\"size\":{},\"policy\":\"bind\",\"host-nodes\":[{SMALL}],\"prealloc\":true,\"prealloc-threads\":1}}}}\n",
-        size * MIB
-    ))?;
+    q.send(
+        "object-add",
+        json!({"qom-type": format!("memory-backend-{kind}"), "id": "x", "size": size * MIB,
+               "policy": "bind", "host-nodes": [SMALL], "prealloc": true, "prealloc-threads": 1}),
+    )?;
     wait_begun(&mut hm, free0).map_err(|e| format!("hostmem {e}"))?;
     let pid = Pid::from_raw(hm.id() as i32).ok_or("pid")?;
     kill_process(pid, Signal::STOP).map_err(|e| format!("SIGSTOP: {e}"))?;
@@ -203,7 +178,7 @@ fn eaten_over_qmp(kind: &str) -> Result<String, String> {
         )
     })?;
     kill_process(pid, Signal::CONT).map_err(|e| format!("SIGCONT: {e}"))?;
-    let reply = qmp_reply(&mut reader)?;
+    let reply = q.reply()?.to_string();
     // hostmem is alive: read what it holds now.
     let left_on_node = pages_on(hm.id(), SMALL)?;
     let memfds = std::fs::read_dir(format!("/proc/{}/fd", hm.id()))
@@ -218,7 +193,7 @@ fn eaten_over_qmp(kind: &str) -> Result<String, String> {
     // drains those lists first (this is the guest's own kernel).
     let _ = std::fs::write("/proc/sys/vm/compact_memory", "1");
     let free_now = node_free(SMALL)?;
-    send("{\"execute\":\"quit\"}\n".into())?;
+    q.send("quit", json!({}))?;
     let out = hm.wait_with_output().map_err(|e| e.to_string())?;
     drop(eater.stdin.take());
     let eater_status = eater.wait().map_err(|e| e.to_string())?;

@@ -5,95 +5,46 @@
 //! on a second QMP monitor of the test's own.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use hostmem_testkit as testkit;
+use testkit::qemu::{qmp_arg, stopped_pc, Qemu};
+use testkit::qmp::Qmp;
+use testkit::spawn::command;
 
 use crate::common::*;
 
 const HOSTMEM_QMP: &str = "/tmp/vm-hostmem.qmp";
 const TEST_QMP: &str = "/tmp/vm-test.qmp";
 
-/// The guest's QEMU; killed on drop.
-struct Qemu(Child);
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts QEMU with `backends` (id, MiB), each bound to node 0 and preallocated.
+/// Starts QEMU with `backends` (id, MiB), each bound to node 0 and preallocated;
+/// killed on drop.
 fn start(backends: &[(&str, u64)]) -> Result<Qemu, String> {
-    for s in [HOSTMEM_QMP, TEST_QMP] {
-        let _ = std::fs::remove_file(s);
-    }
     let total: u64 = backends.iter().map(|b| b.1).sum();
-    let mut cmd = Command::new("/bin/qemu-system-x86_64");
-    cmd.args(["-machine", "pc", "-accel", "tcg", "-S", "-display", "none"])
-        .args(["-nodefaults", "-m", &format!("{total}M")])
-        .args(["-qmp", &format!("unix:{HOSTMEM_QMP},server=on,wait=off")])
-        .args(["-qmp", &format!("unix:{TEST_QMP},server=on,wait=off")]);
+    let mut cmd = stopped_pc("/bin/qemu-system-x86_64", total);
+    let sockets = [PathBuf::from(HOSTMEM_QMP), PathBuf::from(TEST_QMP)];
+    for s in &sockets {
+        cmd.arg("-qmp").arg(qmp_arg(s));
+    }
     for (id, mib) in backends {
         cmd.arg("-object").arg(format!(
             "memory-backend-ram,id={id},size={mib}M,policy=bind,host-nodes=0,prealloc=on"
         ));
         cmd.arg("-numa").arg(format!("node,memdev={id}"));
     }
-    let child = cmd
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting /bin/qemu-system-x86_64: {e}"))?;
-    let q = Qemu(child);
-    let t = Instant::now();
-    while !(std::path::Path::new(HOSTMEM_QMP).exists() && std::path::Path::new(TEST_QMP).exists()) {
-        if t.elapsed() > Duration::from_secs(60) {
-            return Err("QEMU made no QMP sockets in 60 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(q)
+    Qemu::spawn(cmd, &sockets, Duration::from_secs(60))
 }
 
-/// (name, host address, length) of each RAM block, from `info ramblock` on the test's
-/// own QMP monitor. No JSON crate here: the reply is one line whose return string only
-/// needs its \r\n escapes undone.
+/// (name, host address, length) of each named RAM block, from `info ramblock` on the
+/// test's own QMP monitor.
 fn ramblocks() -> Result<Vec<(String, u64, u64)>, String> {
-    let s = UnixStream::connect(TEST_QMP).map_err(|e| format!("{TEST_QMP}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| e.to_string())?;
-    let mut w = s.try_clone().map_err(|e| e.to_string())?;
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    let mut next = |line: &mut String| {
-        line.clear();
-        r.read_line(line).map_err(|e| e.to_string())
-    };
-    next(&mut line)?; // greeting
-    w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
-        .map_err(|e| e.to_string())?;
-    next(&mut line)?;
-    w.write_all(
-        b"{\"execute\":\"human-monitor-command\",\"arguments\":{\"command-line\":\"info ramblock\"}}\n",
-    )
-    .map_err(|e| e.to_string())?;
-    next(&mut line)?;
-    let text = line
-        .split("\"return\": \"")
-        .nth(1)
-        .ok_or_else(|| format!("no return in {line}"))?
-        .replace("\\r\\n", "\n")
-        .replace("\\n", "\n");
-    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or(0);
-    Ok(text
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let t: Vec<&str> = l.split_whitespace().collect();
-            (t.len() == 8).then(|| (t[0].to_string(), hex(t[6]), hex(t[4])))
-        })
+    let mut q = Qmp::connect(Path::new(TEST_QMP), Duration::from_secs(60))?;
+    Ok(testkit::qmp::ramblocks(&mut q)?
+        .into_iter()
+        .filter(|b| !b.name.is_empty())
+        .map(|b| (b.name, b.hva, b.used))
         .collect())
 }
 
@@ -129,10 +80,11 @@ fn all_pages(pid: u32, blocks: &[(String, u64, u64)]) -> Result<Vec<BTreeMap<u32
 /// `hostmem vm` on the guest QEMU's second monitor, a minute at most per request;
 /// `args` follow the common options.
 fn hostmem_vm(args: &[&str]) -> Command {
-    let mut c = Command::new("/bin/hostmem");
-    c.args(["vm", "--qmp", HOSTMEM_QMP, "--timeout", "60"])
-        .args(args)
-        .stdin(Stdio::null());
+    let mut c = command(
+        "/bin/hostmem",
+        &["vm", "--qmp", HOSTMEM_QMP, "--timeout", "60"],
+    );
+    c.args(args);
     c
 }
 
@@ -169,7 +121,7 @@ fn share(p: &BTreeMap<u32, u64>, nodes: &[u32]) -> f64 {
 pub fn vm_rebind_backends(t: &Topo) -> Check {
     let none = *t.cpu_only.first().ok_or("no memoryless node")?;
     let qemu = start(&[("a", 64), ("b", 96), ("c", 32)])?;
-    let pid = qemu.0.id();
+    let pid = qemu.pid();
     let mut blocks = ramblocks()?;
     blocks.retain(|b| ["a", "b", "c"].contains(&b.0.as_str()));
     blocks.sort();
@@ -244,7 +196,7 @@ pub fn vm_rebind_backends(t: &Topo) -> Check {
 
 pub fn vm_qemu_killed_mid_rebind(_t: &Topo) -> Check {
     let mut qemu = start(&[("big", 192)])?;
-    let pid = qemu.0.id();
+    let pid = qemu.pid();
     let (_, addr, len) = ramblocks()?
         .into_iter()
         .find(|b| b.0 == "big")
@@ -266,8 +218,7 @@ pub fn vm_qemu_killed_mid_rebind(_t: &Topo) -> Check {
         }
     }
     let seen = share(&pages(pid, addr, len)?, &[1]);
-    let _ = qemu.0.kill();
-    let _ = qemu.0.wait();
+    qemu.kill();
     let status = h.wait().map_err(|e| e.to_string())?;
     let mut err = String::new();
     std::io::Read::read_to_string(&mut h.stderr.take().ok_or("no stderr")?, &mut err)
