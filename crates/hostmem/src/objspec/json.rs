@@ -13,9 +13,7 @@ use crate::props::{self, Common, PropType};
 
 /// Parses the JSON text of an `-object` argument.
 pub(super) fn parse(text: &str) -> Result<ObjectSpec> {
-    let v: Json =
-        serde_json::from_str(text).map_err(|e| Error::Refused(format!("JSON parse error, {e}")))?;
-    match v {
+    match super::qemu_json::parse(text)? {
         Json::Object(map) => ObjectSpec::from_json(map),
         _ => Err(Error::InvalidType {
             prop: "object".into(),

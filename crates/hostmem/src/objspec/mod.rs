@@ -5,18 +5,23 @@
 //! its properties in the order given, still as written; [`ObjectSpec::to_backend`] and
 //! [`ObjectSpec::to_context`] type them against the object's property table.
 
+mod help;
 #[cfg(feature = "json")]
 mod json;
 mod keyval;
+#[cfg(feature = "json")]
+mod qemu_json;
+
+pub use help::help;
 
 use std::sync::Arc;
 
 use crate::backend::Backend;
-use crate::context::{parse_u16_list, Affinity, ThreadContext};
+use crate::context::{Affinity, ThreadContext};
 use crate::error::{Error, Result};
 use crate::kind::Kind;
 use crate::numa::NodeSet;
-use crate::props::{MachineDefaults, PropType, PropValue, Resolver};
+use crate::props::{MachineDefaults, PropValue, Resolver};
 
 /// What kind of object a spec makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +59,12 @@ pub struct ObjectSpec {
     pub ty: ObjectType,
     /// The object id, checked against QEMU's rule ([`valid_id`]).
     pub id: String,
-    /// Properties in the order given (without `qom-type` and `id`).
+    /// Properties in the order given (without `qom-type` and `id`); of a keyval
+    /// key given more than once, only the last value, except for list keys.
     pub props: Vec<(String, SpecValue)>,
+    /// QEMU's warnings for deprecated forms (a short-form boolean such as `merge`),
+    /// for the caller to print.
+    pub warnings: Vec<String>,
 }
 
 /// QEMU's rule for object ids: a letter, then letters, digits, `-`, `.`, `_`.
@@ -66,9 +75,10 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 impl ObjectSpec {
-    /// Parses an `-object` argument: JSON when it starts with `{`, keyval otherwise.
+    /// Parses an `-object` argument: JSON when its first character is `{` (as in
+    /// QEMU, a blank before it makes keyval text), keyval otherwise.
     pub fn parse(text: &str) -> Result<ObjectSpec> {
-        if text.trim_start().starts_with('{') {
+        if text.starts_with('{') {
             #[cfg(feature = "json")]
             return json::parse(text);
             #[cfg(not(feature = "json"))]
@@ -99,7 +109,12 @@ impl ObjectSpec {
                 expected: "an identifier",
             });
         }
-        Ok(ObjectSpec { ty, id, props })
+        Ok(ObjectSpec {
+            ty,
+            id,
+            props,
+            warnings: Vec::new(),
+        })
     }
 
     /// The backend kind, or an error naming the type this spec makes instead.
@@ -130,19 +145,28 @@ impl ObjectSpec {
         // keyval lists: repeated keys of a node-list property add up to one list.
         let mut lists: Vec<(&str, NodeSet)> = Vec::new();
         for (k, v) in &self.props {
-            let ty = b.prop(k)?.ty;
-            match v {
-                SpecValue::Text(text) if ty == PropType::Nodes => {
+            let prop = b.prop(k)?;
+            let value = match v {
+                SpecValue::Text(text) => prop.ty.parse_with(k, text, objects)?,
+                #[cfg(feature = "json")]
+                SpecValue::Json(j) => crate::props::json::from_json(k, prop.ty, j, objects)?,
+            };
+            if prop.name == "hugetlbsize" && value == PropValue::Int(0) {
+                // QEMU's memfd setter refuses 0 whatever `hugetlb` says.
+                return Err(Error::ZeroValue {
+                    prop: prop.name,
+                    kind: self.kind()?.qom_type(),
+                    value: "0".into(),
+                });
+            }
+            match (value, matches!(v, SpecValue::Text(_))) {
+                (PropValue::Nodes(set), true) => {
                     match lists.iter_mut().find(|(name, _)| name == k) {
-                        Some((_, set)) => set.extend_parse(text)?,
-                        None => lists.push((k, NodeSet::parse(text)?)),
+                        Some((_, all)) => *all = all.iter().chain(set.iter()).collect(),
+                        None => lists.push((k, set)),
                     }
                 }
-                SpecValue::Text(text) => b.set(k, ty.parse_with(k, text, objects)?)?,
-                #[cfg(feature = "json")]
-                SpecValue::Json(j) => {
-                    b.set(k, crate::props::json::from_json(k, ty, j, objects)?)?
-                }
+                (value, _) => b.set(k, value)?,
             }
         }
         for (k, set) in lists {
@@ -169,7 +193,7 @@ impl ObjectSpec {
                 prop: k.clone(),
             })?;
             let ids = match v {
-                SpecValue::Text(text) => parse_u16_list(k, text)?,
+                SpecValue::Text(text) => keyval::u16_item(k, text)?,
                 #[cfg(feature = "json")]
                 SpecValue::Json(j) => crate::props::json::u16_list(k, j)?,
             };
