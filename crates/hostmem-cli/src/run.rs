@@ -258,7 +258,18 @@ pub fn main(args: RunArgs) -> ExitCode {
     // backend may name a context given after it; ids are unique across both.
     let mut parsed = Vec::with_capacity(specs.len());
     for spec in &specs {
-        match ObjectSpec::parse(spec) {
+        // `TYPE,help` or `help`: QEMU lists the properties (or types) and exits 0.
+        if let Some(text) = hostmem::objspec::help(spec) {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        let parsed_spec = ObjectSpec::parse(spec);
+        if let Ok(s) = &parsed_spec {
+            for w in &s.warnings {
+                eprintln!("hostmem: -object {spec}: warning: {w}");
+            }
+        }
+        match parsed_spec {
             Ok(s)
                 if parsed
                     .iter()

@@ -280,18 +280,30 @@ mod tests {
         assert_eq!(parse_size("0x20M"), None, "hex takes no suffix");
         assert_eq!(parse_size("0x1.8"), None);
         assert_eq!(parse_size("0x"), None);
-        assert_eq!(parse_size("0.1M"), Some(104858), "rounded to the nearest byte");
+        assert_eq!(
+            parse_size("0.1M"),
+            Some(104858),
+            "rounded to the nearest byte"
+        );
         assert_eq!(parse_size(".5k"), Some(512));
         assert_eq!(parse_size("1.k"), Some(1024));
         assert_eq!(parse_size("1."), Some(1));
         assert_eq!(parse_size("1.0"), Some(1));
-        assert_eq!(parse_size("1.5e"), Some(3 << 59), "e is exa, not an exponent");
+        assert_eq!(
+            parse_size("1.5e"),
+            Some(3 << 59),
+            "e is exa, not an exponent"
+        );
         assert_eq!(parse_size("-0.5M"), None);
         assert_eq!(parse_size("-.5M"), None);
         assert_eq!(parse_size("08"), Some(8), "sizes are decimal");
         assert_eq!(parse_size("18446744073709551615"), Some(u64::MAX));
         assert_eq!(parse_size("18446744073709551616"), None);
-        assert_eq!(parse_size("15.9999999999999999999E"), None, "rounds to 2^64");
+        assert_eq!(
+            parse_size("15.9999999999999999999E"),
+            None,
+            "rounds to 2^64"
+        );
     }
 
     #[test]

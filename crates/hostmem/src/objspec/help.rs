@@ -57,15 +57,23 @@ mod tests {
     #[test]
     fn help_and_question_mark_list_properties_as_qemu_lays_them_out() {
         let h = help("memory-backend-ram,help").unwrap();
-        assert!(h.starts_with("memory-backend-ram options:\n  dump=<bool>    "), "{h}");
-        assert!(h.contains("\n  size=<int>             - size of the memory"), "{h}");
+        assert!(
+            h.starts_with("memory-backend-ram options:\n  dump=<bool>    "),
+            "{h}"
+        );
+        assert!(
+            h.contains("\n  size=<int>             - size of the memory"),
+            "{h}"
+        );
         assert_eq!(help("memory-backend-ram,?"), Some(h.clone()));
         assert_eq!(help("memory-backend-ram,id=m,help=x"), Some(h));
         assert!(help("thread-context,help")
             .unwrap()
             .contains("\n  cpu-affinity=<int>\n"));
         assert!(help("help").unwrap().contains("\n  memory-backend-shm\n"));
-        assert!(help("?").unwrap().starts_with("List of user creatable objects:\n"));
+        assert!(help("?")
+            .unwrap()
+            .starts_with("List of user creatable objects:\n"));
     }
 
     #[test]
@@ -74,6 +82,9 @@ mod tests {
         assert_eq!(help("memory-backend-ram,id=1x,help"), None, "bad id first");
         assert_eq!(help("memory-backend-nope,help"), None, "unknown type");
         assert_eq!(help(r#"{"qom-type":"help"}"#), None);
-        assert!(help("memory-backend-ram,nohelp").is_some(), "help=off is still a key help");
+        assert!(
+            help("memory-backend-ram,nohelp").is_some(),
+            "help=off is still a key help"
+        );
     }
 }

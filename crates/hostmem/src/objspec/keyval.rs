@@ -167,18 +167,47 @@ impl Opts {
     }
 }
 
-/// Whether the property `name` of objects of type `ty` is a list, or None when the
-/// type has no such property.
-fn is_list(ty: ObjectType, name: &str) -> Option<bool> {
+/// QAPI's member order (qapi/qom.json: MemoryBackendProperties, then the kind's
+/// own, then ThreadContextProperties): the order QEMU's visitor types them in, so the
+/// first bad value named is the one QEMU names.
+const QAPI_ORDER: &[&str] = &[
+    "dump",
+    "host-nodes",
+    "merge",
+    "policy",
+    "prealloc",
+    "prealloc-threads",
+    "prealloc-context",
+    "share",
+    "reserve",
+    "size",
+    "x-use-canonical-path-for-ramblock-id",
+    "align",
+    "offset",
+    "discard-data",
+    "mem-path",
+    "pmem",
+    "readonly",
+    "rom",
+    "hugetlb",
+    "hugetlbsize",
+    "seal",
+    "cpu-affinity",
+    "node-affinity",
+];
+
+/// The type of property `name` of objects of type `ty` (None: no such property);
+/// a thread-context's affinities are node lists in all but name.
+fn prop_type(ty: ObjectType, name: &str) -> Option<PropType> {
     match ty {
-        ObjectType::Backend(kind) => {
-            crate::props::lookup(kind, name).map(|p| p.ty == PropType::Nodes)
-        }
-        ObjectType::ThreadContext => Affinity::from_name(name).map(|_| true),
+        ObjectType::Backend(kind) => crate::props::lookup(kind, name).map(|p| p.ty),
+        ObjectType::ThreadContext => Affinity::from_name(name).map(|_| PropType::Nodes),
     }
 }
 
-/// Parses `memory-backend-ram,id=m0,size=1G` (also `qom-type=...` spelled out).
+/// Parses `memory-backend-ram,id=m0,size=1G` (also `qom-type=...` spelled out), and
+/// checks it as QEMU's option visitor does: every member typed in schema order,
+/// required ones present, then no unknown key.
 pub(super) fn parse(text: &str) -> Result<ObjectSpec> {
     let opts = Opts::parse(text)?;
     let type_name = opts.last("qom-type").map(str::to_string);
@@ -187,17 +216,48 @@ pub(super) fn parse(text: &str) -> Result<ObjectSpec> {
     }
     let skeleton = ObjectSpec::new(type_name, opts.id.clone(), Vec::new())?;
     let mut props: Vec<(String, SpecValue)> = Vec::new();
+    let mut unknown = None;
     for (i, item) in opts.items.iter().enumerate() {
         if item.name == "qom-type" {
             continue;
         }
-        let list = is_list(skeleton.ty, &item.name)
-            .ok_or_else(|| Error::Refused(format!("Invalid parameter '{}'", item.name)))?;
+        let Some(ty) = prop_type(skeleton.ty, &item.name) else {
+            unknown.get_or_insert(&item.name);
+            continue;
+        };
         // A scalar's last value is the one QEMU reads; earlier ones are never parsed.
         let last = !opts.items[i + 1..].iter().any(|j| j.name == item.name);
-        if list || last {
+        if ty == PropType::Nodes || last {
             props.push((item.name.clone(), SpecValue::Text(item.value.clone())));
         }
+    }
+    let rank = |name: &str| QAPI_ORDER.iter().position(|n| *n == name);
+    props.sort_by_key(|(name, _)| rank(name));
+    for (name, v) in &props {
+        let (Some(ty), SpecValue::Text(text)) = (prop_type(skeleton.ty, name), v) else {
+            continue;
+        };
+        // The visitor's typing only: node ids past the limit and zeros are the
+        // setters' to refuse, later, as in QEMU.
+        match (skeleton.ty, ty) {
+            (ObjectType::ThreadContext, _) | (_, PropType::Nodes) => {
+                u16_item(name, text)?;
+            }
+            (_, PropType::Link) => {}
+            _ => {
+                ty.parse(name, text)?;
+            }
+        }
+    }
+    if let ObjectType::Backend(kind) = skeleton.ty {
+        if let Some(p) = crate::props::properties(kind)
+            .find(|p| p.required && !props.iter().any(|(n, _)| n == p.name))
+        {
+            return Err(Error::Missing(p.name));
+        }
+    }
+    if let Some(name) = unknown {
+        return Err(Error::Refused(format!("Invalid parameter '{name}'")));
     }
     Ok(ObjectSpec {
         props,
@@ -286,7 +346,7 @@ mod tests {
             "Parameter 'qom-type' does not accept value 'memory-backend-nope'"
         );
         assert_eq!(
-            e("memory-backend-ram,id=m,sized=3"),
+            e("memory-backend-ram,id=m,sized=3,size=1M"),
             "Invalid parameter 'sized'"
         );
         assert_eq!(
@@ -294,8 +354,12 @@ mod tests {
             "property 'size' of memory-backend-ram doesn't take value '0'"
         );
         assert_eq!(
-            e("memory-backend-ram,id=m,host-nodes=200000"),
-            "Invalid host-nodes value: 200000"
+            e("memory-backend-ram,id=m,size=1M,host-nodes=2000"),
+            "Invalid host-nodes value: 2000"
+        );
+        assert_eq!(
+            e("memory-backend-ram,id=m,size=1M,host-nodes=200000"),
+            "Parameter 'host-nodes' expects uint16_t"
         );
         assert_eq!(
             e("memory-backend-ram,id=1x,size=1M"),

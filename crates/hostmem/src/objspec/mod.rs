@@ -14,6 +14,13 @@ mod qemu_json;
 
 pub use help::help;
 
+/// One JSON value as QEMU's parser reads it (single quotes, duplicate members
+/// refused), for `-object {...}` and QMP input alike.
+#[cfg(feature = "json")]
+pub fn parse_json(text: &str) -> Result<serde_json::Value> {
+    qemu_json::parse(text)
+}
+
 use std::sync::Arc;
 
 use crate::backend::Backend;
@@ -95,9 +102,7 @@ impl ObjectSpec {
         id: Option<String>,
         props: Vec<(String, SpecValue)>,
     ) -> Result<ObjectSpec> {
-        let type_name = type_name
-            .filter(|k| !k.is_empty())
-            .ok_or(Error::Missing("qom-type"))?;
+        let type_name = type_name.ok_or(Error::Missing("qom-type"))?;
         let ty = ObjectType::from_qom_type(&type_name).ok_or_else(|| Error::BadEnum {
             prop: "qom-type".into(),
             value: type_name.clone(),
@@ -152,12 +157,12 @@ impl ObjectSpec {
                 SpecValue::Json(j) => crate::props::json::from_json(k, prop.ty, j, objects)?,
             };
             if prop.name == "hugetlbsize" && value == PropValue::Int(0) {
-                // QEMU's memfd setter refuses 0 whatever `hugetlb` says.
-                return Err(Error::ZeroValue {
-                    prop: prop.name,
-                    kind: self.kind()?.qom_type(),
-                    value: "0".into(),
-                });
+                // QEMU's memfd setter refuses 0 whatever `hugetlb` says, in its words.
+                return Err(Error::Refused(format!(
+                    "Property '{}.{}' doesn't take value '0'",
+                    self.kind()?.qom_type(),
+                    prop.name
+                )));
             }
             match (value, matches!(v, SpecValue::Text(_))) {
                 (PropValue::Nodes(set), true) => {
