@@ -26,15 +26,18 @@ pub struct Refused {
 /// Parses one framed message. `oob_enabled`: whether this session negotiated `oob`
 /// (without it, `exec-oob` is an unknown member, as in QEMU).
 pub fn parse(bytes: &[u8], oob_enabled: bool) -> Result<Request, Refused> {
-    // QEMU's JSON grammar: a member given twice is refused, as QEMU's parser does.
-    let text = std::str::from_utf8(bytes).map_err(|_| Refused {
-        error: QmpError::generic("JSON parse error, invalid UTF-8 sequence in string"),
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| Refused {
+        error: QmpError::generic(format!("JSON parse error, {e}")),
         id: None,
     })?;
-    let value: Value = hostmem::objspec::parse_json(text).map_err(|e| Refused {
-        error: QmpError::generic(e.to_string()),
-        id: None,
-    })?;
+    // What serde_json takes but QEMU's parser refuses (a member given twice, `\u0000`)
+    // is refused in QEMU's words.
+    if let Ok(Err(e)) = std::str::from_utf8(bytes).map(hostmem::objspec::parse_json) {
+        return Err(Refused {
+            error: QmpError::generic(e.to_string()),
+            id: None,
+        });
+    }
     let Value::Object(mut obj) = value else {
         return Err(Refused {
             error: QmpError::generic("QMP input must be a JSON object"),
