@@ -246,6 +246,19 @@ class Fuzzer:
         return verdicts
 
 
+def words(answer, spec):
+    """The refusal itself: the last line of stderr without warnings, hints and the
+    `PROGRAM: -object SPEC: ` prefix."""
+    lines = [ln for ln in answer.text.splitlines() if "warning:" not in ln
+             and not ln.startswith(("Please use", "Identifiers consist"))]
+    last = lines[-1] if lines else ""
+    for prog in ("qemu-system-x86_64: ", "hostmem: "):
+        for pre in (f"{prog}-object {spec}: ", prog):
+            if last.startswith(pre):
+                return last[len(pre):]
+    return last
+
+
 def counts(verdicts):
     c = {"cases": len(verdicts), "both accept": 0, "both refuse": 0, "both help": 0,
          "documented differences": 0, "undocumented": 0}
@@ -263,6 +276,9 @@ def counts(verdicts):
             c["both help"] += 1
         else:
             c["both refuse"] += 1
+            spec = v.case.text()
+            if "\n" not in spec and words(v.q, spec) == words(v.h, spec):
+                c["both refuse, in QEMU's words"] = c.get("both refuse, in QEMU's words", 0) + 1
     c["by row"] = rows
     return c
 

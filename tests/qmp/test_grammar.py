@@ -20,8 +20,8 @@ import grammar_gen as gen
 import grammar_qmp
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "qmp.md"
-CASES = int(os.environ.get("GRAMMAR_CASES", "250"))
-QMP_CASES = int(os.environ.get("GRAMMAR_QMP_CASES", "250"))
+CASES = int(os.environ.get("GRAMMAR_CASES", "500"))
+QMP_CASES = int(os.environ.get("GRAMMAR_QMP_CASES", "300"))
 SEED = int(os.environ.get("GRAMMAR_SEED", "20"))
 MiB = 1 << 20
 

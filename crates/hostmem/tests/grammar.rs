@@ -58,8 +58,7 @@ fn class_2_sizes_in_hex_and_with_a_leading_plus() {
 
 #[test]
 fn class_3_single_quoted_json() {
-    let s = ObjectSpec::parse("{'qom-type':'memory-backend-shm','id':'m','size':4194304}")
-        .unwrap();
+    let s = ObjectSpec::parse("{'qom-type':'memory-backend-shm','id':'m','size':4194304}").unwrap();
     assert_eq!(s.kind().unwrap(), Kind::Shm);
     let b = s.to_backend(&MachineDefaults::default()).unwrap();
     assert_eq!(b.get("size").unwrap(), PropValue::Int(4 << 20));
@@ -127,9 +126,15 @@ fn class_10_trailing_blanks_in_values_are_not_trimmed() {
 
 #[test]
 fn class_11_node_lists_qemu_does_not_have() {
-    for nodes in ["host-nodes=0:0", "host-nodes=0,,0", "host-nodes=0,host-nodes="] {
+    for nodes in [
+        "host-nodes=0:0",
+        "host-nodes=0,,0",
+        "host-nodes=0,host-nodes=",
+    ] {
         assert_eq!(
-            refusal(&format!("memory-backend-ram,id=m,size=4M,policy=bind,{nodes}")),
+            refusal(&format!(
+                "memory-backend-ram,id=m,size=4M,policy=bind,{nodes}"
+            )),
             "Parameter 'host-nodes' expects a uint64 value or range",
             "{nodes}"
         );

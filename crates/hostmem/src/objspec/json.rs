@@ -38,6 +38,15 @@ impl ObjectSpec {
     /// `-object {...}` and QMP `object-add` give them.
     pub fn from_json(mut map: Map<String, Json>) -> Result<ObjectSpec> {
         let type_name = string(&mut map, "qom-type")?;
+        // QEMU's visitor takes the type's value before it looks at the id.
+        if let Some(t) = type_name.as_deref() {
+            if ObjectType::from_qom_type(t).is_none() {
+                return Err(Error::BadEnum {
+                    prop: "qom-type".into(),
+                    value: t.to_string(),
+                });
+            }
+        }
         let id = string(&mut map, "id")?;
         // Type and id first: the members that follow depend on the type.
         let skeleton = ObjectSpec::new(type_name, id, Vec::new())?;

@@ -233,27 +233,30 @@ pub(super) fn parse(text: &str) -> Result<ObjectSpec> {
     }
     let rank = |name: &str| QAPI_ORDER.iter().position(|n| *n == name);
     props.sort_by_key(|(name, _)| rank(name));
-    for (name, v) in &props {
-        let (Some(ty), SpecValue::Text(text)) = (prop_type(skeleton.ty, name), v) else {
+    // The visitor's pass, member by member in schema order: each value typed (node
+    // ids past the limit and zeros are the setters' to refuse, later, as in QEMU), a
+    // required member missing where the schema has it.
+    for name in QAPI_ORDER {
+        let Some(ty) = prop_type(skeleton.ty, name) else {
             continue;
         };
-        // The visitor's typing only: node ids past the limit and zeros are the
-        // setters' to refuse, later, as in QEMU.
-        match (skeleton.ty, ty) {
-            (ObjectType::ThreadContext, _) | (_, PropType::Nodes) => {
-                u16_item(name, text)?;
-            }
-            (_, PropType::Link) => {}
-            _ => {
-                ty.parse(name, text)?;
+        let mut given = props.iter().filter(|(n, _)| n == name).peekable();
+        if let (None, ObjectType::Backend(kind)) = (given.peek(), skeleton.ty) {
+            if let Some(p) = crate::props::lookup(kind, name).filter(|p| p.required) {
+                return Err(Error::Missing(p.name));
             }
         }
-    }
-    if let ObjectType::Backend(kind) = skeleton.ty {
-        if let Some(p) = crate::props::properties(kind)
-            .find(|p| p.required && !props.iter().any(|(n, _)| n == p.name))
-        {
-            return Err(Error::Missing(p.name));
+        for (_, v) in given {
+            let SpecValue::Text(text) = v else { continue };
+            match (skeleton.ty, ty) {
+                (ObjectType::ThreadContext, _) | (_, PropType::Nodes) => {
+                    u16_item(name, text)?;
+                }
+                (_, PropType::Link) => {}
+                _ => {
+                    ty.parse(name, text)?;
+                }
+            }
         }
     }
     if let Some(name) = unknown {
