@@ -290,10 +290,11 @@ def report(v):
 
 
 def workdir():
-    """A short directory (Unix socket paths) with the `a,b` directory the comma cases
-    name."""
+    """A short directory (Unix socket paths) with the `a,b` and `a=b` directories the
+    escape cases name."""
     d = tempfile.mkdtemp(prefix="hmg", dir="/tmp")
     os.mkdir(os.path.join(d, "a,b"))
+    os.mkdir(os.path.join(d, "a=b"))
     return d
 
 

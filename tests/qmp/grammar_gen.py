@@ -60,6 +60,7 @@ def size_forms(r, kind):
         (str(n), str(n)), (f"{n // 1024}k", None), (f"{n // MiB}M", None),
         (f"{n // MiB}m", None), (f"{n // 1024}K", None), (f"{n // MiB}.0M", None),
         (f"{n // MiB}.M", None), (f"0x{n:x}", None), (f"0X{n:X}", None),
+        (f"\t{n // MiB}M", None), (f"\x0b{n}", None), (f"0{n}", None),
         (f"+{n // MiB}M", None), (f" {n // MiB}M", None), (f"+0x{n:x}", None),
         (f"{n // MiB * 1024}.0k", None), (f"{n // MiB}.00M", None), (".5M", None),
         ("0.5M", None), ("1.5M", None), (f"{n // MiB}M", str(n)), ("0.25M", None)]
@@ -126,7 +127,10 @@ def value_of(r, kind, name, tmp):
                                               "0"])
     if name == "mem-path":
         return r.choice([(tmp, json.dumps(tmp)), (f"{tmp}/a,,b", json.dumps(f"{tmp}/a,b")),
-                         (f"{tmp}/a,b", None), (f"{tmp}/nope/x", json.dumps(f"{tmp}/nope/x"))])
+                         (f"{tmp}/a,b", None), (f"{tmp}/nope/x", json.dumps(f"{tmp}/nope/x")),
+                         (f"{tmp}/a=b", json.dumps(f"{tmp}/a=b")),
+                         (f"{tmp}/a,,b,,", None),
+                         (None, json.dumps(tmp).replace("/", "\\/"))])
     if name == "offset":
         return r.choice([("0", "0"), ("0x0", None), ("0k", None), ("4096", "4096")])
     if name == "align":
@@ -241,7 +245,8 @@ def gen_json(r, kind, tmp):
     members = [(
         "qom-type", quote(r, kind if r.random() < 0.95 else "memory-backend-nope", single))]
     if r.random() < 0.95:
-        members.append(("id", quote(r, gen_id(r), single) if r.random() < 0.95 else "1"))
+        members.append(("id", quote(r, gen_id(r), single) if r.random() < 0.9 else
+                        r.choice(["1", '"m\\u0030"', '"m\\u00e9"', "'m\\'x'", '"\\u0041"'])))
     for name in sample_props(r, kind):
         _, js = value_of(r, kind, name, tmp)
         if js is None:
