@@ -93,6 +93,8 @@ def ended(proc, out, err):
         return Answer("help", text=out)
     if proc.returncode < 0 or proc.returncode == 134:
         return Answer("crashed", text=err.strip())
+    if proc.returncode == 101 and "panicked" in err:
+        return Answer("panicked", text=err.strip())
     return Answer("refused", text=err.strip())
 
 

@@ -191,3 +191,33 @@ fn a_size_of_2_to_the_64_minus_1_is_refused_in_every_spelling() {
         assert!(r.is_err(), "{spec}");
     }
 }
+
+#[test]
+fn no_text_makes_the_parsers_panic() {
+    // Every cut and every one-byte change of spellings the grammar knows, through the
+    // keyval, JSON and size parsers and the help check (a panic fails the test).
+    let seeds = [
+        "memory-backend-file,id=m,size=0.1M,mem-path=/tmp/a,,b,host-nodes=0-0x1,merge,nodump,",
+        r#"{'qom-type':'memory-backend-ram',"id":"m\u00e9","size":18446744073709551615,"host-nodes":[0,1e3]}"#,
+        "thread-context,id,cpu-affinity=0x0-010,node-affinity=0,help=x,?",
+    ];
+    let bytes = [
+        b',', b'=', b'{', b'}', b'\'', b'"', b'\\', b'.', b'-', b'x', b'e', b' ', b'0',
+    ];
+    for seed in seeds {
+        for cut in 0..=seed.len() {
+            let variants =
+                std::iter::once(seed[..cut].to_string()).chain(bytes.iter().filter_map(|&b| {
+                    let mut v = seed.as_bytes().to_vec();
+                    *v.get_mut(cut)? = b;
+                    String::from_utf8(v).ok()
+                }));
+            for text in variants {
+                let _ = ObjectSpec::parse(&text)
+                    .and_then(|s| s.to_backend(&MachineDefaults::default()).map(|_| ()));
+                let _ = hostmem::objspec::help(&text);
+                let _ = hostmem::size::parse_size(text.get(cut..).unwrap_or(""));
+            }
+        }
+    }
+}
