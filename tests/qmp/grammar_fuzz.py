@@ -98,8 +98,12 @@ def ended(proc, out, err):
     return Answer("refused", text=err.strip())
 
 
-def run_qemu(qemu, spec):
-    proc = subprocess.Popen([qemu, *QEMU_ARGS, "-object", spec, "-qmp", "stdio"],
+def object_args(specs):
+    return [a for spec in specs for a in ("-object", spec)]
+
+
+def run_qemu(qemu, specs):
+    proc = subprocess.Popen([qemu, *QEMU_ARGS, *object_args(specs), "-qmp", "stdio"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     first = proc.stdout.readline()
@@ -116,9 +120,9 @@ def run_qemu(qemu, spec):
     return Answer("made", objects, finish(proc)[1])
 
 
-def run_hostmem(hostmem, spec, sockdir):
+def run_hostmem(hostmem, specs, sockdir):
     sock = os.path.join(sockdir, f"h{os.getpid()}.{time.monotonic_ns()}")
-    proc = subprocess.Popen([hostmem, "run", "--qmp", sock, "-object", spec],
+    proc = subprocess.Popen([hostmem, "run", "--qmp", sock, *object_args(specs)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     deadline = time.monotonic() + 20
@@ -164,7 +168,8 @@ def differences(q, h):
     for oid, props in q.objects.items():
         for p, v in props.items():
             if h.objects[oid].get(p) != v:
-                out.append((f"value:{p}", f"QEMU {v!r}, hostmem {h.objects[oid].get(p)!r}"))
+                out.append((f"value:{p}",
+                            f"{oid}: QEMU {v!r}, hostmem {h.objects[oid].get(p)!r}"))
     return out
 
 
@@ -174,11 +179,18 @@ def mentions(case, name):
                          p.strip()) for p in case.parts)
 
 
+def before_ids(case):
+    """The ids of the objects given ahead of the case's own."""
+    return {m.group(1) for s in case.before
+            for m in [re.search(r"""(?:id=|"id":")([\w.-]+)""", s)] if m}
+
+
 # Documented differences: (doc text that must be in docs/qmp.md, predicate).
 RULES = [
     ("`prealloc-threads` not given (qom-get)",
      lambda case, what, detail, q, h: what == "value:prealloc-threads"
-     and not mentions(case, "prealloc-threads")),
+     and (not mentions(case, "prealloc-threads")
+          or detail.split(":")[0] in before_ids(case))),
     ("`size=18446744073709551615`",
      lambda case, what, detail, q, h: what == "status" and q.status == "crashed"
      and "size != 0" in q.text and h.status == "refused"),
@@ -223,9 +235,8 @@ class Fuzzer:
         self.qemu, self.hostmem, self.tmp = qemu, hostmem, tmp
 
     def judge(self, case):
-        spec = case.text()
-        q = run_qemu(self.qemu, spec)
-        h = run_hostmem(self.hostmem, spec, self.tmp)
+        q = run_qemu(self.qemu, case.specs())
+        h = run_hostmem(self.hostmem, case.specs(), self.tmp)
         diffs = differences(q, h)
         return Verdict(case, q, h, diffs, documented(case, diffs, q, h) if diffs else set())
 
@@ -286,7 +297,7 @@ def counts(verdicts):
 
 
 def report(v):
-    return (f"{v.case.text()!r}: " + "; ".join(f"{w}: {d}" for w, d in v.diffs)
+    return (" ".join(f"-object {s!r}" for s in v.case.specs()) + ": " + "; ".join(f"{w}: {d}" for w, d in v.diffs)
             + f"\n    QEMU: {v.q.status} {v.q.text[:200]!r}\n    hostmem: {v.h.status} "
             f"{v.h.text[:200]!r}")
 

@@ -44,13 +44,17 @@ class Case:
     lead: str = ""                # text before the parts ("{", " {")
     tail: str = ""                # text after them ("}", "} ", ",")
     tags: set = field(default_factory=set)
+    before: list = field(default_factory=list)   # `-object`s given ahead of this one
 
     def text(self):
         return self.lead + ",".join(self.parts) + self.tail
 
+    def specs(self):
+        return self.before + [self.text()]
+
     def without(self, i):
         return Case(self.form, self.parts[:i] + self.parts[i + 1:], self.lead, self.tail,
-                    set(self.tags))
+                    set(self.tags), list(self.before))
 
 
 # Value forms: (keyval text, JSON text). None for a form the other syntax lacks.
@@ -150,7 +154,8 @@ def value_of(r, kind, name, tmp):
         v = r.choice(["off", "off", "no", "on"])
         return v, ("true" if v == "on" else "false")
     if name == "prealloc-context":
-        return r.choice([("", '""'), ("tc9", '"tc9"')])
+        return r.choice([("", '""'), ("tc9", '"tc9"'), ("/objects/tc9", '"/objects/tc9"'),
+                         ("m0", '"other"')])
     if name in ("cpu-affinity", "node-affinity"):
         return pick(r, NODE_ITEMS), r.choice(["[0]", "[0,0]", "[0]", '["0"]', "[]"])
     return bool_value(r)
@@ -226,7 +231,7 @@ def sample_props(r, kind):
         chosen.append("host-nodes")
     if "size" not in chosen and kind != CONTEXT and r.random() < 0.95:
         chosen.insert(0, "size")
-    if "prealloc-context" in chosen and r.random() < 0.8:
+    if "prealloc-context" in chosen and r.random() < 0.5:
         chosen.remove("prealloc-context")
     r.shuffle(chosen)
     return chosen
@@ -270,13 +275,28 @@ KINDS = ["memory-backend-ram", "memory-backend-ram", "memory-backend-memfd",
          "memory-backend-file", "memory-backend-shm", CONTEXT]
 
 
+BEFORE = [
+    # The thread-context `prealloc-context=tc9` links to, in both syntaxes.
+    "thread-context,id=tc9,node-affinity=0",
+    '{"qom-type":"thread-context","id":"tc9","cpu-affinity":[0]}',
+    # Objects whose ids the case may repeat (QEMU's option lists catch a keyval id
+    # given twice, the QOM tree any other).
+    "memory-backend-ram,id=m0,size=1M",
+    '{"qom-type":"memory-backend-ram","id":"A","size":1048576}',
+    "memory-backend-ram,id=other,size=1M",
+]
+
+
 def generate(seed, n, tmp):
     """`n` cases from `seed`: the same seed gives the same cases."""
     r = random.Random(seed)
     out = []
     for _ in range(n):
         kind = r.choice(KINDS)
-        out.append(gen_json(r, kind, tmp) if r.random() < 0.25 else gen_keyval(r, kind, tmp))
+        c = gen_json(r, kind, tmp) if r.random() < 0.25 else gen_keyval(r, kind, tmp)
+        if r.random() < 0.12:
+            c.before = r.sample(BEFORE, r.choice([1, 1, 2]))
+        out.append(c)
     return out
 
 

@@ -199,3 +199,18 @@ def test_object_add_takes_single_quotes_and_refuses_duplicate_members(env, args,
         assert v.q.objects["m"]["size"] == v.h.objects["m"]["size"] == 4 * MiB
     else:
         assert v.h.text == v.q.text == "JSON parse error, duplicate key"
+
+
+def test_the_shrinker_keeps_only_the_parts_that_disagree():
+    class Stub(gf.Fuzzer):
+        """hostmem 'refuses' any case with a `merge` part; QEMU makes everything."""
+        def judge(self, case):
+            bad = any("merge" in p for p in case.parts)
+            q, h = gf.Answer("made"), gf.Answer("refused" if bad else "made")
+            diffs = gf.differences(q, h)
+            return gf.Verdict(case, q, h, diffs, None if diffs else set())
+
+    f = Stub(None, None, None)
+    case = gen.Case("keyval", ["memory-backend-ram", "id=m", "size=4M", "merge", "dump=on"])
+    v = f.shrink(f.judge(case))
+    assert v.bad and v.case.parts == ["merge"], v.case.parts

@@ -258,6 +258,19 @@ pub fn main(args: RunArgs) -> ExitCode {
     // backend may name a context given after it; ids are unique across both.
     let mut parsed = Vec::with_capacity(specs.len());
     for spec in &specs {
+        // QEMU's option lists refuse a keyval id given twice before reading the rest
+        // (help included).
+        if let Some(id) = hostmem::objspec::keyval_id(spec) {
+            if parsed
+                .iter()
+                .any(|(first, o): &(&String, ObjectSpec)| !first.starts_with('{') && o.id == id)
+            {
+                return fail(
+                    &format!("-object {spec}"),
+                    format!("Duplicate ID '{id}' for object"),
+                );
+            }
+        }
         // `TYPE,help` or `help`: QEMU lists the properties (or types) and exits 0.
         if let Some(text) = hostmem::objspec::help(spec) {
             print!("{text}");
@@ -270,6 +283,7 @@ pub fn main(args: RunArgs) -> ExitCode {
             }
         }
         match parsed_spec {
+            // Objects made from JSON collide only in the QOM tree.
             Ok(s)
                 if parsed
                     .iter()

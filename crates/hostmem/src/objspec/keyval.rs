@@ -110,19 +110,23 @@ pub(super) struct Opts {
     warnings: Vec<String>,
 }
 
+/// The first `id` item, read without the implied name (QEMU's `opts_parse_id`).
+pub(super) fn first_id(text: &str) -> Option<String> {
+    let mut p = text;
+    while !p.is_empty() {
+        let (item, rest) = next_item(p, None);
+        if item.name == "id" {
+            return Some(item.value);
+        }
+        p = rest;
+    }
+    None
+}
+
 impl Opts {
     /// Splits `text`; refuses only an ill-formed id (what QEMU checks first).
     pub(super) fn parse(text: &str) -> Result<Opts> {
-        let mut id = None;
-        let mut p = text;
-        while !p.is_empty() {
-            let (item, rest) = next_item(p, None);
-            if item.name == "id" {
-                id = Some(item.value);
-                break;
-            }
-            p = rest;
-        }
+        let id = first_id(text);
         if id.as_deref().is_some_and(|id| !super::valid_id(id)) {
             return Err(Error::BadType {
                 prop: "id".into(),
@@ -131,7 +135,7 @@ impl Opts {
         }
         let (mut items, mut warnings) = (Vec::new(), Vec::new());
         let mut implied = Some("qom-type");
-        p = text;
+        let mut p = text;
         while !p.is_empty() {
             let (item, rest) = next_item(p, implied);
             implied = None;

@@ -14,6 +14,16 @@ mod qemu_json;
 
 pub use help::help;
 
+/// The id QEMU's option parser takes from keyval text (its first `id`, well-formed or
+/// not), None for JSON text or none given: what QEMU checks for a duplicate before it
+/// reads anything else of the text.
+pub fn keyval_id(text: &str) -> Option<String> {
+    if text.starts_with('{') {
+        return None;
+    }
+    keyval::first_id(text)
+}
+
 /// One JSON value as QEMU's parser reads it (single quotes, duplicate members
 /// refused), for `-object {...}` and QMP input alike.
 #[cfg(feature = "json")]
