@@ -283,20 +283,19 @@ pub fn main(args: RunArgs) -> ExitCode {
             }
         }
         match parsed_spec {
-            // Objects made from JSON collide only in the QOM tree.
-            Ok(s)
-                if parsed
-                    .iter()
-                    .any(|(_, o): &(&String, ObjectSpec)| o.id == s.id) =>
-            {
-                let msg = format!(
-                    "attempt to add duplicate property '{}' to object (type 'container')",
-                    s.id
-                );
-                return fail(&format!("-object {spec}"), msg);
-            }
             Ok(s) => parsed.push((spec, s)),
             Err(e) => return fail(&format!("-object {spec}"), e),
+        }
+    }
+    // Other ids given twice (one of them JSON) collide only in the QOM tree, when the
+    // objects are made: after every -object is read, as in QEMU.
+    for (i, (spec, s)) in parsed.iter().enumerate() {
+        if parsed[..i].iter().any(|(_, o)| o.id == s.id) {
+            let msg = format!(
+                "attempt to add duplicate property '{}' to object (type 'container')",
+                s.id
+            );
+            return fail(&format!("-object {spec}"), msg);
         }
     }
     let mut contexts: Vec<Arc<ThreadContext>> = Vec::new();
