@@ -49,7 +49,7 @@ impl ObjectSpec {
         }
         let id = string(&mut map, "id")?;
         // Type and id first: the members that follow depend on the type.
-        let skeleton = ObjectSpec::new(type_name, id, Vec::new())?;
+        let skeleton = ObjectSpec::unchecked_id(type_name, id, Vec::new())?;
         let mut props = Vec::new();
         // Links only need to be strings here; they are resolved when the object is made.
         let any_object = &|_: &str| None;
@@ -89,6 +89,7 @@ impl ObjectSpec {
         if let Some(k) = map.keys().next() {
             return Err(Error::Unexpected(k.clone()));
         }
+        skeleton.check_id()?;
         Ok(ObjectSpec { props, ..skeleton })
     }
 }

@@ -112,23 +112,40 @@ impl ObjectSpec {
         id: Option<String>,
         props: Vec<(String, SpecValue)>,
     ) -> Result<ObjectSpec> {
+        let spec = ObjectSpec::unchecked_id(type_name, id, props)?;
+        spec.check_id()?;
+        Ok(spec)
+    }
+
+    /// A known type and some id: what QEMU's visitor checks first. (For JSON, QEMU
+    /// checks the id's form only when it makes the object, after all members.)
+    fn unchecked_id(
+        type_name: Option<String>,
+        id: Option<String>,
+        props: Vec<(String, SpecValue)>,
+    ) -> Result<ObjectSpec> {
         let type_name = type_name.ok_or(Error::Missing("qom-type"))?;
         let ty = ObjectType::from_qom_type(&type_name).ok_or_else(|| Error::BadEnum {
             prop: "qom-type".into(),
             value: type_name.clone(),
         })?;
         let id = id.ok_or(Error::Missing("id"))?;
-        if !valid_id(&id) {
-            return Err(Error::BadType {
-                prop: "id".into(),
-                expected: "an identifier",
-            });
-        }
         Ok(ObjectSpec {
             ty,
             id,
             props,
             warnings: Vec::new(),
+        })
+    }
+
+    /// QEMU's rule for the id ([`valid_id`]), in its words.
+    fn check_id(&self) -> Result<()> {
+        if valid_id(&self.id) {
+            return Ok(());
+        }
+        Err(Error::BadType {
+            prop: "id".into(),
+            expected: "an identifier",
         })
     }
 
