@@ -213,8 +213,13 @@ fn no_text_makes_the_parsers_panic() {
                     String::from_utf8(v).ok()
                 }));
             for text in variants {
-                let _ = ObjectSpec::parse(&text)
-                    .and_then(|s| s.to_backend(&MachineDefaults::default()).map(|_| ()));
+                let made = ObjectSpec::parse(&text)
+                    .and_then(|s| s.to_backend(&MachineDefaults::default()));
+                // The fuzz target's promise: every value prints as text that parses back.
+                for p in made.iter().flat_map(|b| b.properties()) {
+                    let v = made.as_ref().unwrap().get(p.name).unwrap();
+                    assert_eq!(p.ty.parse(p.name, &v.to_string()).ok(), Some(v), "{text}");
+                }
                 let _ = hostmem::objspec::help(&text);
                 let _ = hostmem::size::parse_size(text.get(cut..).unwrap_or(""));
             }

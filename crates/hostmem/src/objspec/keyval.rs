@@ -10,6 +10,7 @@
 use super::{ObjectSpec, ObjectType, SpecValue};
 use crate::context::Affinity;
 use crate::error::{Error, Result};
+use crate::numa::NodeSet;
 use crate::props::PropType;
 use crate::size::parse_c_uint_range;
 
@@ -271,6 +272,16 @@ pub(super) fn parse(text: &str) -> Result<ObjectSpec> {
         warnings: opts.warnings,
         ..skeleton
     })
+}
+
+/// One `host-nodes=` value: an id or a range, as QEMU's option visitor reads each
+/// repeat of the key (ids past the kernel's limit refused as QEMU's setter does).
+pub(super) fn node_item(prop: &str, text: &str) -> Result<NodeSet> {
+    let mut set = NodeSet::new();
+    for id in u16_item(prop, text)? {
+        set.insert(id.into())?;
+    }
+    Ok(set)
 }
 
 /// One value of a keyval uint16 list key (`cpu-affinity=0-3`): an id or a range, as

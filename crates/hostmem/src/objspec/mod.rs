@@ -38,7 +38,7 @@ use crate::context::{Affinity, ThreadContext};
 use crate::error::{Error, Result};
 use crate::kind::Kind;
 use crate::numa::NodeSet;
-use crate::props::{MachineDefaults, PropValue, Resolver};
+use crate::props::{MachineDefaults, PropType, PropValue, Resolver};
 
 /// What kind of object a spec makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +179,9 @@ impl ObjectSpec {
         for (k, v) in &self.props {
             let prop = b.prop(k)?;
             let value = match v {
+                SpecValue::Text(text) if prop.ty == PropType::Nodes => {
+                    PropValue::Nodes(keyval::node_item(k, text)?)
+                }
                 SpecValue::Text(text) => prop.ty.parse_with(k, text, objects)?,
                 #[cfg(feature = "json")]
                 SpecValue::Json(j) => crate::props::json::from_json(k, prop.ty, j, objects)?,

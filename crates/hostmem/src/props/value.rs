@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::context::{ContextLink, ThreadContext};
 use crate::error::{Error, Result};
 use crate::numa::{NodeSet, Policy};
-use crate::size::{parse_c_uint, parse_c_uint_range, parse_size};
+use crate::size::{parse_c_uint, parse_size};
 
 /// QEMU's OnOffAuto (the file backend's `rom`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -108,7 +108,7 @@ impl PropType {
                     .map(|v| PropValue::Int(v.into()))
                     .map_err(|_| bad("uint32_t"))
             }
-            PropType::Nodes => node_item(prop, text).map(PropValue::Nodes),
+            PropType::Nodes => Ok(PropValue::Nodes(NodeSet::parse(text)?)),
             PropType::Policy => text
                 .parse::<Policy>()
                 .map(PropValue::Policy)
@@ -123,27 +123,6 @@ impl PropType {
             PropType::Link => resolve_link(prop, text, objects).map(PropValue::Link),
         }
     }
-}
-
-/// One `host-nodes=` value of keyval text, as QEMU's option visitor reads each repeat
-/// of a list key: an id or a range `lo-hi` in C's base 0 (`0x1`, `0-3`); repeats add
-/// up (the caller's part).
-fn node_item(prop: &str, text: &str) -> Result<NodeSet> {
-    let (lo, hi) = parse_c_uint_range(text).ok_or_else(|| Error::BadType {
-        prop: prop.to_string(),
-        expected: "a uint64 value or range",
-    })?;
-    let mut set = NodeSet::new();
-    for id in lo..=hi {
-        if id > u64::from(u16::MAX) {
-            return Err(Error::BadType {
-                prop: prop.to_string(),
-                expected: "uint16_t",
-            });
-        }
-        set.insert(id)?;
-    }
-    Ok(set)
 }
 
 /// What an id names among a caller's objects, for resolving links.
