@@ -210,10 +210,38 @@ fn make_objects<'a>(
     specs: &'a [String],
     defaults: &MachineDefaults,
 ) -> Result<(Objects, Vec<&'a String>), ExitCode> {
+    let mut parsed: Vec<(&String, ObjectSpec)> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        // QEMU's option lists refuse a keyval id given twice before reading the rest
+        // (help included).
+        if let Some(id) = hostmem::objspec::keyval_id(spec) {
+            if parsed
+                .iter()
+                .any(|(first, o)| !first.starts_with('{') && o.id == id)
+            {
+                return Err(fail(
+                    &format!("-object {spec}"),
+                    format!("Duplicate ID '{id}' for object"),
+                ));
+            }
+        }
+        // `TYPE,help` or `help`: QEMU lists the properties (or types) and exits 0.
+        if let Some(text) = hostmem::objspec::help(spec) {
+            print!("{text}");
+            return Err(ExitCode::SUCCESS);
+        }
+        let s = ObjectSpec::parse(spec).map_err(|e| fail(&format!("-object {spec}"), e))?;
+        for w in &s.warnings {
+            eprintln!("hostmem: -object {spec}: warning: {w}");
+        }
+        parsed.push((spec, s));
+    }
+    // Other ids given twice (one of them JSON) collide only in the QOM tree, when the
+    // objects are made: after every -object is read, as in QEMU (the container's
+    // duplicate message).
     let mut objects = Objects::new();
     let mut backend_specs: Vec<&String> = Vec::with_capacity(specs.len());
-    for spec in specs {
-        let s = ObjectSpec::parse(spec).map_err(|e| fail(&format!("-object {spec}"), e))?;
+    for (spec, s) in parsed {
         if s.ty != ObjectType::ThreadContext {
             backend_specs.push(spec);
         }

@@ -30,6 +30,14 @@ pub fn parse(bytes: &[u8], oob_enabled: bool) -> Result<Request, Refused> {
         error: QmpError::generic(format!("JSON parse error, {e}")),
         id: None,
     })?;
+    // What serde_json takes but QEMU's parser refuses (a member given twice, `\u0000`)
+    // is refused in QEMU's words.
+    if let Ok(Err(e)) = std::str::from_utf8(bytes).map(hostmem::objspec::parse_json) {
+        return Err(Refused {
+            error: QmpError::generic(e.to_string()),
+            id: None,
+        });
+    }
     let Value::Object(mut obj) = value else {
         return Err(Refused {
             error: QmpError::generic("QMP input must be a JSON object"),

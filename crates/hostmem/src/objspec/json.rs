@@ -13,9 +13,7 @@ use crate::props::{self, Common, PropType};
 
 /// Parses the JSON text of an `-object` argument.
 pub(super) fn parse(text: &str) -> Result<ObjectSpec> {
-    let v: Json =
-        serde_json::from_str(text).map_err(|e| Error::Refused(format!("JSON parse error, {e}")))?;
-    match v {
+    match super::qemu_json::parse(text)? {
         Json::Object(map) => ObjectSpec::from_json(map),
         _ => Err(Error::InvalidType {
             prop: "object".into(),
@@ -40,9 +38,18 @@ impl ObjectSpec {
     /// `-object {...}` and QMP `object-add` give them.
     pub fn from_json(mut map: Map<String, Json>) -> Result<ObjectSpec> {
         let type_name = string(&mut map, "qom-type")?;
+        // QEMU's visitor takes the type's value before it looks at the id.
+        if let Some(t) = type_name.as_deref() {
+            if ObjectType::from_qom_type(t).is_none() {
+                return Err(Error::BadEnum {
+                    prop: "qom-type".into(),
+                    value: t.to_string(),
+                });
+            }
+        }
         let id = string(&mut map, "id")?;
         // Type and id first: the members that follow depend on the type.
-        let skeleton = ObjectSpec::new(type_name, id, Vec::new())?;
+        let skeleton = ObjectSpec::unchecked_id(type_name, id, Vec::new())?;
         let mut props = Vec::new();
         // Links only need to be strings here; they are resolved when the object is made.
         let any_object = &|_: &str| None;
@@ -82,6 +89,7 @@ impl ObjectSpec {
         if let Some(k) = map.keys().next() {
             return Err(Error::Unexpected(k.clone()));
         }
+        skeleton.check_id()?;
         Ok(ObjectSpec { props, ..skeleton })
     }
 }

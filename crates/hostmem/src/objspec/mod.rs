@@ -5,15 +5,38 @@
 //! its properties in the order given, still as written; [`ObjectSpec::to_backend`] and
 //! [`ObjectSpec::to_context`] type them against the object's property table.
 
+mod help;
 #[cfg(feature = "json")]
 mod json;
 mod keyval;
+#[cfg(feature = "json")]
+mod qemu_json;
+
+pub use help::help;
+
+/// The id QEMU's option parser takes from keyval text (its first `id`, well-formed or
+/// not), None for JSON text or none given: what QEMU checks for a duplicate before it
+/// reads anything else of the text.
+pub fn keyval_id(text: &str) -> Option<String> {
+    if text.starts_with('{') {
+        return None;
+    }
+    keyval::first_id(text)
+}
+
+/// One JSON value as QEMU's parser reads it (single quotes, duplicate members
+/// refused), for `-object {...}` and QMP input alike.
+#[cfg(feature = "json")]
+pub fn parse_json(text: &str) -> Result<serde_json::Value> {
+    qemu_json::parse(text)
+}
 
 use std::sync::Arc;
 
 use crate::backend::Backend;
-use crate::context::{parse_u16_list, Affinity, ThreadContext};
+use crate::context::{Affinity, ThreadContext};
 use crate::error::{Error, Result};
+use crate::kind::memfd::MemfdConfig;
 use crate::kind::Kind;
 use crate::numa::NodeSet;
 use crate::props::{MachineDefaults, PropType, PropValue, Resolver};
@@ -54,8 +77,12 @@ pub struct ObjectSpec {
     pub ty: ObjectType,
     /// The object id, checked against QEMU's rule ([`valid_id`]).
     pub id: String,
-    /// Properties in the order given (without `qom-type` and `id`).
+    /// Properties in the order given (without `qom-type` and `id`); of a keyval
+    /// key given more than once, only the last value, except for list keys.
     pub props: Vec<(String, SpecValue)>,
+    /// QEMU's warnings for deprecated forms (a short-form boolean such as `merge`),
+    /// for the caller to print.
+    pub warnings: Vec<String>,
 }
 
 /// QEMU's rule for object ids: a letter, then letters, digits, `-`, `.`, `_`.
@@ -66,9 +93,10 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 impl ObjectSpec {
-    /// Parses an `-object` argument: JSON when it starts with `{`, keyval otherwise.
+    /// Parses an `-object` argument: JSON when its first character is `{` (as in
+    /// QEMU, a blank before it makes keyval text), keyval otherwise.
     pub fn parse(text: &str) -> Result<ObjectSpec> {
-        if text.trim_start().starts_with('{') {
+        if text.starts_with('{') {
             #[cfg(feature = "json")]
             return json::parse(text);
             #[cfg(not(feature = "json"))]
@@ -85,21 +113,41 @@ impl ObjectSpec {
         id: Option<String>,
         props: Vec<(String, SpecValue)>,
     ) -> Result<ObjectSpec> {
-        let type_name = type_name
-            .filter(|k| !k.is_empty())
-            .ok_or(Error::Missing("qom-type"))?;
+        let spec = ObjectSpec::unchecked_id(type_name, id, props)?;
+        spec.check_id()?;
+        Ok(spec)
+    }
+
+    /// A known type and some id: what QEMU's visitor checks first. (For JSON, QEMU
+    /// checks the id's form only when it makes the object, after all members.)
+    fn unchecked_id(
+        type_name: Option<String>,
+        id: Option<String>,
+        props: Vec<(String, SpecValue)>,
+    ) -> Result<ObjectSpec> {
+        let type_name = type_name.ok_or(Error::Missing("qom-type"))?;
         let ty = ObjectType::from_qom_type(&type_name).ok_or_else(|| Error::BadEnum {
             prop: "qom-type".into(),
             value: type_name.clone(),
         })?;
         let id = id.ok_or(Error::Missing("id"))?;
-        if !valid_id(&id) {
-            return Err(Error::BadType {
-                prop: "id".into(),
-                expected: "an identifier",
-            });
+        Ok(ObjectSpec {
+            ty,
+            id,
+            props,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// QEMU's rule for the id ([`valid_id`]), in its words.
+    fn check_id(&self) -> Result<()> {
+        if valid_id(&self.id) {
+            return Ok(());
         }
-        Ok(ObjectSpec { ty, id, props })
+        Err(Error::BadType {
+            prop: "id".into(),
+            expected: "an identifier",
+        })
     }
 
     /// The backend kind, or an error naming the type this spec makes instead.
@@ -130,19 +178,31 @@ impl ObjectSpec {
         // keyval lists: repeated keys of a node-list property add up to one list.
         let mut lists: Vec<(&str, NodeSet)> = Vec::new();
         for (k, v) in &self.props {
-            let ty = b.prop(k)?.ty;
-            match v {
-                SpecValue::Text(text) if ty == PropType::Nodes => {
+            let prop = b.prop(k)?;
+            let value = match v {
+                SpecValue::Text(text) if prop.ty == PropType::Nodes => {
+                    PropValue::Nodes(keyval::node_item(k, text)?)
+                }
+                SpecValue::Text(text) => prop.ty.parse_with(k, text, objects)?,
+                #[cfg(feature = "json")]
+                SpecValue::Json(j) => crate::props::json::from_json(k, prop.ty, j, objects)?,
+            };
+            if prop.name == MemfdConfig::HUGETLBSIZE.name && value == PropValue::Int(0) {
+                // QEMU's memfd setter refuses 0 whatever `hugetlb` says, in its words.
+                return Err(Error::Refused(format!(
+                    "Property '{}.{}' doesn't take value '0'",
+                    self.kind()?.qom_type(),
+                    prop.name
+                )));
+            }
+            match (value, matches!(v, SpecValue::Text(_))) {
+                (PropValue::Nodes(set), true) => {
                     match lists.iter_mut().find(|(name, _)| name == k) {
-                        Some((_, set)) => set.extend_parse(text)?,
-                        None => lists.push((k, NodeSet::parse(text)?)),
+                        Some((_, all)) => *all = all.iter().chain(set.iter()).collect(),
+                        None => lists.push((k, set)),
                     }
                 }
-                SpecValue::Text(text) => b.set(k, ty.parse_with(k, text, objects)?)?,
-                #[cfg(feature = "json")]
-                SpecValue::Json(j) => {
-                    b.set(k, crate::props::json::from_json(k, ty, j, objects)?)?
-                }
+                (value, _) => b.set(k, value)?,
             }
         }
         for (k, set) in lists {
@@ -169,7 +229,7 @@ impl ObjectSpec {
                 prop: k.clone(),
             })?;
             let ids = match v {
-                SpecValue::Text(text) => parse_u16_list(k, text)?,
+                SpecValue::Text(text) => keyval::u16_item(k, text)?,
                 #[cfg(feature = "json")]
                 SpecValue::Json(j) => crate::props::json::u16_list(k, j)?,
             };

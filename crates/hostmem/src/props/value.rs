@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::context::{ContextLink, ThreadContext};
 use crate::error::{Error, Result};
 use crate::numa::{NodeSet, Policy};
-use crate::size::parse_size;
+use crate::size::{parse_c_uint, parse_size};
 
 /// QEMU's OnOffAuto (the file backend's `rom`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -102,11 +102,12 @@ impl PropType {
             PropType::Bool => parse_bool(text)
                 .map(PropValue::Bool)
                 .ok_or(bad("'on' or 'off'")),
-            PropType::U32 => text
-                .trim()
-                .parse::<u32>()
-                .map(|v| PropValue::Int(v.into()))
-                .map_err(|_| bad("uint32_t")),
+            PropType::U32 => {
+                let v = parse_c_uint(text).ok_or(bad("a uint64 value"))?;
+                u32::try_from(v)
+                    .map(|v| PropValue::Int(v.into()))
+                    .map_err(|_| bad("uint32_t"))
+            }
             PropType::Nodes => Ok(PropValue::Nodes(NodeSet::parse(text)?)),
             PropType::Policy => text
                 .parse::<Policy>()
