@@ -90,7 +90,8 @@ fn kvm_takes_split_backends_as_dirty_logged_slots_and_vm_memory_tracks_writes() 
     }
     drop(slots);
     // Slots deleted: the same slot number takes another range again.
-    let again = KvmSlot::new(&vm, 0, 0, Arc::clone(&regions[2])).unwrap();
+    let again = KvmSlot::new(&vm, 7, 0, Arc::clone(&regions[2])).unwrap();
+    assert_eq!(again.slot(), 7);
     drop(again);
     drop((mem, regions));
     assert!(!memfd.is_in_use() && !ram.is_in_use());
@@ -117,6 +118,7 @@ fn kvm_slots_live_beside_an_owned_vm_and_dirty_logging_switches_on_a_live_slot()
         vm,
     };
     let enoent = rustix::io::Errno::NOENT.raw_os_error();
+    assert_eq!(vmm.slots[0].slot(), 0);
     let e = vmm.slots[0].dirty_log().unwrap_err();
     assert_eq!(e.errno(), enoent, "no log before logging is on: {e}");
     vmm.slots[0].set_dirty_logging(true).unwrap();
