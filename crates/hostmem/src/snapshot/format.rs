@@ -290,6 +290,8 @@ impl Header {
             .checked_mul(ENTRY)
             .and_then(|t| t.checked_add(self.table_offset))
             .ok_or("the block table's end overflows")?;
+        // A raw file (version 0) has no table in it: its regions start at 0.
+        let table_end = if self.version == 0 { 0 } else { table_end };
         let (mut next_block, mut file_end) = (0u64, table_end);
         for (i, r) in self.regions.iter().enumerate() {
             let bad = |what: &str| format!("region {i}: {what}");

@@ -31,12 +31,12 @@ impl Memory {
     pub(crate) fn new(hold: InUse) -> io::Result<Memory> {
         let file = match hold.0.fd_and_offset() {
             Some((fd, off)) => Some((File::from(fd.try_clone()?), off)),
+            None if hold.is_shared() => shmem_of(&hold),
             None => None,
         };
+        // Shared memory is described by its file. Private memory (anonymous, or a
+        // private file mapping's copied pages) by the pagemap.
         let shared = hold.is_shared() && file.is_some();
-        // Shared memory without a file (ram with share=on) is shmem the pagemap cannot
-        // speak for: a swapped-out shared page shows neither present nor swapped. Such
-        // memory is read whole.
         let pagemap = if hold.is_shared() {
             None
         } else {
@@ -101,24 +101,37 @@ impl Memory {
     }
 
     /// Makes `[off, off+len)` read as zeros, freeing its pages where the kernel can:
-    /// a hole punched in a shared file (whole pages of it), pages dropped from private
-    /// anonymous memory; anything else (a private file mapping, whose dropped pages
-    /// would read the file again) is written with zeros.
+    /// MADV_REMOVE on shared memory (a hole punched in its file), MADV_DONTNEED on
+    /// private anonymous memory; anything else (a private file mapping, whose dropped
+    /// pages would read the file again, a file system that cannot punch holes) is
+    /// written with zeros.
     pub(crate) fn clear(&self, off: u64, len: u64) -> io::Result<()> {
-        let whole_pages =
-            off.is_multiple_of(self.page_size()) && len.is_multiple_of(self.page_size());
-        match self.hold.0.fd_and_offset() {
-            Some((fd, base)) if self.shared && whole_pages => {
-                crate::sys::punch_hole(fd, base + off, len)
+        let page = self.page_size();
+        if off.is_multiple_of(page) && len.is_multiple_of(page) {
+            let map = &self.hold.0.mapped.map;
+            let (o, l) = (off as usize, len as usize);
+            let freed = if self.hold.is_shared() {
+                map.madvise(o, l, libc::MADV_REMOVE)
+            } else if self.file.is_none() {
+                map.madvise(o, l, libc::MADV_DONTNEED)
+            } else {
+                Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+            };
+            if freed.is_ok() {
+                return Ok(());
             }
-            None if whole_pages && !self.hold.is_shared() => {
-                self.hold
-                    .0
-                    .mapped
-                    .map
-                    .madvise(off as usize, len as usize, libc::MADV_DONTNEED)
-            }
-            _ => self.hold.fill(off as usize, len as usize, 0),
         }
+        self.hold.fill(off as usize, len as usize, 0)
     }
+}
+
+/// The shmem file behind shared anonymous memory, through /proc/self/map_files (which
+/// the kernel opens for CAP_SYS_ADMIN only): with it, holes are found by SEEK_DATA and
+/// swapped-out pages still count as data. Without it, the memory is read whole.
+fn shmem_of(hold: &InUse) -> Option<(File, u64)> {
+    let (start, end) = (hold.host_addr(), hold.host_addr() + hold.len());
+    let f = File::open(format!("/proc/self/map_files/{start:x}-{end:x}")).ok()?;
+    // The whole mapping is one VMA from offset 0 of its shmem file only if the file is
+    // exactly as long as the mapping.
+    (f.metadata().ok()?.len() == hold.len() as u64).then_some((f, 0))
 }
