@@ -314,7 +314,9 @@ impl Header {
                 .file_offset
                 .checked_add(r.len)
                 .ok_or_else(|| bad("overflows"))?;
-            next_block += r.len.div_ceil(bs);
+            next_block = next_block
+                .checked_add(r.len.div_ceil(bs))
+                .ok_or_else(|| bad("its blocks overflow"))?;
         }
         if next_block != self.blocks {
             return Err(format!(

@@ -7,6 +7,7 @@
 mod common;
 
 mod faults;
+mod measure;
 mod round_trip;
 
 use std::fs::File;

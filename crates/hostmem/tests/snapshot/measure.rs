@@ -1,0 +1,95 @@
+//! One measurement, run by hand (`cargo test --release -p hostmem --test snapshot --
+//! --ignored --nocapture measure`): save and copy-restore of a 1 GiB memfd half filled,
+//! warm, against a plain sequential write and read of the same bytes in the same run.
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::time::Instant;
+
+use crate::common::*;
+use crate::*;
+use hostmem::snapshot::{self, Image, RestoreOptions, SaveOptions};
+use hostmem::{Backend, Kind, Progress};
+
+fn gib_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / secs / GIB as f64
+}
+
+#[test]
+#[ignore = "a measurement, not a check: run by hand"]
+fn measure_save_and_restore_against_plain_copies() {
+    let size = GIB;
+    let dir = TempDir::new("measure");
+    let src = Backend::builder(Kind::Memfd, "src")
+        .size(size)
+        .create()
+        .unwrap();
+    let hold = src.hold().unwrap();
+    // Every other 2 MiB block holds data: 512 MiB.
+    let data: Vec<u64> = (0..size / BLOCK).filter(|b| b % 2 == 0).collect();
+    for &b in &data {
+        hold.write_at((b * BLOCK) as usize, &random_bytes(b, BLOCK as usize))
+            .unwrap();
+    }
+    let bytes = data.len() as u64 * BLOCK;
+    let mut buf = vec![0u8; BLOCK as usize];
+
+    for round in 0..2 {
+        // Plain sequential write: the data blocks, one thread, into a plain file.
+        let plain = dir.path().join("plain.raw");
+        let t = Instant::now();
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&plain)
+            .unwrap();
+        for &b in &data {
+            hold.read_at((b * BLOCK) as usize, &mut buf).unwrap();
+            f.write_all(&buf).unwrap();
+        }
+        let plain_write = t.elapsed().as_secs_f64();
+
+        let img = dir.path().join("mem.img");
+        let t = Instant::now();
+        snapshot::save(&src, &img, &SaveOptions::default(), &Progress::new()).unwrap();
+        let save = t.elapsed().as_secs_f64();
+
+        // Plain sequential read: the plain file back into a fresh memfd.
+        let dst = Backend::builder(Kind::Memfd, "dst")
+            .size(size)
+            .create()
+            .unwrap();
+        let dh = dst.hold().unwrap();
+        let t = Instant::now();
+        for (i, &b) in data.iter().enumerate() {
+            f.read_exact_at(&mut buf, i as u64 * BLOCK).unwrap();
+            dh.write_at((b * BLOCK) as usize, &buf).unwrap();
+        }
+        let plain_read = t.elapsed().as_secs_f64();
+        drop((dh, dst));
+
+        let dst = Backend::builder(Kind::Memfd, "dst")
+            .size(size)
+            .create()
+            .unwrap();
+        let t = Instant::now();
+        let image = Image::open(&img).unwrap();
+        snapshot::restore(&image, &dst, &RestoreOptions::default(), &Progress::new()).unwrap();
+        let restore = t.elapsed().as_secs_f64();
+        println!(
+            "round {round}: {} MiB of data in 1 GiB, {} threads\n  \
+             save    {save:.3} s = {:.2} GiB/s of data; plain write {plain_write:.3} s = {:.2} GiB/s; ratio {:.2}\n  \
+             restore {restore:.3} s = {:.2} GiB/s of data; plain read  {plain_read:.3} s = {:.2} GiB/s; ratio {:.2}",
+            bytes / MIB,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            gib_s(bytes, save),
+            gib_s(bytes, plain_write),
+            plain_write / save,
+            gib_s(bytes, restore),
+            gib_s(bytes, plain_read),
+            plain_read / restore,
+        );
+    }
+}
