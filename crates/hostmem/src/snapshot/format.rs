@@ -24,6 +24,8 @@ pub(crate) const PREAMBLE: u64 = 32;
 pub(crate) const ENTRY: u64 = 16;
 /// Largest JSON header accepted (a damaged length must not make us allocate gigabytes).
 const MAX_HEADER: u64 = 16 << 20;
+/// Largest block accepted: a thread's buffer is one block.
+pub const MAX_BLOCK_SIZE: u64 = 1 << 30;
 /// Largest block table accepted: 16 Mi blocks, 32 TiB at 2 MiB.
 const MAX_BLOCKS: u64 = 16 << 20;
 
@@ -276,8 +278,10 @@ impl Header {
                 "page size {ps} is not a power of two of at least 4096"
             ));
         }
-        if bs == 0 || bs % 4096 != 0 {
-            return Err(format!("block size {bs} is not a multiple of 4096"));
+        if bs == 0 || bs % 4096 != 0 || bs > MAX_BLOCK_SIZE {
+            return Err(format!(
+                "block size {bs} is not a multiple of 4096 up to {MAX_BLOCK_SIZE}"
+            ));
         }
         if self.blocks > MAX_BLOCKS {
             return Err(format!(
@@ -325,6 +329,12 @@ impl Header {
             ));
         }
         Ok(())
+    }
+
+    /// Bytes of the largest block: what a thread's buffer needs.
+    pub(crate) fn buffer_len(&self) -> usize {
+        let longest = self.regions.iter().map(|r| r.len).max().unwrap_or(0);
+        longest.min(self.block_size) as usize
     }
 
     /// Bytes of the file the image needs: the end of the last region.

@@ -26,7 +26,9 @@ mod restore;
 mod save;
 
 pub use error::{BlockFault, SnapshotError};
-pub use format::{BlockAt, BlockKind, Header, Image, RawRegion, RegionEntry, MAGIC, VERSION};
+pub use format::{
+    BlockAt, BlockKind, Header, Image, RawRegion, RegionEntry, MAGIC, MAX_BLOCK_SIZE, VERSION,
+};
 pub use restore::{restore, RestoreOptions, RestoreReport, VerifyReport};
 pub use save::{save, save_ranges, SaveOptions, SaveReport};
 

@@ -110,7 +110,7 @@ impl Image {
         let lens = par::run(
             h.blocks,
             par::threads_for(h.memory_len(), threads),
-            h.block_size as usize,
+            h.buffer_len(),
             progress,
             |i| h.block(i).map_or(0, |b| b.len),
             |i, buf| {
@@ -172,7 +172,7 @@ pub fn restore(
     let done = par::run(
         h.blocks,
         par::threads_for(h.memory_len(), opts.threads),
-        h.block_size as usize,
+        h.buffer_len(),
         progress,
         |i| h.block(i).map_or(0, |b| b.len),
         |i, buf| {

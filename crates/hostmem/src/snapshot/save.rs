@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde_json::{Map, Value};
 
-use super::format::{encode_table, preamble, BlockKind, Header, PREAMBLE};
+use super::format::{encode_table, preamble, BlockKind, Header, MAX_BLOCK_SIZE, PREAMBLE};
 use super::memory::Memory;
 use super::{block_checksum, is_zero, par, BlockFault, Result, SnapshotError};
 use crate::{Backend, Progress, PropValue};
@@ -89,9 +89,9 @@ pub fn save_ranges(
     };
     let mem = Memory::new(backend.hold()?).map_err(io("opening the backend's memory for"))?;
     let (page, bs) = (mem.page_size(), opts.block_size);
-    if bs == 0 || bs % 4096 != 0 {
+    if bs == 0 || !bs.is_multiple_of(4096) || bs > MAX_BLOCK_SIZE {
         return Err(SnapshotError::Mismatch(format!(
-            "block size {bs} is not a multiple of 4096"
+            "block size {bs} is not a multiple of 4096 up to {MAX_BLOCK_SIZE}"
         )));
     }
     for &(off, len) in ranges {
@@ -131,7 +131,7 @@ pub fn save_ranges(
     let saved = par::run(
         header.blocks,
         par::threads_for(header.memory_len(), opts.threads),
-        bs as usize,
+        header.buffer_len(),
         progress,
         |i| block(i).map_or(0, |b| b.len),
         |i, buf| save_block(&mem, &file, &header, i, buf),
