@@ -187,3 +187,41 @@ fn save_of_ranges_restores_only_those_ranges() {
     }
     assert_same_bytes(&read_memory(&dst), &expect, "ranges");
 }
+
+#[test]
+fn private_file_round_trip_keeps_the_files_bytes_and_the_copied_pages() {
+    // share=off over a file that already has data: memory reads the file where the
+    // guest did not write, and the guest's writes live in private copies the file never
+    // sees. Both must be saved: the file's block 10, and the scattered writes.
+    let dir = TempDir::new("file-private");
+    let image_path = dir.path().join("mem.img");
+    let backing = dir.path().join("src.ram");
+    let old = random_bytes(99, BLOCK as usize);
+    let f = std::fs::File::create(&backing).unwrap();
+    f.set_len(SIZE).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &old, 10 * BLOCK).unwrap();
+    let src = Backend::builder(Kind::File, "src")
+        .size(SIZE)
+        .mem_path(&backing)
+        .share(false)
+        .create()
+        .unwrap();
+    let mut want = scatter(&src.hold().unwrap(), 21);
+    want.bytes[(10 * BLOCK) as usize..(11 * BLOCK) as usize].copy_from_slice(&old);
+    snapshot::save(&src, &image_path, &SaveOptions::default(), &Progress::new()).unwrap();
+    let on_file = std::fs::read(&backing).unwrap();
+    assert!(
+        on_file[..(10 * BLOCK) as usize].iter().all(|&b| b == 0),
+        "share=off wrote the file: the test's premise is wrong"
+    );
+
+    let dst = Backend::builder(Kind::File, "dst")
+        .size(SIZE)
+        .mem_path(dir.path().join("dst.ram"))
+        .share(false)
+        .create()
+        .unwrap();
+    let image = Image::open(&image_path).unwrap();
+    snapshot::restore(&image, &dst, &RestoreOptions::default(), &Progress::new()).unwrap();
+    assert_same_bytes(&read_memory(&dst), &want.bytes, "file share=off");
+}
