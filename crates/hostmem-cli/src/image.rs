@@ -111,11 +111,20 @@ fn verify(file: &std::path::Path, json: bool, threads: usize) -> (String, bool) 
     }
 }
 
+/// Whether a block's bytes are in this file.
+fn is_data(b: &BlockKind) -> bool {
+    matches!(b, BlockKind::Data { .. } | BlockKind::Unchecked)
+}
+
+fn count(image: &Image, pick: impl Fn(&BlockKind) -> bool) -> usize {
+    image.blocks().iter().filter(|b| pick(b)).count()
+}
+
 /// Runs of equal kind over the block table: (first, last, is data).
 fn runs(image: &Image) -> Vec<(u64, u64, bool)> {
     let mut out: Vec<(u64, u64, bool)> = Vec::new();
     for (i, b) in image.blocks().iter().enumerate() {
-        let data = *b != BlockKind::Hole;
+        let data = is_data(b);
         match out.last_mut() {
             Some(last) if last.2 == data && last.1 + 1 == i as u64 => last.1 = i as u64,
             _ => out.push((i as u64, i as u64, data)),
@@ -135,15 +144,17 @@ fn info_json(image: &Image) -> Value {
         "schema-version": SCHEMA_VERSION,
         "image": image.path(),
         "header": image.header().to_json(),
-        "data-blocks": image.blocks().iter().filter(|b| **b != BlockKind::Hole).count(),
+        "data-blocks": count(image, is_data),
         "data-bytes": data,
-        "hole-bytes": image.header().memory_len() - data,
+        "base-blocks": count(image, |b| *b == BlockKind::Base),
+        "hole-blocks": count(image, |b| *b == BlockKind::Hole),
         "data-block-ranges": data_ranges,
     })
 }
 
-/// One character per block (`#` data, `.` hole), 64 to a line; past 4096 blocks each
-/// character stands for several (`#` if any of them is data).
+/// One character per block (`#` data, `=` left to a diff's base, `.` hole), 64 to a
+/// line; past 4096 blocks each character stands for several (the first of `#`, `=`
+/// that any of them is).
 fn block_map(image: &Image) -> String {
     let n = image.blocks().len();
     let per = n.div_ceil(4096).max(1);
@@ -151,8 +162,10 @@ fn block_map(image: &Image) -> String {
         .blocks()
         .chunks(per)
         .map(|c| {
-            if c.iter().any(|b| *b != BlockKind::Hole) {
+            if c.iter().any(is_data) {
                 '#'
+            } else if c.contains(&BlockKind::Base) {
+                '='
             } else {
                 '.'
             }
@@ -173,11 +186,8 @@ fn block_map(image: &Image) -> String {
 fn info_text(image: &Image) -> String {
     let h = image.header();
     let data = image.data_bytes();
-    let data_blocks = image
-        .blocks()
-        .iter()
-        .filter(|b| **b != BlockKind::Hole)
-        .count();
+    let data_blocks = count(image, is_data);
+    let base_blocks = count(image, |b| *b == BlockKind::Base);
     let mut s = format!(
         "{}: hostmem image v{}, xxh3-64 checksums\n",
         image.path().display(),
@@ -191,14 +201,17 @@ fn info_text(image: &Image) -> String {
         format_size(h.page_size)
     );
     s += &format!(
-        "blocks: {} of {}: {} data ({}), {} holes ({})\n",
+        "blocks: {} of {}: {} data ({}), {} holes",
         h.blocks,
         format_size(h.block_size),
         data_blocks,
         format_size(data),
-        h.blocks as usize - data_blocks,
-        format_size(h.memory_len() - data)
+        h.blocks as usize - data_blocks - base_blocks,
     );
+    s += &match h.base {
+        Some(base) => format!(", {base_blocks} in the base (a diff on image {base:#018x})\n"),
+        None => format!(" ({})\n", format_size(h.memory_len() - data)),
+    };
     s += "regions:\n";
     for (i, r) in h.regions.iter().enumerate() {
         s += &format!(
@@ -210,7 +223,7 @@ fn info_text(image: &Image) -> String {
             r.first_block + r.len.div_ceil(h.block_size) - 1
         );
     }
-    s += "block map (# data, . hole):\n";
+    s += "block map (# data, . hole, = in the base):\n";
     s += &block_map(image);
     s
 }

@@ -5,13 +5,8 @@
 //! the magic and version, the header and table checksum, and every offset and length,
 //! with checked arithmetic, against each other.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-
 use serde_json::{json, Map, Value};
 
-use super::{Result, SnapshotError};
 use crate::Kind;
 
 /// The first 8 bytes of every image.
@@ -23,7 +18,7 @@ pub(crate) const PREAMBLE: u64 = 32;
 /// Bytes of one block table entry: checksum (u64 LE), kind (u32 LE), reserved (u32).
 pub(crate) const ENTRY: u64 = 16;
 /// Largest JSON header accepted (a damaged length must not make us allocate gigabytes).
-const MAX_HEADER: u64 = 16 << 20;
+pub(crate) const MAX_HEADER: u64 = 16 << 20;
 /// Largest block accepted: a thread's buffer is one block.
 pub const MAX_BLOCK_SIZE: u64 = 1 << 30;
 /// Largest block table accepted: 16 Mi blocks, 32 TiB at 2 MiB.
@@ -53,8 +48,11 @@ pub enum BlockKind {
         /// xxh3-64 of the block's bytes.
         checksum: u64,
     },
-    /// Bytes in a raw file read with [`Image::open_raw`]: no checksum to verify.
+    /// Bytes in a raw file read with [`Image::open_raw`](super::Image::open_raw): no
+    /// checksum to verify.
     Unchecked,
+    /// Unchanged since the base image of a diff: the base's block of the same index.
+    Base,
 }
 
 /// Where one block is.
@@ -91,6 +89,9 @@ pub struct Header {
     pub properties: Map<String, Value>,
     /// The regions, in file order.
     pub regions: Vec<RegionEntry>,
+    /// For a diff image: the header checksum of its base image
+    /// ([`Image::checksum`](super::Image::checksum)).
+    pub base: Option<u64>,
     /// Offset of the block table in the file.
     pub table_offset: u64,
     /// Entries in the block table.
@@ -102,19 +103,16 @@ fn align_up(v: u64, a: u64) -> Option<u64> {
 }
 
 impl Header {
-    /// Lays out a new image of `ranges` (backend offset, length) of a backend: the
-    /// table after the JSON, each region at the next multiple of the block size (and
-    /// page size), so a region can later be mapped from the file as it is.
-    pub(crate) fn plan(
-        ranges: &[(u64, u64)],
+    /// A header for a new image of a backend, before its layout.
+    pub(crate) fn new(
         block_size: u64,
         page_size: u64,
         backend_len: u64,
         kind: Option<String>,
         id: Option<String>,
         properties: Map<String, Value>,
-    ) -> Option<Header> {
-        let mut h = Header {
+    ) -> Header {
+        Header {
             version: VERSION,
             block_size,
             page_size,
@@ -123,9 +121,18 @@ impl Header {
             id,
             properties,
             regions: Vec::new(),
+            base: None,
             table_offset: 0,
             blocks: 0,
-        };
+        }
+    }
+
+    /// Lays out the image of `ranges` (backend offset, length) of the backend: the
+    /// table after the JSON, each region at the next multiple of the block size (and
+    /// page size), so a region can later be mapped from the file as it is.
+    pub(crate) fn plan(self, ranges: &[(u64, u64)]) -> Option<Header> {
+        let mut h = self;
+        let (block_size, page_size) = (h.block_size, h.page_size);
         for &(backend_offset, len) in ranges {
             h.regions.push(RegionEntry {
                 backend_offset,
@@ -207,6 +214,7 @@ impl Header {
             "id": self.id,
             "properties": self.properties,
             "regions": regions,
+            "base": self.base,
             "table_offset": self.table_offset,
             "blocks": self.blocks,
         })
@@ -218,7 +226,7 @@ impl Header {
     }
 
     /// Reads and checks a v1 header's JSON.
-    fn from_json(v: &Value) -> std::result::Result<Header, String> {
+    pub(crate) fn from_json(v: &Value) -> std::result::Result<Header, String> {
         let num = |key: &str| -> std::result::Result<u64, String> {
             v.get(key)
                 .and_then(Value::as_u64)
@@ -263,6 +271,7 @@ impl Header {
                 .cloned()
                 .unwrap_or_default(),
             regions,
+            base: v.get("base").and_then(Value::as_u64),
             table_offset: num("table_offset")?,
             blocks: num("blocks")?,
         };
@@ -271,7 +280,7 @@ impl Header {
     }
 
     /// Every offset and length against the others: what makes later arithmetic safe.
-    fn check(&self) -> std::result::Result<(), String> {
+    pub(crate) fn check(&self) -> std::result::Result<(), String> {
         let (bs, ps) = (self.block_size, self.page_size);
         if !ps.is_power_of_two() || ps < 4096 {
             return Err(format!(
@@ -357,7 +366,7 @@ pub(crate) fn preamble(json: &[u8], table: &[u8]) -> [u8; PREAMBLE as usize] {
     p
 }
 
-fn header_checksum(json: &[u8], table: &[u8]) -> u64 {
+pub(crate) fn header_checksum(json: &[u8], table: &[u8]) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(json);
     h.update(table);
@@ -371,7 +380,10 @@ pub(crate) fn encode_table(blocks: &[BlockKind]) -> Vec<u8> {
         let (sum, kind) = match *b {
             BlockKind::Hole => (0, 0u32),
             BlockKind::Data { checksum } => (checksum, 1),
-            BlockKind::Unchecked => (0, 2),
+            BlockKind::Base => (0, 2),
+            // Only raw files have unchecked blocks, and they have no table: a kind
+            // readers refuse.
+            BlockKind::Unchecked => (0, u32::MAX),
         };
         t.extend_from_slice(&sum.to_le_bytes());
         t.extend_from_slice(&kind.to_le_bytes());
@@ -380,7 +392,7 @@ pub(crate) fn encode_table(blocks: &[BlockKind]) -> Vec<u8> {
     t
 }
 
-fn decode_table(t: &[u8]) -> std::result::Result<Vec<BlockKind>, String> {
+pub(crate) fn decode_table(t: &[u8]) -> std::result::Result<Vec<BlockKind>, String> {
     t.chunks_exact(ENTRY as usize)
         .enumerate()
         .map(|(i, e)| {
@@ -388,191 +400,9 @@ fn decode_table(t: &[u8]) -> std::result::Result<Vec<BlockKind>, String> {
             match u32::from_le_bytes(e[8..12].try_into().unwrap_or_default()) {
                 0 => Ok(BlockKind::Hole),
                 1 => Ok(BlockKind::Data { checksum: sum }),
+                2 => Ok(BlockKind::Base),
                 k => Err(format!("block {i} has unknown kind {k}")),
             }
         })
         .collect()
-}
-
-/// A layout region of a raw memory file (Firecracker's): regions back to back in the
-/// file in the order given, each at `backend_offset` in the backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RawRegion {
-    /// Where the region goes in the backend.
-    pub backend_offset: u64,
-    /// Its length (whole pages).
-    pub len: u64,
-}
-
-/// An image file opened and checked: its header and block table.
-#[derive(Debug)]
-pub struct Image {
-    path: PathBuf,
-    file: File,
-    header: Header,
-    table: Vec<BlockKind>,
-}
-
-impl Image {
-    /// Opens a v1 image: magic, version, header and table checksum, layout checks.
-    /// Block checksums are checked by [`Image::verify`] and as a restore reads them.
-    pub fn open(path: impl AsRef<Path>) -> Result<Image> {
-        let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|source| SnapshotError::Io {
-            what: "opening image",
-            path: path.clone(),
-            source,
-        })?;
-        let bad = |reason: String| SnapshotError::Format {
-            path: path.clone(),
-            reason,
-        };
-        let read = |off: u64, len: u64, what: &str| -> Result<Vec<u8>> {
-            let mut buf = vec![0u8; len as usize];
-            file.read_exact_at(&mut buf, off)
-                .map_err(|e| bad(format!("{what} cannot be read ({e})")))?;
-            Ok(buf)
-        };
-        let pre = read(0, PREAMBLE, "the preamble")?;
-        if pre[..8] != MAGIC {
-            return Err(bad("not a hostmem image (no HOSTMEMI magic)".into()));
-        }
-        let version = u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]]);
-        if version != VERSION {
-            return Err(bad(format!(
-                "image format version {version}; this hostmem reads version {VERSION}"
-            )));
-        }
-        let json_len = u64::from(u32::from_le_bytes([pre[12], pre[13], pre[14], pre[15]]));
-        if json_len > MAX_HEADER {
-            return Err(bad(format!("a {json_len}-byte header is too large")));
-        }
-        let json = read(PREAMBLE, json_len, "the header")?;
-        let v: Value = serde_json::from_slice(&json)
-            .map_err(|e| bad(format!("the header is not JSON ({e})")))?;
-        let header = Header::from_json(&v).map_err(bad)?;
-        if header.table_offset < PREAMBLE + json_len {
-            return Err(bad("the block table overlaps the header".into()));
-        }
-        let table = read(
-            header.table_offset,
-            header.blocks * ENTRY,
-            "the block table",
-        )?;
-        let stored = u64::from_le_bytes(pre[16..24].try_into().unwrap_or_default());
-        let found = header_checksum(&json, &table);
-        if stored != found {
-            return Err(bad(format!(
-                "header checksum mismatch (stored {stored:#018x}, header and table hash to {found:#018x})"
-            )));
-        }
-        let table = decode_table(&table).map_err(bad)?;
-        Ok(Image {
-            path,
-            file,
-            header,
-            table,
-        })
-    }
-
-    /// Opens a raw memory file (Firecracker's snapshot memory file) with its layout
-    /// given: `regions` back to back in the file, of a backend of `backend_len` bytes.
-    /// Blocks the file system reports as holes are holes; every other block is
-    /// [`BlockKind::Unchecked`]: a raw file carries no checksums.
-    pub fn open_raw(
-        path: impl AsRef<Path>,
-        regions: &[RawRegion],
-        backend_len: u64,
-        page_size: u64,
-    ) -> Result<Image> {
-        let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|source| SnapshotError::Io {
-            what: "opening raw memory file",
-            path: path.clone(),
-            source,
-        })?;
-        let bs = super::DEFAULT_BLOCK_SIZE;
-        let mut header = Header {
-            version: 0,
-            block_size: bs,
-            page_size,
-            backend_len,
-            kind: None,
-            id: None,
-            properties: Map::new(),
-            regions: Vec::new(),
-            table_offset: 0,
-            blocks: 0,
-        };
-        let mut at = 0u64;
-        for r in regions {
-            header.regions.push(RegionEntry {
-                backend_offset: r.backend_offset,
-                len: r.len,
-                file_offset: at,
-                first_block: header.blocks,
-            });
-            at = at.saturating_add(r.len);
-            header.blocks = header.blocks.saturating_add(r.len.div_ceil(bs));
-        }
-        let bad = |reason: String| SnapshotError::Format {
-            path: path.clone(),
-            reason,
-        };
-        header
-            .check()
-            .map_err(|e| bad(format!("raw layout: {e}")))?;
-        let size = file
-            .metadata()
-            .map_err(|e| bad(format!("cannot stat ({e})")))?
-            .len();
-        if size < at {
-            return Err(bad(format!("the file has {size} bytes, the layout {at}")));
-        }
-        let mut table = Vec::with_capacity(header.blocks as usize);
-        for i in 0..header.blocks {
-            let b = header.block(i).ok_or_else(|| bad("layout".into()))?;
-            let data = crate::sys::seek::may_hold_data(&file, b.file_offset, b.len)
-                .map_err(|e| bad(format!("SEEK_DATA failed ({e})")))?;
-            table.push(if data {
-                BlockKind::Unchecked
-            } else {
-                BlockKind::Hole
-            });
-        }
-        Ok(Image {
-            path,
-            file,
-            header,
-            table,
-        })
-    }
-
-    /// The header.
-    pub fn header(&self) -> &Header {
-        &self.header
-    }
-
-    /// The block table, one entry per block.
-    pub fn blocks(&self) -> &[BlockKind] {
-        &self.table
-    }
-
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Bytes of the memory held as data (not holes).
-    pub fn data_bytes(&self) -> u64 {
-        (0..self.header.blocks)
-            .filter(|&i| self.table[i as usize] != BlockKind::Hole)
-            .filter_map(|i| self.header.block(i))
-            .map(|b| b.len)
-            .sum()
-    }
-
-    pub(crate) fn file(&self) -> &File {
-        &self.file
-    }
 }

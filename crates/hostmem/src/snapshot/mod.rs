@@ -18,17 +18,19 @@
 //!
 //! Lazy (userfaultfd) and private-mapping restores and diff images are not here yet.
 
+mod diff;
 mod error;
 mod format;
+mod image;
 mod memory;
 mod par;
 mod restore;
 mod save;
 
+pub use diff::{restore_diff, save_diff, Dirty};
 pub use error::{BlockFault, SnapshotError};
-pub use format::{
-    BlockAt, BlockKind, Header, Image, RawRegion, RegionEntry, MAGIC, MAX_BLOCK_SIZE, VERSION,
-};
+pub use format::{BlockAt, BlockKind, Header, RegionEntry, MAGIC, MAX_BLOCK_SIZE, VERSION};
+pub use image::{Image, RawRegion};
 pub use restore::{restore, RestoreOptions, RestoreReport, VerifyReport};
 pub use save::{save, save_ranges, SaveOptions, SaveReport};
 

@@ -4,7 +4,8 @@
 use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
-use super::format::{BlockAt, BlockKind, Image};
+use super::format::{BlockAt, BlockKind};
+use super::image::Image;
 use super::memory::Memory;
 use super::{block_checksum, par, BlockFault, Result, SnapshotError};
 use crate::{Backend, Progress};
@@ -43,6 +44,8 @@ pub struct VerifyReport {
     pub data_bytes: u64,
     /// Blocks without a checksum (a raw file): read, not checked.
     pub unchecked_blocks: u64,
+    /// Blocks a diff leaves to its base (not read: verify the base for them).
+    pub base_blocks: u64,
 }
 
 enum Done {
@@ -115,7 +118,7 @@ impl Image {
             |i| h.block(i).map_or(0, |b| b.len),
             |i, buf| {
                 let b = self.at(i)?;
-                if self.blocks()[i as usize] == BlockKind::Hole {
+                if matches!(self.blocks()[i as usize], BlockKind::Hole | BlockKind::Base) {
                     return Ok(None);
                 }
                 self.read_checked(&b, buf)?;
@@ -127,6 +130,7 @@ impl Image {
             data_blocks: 0,
             data_bytes: 0,
             unchecked_blocks: 0,
+            base_blocks: 0,
         };
         for (kind, len) in self.blocks().iter().zip(lens) {
             match (kind, len) {
@@ -135,6 +139,7 @@ impl Image {
                     r.data_bytes += n;
                 }
                 (BlockKind::Unchecked, _) => r.unchecked_blocks += 1,
+                (BlockKind::Base, _) => r.base_blocks += 1,
                 _ => {}
             }
         }
@@ -153,7 +158,25 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &Progress,
 ) -> Result<RestoreReport> {
+    restore_from(image, None, backend, opts, progress)
+}
+
+/// [`restore`], with the base of a diff image for the blocks the diff leaves to it
+/// (the caller has checked that `base` is the diff's base).
+pub(crate) fn restore_from(
+    image: &Image,
+    base: Option<&Image>,
+    backend: &Backend,
+    opts: &RestoreOptions,
+    progress: &Progress,
+) -> Result<RestoreReport> {
     let h = image.header();
+    if h.base.is_some() && base.is_none() {
+        return Err(SnapshotError::Mismatch(format!(
+            "{} is a diff image: restore it with its base (snapshot::restore_diff)",
+            image.path().display()
+        )));
+    }
     let mem = Memory::new(backend.hold()?).map_err(|source| SnapshotError::Io {
         what: "opening the backend's memory for",
         path: image.path().to_path_buf(),
@@ -176,9 +199,17 @@ pub fn restore(
         progress,
         |i| h.block(i).map_or(0, |b| b.len),
         |i, buf| {
-            let b = image.at(i)?;
+            // A block the diff leaves to its base comes from the base, checked there.
+            let source = match (image.blocks()[i as usize], base) {
+                (BlockKind::Base, Some(base)) => base,
+                _ => image,
+            };
+            let b = source.at(i)?;
             let write = |e| image.block_error(&b, BlockFault::Write(e));
-            if image.blocks()[i as usize] == BlockKind::Hole {
+            if matches!(
+                source.blocks()[i as usize],
+                BlockKind::Hole | BlockKind::Base
+            ) {
                 let held = mem
                     .may_hold_data(b.backend_offset, b.len)
                     .map_err(|e| image.block_error(&b, BlockFault::Read(e)))?;
@@ -188,7 +219,7 @@ pub fn restore(
                 mem.clear(b.backend_offset, b.len).map_err(write)?;
                 return Ok(Done::Cleared);
             }
-            let bytes = image.read_checked(&b, buf)?;
+            let bytes = source.read_checked(&b, buf)?;
             mem.write(b.backend_offset, bytes).map_err(write)?;
             Ok(Done::Data(b.len))
         },

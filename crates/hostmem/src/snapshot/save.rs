@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::format::{encode_table, preamble, BlockKind, Header, MAX_BLOCK_SIZE, PREAMBLE};
 use super::memory::Memory;
-use super::{block_checksum, is_zero, par, BlockFault, Result, SnapshotError};
+use super::{block_checksum, is_zero, par, BlockFault, Dirty, Result, SnapshotError};
 use crate::{Backend, Progress, PropValue};
 
 /// How to save.
@@ -48,12 +48,15 @@ pub struct SaveReport {
     pub unread_holes: u64,
     /// Blocks read and found all zero: holes.
     pub zero_holes: u64,
+    /// Blocks of a diff with no dirty page: left to the base.
+    pub base_blocks: u64,
     /// Seconds the block copy took (not the header).
     pub secs: f64,
 }
 
 /// How one block was saved.
 enum Saved {
+    Base,
     Unread,
     Zero,
     Data(u64),
@@ -79,7 +82,25 @@ pub fn save_ranges(
     opts: &SaveOptions,
     progress: &Progress,
 ) -> Result<SaveReport> {
-    let path = path.as_ref();
+    save_image(backend, ranges, path.as_ref(), opts, progress, None)
+}
+
+/// What a diff is taken against: its base (by header checksum) and the pages written
+/// since the base was saved.
+pub(crate) struct Since<'a> {
+    pub base: u64,
+    pub dirty: &'a Dirty<'a>,
+}
+
+/// Saves `ranges`, or for a diff (`since`) only the blocks with a dirty page.
+pub(crate) fn save_image(
+    backend: &Backend,
+    ranges: &[(u64, u64)],
+    path: &Path,
+    opts: &SaveOptions,
+    progress: &Progress,
+    since: Option<Since<'_>>,
+) -> Result<SaveReport> {
     let io = |what: &'static str| {
         move |source| SnapshotError::Io {
             what,
@@ -103,16 +124,18 @@ pub fn save_ranges(
             )));
         }
     }
-    let header = Header::plan(
-        ranges,
+    let mut header = Header::new(
         bs,
         page,
         mem.len(),
         Some(backend.kind().qom_type().to_string()),
         Some(backend.id().to_string()),
         properties(backend),
-    )
-    .ok_or_else(|| SnapshotError::Mismatch("the image layout overflows".into()))?;
+    );
+    header.base = since.as_ref().map(|s| s.base);
+    let header = header
+        .plan(ranges)
+        .ok_or_else(|| SnapshotError::Mismatch("the image layout overflows".into()))?;
 
     let file = OpenOptions::new()
         .read(true)
@@ -134,7 +157,7 @@ pub fn save_ranges(
         header.buffer_len(),
         progress,
         |i| block(i).map_or(0, |b| b.len),
-        |i, buf| save_block(&mem, &file, &header, i, buf),
+        |i, buf| save_block(&mem, &file, &header, since.as_ref(), i, buf),
     )?;
     let secs = started.elapsed().as_secs_f64();
 
@@ -142,6 +165,7 @@ pub fn save_ranges(
         .iter()
         .map(|s| match *s {
             Saved::Data(checksum) => BlockKind::Data { checksum },
+            Saved::Base => BlockKind::Base,
             Saved::Unread | Saved::Zero => BlockKind::Hole,
         })
         .collect();
@@ -153,12 +177,14 @@ pub fn save_ranges(
         data_bytes: 0,
         unread_holes: 0,
         zero_holes: 0,
+        base_blocks: 0,
         secs,
     };
     for (i, s) in saved.iter().enumerate() {
         match s {
             Saved::Unread => report.unread_holes += 1,
             Saved::Zero => report.zero_holes += 1,
+            Saved::Base => report.base_blocks += 1,
             Saved::Data(_) => {
                 report.data_blocks += 1;
                 report.data_bytes += block(i as u64).map_or(0, |b| b.len);
@@ -168,10 +194,20 @@ pub fn save_ranges(
     Ok(report)
 }
 
-fn save_block(mem: &Memory, file: &File, header: &Header, i: u64, buf: &mut [u8]) -> Result<Saved> {
+fn save_block(
+    mem: &Memory,
+    file: &File,
+    header: &Header,
+    since: Option<&Since<'_>>,
+    i: u64,
+    buf: &mut [u8],
+) -> Result<Saved> {
     let b = header
         .block(i)
         .ok_or_else(|| SnapshotError::Mismatch(format!("block {i} is outside the layout")))?;
+    if since.is_some_and(|s| !s.dirty.any(b.backend_offset, b.len)) {
+        return Ok(Saved::Base);
+    }
     let fault = |fault| SnapshotError::Block {
         index: i,
         backend_offset: b.backend_offset,

@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod diff;
 mod faults;
 mod measure;
 mod round_trip;
