@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod cmdline;
 pub mod host;
+pub mod image;
 pub mod qmp;
 pub mod report;
 pub mod run;

@@ -40,6 +40,8 @@ pub mod preflight;
 pub mod props;
 pub mod remote;
 pub mod size;
+#[cfg(feature = "json")]
+pub mod snapshot;
 // The one module allowed to use `unsafe`; private to the crate.
 #[allow(unsafe_code)]
 pub(crate) mod sys;

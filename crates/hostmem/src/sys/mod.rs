@@ -14,6 +14,7 @@ mod mapping;
 mod numa;
 mod probe;
 mod promise;
+pub(crate) mod seek;
 mod thread;
 #[cfg(feature = "vm-memory")]
 pub(crate) mod vmm;

@@ -1,0 +1,155 @@
+//! Diff images: only the blocks with a page written since a base image was saved, the
+//! rest left to the base (block kind `Base`), named by the base's header checksum.
+//!
+//! The dirty pages come from the caller — KVM's dirty log, a vm-memory `AtomicBitmap`
+//! — because only the VMM knows what its guest wrote; the kernel's soft-dirty bits are
+//! not available for shared memory.
+
+use std::path::Path;
+
+use super::format::BlockKind;
+use super::image::Image;
+use super::restore::{restore_from, RestoreOptions, RestoreReport};
+use super::save::{save_image, SaveOptions, SaveReport, Since};
+use super::{Result, SnapshotError};
+use crate::{Backend, Progress};
+
+/// Pages written since the base was saved: bit `i % 64` of word `i / 64` is page `i` of
+/// the backend, pages of `page_size` bytes (KVM's dirty log and vm-memory's bitmaps
+/// count 4 KiB pages). Pages past the end of `bits` count as dirty.
+#[derive(Debug, Clone, Copy)]
+pub struct Dirty<'a> {
+    /// Bytes per bit (a power of two; 4096 for KVM's log).
+    pub page_size: u64,
+    /// The bitmap.
+    pub bits: &'a [u64],
+}
+
+impl Dirty<'_> {
+    /// Whether any page of `[offset, offset+len)` is dirty.
+    pub fn any(&self, offset: u64, len: u64) -> bool {
+        if self.page_size == 0 || len == 0 {
+            return len != 0;
+        }
+        let first = offset / self.page_size;
+        let last = (offset + (len - 1)) / self.page_size;
+        (first..=last).any(|p| {
+            self.bits
+                .get((p / 64) as usize)
+                .is_none_or(|w| w & (1 << (p % 64)) != 0)
+        })
+    }
+}
+
+/// Saves a diff of `backend` against `base`: the blocks with a dirty page are saved as
+/// [`save`](super::save) would (data, or a hole if all zero), every other block is
+/// left to the base. The base must be a full image (not a diff) of memory as long as
+/// the backend's; the diff has the base's regions and block size.
+pub fn save_diff(
+    backend: &Backend,
+    base: &Image,
+    dirty: &Dirty<'_>,
+    path: impl AsRef<Path>,
+    progress: &Progress,
+) -> Result<SaveReport> {
+    let h = base.header();
+    if h.base.is_some() || h.version == 0 {
+        return Err(SnapshotError::Mismatch(format!(
+            "{}: a diff's base must be a full image (not a diff, not a raw file)",
+            base.path().display()
+        )));
+    }
+    let ranges: Vec<(u64, u64)> = h
+        .regions
+        .iter()
+        .map(|r| (r.backend_offset, r.len))
+        .collect();
+    let opts = SaveOptions {
+        block_size: h.block_size,
+        ..SaveOptions::default()
+    };
+    let len = backend.hold()?.len() as u64;
+    if len != h.backend_len {
+        return Err(SnapshotError::Mismatch(format!(
+            "the base is of a {}-byte backend; '{}' has {len} bytes",
+            h.backend_len,
+            backend.id()
+        )));
+    }
+    let since = Since {
+        base: base.checksum(),
+        dirty,
+    };
+    save_image(
+        backend,
+        &ranges,
+        path.as_ref(),
+        &opts,
+        progress,
+        Some(since),
+    )
+}
+
+/// Restores a diff image and its base into `backend`: the diff's blocks from the diff,
+/// the rest from the base, each checked against its own image's checksum. Refused
+/// before any write unless `base` is the image the diff was taken against (its header
+/// checksum) with the same layout.
+pub fn restore_diff(
+    diff: &Image,
+    base: &Image,
+    backend: &Backend,
+    opts: &RestoreOptions,
+    progress: &Progress,
+) -> Result<RestoreReport> {
+    let (d, b) = (diff.header(), base.header());
+    let refuse = |why: &str| {
+        Err(SnapshotError::Mismatch(format!(
+            "{} is not the base of {}: {why}",
+            base.path().display(),
+            diff.path().display()
+        )))
+    };
+    match d.base {
+        None => return refuse("the diff is a full image"),
+        Some(c) if c != base.checksum() => {
+            return refuse(&format!(
+                "the diff names base {c:#018x}, this image is {:#018x}",
+                base.checksum()
+            ))
+        }
+        Some(_) => {}
+    }
+    if b.base.is_some() || base.blocks().contains(&BlockKind::Base) {
+        return refuse("the base is itself a diff");
+    }
+    if d.regions
+        .iter()
+        .map(|r| (r.backend_offset, r.len))
+        .ne(b.regions.iter().map(|r| (r.backend_offset, r.len)))
+        || d.block_size != b.block_size
+        || d.backend_len != b.backend_len
+    {
+        return refuse("their layouts differ");
+    }
+    restore_from(diff, Some(base), backend, opts, progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirty_bits_are_read_per_page_and_past_the_end_as_dirty() {
+        let bits = [0b1000_0001u64, 0];
+        let d = Dirty {
+            page_size: 4096,
+            bits: &bits,
+        };
+        assert!(d.any(0, 4096));
+        assert!(!d.any(4096, 6 * 4096));
+        assert!(d.any(4096, 7 * 4096));
+        assert!(!d.any(64 * 4096, 64 * 4096));
+        assert!(d.any(128 * 4096, 4096), "past the bitmap");
+        assert!(!d.any(0, 0));
+    }
+}

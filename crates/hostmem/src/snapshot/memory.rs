@@ -1,0 +1,137 @@
+//! A backend's memory as a snapshot sees it: where it may hold data (asked of the
+//! kernel, without reading it), its bytes, and how to make a range read as zeros again.
+//!
+//! The one place this module reaches into the backend's internals (the descriptor
+//! behind a hold), so a reshape of `backend/` touches only this file.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use crate::backend::InUse;
+
+/// Pagemap entry bits: the page is present in RAM / swapped out.
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAPPED: u64 = 1 << 62;
+
+/// A hold on a backend's memory and the ways to look at it.
+pub(crate) struct Memory {
+    hold: InUse,
+    /// The memfd/shm/file behind the memory and the memory's offset in it.
+    file: Option<(File, u64)>,
+    /// Whether the file sees every byte of the memory (MAP_SHARED).
+    shared: bool,
+    /// /proc/self/pagemap, for memory the file does not describe (anonymous or
+    /// private): a page neither present nor swapped was never written.
+    pagemap: Option<File>,
+    base_page: u64,
+}
+
+impl Memory {
+    pub(crate) fn new(hold: InUse) -> io::Result<Memory> {
+        let file = match hold.0.fd_and_offset() {
+            Some((fd, off)) => Some((File::from(fd.try_clone()?), off)),
+            None if hold.is_shared() => shmem_of(&hold),
+            None => None,
+        };
+        // Shared memory is described by its file. Private memory (anonymous, or a
+        // private file mapping's copied pages) by the pagemap.
+        let shared = hold.is_shared() && file.is_some();
+        let pagemap = if hold.is_shared() {
+            None
+        } else {
+            Some(File::open("/proc/self/pagemap")?)
+        };
+        Ok(Memory {
+            hold,
+            file,
+            shared,
+            pagemap,
+            base_page: crate::sys::page_size() as u64,
+        })
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.hold.len() as u64
+    }
+
+    pub(crate) fn page_size(&self) -> u64 {
+        self.hold.page_size()
+    }
+
+    /// Whether `[off, off+len)` may hold anything but zeros. False only when the kernel
+    /// says so: the file has a hole there (SEEK_DATA) and, for memory the file does not
+    /// describe, no page of the range is present or swapped out (pagemap).
+    pub(crate) fn may_hold_data(&self, off: u64, len: u64) -> io::Result<bool> {
+        if let Some((f, base)) = &self.file {
+            if crate::sys::seek::may_hold_data(f, base + off, len)? {
+                return Ok(true);
+            }
+            if self.shared {
+                return Ok(false);
+            }
+        }
+        let Some(pm) = &self.pagemap else {
+            return Ok(true);
+        };
+        let first = (self.hold.host_addr() as u64 + off) / self.base_page;
+        let pages = len.div_ceil(self.base_page) as usize;
+        let mut buf = vec![0u8; pages * 8];
+        pm.read_exact_at(&mut buf, first * 8)?;
+        Ok(buf.chunks_exact(8).any(|e| {
+            let v = u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
+            v & (PM_PRESENT | PM_SWAPPED) != 0
+        }))
+    }
+
+    /// Copies `buf.len()` bytes of the memory at `off` out. Shared memory is read
+    /// through its file (a hole reads as zeros without allocating a page, a huge page
+    /// included); other memory through the mapping.
+    pub(crate) fn read(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        match &self.file {
+            Some((f, base)) if self.shared => f.read_exact_at(buf, base + off),
+            _ => self.hold.read_at(off as usize, buf),
+        }
+    }
+
+    /// Copies `data` into the memory at `off`, through the mapping, so the pages are
+    /// allocated where the backend's policy places them.
+    pub(crate) fn write(&self, off: u64, data: &[u8]) -> io::Result<()> {
+        self.hold.write_at(off as usize, data)
+    }
+
+    /// Makes `[off, off+len)` read as zeros, freeing its pages where the kernel can:
+    /// MADV_REMOVE on shared memory (a hole punched in its file), MADV_DONTNEED on
+    /// private anonymous memory; anything else (a private file mapping, whose dropped
+    /// pages would read the file again, a file system that cannot punch holes) is
+    /// written with zeros.
+    pub(crate) fn clear(&self, off: u64, len: u64) -> io::Result<()> {
+        let page = self.page_size();
+        if off.is_multiple_of(page) && len.is_multiple_of(page) {
+            let map = &self.hold.0.mapped.map;
+            let (o, l) = (off as usize, len as usize);
+            let freed = if self.hold.is_shared() {
+                map.madvise(o, l, libc::MADV_REMOVE)
+            } else if self.file.is_none() {
+                map.madvise(o, l, libc::MADV_DONTNEED)
+            } else {
+                Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+            };
+            if freed.is_ok() {
+                return Ok(());
+            }
+        }
+        self.hold.fill(off as usize, len as usize, 0)
+    }
+}
+
+/// The shmem file behind shared anonymous memory, through /proc/self/map_files (which
+/// the kernel opens for CAP_SYS_ADMIN only): with it, holes are found by SEEK_DATA and
+/// swapped-out pages still count as data. Without it, the memory is read whole.
+fn shmem_of(hold: &InUse) -> Option<(File, u64)> {
+    let (start, end) = (hold.host_addr(), hold.host_addr() + hold.len());
+    let f = File::open(format!("/proc/self/map_files/{start:x}-{end:x}")).ok()?;
+    // The whole mapping is one VMA from offset 0 of its shmem file only if the file is
+    // exactly as long as the mapping.
+    (f.metadata().ok()?.len() == hold.len() as u64).then_some((f, 0))
+}

@@ -1,0 +1,265 @@
+//! Save: a backend's memory (or ranges of it) to a v1 image, sparse and in parallel.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+
+use super::format::{encode_table, preamble, BlockKind, Header, MAX_BLOCK_SIZE, PREAMBLE};
+use super::memory::Memory;
+use super::{block_checksum, is_zero, par, BlockFault, Dirty, Result, SnapshotError};
+use crate::{Backend, Progress, PropValue};
+
+/// How to save.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaveOptions {
+    /// Bytes per block (a multiple of 4096; [`super::DEFAULT_BLOCK_SIZE`]).
+    pub block_size: u64,
+    /// Threads; 0 = one per CPU (at most one per 64 MiB).
+    pub threads: usize,
+    /// fsync the data before the header is written, and the header after: a crash
+    /// then never leaves a file that opens as an image with data missing. Off, the
+    /// header is still written last, but the page cache decides what reaches the disk.
+    pub sync: bool,
+}
+
+impl Default for SaveOptions {
+    fn default() -> Self {
+        SaveOptions {
+            block_size: super::DEFAULT_BLOCK_SIZE,
+            threads: 0,
+            sync: false,
+        }
+    }
+}
+
+/// What a save did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SaveReport {
+    /// Blocks in the image.
+    pub blocks: u64,
+    /// Blocks written as data.
+    pub data_blocks: u64,
+    /// Bytes written as data.
+    pub data_bytes: u64,
+    /// Blocks the kernel said were never written: holes, not read.
+    pub unread_holes: u64,
+    /// Blocks read and found all zero: holes.
+    pub zero_holes: u64,
+    /// Blocks of a diff with no dirty page: left to the base.
+    pub base_blocks: u64,
+    /// Seconds the block copy took (not the header).
+    pub secs: f64,
+}
+
+/// How one block was saved.
+enum Saved {
+    Base,
+    Unread,
+    Zero,
+    Data(u64),
+}
+
+/// Saves all of `backend`'s memory to a new image at `path` (replaced if it exists).
+pub fn save(
+    backend: &Backend,
+    path: impl AsRef<Path>,
+    opts: &SaveOptions,
+    progress: &Progress,
+) -> Result<SaveReport> {
+    let len = backend.hold()?.len() as u64;
+    save_ranges(backend, &[(0, len)], path, opts, progress)
+}
+
+/// Saves `ranges` (offset, length in the backend; whole pages, in the order they are
+/// to be stored) of `backend`'s memory to a new image at `path`.
+pub fn save_ranges(
+    backend: &Backend,
+    ranges: &[(u64, u64)],
+    path: impl AsRef<Path>,
+    opts: &SaveOptions,
+    progress: &Progress,
+) -> Result<SaveReport> {
+    save_image(backend, ranges, path.as_ref(), opts, progress, None)
+}
+
+/// What a diff is taken against: its base (by header checksum) and the pages written
+/// since the base was saved.
+pub(crate) struct Since<'a> {
+    pub base: u64,
+    pub dirty: &'a Dirty<'a>,
+}
+
+/// Saves `ranges`, or for a diff (`since`) only the blocks with a dirty page.
+pub(crate) fn save_image(
+    backend: &Backend,
+    ranges: &[(u64, u64)],
+    path: &Path,
+    opts: &SaveOptions,
+    progress: &Progress,
+    since: Option<Since<'_>>,
+) -> Result<SaveReport> {
+    let io = |what: &'static str| {
+        move |source| SnapshotError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let mem = Memory::new(backend.hold()?).map_err(io("opening the backend's memory for"))?;
+    let (page, bs) = (mem.page_size(), opts.block_size);
+    if bs == 0 || !bs.is_multiple_of(4096) || bs > MAX_BLOCK_SIZE {
+        return Err(SnapshotError::Mismatch(format!(
+            "block size {bs} is not a multiple of 4096 up to {MAX_BLOCK_SIZE}"
+        )));
+    }
+    for &(off, len) in ranges {
+        let whole = off % page == 0 && len % page == 0 && len > 0;
+        if !whole || off.checked_add(len).is_none_or(|end| end > mem.len()) {
+            return Err(SnapshotError::Mismatch(format!(
+                "range {off:#x}+{len:#x} is not whole {page}-byte pages inside the backend's {} bytes",
+                mem.len()
+            )));
+        }
+    }
+    let mut header = Header::new(
+        bs,
+        page,
+        mem.len(),
+        Some(backend.kind().qom_type().to_string()),
+        Some(backend.id().to_string()),
+        properties(backend),
+    );
+    header.base = since.as_ref().map(|s| s.base);
+    let header = header
+        .plan(ranges)
+        .ok_or_else(|| SnapshotError::Mismatch("the image layout overflows".into()))?;
+
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io("creating image"))?;
+    // The whole length at once: blocks never written stay holes of the file.
+    file.set_len(header.file_len())
+        .map_err(io("sizing image"))?;
+    progress.add_total(header.memory_len());
+
+    let started = Instant::now();
+    let block = |i: u64| header.block(i);
+    let saved = par::run(
+        header.blocks,
+        par::threads_for(header.memory_len(), opts.threads),
+        header.buffer_len(),
+        progress,
+        |i| block(i).map_or(0, |b| b.len),
+        |i, buf| save_block(&mem, &file, &header, since.as_ref(), i, buf),
+    )?;
+    let secs = started.elapsed().as_secs_f64();
+
+    let table: Vec<BlockKind> = saved
+        .iter()
+        .map(|s| match *s {
+            Saved::Data(checksum) => BlockKind::Data { checksum },
+            Saved::Base => BlockKind::Base,
+            Saved::Unread | Saved::Zero => BlockKind::Hole,
+        })
+        .collect();
+    write_header(&file, &header, &table, opts.sync).map_err(io("writing image header"))?;
+
+    let mut report = SaveReport {
+        blocks: header.blocks,
+        data_blocks: 0,
+        data_bytes: 0,
+        unread_holes: 0,
+        zero_holes: 0,
+        base_blocks: 0,
+        secs,
+    };
+    for (i, s) in saved.iter().enumerate() {
+        match s {
+            Saved::Unread => report.unread_holes += 1,
+            Saved::Zero => report.zero_holes += 1,
+            Saved::Base => report.base_blocks += 1,
+            Saved::Data(_) => {
+                report.data_blocks += 1;
+                report.data_bytes += block(i as u64).map_or(0, |b| b.len);
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn save_block(
+    mem: &Memory,
+    file: &File,
+    header: &Header,
+    since: Option<&Since<'_>>,
+    i: u64,
+    buf: &mut [u8],
+) -> Result<Saved> {
+    let b = header
+        .block(i)
+        .ok_or_else(|| SnapshotError::Mismatch(format!("block {i} is outside the layout")))?;
+    if since.is_some_and(|s| !s.dirty.any(b.backend_offset, b.len)) {
+        return Ok(Saved::Base);
+    }
+    let fault = |fault| SnapshotError::Block {
+        index: i,
+        backend_offset: b.backend_offset,
+        page: b.backend_offset / header.page_size,
+        fault,
+    };
+    if !mem
+        .may_hold_data(b.backend_offset, b.len)
+        .map_err(|e| fault(BlockFault::Read(e)))?
+    {
+        return Ok(Saved::Unread);
+    }
+    let buf = &mut buf[..b.len as usize];
+    mem.read(b.backend_offset, buf)
+        .map_err(|e| fault(BlockFault::Read(e)))?;
+    if is_zero(buf) {
+        return Ok(Saved::Zero);
+    }
+    let sum = block_checksum(buf);
+    file.write_all_at(buf, b.file_offset)
+        .map_err(|e| fault(BlockFault::Write(e)))?;
+    Ok(Saved::Data(sum))
+}
+
+/// Header and table, then the preamble that makes the file an image: last, so an
+/// interrupted save leaves a file `Image::open` refuses.
+fn write_header(file: &File, h: &Header, table: &[BlockKind], sync: bool) -> std::io::Result<()> {
+    let json = h.to_json_bytes();
+    let table = encode_table(table);
+    file.write_all_at(&json, PREAMBLE)?;
+    file.write_all_at(&table, h.table_offset)?;
+    if sync {
+        file.sync_all()?;
+    }
+    file.write_all_at(&preamble(&json, &table), 0)?;
+    if sync {
+        file.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The backend's properties as JSON: booleans and numbers as such, the rest in their
+/// `-object` text.
+fn properties(b: &Backend) -> Map<String, Value> {
+    b.properties()
+        .filter_map(|p| {
+            let v = match b.get(p.name).ok()? {
+                PropValue::Bool(v) => Value::Bool(v),
+                PropValue::Int(v) => Value::from(v),
+                other => Value::String(other.to_string()),
+            };
+            Some((p.name.to_string(), v))
+        })
+        .collect()
+}

@@ -1,0 +1,108 @@
+//! Snapshot images checked against the kernel and the bytes: every restored byte is
+//! compared with what the test itself wrote, read back through /proc/self/mem; holes
+//! are judged by smaps Rss and the image file's st_blocks; corrupt and truncated
+//! images must fail naming the block while the memory never sees its bytes.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod diff;
+mod faults;
+mod round_trip;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use common::*;
+use hostmem::{Backend, InUse};
+
+pub const BLOCK: u64 = 2 * MIB;
+
+/// The test's own random bytes (xorshift64*), so the checks owe nothing to hostmem.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// What the test wrote into a backend, byte for byte (zeros elsewhere).
+pub struct Expected {
+    pub bytes: Vec<u8>,
+    /// 2 MiB blocks holding any non-zero byte.
+    pub data_blocks: Vec<u64>,
+}
+
+/// Writes random bytes into scattered blocks of `hold`: whole blocks, one lone page
+/// in a block, and a block written and then zeroed again (present but all zero).
+pub fn scatter(hold: &InUse, seed: u64) -> Expected {
+    let len = hold.len();
+    let blocks = len as u64 / BLOCK;
+    let mut bytes = vec![0u8; len];
+    let mut data_blocks = Vec::new();
+    let mut put = |off: usize, data: &[u8]| {
+        hold.write_at(off, data).unwrap();
+        bytes[off..off + data.len()].copy_from_slice(data);
+    };
+    for (n, b) in [0, 3, 4, blocks - 1].into_iter().enumerate() {
+        put(
+            (b * BLOCK) as usize,
+            &random_bytes(seed + n as u64, BLOCK as usize),
+        );
+        data_blocks.push(b);
+    }
+    // One page in the middle of block 6.
+    let lone = (6 * BLOCK + 5 * 4096) as usize;
+    put(lone, &random_bytes(seed + 100, 4096));
+    data_blocks.push(6);
+    // Block 8: written, then zeroed: resident but all zero, a hole in the image.
+    hold.write_at(
+        (8 * BLOCK) as usize,
+        &random_bytes(seed + 200, BLOCK as usize),
+    )
+    .unwrap();
+    hold.fill((8 * BLOCK) as usize, BLOCK as usize, 0).unwrap();
+    data_blocks.sort_unstable();
+    Expected { bytes, data_blocks }
+}
+
+/// The backend's bytes, read through /proc/self/mem (not through hostmem).
+pub fn read_memory(b: &Backend) -> Vec<u8> {
+    let mem = File::open("/proc/self/mem").unwrap();
+    let mut out = vec![0u8; b.mapped_len().unwrap()];
+    mem.read_exact_at(&mut out, b.host_addr().unwrap() as u64)
+        .unwrap();
+    out
+}
+
+/// Asserts equal bytes, naming the first differing offset and its 2 MiB block.
+pub fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: first difference at offset {i:#x} (block {}): {:#04x} != {:#04x}",
+            i as u64 / BLOCK,
+            got[i],
+            want[i]
+        );
+    }
+}
+
+/// Resident bytes of the backend's mapping, as smaps says.
+pub fn rss(b: &Backend) -> u64 {
+    smaps_rss(b.host_addr().unwrap(), b.mapped_len().unwrap())
+}
+
+/// Offset of `needle` in the file (the test finds its own bytes, not hostmem's layout).
+pub fn find_in_file(path: &std::path::Path, needle: &[u8]) -> u64 {
+    let data = std::fs::read(path).unwrap();
+    data.windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the test's bytes are in the image") as u64
+}
