@@ -14,6 +14,7 @@
 //! No unsafe code: syscalls the library does not offer come from rustix.
 #![forbid(unsafe_code)]
 
+mod args;
 mod busy;
 mod guards;
 mod inproc;
@@ -24,7 +25,6 @@ mod runner;
 mod stats;
 mod targets;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -33,53 +33,11 @@ use hostmem::Progress;
 use hostmem_cli::signals;
 use rustix::thread::sched_getaffinity;
 
+use args::BenchArgs;
 use guards::HugePagesGuard;
 use measure::{repetition, Ctx};
 use plan::{make_plan, HUGE_2M};
 use stats::Samples;
-
-const EXAMPLES: &str = "Examples:
-  hostmem-bench                         4 GiB backends, 1 warm-up + 5 repetitions (~9 min on 2 vCPUs)
-  hostmem-bench --size 2G               a shorter profile (~5 min)
-  hostmem-bench --size 256M --reps 1    a quick smoke run
-  hostmem-bench --save-json run.json    tables on stdout, medians, samples and targets in run.json
-  hostmem-bench --json                  medians, ratios and targets as one JSON document";
-
-/// Preallocation speed against QEMU and memset, medians and ratios from one run.
-#[derive(Parser)]
-#[command(name = "hostmem-bench", version, after_help = EXAMPLES)]
-pub struct BenchArgs {
-    /// Repetitions measured (interleaved); medians are reported.
-    #[arg(long, default_value_t = 5)]
-    reps: usize,
-    /// Unmeasured repetitions first, so memory the host has not backed yet is touched.
-    #[arg(long, default_value_t = 1)]
-    warmup: usize,
-    /// Backend size (the four-backend case uses a quarter each, the libvirt-style case
-    /// shares it among its backends).
-    #[arg(long, default_value = "4G")]
-    size: String,
-    /// Backends in the libvirt-style line, each with its own thread-context.
-    #[arg(long, default_value_t = 2)]
-    libvirt_backends: usize,
-    /// Times the libvirt-style case runs in each repetition (its samples are pooled).
-    #[arg(long, default_value_t = 3)]
-    libvirt_rounds: usize,
-    /// QEMU binary to compare with.
-    #[arg(long, default_value = "qemu-system-x86_64")]
-    qemu: String,
-    /// The hostmem binary to time (default: the `hostmem` next to this program, as
-    /// `cargo build` puts them).
-    #[arg(long)]
-    hostmem: Option<PathBuf>,
-    /// Print one JSON document instead of tables.
-    #[arg(long)]
-    json: bool,
-    /// Also write the JSON document (medians, every sample, targets) to this file, so a
-    /// run printed as tables keeps its samples.
-    #[arg(long, value_name = "FILE")]
-    save_json: Option<PathBuf>,
-}
 
 /// CPUs this process may run on (its affinity mask, as the library's default
 /// prealloc-threads counts them; not `available_parallelism`, which also applies cgroup

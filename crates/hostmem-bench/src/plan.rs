@@ -8,7 +8,7 @@ use std::process::Command;
 use hostmem::size::parse_size;
 use hostmem::HostTopology;
 
-use crate::BenchArgs;
+use crate::args::BenchArgs;
 
 pub const HUGE_2M: u64 = 2 << 20;
 
