@@ -30,7 +30,7 @@ pub struct MachineDefaults {
     /// `-mem-prealloc`: preallocate every backend.
     pub prealloc: bool,
     /// Not QEMU's: every backend skips the memory limit checks
-    /// ([`Backend::set_ignore_memory_limits`](crate::Backend::set_ignore_memory_limits)).
+    /// (`Backend::set_ignore_memory_limits`).
     pub ignore_memory_limits: bool,
 }
 
@@ -116,7 +116,7 @@ impl Prop {
 
 /// Where the property rows find their values: a backend's settings, the common part
 /// and its kind's own. The settings type itself lives with the kinds
-/// ([`Config`](crate::Config)); the rows here only need these answers, so properties
+/// (`kind::Config`); the rows here only need these answers, so properties
 /// know nothing of kinds.
 pub trait Settings {
     /// The properties every kind has.
