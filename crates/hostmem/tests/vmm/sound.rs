@@ -158,8 +158,14 @@ fn huge_pages_without_a_reservation_become_guest_memory_only_once_preallocated()
         ),
         "{e}"
     );
-    c.guest_region::<()>(0, 2 * HUGE, GuestAddress(HUGE))
+    let r = c
+        .guest_region::<()>(0, 2 * HUGE, GuestAddress(HUGE))
         .unwrap();
+    assert_eq!(
+        r.is_hugetlbfs(),
+        Some(true),
+        "vm-memory is told it is hugetlbfs"
+    );
     println!("CHILD c: guest address 0x1000 refused");
 }
 
@@ -207,6 +213,7 @@ fn a_single_region_tracks_its_last_page() {
         .guest_region::<AtomicBitmap>(2 * MIB, 4 * MIB, GuestAddress(1 << 32))
         .unwrap();
     let pages = (4 * MIB / 4096) as usize;
+    assert_eq!(r.is_hugetlbfs(), Some(false));
     assert_eq!(r.dirty_bitmap().len(), pages);
     r.write_slice(b"end", hostmem::vm_memory::MemoryRegionAddress(4 * MIB - 3))
         .unwrap();
