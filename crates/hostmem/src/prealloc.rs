@@ -70,7 +70,7 @@ impl Progress {
 /// How to fault in one job's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Method {
+pub(crate) enum Method {
     /// MADV_POPULATE_WRITE (or _READ for read-only mappings).
     Populate {
         /// MADV_POPULATE_WRITE when true; MADV_POPULATE_READ for read-only mappings.
@@ -129,7 +129,7 @@ impl Stats {
 /// Why a job did not finish.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum Failure {
+pub(crate) enum Failure {
     /// The populate call failed at `offset` (EFAULT: no huge page or SIGBUS-class fault;
     /// ENOMEM: out of memory; EHWPOISON ...).
     Fault {

@@ -1,5 +1,5 @@
 //! The kinds of backend, each in its own file, answering the kind questions through
-//! `KindOps`: what it checks before mapping and the page size it learns ([`Plan`]), how
+//! `KindOps`: what it checks before mapping and the page size it learns (`Plan`), how
 //! it maps, whether its size rounds up to the page, how its pages are preallocated, what
 //! KSM can do with it, and what delete does. The lifecycle in `backend/` asks; it never
 //! tests which kind it has.
@@ -254,7 +254,7 @@ impl Target<'_> {
 
 /// What a kind learned about the memory before mapping it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Bytes to map: the size, rounded up to the page where the kind rounds.
     pub len: u64,
     /// Page size of the memory.

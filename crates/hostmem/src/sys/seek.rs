@@ -12,6 +12,7 @@ use std::os::fd::{AsFd, AsRawFd};
 ///
 /// `lseek` moves the descriptor's file offset; hostmem reads and writes its backing
 /// files only with `pread`/`pwrite`, which ignore it.
+#[cfg_attr(not(feature = "json"), allow(dead_code))]
 pub(crate) fn may_hold_data(fd: impl AsFd, offset: u64, len: u64) -> io::Result<bool> {
     if len == 0 {
         return Ok(false);
