@@ -255,7 +255,10 @@ pub(super) fn parse(text: &str) -> Result<ObjectSpec> {
         }
         for (_, v) in given {
             #[cfg_attr(not(feature = "json"), allow(irrefutable_let_patterns))]
-            let SpecValue::Text(text) = v else { continue };
+            let SpecValue::Text(text) = v
+            else {
+                continue;
+            };
             match (skeleton.ty, ty) {
                 (ObjectType::ThreadContext, _) | (_, PropType::Nodes) => {
                     u16_item(name, text)?;
