@@ -84,7 +84,8 @@ impl<'a> Blocks<'a> {
     /// page the kernel reports resident counts as plugged; all others as unplugged.
     pub fn new(backend: &'a Backend, block_size: u64) -> Result<Blocks<'a>> {
         let hold = backend.hold()?;
-        let refuse = |why: String| Err(Error::Refused(format!("backend '{}': {why}", backend.id())));
+        let refuse =
+            |why: String| Err(Error::Refused(format!("backend '{}': {why}", backend.id())));
         if backend.config().common.reserve {
             return refuse(
                 "blocks can only be plugged in memory mapped without a reservation (reserve=off)"
@@ -280,7 +281,10 @@ impl<'a> Blocks<'a> {
     fn discard(&self, first: usize, last: usize) -> Result<Discard> {
         let region = &self.hold.0;
         let map = &region.mapped.map;
-        let (off, len) = (first as u64 * self.block, (last - first) as u64 * self.block);
+        let (off, len) = (
+            first as u64 * self.block,
+            (last - first) as u64 * self.block,
+        );
         let how = match (region.fd_and_offset(), region.shared) {
             (Some((fd, at)), true) => {
                 sys::punch_hole(fd, at + off, len)
@@ -304,7 +308,10 @@ impl<'a> Blocks<'a> {
         if accessible && !self.protected[first..last].contains(&true) {
             return Ok(());
         }
-        let (off, len) = (first as u64 * self.block, (last - first) as u64 * self.block);
+        let (off, len) = (
+            first as u64 * self.block,
+            (last - first) as u64 * self.block,
+        );
         self.hold
             .0
             .mapped
