@@ -194,6 +194,7 @@ impl<'a> Blocks<'a> {
             needed = pages.chunks(per_page).filter(|c| !c[0]).count() as u64;
             crate::backend::capacity::check_pool(self.backend, needed, page, &host, true)?;
         }
+        let was_protected = self.protected[first..last].to_vec();
         self.set_access(first, last, true)?;
         let threads = self.backend.config().common.prealloc_threads;
         let mut job = self.backend.job(&region, &host, threads)?;
@@ -211,7 +212,7 @@ impl<'a> Blocks<'a> {
                 })
             }
             Some(Err(f)) => {
-                self.undo_plug(first, last);
+                self.undo_plug(first, &was_protected);
                 let (page, hugetlb) = (region.page_size, region.hugetlb);
                 let bytes = if hugetlb { needed * page } else { len };
                 Err(self
@@ -225,13 +226,13 @@ impl<'a> Blocks<'a> {
 
     /// Gives the blocks of a failed plug that were not plugged before back, and puts
     /// back their protection; best effort (the plug's own error is the one reported).
-    fn undo_plug(&mut self, first: usize, last: usize) {
-        for i in first..last {
+    fn undo_plug(&mut self, first: usize, was_protected: &[bool]) {
+        for (i, &protected) in (first..).zip(was_protected) {
             if self.plugged[i] {
                 continue;
             }
             let _ = self.discard(i, i + 1);
-            if self.protected[i] {
+            if protected {
                 let _ = self.set_access(i, i + 1, false);
             }
         }

@@ -347,3 +347,44 @@ fn blocks_refuse_reserved_memory_bad_block_sizes_and_ranges_of_part_blocks() {
     let start = b.host_addr().unwrap();
     assert_eq!(smaps_resident(start, SIZE), 0, "nothing was faulted in");
 }
+
+#[test]
+fn a_plug_the_file_system_cannot_hold_gives_its_blocks_back_and_protects_them_again() {
+    const NAME: &str =
+        "a_plug_the_file_system_cannot_hold_gives_its_blocks_back_and_protects_them_again";
+    if let Some(run) = child_run(NAME) {
+        run.assert_survived()
+            .assert_printed("CHILD full: refused, block 0 kept, the rest given back");
+        return;
+    }
+    // No pool to ask first: the 8 MiB tmpfs runs out in the middle of the populate.
+    let dir = mount_tmpfs("8m");
+    let b = unreserved(Kind::File, "full")
+        .mem_path(dir.path().join("guest"))
+        .share(true)
+        .create()
+        .unwrap();
+    let w = Watch::new(&b, BLOCK, true, false);
+    let mut blocks = Blocks::new(&b, BLOCK).unwrap();
+    blocks.plug(0..4 * MIB).unwrap();
+    blocks.unplug(2 * MIB..4 * MIB, true).unwrap();
+    blocks.memory().fill(0, 4096, 0x3c).unwrap();
+    let mut expect = vec![false; (SIZE / BLOCK) as usize];
+    expect[0] = true;
+    w.check(&blocks, &expect, "block 0 plugged, block 1 protected");
+    let e = blocks.plug(2 * MIB..SIZE).unwrap_err();
+    assert!(
+        matches!(e, Error::Alloc { .. }) && e.to_string().contains("no room"),
+        "{e}"
+    );
+    w.check(&blocks, &expect, "after the failed plug");
+    let mem = blocks.memory();
+    assert!(
+        mem.write_at(2 * MIB as usize, &[1]).is_err(),
+        "block 1 protected again"
+    );
+    let mut back = [0u8; 4096];
+    mem.read_at(0, &mut back).unwrap();
+    assert!(back.iter().all(|&x| x == 0x3c), "block 0 kept its contents");
+    println!("CHILD full: refused, block 0 kept, the rest given back");
+}
