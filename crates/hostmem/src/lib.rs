@@ -35,6 +35,7 @@ pub mod limits;
 pub mod numa;
 pub mod objects;
 pub mod objspec;
+pub mod plug;
 pub mod prealloc;
 pub mod preflight;
 pub mod props;

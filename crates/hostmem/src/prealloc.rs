@@ -93,12 +93,22 @@ pub(crate) struct Job<'a> {
     /// memory counts against; every step is granted first.
     pub watch: Option<&'a Watch>,
     pub limits: Vec<usize>,
+    /// Offset and length of the part of `map` to fault in (a block range being
+    /// plugged, `plug.rs`); None: all of it.
+    pub part: Option<(u64, u64)>,
+}
+
+impl Job<'_> {
+    /// Offset and length of what this job faults in.
+    fn span(&self) -> (u64, u64) {
+        self.part.unwrap_or((0, self.map.len() as u64))
+    }
 }
 
 /// What a finished job did, for reports and tests.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stats {
-    /// Bytes preallocated: the whole mapping of the job.
+    /// Bytes preallocated: the whole mapping of the job, or the part it was given.
     pub bytes: u64,
     /// Threads used: those asked for (`prealloc-threads`), fewer where each would get
     /// less than [`MIN_CHUNK`] bytes.
@@ -265,7 +275,7 @@ fn run_chunk(
 /// Preallocates every job at once. Any fault stops all jobs (a batch of backends is
 /// created or undone as a whole); results come back in job order.
 pub(crate) fn populate(jobs: &[Job<'_>], progress: &Progress) -> Vec<Result<Stats, Failure>> {
-    let total: u64 = jobs.iter().map(|j| j.map.len() as u64).sum();
+    let total: u64 = jobs.iter().map(|j| j.span().1).sum();
     progress.total.fetch_add(total, Ordering::Relaxed);
     let gate = Gate {
         state: Mutex::new(None),
@@ -284,7 +294,7 @@ pub(crate) fn populate(jobs: &[Job<'_>], progress: &Progress) -> Vec<Result<Stat
         .collect();
     let plans: Vec<usize> = jobs
         .iter()
-        .map(|j| plan_threads(j.map.len() as u64, j.threads))
+        .map(|j| plan_threads(j.span().1, j.threads))
         .collect();
     let mut started = Instant::now();
     let spawn_error = std::thread::scope(|s| {
@@ -293,7 +303,9 @@ pub(crate) fn populate(jobs: &[Job<'_>], progress: &Progress) -> Vec<Result<Stat
         'spawn: for (ji, job) in jobs.iter().enumerate() {
             let n = plans[ji];
             for i in 0..n {
-                let (start, end) = chunk(job.map.len() as u64, job.page_size, n, i);
+                let (base, len) = job.span();
+                let (start, end) = chunk(len, job.page_size, n, i);
+                let (start, end) = (base + start, base + end);
                 let (gate, abort, st) = (&gate, &abort, &states[ji]);
                 let spawned = std::thread::Builder::new()
                     .name(format!("prealloc-{ji}.{i}"))
@@ -384,7 +396,7 @@ pub(crate) fn populate(jobs: &[Job<'_>], progress: &Progress) -> Vec<Result<Stat
             cpus_seen.sort_unstable();
             cpus_seen.dedup();
             out.push(Ok(Stats {
-                bytes: job.map.len() as u64,
+                bytes: job.span().1,
                 threads: plans[ji],
                 seconds,
                 cpus_seen,
@@ -444,6 +456,7 @@ mod tests {
             method: Method::Touch,
             watch: None,
             limits: Vec::new(),
+            part: None,
         };
         let progress = Progress::new();
         let stats = populate(std::slice::from_ref(&job), &progress)

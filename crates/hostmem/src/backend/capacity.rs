@@ -26,7 +26,7 @@ pub(super) fn check_huge_pages(
 
 /// Refuses when the pool (and, for a strict policy when `faulting`, the bound nodes'
 /// pools) cannot give `needed` pages.
-pub(super) fn check_pool(
+pub(crate) fn check_pool(
     b: &Backend,
     needed: u64,
     page_size: u64,

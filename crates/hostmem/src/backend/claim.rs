@@ -16,6 +16,10 @@ pub(crate) struct Claimed {
     pub guest: u64,
 }
 
+/// The `guest` of a range that is not a guest region but unplugged and PROT_NONE
+/// (`plug.rs`): no region may be made over it, since vm-memory's copies would fault.
+pub(crate) const PROTECTED: u64 = u64::MAX;
+
 #[cfg_attr(not(feature = "vm-memory"), allow(dead_code))]
 impl Claimed {
     fn overlaps(&self, offset: u64, len: u64) -> bool {

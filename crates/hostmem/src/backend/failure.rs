@@ -11,7 +11,7 @@ impl Backend {
     /// The error for a failed prealloc of this backend's `len` bytes of `page_size`
     /// pages. Called after the memory is undone, so pools and file systems read as
     /// they are again.
-    pub(super) fn prealloc_error(
+    pub(crate) fn prealloc_error(
         &self,
         f: Failure,
         page_size: u64,

@@ -414,7 +414,12 @@ impl Backend {
 
     /// One preallocation job over a region, with the kind's method and the threads
     /// placed on the CPUs of the nodes the memory is bound or preferred to.
-    fn job<'a>(&self, region: &'a Region, host: &HostTopology, threads: u32) -> Result<Job<'a>> {
+    pub(crate) fn job<'a>(
+        &self,
+        region: &'a Region,
+        host: &HostTopology,
+        threads: u32,
+    ) -> Result<Job<'a>> {
         let c = &self.cfg.common;
         let method = self
             .ops()
@@ -448,6 +453,7 @@ impl Backend {
             method,
             watch: None,
             limits: Vec::new(),
+            part: None,
         })
     }
 

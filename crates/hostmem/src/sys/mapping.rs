@@ -79,6 +79,15 @@ unsafe fn copy_volatile(dst: *mut u8, src: *const u8, len: usize) {
     }
 }
 
+/// Whether this kernel has MADV_POPULATE (5.14+), probed once on a scratch page: a
+/// kernel without it answers EINVAL.
+fn kernel_populates() -> bool {
+    static PROBED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROBED.get_or_init(|| {
+        !matches!(super::probe_populate_write(), Err(e) if e.raw_os_error() == Some(libc::EINVAL))
+    })
+}
+
 impl RawMapping {
     /// Maps `len` bytes (whole pages) of anonymous memory, or of `fd` from `offset`, starting at an
     /// address aligned to `opts.align` (so THP and huge pages can line up).
@@ -236,7 +245,16 @@ impl RawMapping {
         let lo = off / page * page;
         let hi = (off + len).div_ceil(page) * page;
         match self.populate(lo, hi.min(self.len) - lo, write) {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.private_anon => Ok(()),
+            // EINVAL is also the answer for a PROT_NONE range (an unplugged block,
+            // `plug.rs`), where a copy would SIGSEGV: fall back only where the kernel
+            // lacks MADV_POPULATE.
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINVAL)
+                    && self.private_anon
+                    && !kernel_populates() =>
+            {
+                Ok(())
+            }
             r => r,
         }
     }

@@ -7,6 +7,7 @@
 //! called with any arguments without breaking memory safety; what can only be safe by a
 //! caller's promise is an `unsafe fn` with a `# Safety` section.
 
+mod blocks;
 mod fd;
 #[cfg(feature = "kvm")]
 pub(crate) mod kvm;

@@ -66,6 +66,19 @@ pub enum VmmError {
         /// The live region's guest address.
         other_guest: u64,
     },
+    /// The range holds an unplugged block made inaccessible (`plug`): vm-memory's
+    /// copies would fault there.
+    #[error("backend '{id}': region at offset {offset:#x} of length {len:#x} holds the unplugged, inaccessible block at {block_offset:#x}: plug it first")]
+    Unplugged {
+        /// Object id.
+        id: String,
+        /// Offset asked for.
+        offset: u64,
+        /// Length asked for.
+        len: u64,
+        /// The first such block's offset in the backend.
+        block_offset: u64,
+    },
     /// Two regions of a layout overlap in guest physical addresses.
     #[error("guest range {first_start:#x}..{first_end:#x} of backend '{first}' overlaps {second_start:#x}..{second_end:#x} of backend '{second}'")]
     GuestOverlap {

@@ -6,7 +6,7 @@ use vm_memory::bitmap::{Bitmap, NewBitmap};
 use vm_memory::{FileOffset, GuestAddress};
 
 use super::{Region, VmmError};
-use crate::backend::claim::Claim;
+use crate::backend::claim::{Claim, PROTECTED};
 use crate::backend::InUse;
 use crate::Backend;
 
@@ -91,6 +91,12 @@ impl Backend {
                 offset,
                 len,
                 size,
+            },
+            Some(c) if c.guest == PROTECTED => VmmError::Unplugged {
+                id: id(),
+                offset,
+                len,
+                block_offset: c.offset,
             },
             Some(c) => VmmError::Aliased {
                 id: id(),

@@ -393,6 +393,7 @@ fn job(map: &sys::RawMapping) -> Job<'_> {
         method: crate::prealloc::Method::Touch,
         watch: None,
         limits: Vec::new(),
+        part: None,
     }
 }
 
