@@ -24,6 +24,7 @@ mod format;
 mod image;
 mod memory;
 mod par;
+mod place;
 mod restore;
 mod save;
 
@@ -31,6 +32,7 @@ pub use diff::{restore_diff, save_diff, Dirty};
 pub use error::{BlockFault, SnapshotError};
 pub use format::{BlockAt, BlockKind, Header, RegionEntry, MAGIC, MAX_BLOCK_SIZE, VERSION};
 pub use image::{Image, RawRegion};
+pub use place::check_room;
 pub use restore::{restore, RestoreOptions, RestoreReport, VerifyReport};
 pub use save::{save, save_ranges, SaveOptions, SaveReport};
 

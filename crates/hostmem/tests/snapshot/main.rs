@@ -8,6 +8,7 @@ mod common;
 
 mod diff;
 mod faults;
+mod placed;
 mod round_trip;
 
 use std::fs::File;
