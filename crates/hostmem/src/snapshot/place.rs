@@ -90,3 +90,91 @@ pub fn check_room(backend: &Backend, need: u64, snap: &Snapshot) -> Result<()> {
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::restore::{restore_from, RestoreOptions};
+    use super::super::save::{save, SaveOptions};
+    use super::*;
+    use crate::limits::{MemoryRoom, Watermarks};
+    use crate::{Error, Kind, NodeSet, Policy, Progress};
+
+    const MIB: u64 = 1 << 20;
+
+    /// Node 0 with `node` bytes available, the host with plenty, no cgroup limit.
+    fn short_node(node: u64) -> Snapshot {
+        let room = |free| MemoryRoom {
+            total: 1 << 40,
+            free,
+            file: 0,
+            slab_reclaimable: 0,
+            reserve: 0,
+        };
+        Snapshot {
+            nodes: vec![(0, Ok(room(node)))],
+            host: Ok(room(1 << 40)),
+            memory_cgroup: Ok(None),
+            hugetlb_cgroups: Vec::new(),
+            marks: Watermarks::default(),
+            uncounted: None,
+            hints: Vec::new(),
+        }
+    }
+
+    /// smaps `Rss` of the mapping at `start`, bytes.
+    fn rss_at(start: usize) -> u64 {
+        let text = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let head = format!("{start:x}-");
+        let rss = text
+            .lines()
+            .skip_while(|l| !l.starts_with(&head))
+            .find(|l| l.starts_with("Rss:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .expect("the mapping is in smaps");
+        rss * 1024
+    }
+
+    #[test]
+    fn restore_beyond_the_bound_nodes_room_is_refused_before_any_page() {
+        let dir = std::env::temp_dir().join(format!("hostmem-place-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mem.img");
+        let memfd = |id: &str, bound: bool| {
+            let b = Backend::builder(Kind::Memfd, id).size(16 * MIB);
+            let b = if bound {
+                b.policy(Policy::Bind).host_nodes(NodeSet::from_iter([0]))
+            } else {
+                b
+            };
+            b.create().unwrap()
+        };
+        let src = memfd("src", false);
+        src.hold()
+            .unwrap()
+            .fill(2 * MIB as usize, 8 * MIB as usize, 0x5a)
+            .unwrap();
+        save(&src, &path, &SaveOptions::default(), &Progress::new()).unwrap();
+        let image = Image::open(&path).unwrap();
+        let dst = memfd("dst", true);
+        let limits = short_node(4 * MIB);
+        let opts = RestoreOptions::default();
+        let r = restore_from(&image, None, &dst, &opts, &Progress::new(), Some(&limits));
+        let _ = std::fs::remove_dir_all(&dir);
+        match r {
+            Err(SnapshotError::Backend(e @ Error::NodeMemoryShort { .. })) => {
+                let text = e.to_string();
+                assert!(text.contains("node 0") && text.contains("8 MiB"), "{text}");
+            }
+            other => panic!("8 MiB restored onto a node with 4 MiB: {other:?}"),
+        }
+        assert_eq!(
+            rss_at(dst.host_addr().unwrap()),
+            0,
+            "the refused restore made pages resident"
+        );
+        // With room, the same restore goes ahead: the refusal was the limit's.
+        let room = short_node(64 * MIB);
+        let r = restore_from(&image, None, &dst, &opts, &Progress::new(), Some(&room)).unwrap();
+        assert_eq!(r.data_bytes, 8 * MIB);
+    }
+}

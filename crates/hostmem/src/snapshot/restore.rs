@@ -160,17 +160,19 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &Progress,
 ) -> Result<RestoreReport> {
-    restore_from(image, None, backend, opts, progress)
+    restore_from(image, None, backend, opts, progress, None)
 }
 
 /// [`restore`], with the base of a diff image for the blocks the diff leaves to it
-/// (the caller has checked that `base` is the diff's base).
+/// (the caller has checked that `base` is the diff's base), and the limits' figures
+/// to check against (None: read now; tests give chosen ones).
 pub(crate) fn restore_from(
     image: &Image,
     base: Option<&Image>,
     backend: &Backend,
     opts: &RestoreOptions,
     progress: &Progress,
+    limits: Option<&Snapshot>,
 ) -> Result<RestoreReport> {
     let h = image.header();
     if h.base.is_some() && base.is_none() {
@@ -196,8 +198,14 @@ pub(crate) fn restore_from(
     // limits, as a preallocation is checked; then threads on its nodes' CPUs.
     let host = HostTopology::read();
     let need = place::bytes_to_fault(image, base, &mem)?;
-    let snap = Snapshot::read(host.has_memory.iter(), &host.huge_page_sizes);
-    place::check_room(backend, need, &snap)?;
+    match limits {
+        Some(snap) => place::check_room(backend, need, snap)?,
+        None => place::check_room(
+            backend,
+            need,
+            &Snapshot::read(host.has_memory.iter(), &host.huge_page_sizes),
+        )?,
+    }
     let cpus = place::cpus_for(backend, &host);
     progress.add_total(h.memory_len());
     let started = Instant::now();
