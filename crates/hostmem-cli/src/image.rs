@@ -1,13 +1,17 @@
 //! `hostmem image`: what a snapshot image holds (`info`) and whether every block still
-//! matches its checksum (`verify`). The format is `docs/snapshot.md`.
+//! matches its checksum (`verify`); and `hostmem run --restore/--save`, which bring a
+//! backend's memory back from an image and save it on exit. The format is
+//! `docs/snapshot.md`.
 
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use clap::{Args, Subcommand};
+use hostmem::objects::Objects;
 use hostmem::size::format_size;
-use hostmem::snapshot::{BlockKind, Image, SnapshotError};
+use hostmem::snapshot::{self, BlockKind, Image, RestoreOptions, SaveOptions, SnapshotError};
 use hostmem::Progress;
 use serde_json::{json, Value};
 
@@ -226,4 +230,151 @@ fn info_text(image: &Image) -> String {
     s += "block map (# data, . hole, = in the base):\n";
     s += &block_map(image);
     s
+}
+
+/// How `hostmem run --restore` brings an image back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoreMode {
+    /// Copied into the backend an `-object` made (placed and limited like prealloc).
+    Copy,
+    /// The backend is made from the image: the file mapped privately (copy on write).
+    Private,
+}
+
+/// `--restore ID=FILE[,mode=copy|private]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreSpec {
+    pub id: String,
+    pub file: PathBuf,
+    pub mode: RestoreMode,
+}
+
+/// `--save ID=FILE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SaveSpec {
+    pub id: String,
+    pub file: PathBuf,
+}
+
+fn id_and_file(text: &str) -> Result<(String, &str), String> {
+    match text.split_once('=') {
+        Some((id, rest)) if !id.is_empty() && !rest.is_empty() => Ok((id.to_string(), rest)),
+        _ => Err(format!("'{text}': expected ID=FILE")),
+    }
+}
+
+/// Parses `ID=FILE[,mode=copy|private]` (clap's value parser for `--restore`). A file
+/// name with a comma is taken whole unless what follows the last comma is `mode=...`.
+pub fn parse_restore(text: &str) -> Result<RestoreSpec, String> {
+    let (id, rest) = id_and_file(text)?;
+    let (file, mode) = match rest.rsplit_once(",mode=") {
+        Some((file, "copy")) => (file, RestoreMode::Copy),
+        Some((file, "private")) => (file, RestoreMode::Private),
+        Some((_, m)) => return Err(format!("mode={m}: expected mode=copy or mode=private")),
+        None => (rest, RestoreMode::Copy),
+    };
+    Ok(RestoreSpec {
+        id,
+        file: file.into(),
+        mode,
+    })
+}
+
+/// Parses `ID=FILE` (clap's value parser for `--save`).
+pub fn parse_save(text: &str) -> Result<SaveSpec, String> {
+    let (id, file) = id_and_file(text)?;
+    Ok(SaveSpec {
+        id,
+        file: file.into(),
+    })
+}
+
+/// `hostmem run --restore`: each image into its backend (copy: the `-object` of that id
+/// must exist; private: the id must be new, the backend is made from the image), with
+/// a line on stderr saying how long until the memory was usable (from opening the image
+/// to the last byte copied, or to the private mapping made, checksums verified).
+pub fn restore_all(
+    specs: &[RestoreSpec],
+    objects: &mut Objects,
+    progress: &Progress,
+) -> Result<(), String> {
+    for s in specs {
+        let what = format!("--restore {}={}", s.id, s.file.display());
+        let started = Instant::now();
+        let image = Image::open(&s.file).map_err(|e| format!("{what}: {e}"))?;
+        let bytes = image.data_bytes();
+        match s.mode {
+            RestoreMode::Copy => {
+                let b = objects
+                    .backend(&s.id)
+                    .ok_or_else(|| format!("{what}: no -object with id '{}'", s.id))?;
+                snapshot::restore(&image, b, &RestoreOptions::default(), progress)
+                    .map_err(|e| format!("{what}: {e}"))?;
+            }
+            RestoreMode::Private => {
+                let b =
+                    snapshot::restore_private(&image, &s.id).map_err(|e| format!("{what}: {e}"))?;
+                objects.add_backend(b).map_err(|e| format!("{what}: {e}"))?;
+            }
+        }
+        eprintln!(
+            "hostmem: restored '{}' from {} ({}, {} of data): usable after {:.1} ms",
+            s.id,
+            s.file.display(),
+            if s.mode == RestoreMode::Copy {
+                "copy"
+            } else {
+                "private"
+            },
+            format_size(bytes),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    Ok(())
+}
+
+/// `hostmem run --save`: each backend to its image, after the report and the hold; the
+/// errors, one per failed save.
+pub fn save_all(specs: &[SaveSpec], objects: &Objects, progress: &Progress) -> Vec<String> {
+    let mut errors = Vec::new();
+    for s in specs {
+        let what = format!("--save {}={}", s.id, s.file.display());
+        let Some(b) = objects.backend(&s.id) else {
+            errors.push(format!("{what}: no backend with id '{}'", s.id));
+            continue;
+        };
+        match snapshot::save(b, &s.file, &SaveOptions::default(), progress) {
+            Ok(r) => eprintln!(
+                "hostmem: saved '{}' to {} ({} of data in {} blocks) in {:.1} ms",
+                s.id,
+                s.file.display(),
+                format_size(r.data_bytes),
+                r.data_blocks,
+                r.secs * 1e3
+            ),
+            Err(e) => errors.push(format!("{what}: {e}")),
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_and_save_specs() {
+        let r = parse_restore("m0=/x/a,b.img,mode=private").unwrap();
+        assert_eq!(
+            (r.id.as_str(), r.file.to_str(), r.mode),
+            ("m0", Some("/x/a,b.img"), RestoreMode::Private)
+        );
+        assert_eq!(parse_restore("m0=a.img").unwrap().mode, RestoreMode::Copy);
+        assert!(parse_restore("m0=a.img,mode=lazy")
+            .unwrap_err()
+            .contains("mode=lazy"));
+        assert!(parse_restore("a.img").is_err());
+        assert!(parse_save("=a.img").is_err());
+        assert_eq!(parse_save("m=a").unwrap().file, PathBuf::from("a"));
+    }
 }

@@ -15,7 +15,7 @@ use hostmem::{Backend, HostTopology, MachineDefaults, ObjectSpec, Progress};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::signals::{self, Stop};
-use crate::{cmdline, qmp, report};
+use crate::{cmdline, image, qmp, report};
 
 /// The distinct words of `names`, first seen first.
 fn dedup<'a>(names: &[&'a str]) -> Vec<&'a str> {
@@ -121,6 +121,16 @@ pub struct RunArgs {
     /// to backends added over QMP too.
     #[arg(long)]
     ignore_memory_limits: bool,
+    /// Restore a backend from a snapshot image once the backends exist, before the
+    /// report: ID=FILE[,mode=copy|private] (repeatable). copy: into the -object of that
+    /// id; private: a new backend ID mapping the image copy-on-write. Prints the time to
+    /// usable memory on stderr. See docs/snapshot.md.
+    #[arg(long = "restore", value_name = "ID=FILE[,mode=M]", value_parser = image::parse_restore)]
+    restore: Vec<image::RestoreSpec>,
+    /// Save a backend's memory to a snapshot image on exit, after the report and the
+    /// hold: ID=FILE (repeatable; not with --qmp).
+    #[arg(long = "save", value_name = "ID=FILE", value_parser = image::parse_save)]
+    save: Vec<image::SaveSpec>,
     /// A QEMU command line after `--`: `hostmem run -- qemu-system-x86_64 -m 4G ...`.
     #[arg(last = true, value_name = "QEMU ARGS")]
     qemu: Vec<String>,
@@ -264,6 +274,12 @@ pub fn main(args: RunArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail("-qmp", e),
     };
+    if qmp_path.is_some() && !args.save.is_empty() {
+        return fail(
+            "--save",
+            "not with --qmp: the monitor owns the backends until it stops",
+        );
+    }
     let qemu_line = match (&args.qemu_cmdline, args.qemu.is_empty()) {
         (Some(file), _) => match std::fs::read_to_string(file).map_err(|e| e.to_string()) {
             Ok(text) => match cmdline::split_file(&text) {
@@ -300,7 +316,7 @@ pub fn main(args: RunArgs) -> ExitCode {
             }
             Err(e) => return fail(&what, e),
         }
-    } else if specs.is_empty() && qmp_path.is_none() {
+    } else if specs.is_empty() && qmp_path.is_none() && args.restore.is_empty() {
         // A monitor starts empty like QEMU's `-machine none`; backends come over QMP.
         specs.push(default_spec());
     }
@@ -323,6 +339,11 @@ pub fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(Stop::Signal(sig).status());
         }
         return fail(&format!("-object {}", backend_specs[e.index]), e.error);
+    }
+    if let Err(e) = image::restore_all(&args.restore, &mut objects, &progress) {
+        eprintln!("hostmem: {e}");
+        objects.delete_all();
+        return ExitCode::from(1);
     }
     // What QEMU prints as warnings (a pmem=on file that is not on DAX, ...).
     for (b, spec) in objects.backends().zip(&backend_specs) {
@@ -364,6 +385,10 @@ pub fn main(args: RunArgs) -> ExitCode {
     if args.hold {
         // Any stop (EOF, SIGINT, SIGTERM) ends the hold cleanly with status 0.
         let _ = events.rx.recv();
+    }
+    for e in image::save_all(&args.save, &objects, &progress) {
+        eprintln!("hostmem: {e}");
+        status = 1;
     }
     for e in objects.delete_all() {
         eprintln!("hostmem: {e}");

@@ -131,7 +131,7 @@ pub fn restore_diff(
     {
         return refuse("their layouts differ");
     }
-    restore_from(diff, Some(base), backend, opts, progress)
+    restore_from(diff, Some(base), backend, opts, progress, None)
 }
 
 #[cfg(test)]

@@ -16,7 +16,10 @@
 //!   byte of it reaches the memory; a failure names the block, its backend offset and
 //!   page, and the cause.
 //!
-//! Lazy (userfaultfd) and private-mapping restores and diff images are not here yet.
+//! - [`restore_private`]: the image file mapped MAP_PRIVATE as a file backend (QEMU's
+//!   templating), its page cache shared by every clone, a page copied when written.
+//!
+//! Lazy (userfaultfd) restore is not here yet.
 
 mod diff;
 mod error;
@@ -24,6 +27,8 @@ mod format;
 mod image;
 mod memory;
 mod par;
+mod place;
+mod private;
 mod restore;
 mod save;
 
@@ -31,6 +36,8 @@ pub use diff::{restore_diff, save_diff, Dirty};
 pub use error::{BlockFault, SnapshotError};
 pub use format::{BlockAt, BlockKind, Header, RegionEntry, MAGIC, MAX_BLOCK_SIZE, VERSION};
 pub use image::{Image, RawRegion};
+pub use place::check_room;
+pub use private::{private_builder, restore_private};
 pub use restore::{restore, RestoreOptions, RestoreReport, VerifyReport};
 pub use save::{save, save_ranges, SaveOptions, SaveReport};
 

@@ -10,11 +10,13 @@ use crate::Progress;
 
 /// Runs `work(index, buffer)` for every block in `0..blocks` on up to `threads`
 /// threads, each with its own `buf_len`-byte buffer; returns each block's result in
-/// order. `bytes(index)` is what a block adds to the progress. On failure, the error of
-/// the lowest failed block, among those that ran.
+/// order. `bytes(index)` is what a block adds to the progress. Threads run on `cpus`
+/// when it is not empty (a restore's on the nodes its memory goes to, as prealloc's). On
+/// failure, the error of the lowest failed block, among those that ran.
 pub(crate) fn run<T, W, B>(
     blocks: u64,
     threads: usize,
+    cpus: &[usize],
     buf_len: usize,
     progress: &Progress,
     bytes: B,
@@ -34,6 +36,10 @@ where
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
+                    if !cpus.is_empty() {
+                        // Placement is a speed hint: a refused pin still runs.
+                        let _ = crate::sys::pin_current_thread(cpus);
+                    }
                     let mut buf = vec![0u8; buf_len];
                     let mut mine = Vec::new();
                     while !stop.load(Ordering::Relaxed) {

@@ -7,8 +7,9 @@ use std::time::Instant;
 use super::format::{BlockAt, BlockKind};
 use super::image::Image;
 use super::memory::Memory;
-use super::{block_checksum, par, BlockFault, Result, SnapshotError};
-use crate::{Backend, Progress};
+use super::{block_checksum, par, place, BlockFault, Result, SnapshotError};
+use crate::limits::Snapshot;
+use crate::{Backend, HostTopology, Progress};
 
 /// How to restore.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -113,6 +114,7 @@ impl Image {
         let lens = par::run(
             h.blocks,
             par::threads_for(h.memory_len(), threads),
+            &[],
             h.buffer_len(),
             progress,
             |i| h.block(i).map_or(0, |b| b.len),
@@ -158,17 +160,19 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &Progress,
 ) -> Result<RestoreReport> {
-    restore_from(image, None, backend, opts, progress)
+    restore_from(image, None, backend, opts, progress, None)
 }
 
 /// [`restore`], with the base of a diff image for the blocks the diff leaves to it
-/// (the caller has checked that `base` is the diff's base).
+/// (the caller has checked that `base` is the diff's base), and the limits' figures
+/// to check against (None: read now; tests give chosen ones).
 pub(crate) fn restore_from(
     image: &Image,
     base: Option<&Image>,
     backend: &Backend,
     opts: &RestoreOptions,
     progress: &Progress,
+    limits: Option<&Snapshot>,
 ) -> Result<RestoreReport> {
     let h = image.header();
     if h.base.is_some() && base.is_none() {
@@ -190,11 +194,25 @@ pub(crate) fn restore_from(
             mem.len()
         )));
     }
+    // Before any page: the bytes this restore makes resident against the backend's
+    // limits, as a preallocation is checked; then threads on its nodes' CPUs.
+    let host = HostTopology::read();
+    let need = place::bytes_to_fault(image, base, &mem)?;
+    match limits {
+        Some(snap) => place::check_room(backend, need, snap)?,
+        None => place::check_room(
+            backend,
+            need,
+            &Snapshot::read(host.has_memory.iter(), &host.huge_page_sizes),
+        )?,
+    }
+    let cpus = place::cpus_for(backend, &host);
     progress.add_total(h.memory_len());
     let started = Instant::now();
     let done = par::run(
         h.blocks,
         par::threads_for(h.memory_len(), opts.threads),
+        &cpus,
         h.buffer_len(),
         progress,
         |i| h.block(i).map_or(0, |b| b.len),

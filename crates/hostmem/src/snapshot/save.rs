@@ -154,6 +154,7 @@ pub(crate) fn save_image(
     let saved = par::run(
         header.blocks,
         par::threads_for(header.memory_len(), opts.threads),
+        &[],
         header.buffer_len(),
         progress,
         |i| block(i).map_or(0, |b| b.len),

@@ -8,6 +8,8 @@ mod common;
 
 mod diff;
 mod faults;
+mod placed;
+mod private;
 mod round_trip;
 
 use std::fs::File;

@@ -1,0 +1,180 @@
+//! Where a copy restore runs and whether it may: restored memory is placed and limited
+//! as preallocated memory is (DESIGN.md §10), because a restore into a fresh backend
+//! *is* its preallocation — it faults in every data page.
+//!
+//! - Threads run on the CPUs of the nodes the backend's policy binds or prefers, as
+//!   prealloc's do (`Backend::job`): the copy's writes then fault pages in on the
+//!   threads' own nodes, and the source reads come from the local page cache.
+//! - Before any page is written, the bytes the restore will make resident are checked
+//!   against the limits the backend counts against (its bound nodes or the host, the
+//!   memory cgroup, the hugetlb cgroup), with the same rules and errors as a
+//!   preallocation (`backend/room.rs`): a restore that does not fit is refused naming
+//!   the limit, instead of being OOM-killed halfway.
+
+use super::format::BlockKind;
+use super::image::Image;
+use super::memory::Memory;
+use super::{BlockFault, Result, SnapshotError};
+use crate::backend::room;
+use crate::kind::Plan;
+use crate::limits::Snapshot;
+use crate::{Backend, HostTopology};
+
+/// The CPUs a restore into `backend` runs on: those of the nodes its policy names
+/// (bound, preferred, interleaved), or any (empty) for the default policy.
+pub(crate) fn cpus_for(backend: &Backend, host: &HostTopology) -> Vec<usize> {
+    let c = &backend.config().common;
+    if c.policy.takes_nodes() {
+        host.cpus_of(&c.host_nodes)
+    } else {
+        Vec::new()
+    }
+}
+
+/// Bytes a restore of `image` (with `base` for a diff's base blocks) would fault in:
+/// the data blocks over memory the kernel says holds nothing yet. A block the memory
+/// already holds a page of counts as resident (restoring into memory in use, e.g.
+/// preallocated, adds nothing there).
+pub(crate) fn bytes_to_fault(image: &Image, base: Option<&Image>, mem: &Memory) -> Result<u64> {
+    let h = image.header();
+    let mut need = 0u64;
+    for i in 0..h.blocks {
+        let source = match (image.blocks()[i as usize], base) {
+            (BlockKind::Base, Some(base)) => base,
+            _ => image,
+        };
+        if matches!(
+            source.blocks()[i as usize],
+            BlockKind::Hole | BlockKind::Base
+        ) {
+            continue;
+        }
+        let Some(b) = h.block(i) else { continue };
+        let held =
+            mem.may_hold_data(b.backend_offset, b.len)
+                .map_err(|e| SnapshotError::Block {
+                    index: b.index,
+                    backend_offset: b.backend_offset,
+                    page: b.backend_offset / h.page_size,
+                    fault: BlockFault::Read(e),
+                })?;
+        if !held {
+            need += b.len;
+        }
+    }
+    Ok(need)
+}
+
+/// Refuses a restore that would make `need` more bytes of `backend`'s memory resident
+/// than the limits it counts against can give according to `snap`: the decision a
+/// preallocation of `need` bytes gets, with its error (`Error::NodeMemoryShort` naming
+/// the bound nodes, `HostMemoryShort`, `CgroupMemoryShort`, `HugetlbCgroupShort`).
+/// A backend that ignores memory limits, or whose memory is page cache a disk can take
+/// back (a shared file on disk), passes. Public so a caller can ask before restoring,
+/// and so the decision can be checked against chosen figures.
+pub fn check_room(backend: &Backend, need: u64, snap: &Snapshot) -> Result<()> {
+    let page_size = backend
+        .page_size()
+        .ok_or_else(|| SnapshotError::Mismatch(format!("'{}' is not allocated", backend.id())))?;
+    let plan = Plan {
+        len: need,
+        page_size,
+        hugetlb: page_size > crate::sys::page_size() as u64,
+        existing_file: false,
+    };
+    match room::check_batch(&[(backend, &plan)], snap)
+        .into_iter()
+        .next()
+    {
+        Some((_, e)) => Err(SnapshotError::Backend(e)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::restore::{restore_from, RestoreOptions};
+    use super::super::save::{save, SaveOptions};
+    use super::*;
+    use crate::limits::{MemoryRoom, Watermarks};
+    use crate::{Error, Kind, NodeSet, Policy, Progress};
+
+    const MIB: u64 = 1 << 20;
+
+    /// Node 0 with `node` bytes available, the host with plenty, no cgroup limit.
+    fn short_node(node: u64) -> Snapshot {
+        let room = |free| MemoryRoom {
+            total: 1 << 40,
+            free,
+            file: 0,
+            slab_reclaimable: 0,
+            reserve: 0,
+        };
+        Snapshot {
+            nodes: vec![(0, Ok(room(node)))],
+            host: Ok(room(1 << 40)),
+            memory_cgroup: Ok(None),
+            hugetlb_cgroups: Vec::new(),
+            marks: Watermarks::default(),
+            uncounted: None,
+            hints: Vec::new(),
+        }
+    }
+
+    /// smaps `Rss` of the mapping at `start`, bytes.
+    fn rss_at(start: usize) -> u64 {
+        let text = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let head = format!("{start:x}-");
+        let rss = text
+            .lines()
+            .skip_while(|l| !l.starts_with(&head))
+            .find(|l| l.starts_with("Rss:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .expect("the mapping is in smaps");
+        rss * 1024
+    }
+
+    #[test]
+    fn restore_beyond_the_bound_nodes_room_is_refused_before_any_page() {
+        let dir = std::env::temp_dir().join(format!("hostmem-place-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mem.img");
+        let memfd = |id: &str, bound: bool| {
+            let b = Backend::builder(Kind::Memfd, id).size(16 * MIB);
+            let b = if bound {
+                b.policy(Policy::Bind).host_nodes(NodeSet::from_iter([0]))
+            } else {
+                b
+            };
+            b.create().unwrap()
+        };
+        let src = memfd("src", false);
+        src.hold()
+            .unwrap()
+            .fill(2 * MIB as usize, 8 * MIB as usize, 0x5a)
+            .unwrap();
+        save(&src, &path, &SaveOptions::default(), &Progress::new()).unwrap();
+        let image = Image::open(&path).unwrap();
+        let dst = memfd("dst", true);
+        let limits = short_node(4 * MIB);
+        let opts = RestoreOptions::default();
+        let r = restore_from(&image, None, &dst, &opts, &Progress::new(), Some(&limits));
+        let _ = std::fs::remove_dir_all(&dir);
+        match r {
+            Err(SnapshotError::Backend(e @ Error::NodeMemoryShort { .. })) => {
+                let text = e.to_string();
+                assert!(text.contains("node 0") && text.contains("8 MiB"), "{text}");
+            }
+            other => panic!("8 MiB restored onto a node with 4 MiB: {other:?}"),
+        }
+        assert_eq!(
+            rss_at(dst.host_addr().unwrap()),
+            0,
+            "the refused restore made pages resident"
+        );
+        // With room, the same restore goes ahead: the refusal was the limit's.
+        let room = short_node(64 * MIB);
+        let r = restore_from(&image, None, &dst, &opts, &Progress::new(), Some(&room)).unwrap();
+        assert_eq!(r.data_bytes, 8 * MIB);
+    }
+}
