@@ -198,6 +198,26 @@ fn a_bind_to_node0_above_its_meminfo_is_a_warning_while_nodes_do_not_add_up_and_
     let uncounted = f.host_free.saturating_sub(f.nodes_free);
     let extra = f.node0_unmanaged.min(uncounted);
     let room = extra.min(f.host_available.saturating_sub(f.node0_available));
+    // `--check` of `size` bytes bound to node 0: its exit code, its backend and its
+    // node 0 limit, as the JSON report has them.
+    let check = |size: u64| {
+        let obj =
+            format!("memory-backend-ram,id=x,size={size},policy=bind,host-nodes=0,prealloc=on");
+        let out = Command::new(BIN)
+            .args(["run", "--check", "--json", "-object", &obj])
+            .output()
+            .unwrap();
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let b = doc["backends"][0].clone();
+        let node = b["limits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["limit"] == "node 0")
+            .expect("node 0 is a limit of a bind to it")
+            .clone();
+        (out.status.code(), b, node)
+    };
     if room <= 512 << 20 {
         eprintln!(
             "this host's node figures add up to /proc/meminfo (free {} of {}, total {} of {}, \
@@ -209,26 +229,9 @@ fn a_bind_to_node0_above_its_meminfo_is_a_warning_while_nodes_do_not_add_up_and_
             format_size(f.node0_unmanaged)
         );
         let size = (f.node0_available + (1 << 30)) & !0xfff;
-        let obj =
-            format!("memory-backend-ram,id=x,size={size},policy=bind,host-nodes=0,prealloc=on");
-        let out = Command::new(BIN)
-            .args(["run", "--check", "--json", "-object", &obj])
-            .output()
-            .unwrap();
-        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let b = &doc["backends"][0];
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "{size} bytes on node 0 ({f:?}): {b}"
-        );
+        let (code, b, node) = check(size);
+        assert_eq!(code, Some(1), "{size} bytes on node 0 ({f:?}): {b}");
         assert_eq!(b["fits"], false, "{b}");
-        let node = b["limits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["limit"] == "node 0")
-            .expect("node 0 is a limit of a bind to it");
         assert!(node["uncertain"].is_null(), "nothing uncertain: {node}");
         assert!(node["available"].as_u64().unwrap() < size, "{node}");
         return;
@@ -239,18 +242,8 @@ fn a_bind_to_node0_above_its_meminfo_is_a_warning_while_nodes_do_not_add_up_and_
     );
     // Half way into what only the uncounted pages can give.
     let size = (f.node0_available + room / 2) & !0xfff;
-    let obj = format!("memory-backend-ram,id=x,size={size},policy=bind,host-nodes=0,prealloc=on");
-    let out = Command::new(BIN)
-        .args(["run", "--check", "--json", "-object", &obj])
-        .output()
-        .unwrap();
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let b = &doc["backends"][0];
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{size} bytes on node 0 ({f:?}): {b}"
-    );
+    let (code, b, node) = check(size);
+    assert_eq!(code, Some(0), "{size} bytes on node 0 ({f:?}): {b}");
     assert_eq!(b["fits"], true);
     let warnings = b["warnings"].as_array().unwrap();
     assert!(
@@ -259,12 +252,6 @@ fn a_bind_to_node0_above_its_meminfo_is_a_warning_while_nodes_do_not_add_up_and_
         })),
         "{b}"
     );
-    let node = b["limits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["limit"] == "node 0")
-        .expect("node 0 is a limit of a bind to it");
     assert!(node["uncertain"].as_str().is_some(), "{node}");
     assert!(node["available"].as_u64().unwrap() >= size, "{node}");
 }

@@ -18,7 +18,9 @@ enum NumError {
 
 /// glibc's `strtoull(s, &end, base)`: the value (negated modulo 2^64 after a `-`),
 /// where the number ends (0: no conversion) and whether it overflowed.
-fn strtoull(s: &[u8], base: u32) -> (u64, usize, bool) {
+/// C's number prefix: blanks, then an optional sign. Whether it is `-`, and where the
+/// digits start.
+fn blanks_and_sign(s: &[u8]) -> (bool, usize) {
     let mut i = 0;
     while s.get(i).is_some_and(|&b| c_space(b)) {
         i += 1;
@@ -27,6 +29,11 @@ fn strtoull(s: &[u8], base: u32) -> (u64, usize, bool) {
     if matches!(s.get(i), Some(b'+' | b'-')) {
         i += 1;
     }
+    (neg, i)
+}
+
+fn strtoull(s: &[u8], base: u32) -> (u64, usize, bool) {
+    let (neg, mut i) = blanks_and_sign(s);
     let hex_prefix = s.get(i) == Some(&b'0')
         && matches!(s.get(i + 1), Some(b'x' | b'X'))
         && s.get(i + 2).is_some_and(|b| b.is_ascii_hexdigit());
@@ -121,14 +128,7 @@ fn suffix_shift(b: Option<&u8>) -> Option<u32> {
 /// then `.digits`; anything else (no digits, inf, nan) is no conversion. The value,
 /// whether it was negative, whether it underflowed to 0, and where it ends.
 fn fraction(s: &[u8]) -> Option<(f64, bool, bool, usize)> {
-    let mut i = 0;
-    while s.get(i).is_some_and(|&b| c_space(b)) {
-        i += 1;
-    }
-    let neg = s.get(i) == Some(&b'-');
-    if matches!(s.get(i), Some(b'+' | b'-')) {
-        i += 1;
-    }
+    let (neg, i) = blanks_and_sign(s);
     if s.get(i) != Some(&b'.') {
         return None;
     }
