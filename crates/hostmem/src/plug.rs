@@ -20,8 +20,10 @@
 use std::ops::Range;
 
 use crate::backend::claim::{Claimed, PROTECTED};
+use crate::backend::room;
 use crate::backend::{Backend, InUse};
 use crate::error::{Error, Result};
+use crate::limits::Snapshot;
 use crate::numa::HostTopology;
 use crate::prealloc::{self, Progress, Stats};
 use crate::sys;
@@ -182,19 +184,27 @@ impl<'a> Blocks<'a> {
         let region = self.hold.0.clone();
         let host = HostTopology::read();
         let (off, len) = (range.start, range.end - range.start);
+        // What the plug will make resident: the pages of the range the kernel does not
+        // have yet.
+        let page = region.page_size;
+        let base = sys::page_size() as u64;
+        let pages = region
+            .mapped
+            .map
+            .resident_pages(off as usize, len as usize)
+            .map_err(|e| self.io_error("reading residency (mincore)", e))?;
+        let per_page = (page / base).max(1) as usize;
+        let absent = pages.chunks(per_page).filter(|c| !c[0]).count() as u64;
         let mut needed = 0;
         if region.hugetlb {
-            let page = region.page_size;
-            let base = sys::page_size() as u64;
-            let pages = region
-                .mapped
-                .map
-                .resident_pages(off as usize, len as usize)
-                .map_err(|e| self.io_error("reading residency (mincore)", e))?;
-            let per_page = (page / base) as usize;
-            needed = pages.chunks(per_page).filter(|c| !c[0]).count() as u64;
+            needed = absent;
             crate::backend::capacity::check_pool(self.backend, needed, page, &host, true)?;
         }
+        // The memory limits a preallocation of that size meets (bound nodes, host,
+        // memory and hugetlb cgroups), before any page: a plug the host cannot give is
+        // an error naming the limit, not the OOM killer.
+        let limits = Snapshot::read(host.has_memory.iter(), &host.huge_page_sizes);
+        room::check_more(self.backend, absent * page, &limits)?;
         let was_protected = self.protected[first..last].to_vec();
         self.set_access(first, last, true)?;
         let threads = self.backend.config().common.prealloc_threads;

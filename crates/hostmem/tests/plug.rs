@@ -428,3 +428,35 @@ fn no_guest_region_is_made_over_an_unplugged_protected_block() {
     drop(r);
     println!("CHILD protect under a region refused");
 }
+
+/// A plug the host cannot give is refused before any page, naming the limit, as a
+/// preallocation of that size would be (not left to the OOM killer): a 64 GiB
+/// reserve=off backend on this 24 GiB host maps fine, plugging all of it does not.
+#[test]
+fn a_plug_larger_than_the_host_can_give_is_refused_before_any_page() {
+    let size = 64 * GIB;
+    let b = Backend::builder(Kind::Ram, "big")
+        .size(size)
+        .reserve(false)
+        .create()
+        .unwrap();
+    let available = {
+        let text = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let kib = |k: &str| -> u64 {
+            let l = text.lines().find(|l| l.starts_with(k)).unwrap();
+            l.split_whitespace().nth(1).unwrap().parse().unwrap()
+        };
+        kib("MemTotal:") * 1024
+    };
+    assert!(
+        size > available,
+        "the test needs a host with less than 64 GiB"
+    );
+    let mut blocks = Blocks::new(&b, BLOCK).unwrap();
+    let e = blocks.plug(0..size).unwrap_err();
+    assert!(matches!(e, Error::HostMemoryShort { .. }), "{e}");
+    assert!(e.to_string().contains("the host has"), "{e}");
+    assert!(blocks.plugged().is_empty());
+    let start = b.host_addr().unwrap();
+    assert_eq!(smaps_resident(start, size), 0, "no page faulted in");
+}

@@ -321,6 +321,26 @@ pub(crate) fn check_batch(items: &[(&Backend, &Plan)], snap: &Snapshot) -> Vec<(
     out
 }
 
+/// Whether `need` more bytes of `b`'s live memory may become resident now (a restore
+/// into it, a plug of some of its blocks), against the limits a preallocation of that
+/// size meets: the error it would get (`NodeMemoryShort` naming the bound nodes,
+/// `HostMemoryShort`, the memory or hugetlb cgroup).
+pub(crate) fn check_more(b: &Backend, need: u64, snap: &Snapshot) -> Result<(), Error> {
+    let Some(page_size) = b.page_size() else {
+        return Err(b.not_allocated());
+    };
+    let plan = Plan {
+        len: need,
+        page_size,
+        hugetlb: page_size > crate::sys::page_size() as u64,
+        existing_file: false,
+    };
+    match check_batch(&[(b, &plan)], snap).into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// The backends of a batch (index in `items`) that [`check_batch`] lets pass only
 /// thanks to what bound nodes may give beyond their meminfo, each with a warning that
 /// says so with the numbers.

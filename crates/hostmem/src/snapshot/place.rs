@@ -16,7 +16,6 @@ use super::image::Image;
 use super::memory::Memory;
 use super::{BlockFault, Result, SnapshotError};
 use crate::backend::room;
-use crate::kind::Plan;
 use crate::limits::Snapshot;
 use crate::{Backend, HostTopology};
 
@@ -73,22 +72,13 @@ pub(crate) fn bytes_to_fault(image: &Image, base: Option<&Image>, mem: &Memory) 
 /// back (a shared file on disk), passes. Public so a caller can ask before restoring,
 /// and so the decision can be checked against chosen figures.
 pub fn check_room(backend: &Backend, need: u64, snap: &Snapshot) -> Result<()> {
-    let page_size = backend
-        .page_size()
-        .ok_or_else(|| SnapshotError::Mismatch(format!("'{}' is not allocated", backend.id())))?;
-    let plan = Plan {
-        len: need,
-        page_size,
-        hugetlb: page_size > crate::sys::page_size() as u64,
-        existing_file: false,
-    };
-    match room::check_batch(&[(backend, &plan)], snap)
-        .into_iter()
-        .next()
-    {
-        Some((_, e)) => Err(SnapshotError::Backend(e)),
-        None => Ok(()),
+    if backend.page_size().is_none() {
+        return Err(SnapshotError::Mismatch(format!(
+            "'{}' is not allocated",
+            backend.id()
+        )));
     }
+    room::check_more(backend, need, snap).map_err(SnapshotError::Backend)
 }
 
 #[cfg(test)]
