@@ -19,7 +19,7 @@
 
 use std::ops::Range;
 
-use crate::backend::claim::{Claimed, PROTECTED};
+use crate::backend::claim::{Claimed, PLUGGED, PROTECTED};
 use crate::backend::room;
 use crate::backend::{Backend, InUse};
 use crate::error::{Error, Result};
@@ -118,6 +118,10 @@ impl<'a> Blocks<'a> {
         for (p, r) in blocks.plugged.iter_mut().zip(resident) {
             *p = r == block_size;
         }
+        let hold = blocks.hold.clone();
+        let mut claims = hold.0.claims.lock().unwrap_or_else(|e| e.into_inner());
+        blocks.mark_plugged(&mut claims, 0, n);
+        drop(claims);
         Ok(blocks)
     }
 
@@ -216,6 +220,10 @@ impl<'a> Blocks<'a> {
             Some(Ok(stats)) => {
                 let newly = self.plugged[first..last].iter().filter(|p| !**p).count();
                 self.plugged[first..last].fill(true);
+                let hold = self.hold.clone();
+                let mut claims = hold.0.claims.lock().unwrap_or_else(|e| e.into_inner());
+                self.mark_plugged(&mut claims, first, last);
+                drop(claims);
                 Ok(PlugReport {
                     newly_plugged: newly as u64,
                     huge_pages_needed: needed,
@@ -256,15 +264,20 @@ impl<'a> Blocks<'a> {
     /// region now (its accesses are not checked copies).
     pub fn unplug(&mut self, range: Range<u64>, protect: bool) -> Result<UnplugReport> {
         let (first, last) = self.blocks_of(&range)?;
-        let claimed = {
-            let claims = self.hold.0.claims.lock().unwrap_or_else(|e| e.into_inner());
-            claims
-                .iter()
-                .find(|c| {
-                    c.guest != PROTECTED && range.start < c.offset + c.len && c.offset < range.end
-                })
-                .map(|c| c.guest)
-        };
+        // Under the claims' lock from the check to the last mark: no region can be made
+        // over these blocks while they lose their memory (its claim would see them
+        // still plugged, then find them gone).
+        let hold = self.hold.clone();
+        let mut claims = hold.0.claims.lock().unwrap_or_else(|e| e.into_inner());
+        let claimed = claims
+            .iter()
+            .find(|c| {
+                c.guest != PROTECTED
+                    && c.guest != PLUGGED
+                    && range.start < c.offset + c.len
+                    && c.offset < range.end
+            })
+            .map(|c| c.guest);
         if let Some(guest) = claimed {
             return Err(Error::Refused(format!(
                 "backend '{}': bytes {}..{} are part of a guest region at {guest:#x}: unplug them after dropping the region",
@@ -274,13 +287,16 @@ impl<'a> Blocks<'a> {
             )));
         }
         let how = self.discard(first, last)?;
-        // What was faulted in is gone: vm-memory may no longer trust the whole mapping.
+        // What was faulted in is gone: vm-memory may no longer trust the whole mapping,
+        // only the blocks still plugged.
         self.hold
             .0
             .populated
             .store(false, std::sync::atomic::Ordering::Release);
         let were = self.plugged[first..last].iter().filter(|p| **p).count() as u64;
         self.plugged[first..last].fill(false);
+        self.mark_plugged(&mut claims, first, last);
+        drop(claims);
         if protect {
             self.set_access(first, last, false)?;
         }
@@ -317,6 +333,19 @@ impl<'a> Blocks<'a> {
         Ok(how)
     }
 
+    /// Writes the plugged state of blocks `[first, last)` into the memory's claims
+    /// ([`PLUGGED`] markers, one per plugged block), which a vm-memory region over
+    /// memory without a reservation must be covered by (`backend/claim.rs`).
+    fn mark_plugged(&self, claims: &mut Vec<Claimed>, first: usize, last: usize) {
+        let (off, end) = (first as u64 * self.block, last as u64 * self.block);
+        claims.retain(|c| !(c.guest == PLUGGED && c.offset >= off && c.offset < end));
+        claims.extend((first..last).filter(|&i| self.plugged[i]).map(|i| Claimed {
+            offset: i as u64 * self.block,
+            len: self.block,
+            guest: PLUGGED,
+        }));
+    }
+
     /// Makes blocks `[first, last)` accessible or PROT_NONE, and notes which. A
     /// protected block is also marked in the memory's claims (`backend/claim.rs`,
     /// [`PROTECTED`]), under the claims' lock and after checking that no guest region
@@ -334,10 +363,12 @@ impl<'a> Blocks<'a> {
         let hold = self.hold.clone();
         let mut claims = hold.0.claims.lock().unwrap_or_else(|e| e.into_inner());
         if !accessible {
-            if let Some(c) = claims
-                .iter()
-                .find(|c| c.guest != PROTECTED && off < c.offset + c.len && c.offset < off + len)
-            {
+            if let Some(c) = claims.iter().find(|c| {
+                c.guest != PROTECTED
+                    && c.guest != PLUGGED
+                    && off < c.offset + c.len
+                    && c.offset < off + len
+            }) {
                 return Err(Error::Refused(format!(
                     "backend '{}': bytes {off}..{} are part of a guest region at {:#x}: cannot make them inaccessible under it",
                     self.backend.id(),

@@ -460,3 +460,51 @@ fn a_plug_larger_than_the_host_can_give_is_refused_before_any_page() {
     let start = b.host_addr().unwrap();
     assert_eq!(smaps_resident(start, size), 0, "no page faulted in");
 }
+
+/// Huge pages without a reservation become guest memory block by block: a region over
+/// plugged blocks is made (and written), one that reaches an unplugged block is
+/// refused (a touch there could SIGBUS on an empty pool), a block under a live region
+/// cannot be unplugged, and once unplugged it is refused again. In a child, so a
+/// SIGBUS fails the test instead of the run.
+#[cfg(feature = "vm-memory")]
+#[test]
+fn unreserved_huge_pages_become_guest_memory_only_over_plugged_blocks() {
+    use hostmem::vm_memory::{Bytes, GuestAddress, MemoryRegionAddress};
+    use hostmem::vmm::VmmError;
+    let _one = serial();
+    const NAME: &str = "unreserved_huge_pages_become_guest_memory_only_over_plugged_blocks";
+    if let Some(run) = child_run(NAME) {
+        run.assert_survived()
+            .assert_printed("CHILD region over plugged blocks written")
+            .assert_printed("CHILD region reaching an unplugged block refused")
+            .assert_printed("CHILD unplug under a region refused, after it the region refused");
+        return;
+    }
+    let _pool = PoolGuard::set(HUGE, 10);
+    let b = unreserved(Kind::Memfd, "hvm")
+        .hugetlb(true)
+        .hugetlbsize(HUGE)
+        .create()
+        .unwrap();
+    let mut blocks = Blocks::new(&b, BLOCK).unwrap();
+    blocks.plug(0..4 * MIB).unwrap();
+    let r = b.guest_region::<()>(0, 4 * MIB, GuestAddress(0)).unwrap();
+    r.write_slice(b"plugged", MemoryRegionAddress(4 * MIB - 7))
+        .unwrap();
+    println!("CHILD region over plugged blocks written");
+    let e = b
+        .guest_region::<()>(4 * MIB, 4 * MIB, GuestAddress(1 << 30))
+        .unwrap_err();
+    assert!(matches!(e, VmmError::Unbacked { .. }), "{e}");
+    println!("CHILD region reaching an unplugged block refused");
+    let e = blocks.unplug(2 * MIB..4 * MIB, false).unwrap_err();
+    assert!(e.to_string().contains("guest region"), "{e}");
+    drop(r);
+    blocks.unplug(2 * MIB..4 * MIB, false).unwrap();
+    let e = b
+        .guest_region::<()>(0, 4 * MIB, GuestAddress(0))
+        .unwrap_err();
+    assert!(matches!(e, VmmError::Unbacked { .. }), "{e}");
+    b.guest_region::<()>(0, 2 * MIB, GuestAddress(0)).unwrap();
+    println!("CHILD unplug under a region refused, after it the region refused");
+}

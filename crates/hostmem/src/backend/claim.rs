@@ -20,6 +20,24 @@ pub(crate) struct Claimed {
 /// (`plug.rs`): no region may be made over it, since vm-memory's copies would fault.
 pub(crate) const PROTECTED: u64 = u64::MAX;
 
+/// The `guest` of a block that is plugged (`plug.rs`): not a claim (regions may cover
+/// it), but what makes memory without a reservation safe to hand to vm-memory. Kept
+/// here so the check and the unplug are made under the same lock.
+pub(crate) const PLUGGED: u64 = u64::MAX - 1;
+
+/// Why a range could not be claimed.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "vm-memory"), allow(dead_code))]
+pub(crate) enum Refused {
+    /// Empty, or beyond the mapping.
+    OutOfRange,
+    /// A live region, or an unplugged protected block, overlaps it.
+    Overlap(Claimed),
+    /// A first touch could find no backing (huge pages without a reservation) and the
+    /// range is neither preallocated whole nor plugged block by block.
+    Unbacked,
+}
+
 #[cfg_attr(not(feature = "vm-memory"), allow(dead_code))]
 impl Claimed {
     fn overlaps(&self, offset: u64, len: u64) -> bool {
@@ -32,8 +50,31 @@ pub(crate) use guard::Claim;
 
 #[cfg(feature = "vm-memory")]
 mod guard {
-    use super::Claimed;
+    use std::sync::atomic::Ordering;
+
+    use super::{Claimed, Refused, PLUGGED};
     use crate::backend::InUse;
+
+    /// Whether plugged blocks cover `[start, end)` without a gap.
+    fn covered(claims: &[Claimed], start: u64, end: u64) -> bool {
+        let mut plugged: Vec<(u64, u64)> = claims
+            .iter()
+            .filter(|c| c.guest == PLUGGED)
+            .map(|c| (c.offset, c.offset + c.len))
+            .collect();
+        plugged.sort_unstable();
+        let mut at = start;
+        for (a, b) in plugged {
+            if a > at {
+                break;
+            }
+            at = at.max(b);
+            if at >= end {
+                return true;
+            }
+        }
+        at >= end
+    }
 
     /// A live claim: holds the backend's memory (so it stays mapped and the backend is
     /// in use) and gives its range back when dropped.
@@ -53,14 +94,22 @@ mod guard {
             offset: u64,
             len: u64,
             guest: u64,
-        ) -> Result<Claim, Option<Claimed>> {
-            let end = offset.checked_add(len).ok_or(None)?;
+        ) -> Result<Claim, Refused> {
+            let end = offset.checked_add(len).ok_or(Refused::OutOfRange)?;
             if len == 0 || end > hold.len() as u64 {
-                return Err(None);
+                return Err(Refused::OutOfRange);
             }
             let mut claims = hold.0.claims.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(c) = claims.iter().find(|c| c.overlaps(offset, len)) {
-                return Err(Some(*c));
+            if let Some(c) = claims
+                .iter()
+                .find(|c| c.guest != PLUGGED && c.overlaps(offset, len))
+            {
+                return Err(Refused::Overlap(*c));
+            }
+            // Read under the claims' lock, which unplug holds while it gives memory back.
+            let backed = hold.0.faults_backed || hold.0.populated.load(Ordering::Acquire);
+            if !backed && !covered(&claims, offset, end) {
+                return Err(Refused::Unbacked);
             }
             let range = Claimed { offset, len, guest };
             claims.push(range);

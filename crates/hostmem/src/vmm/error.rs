@@ -14,9 +14,10 @@ pub enum VmmError {
         /// Object id.
         id: String,
     },
-    /// Huge pages without a reservation (`reserve=off`) and not preallocated: a touch
-    /// when the pool is empty would raise SIGBUS in the VMM.
-    #[error("backend '{id}': its {page:#x}-byte huge pages are not reserved (reserve=off) and not preallocated, so a guest access could find the pool empty and raise SIGBUS; preallocate it (prealloc=on) or keep reserve=on")]
+    /// Huge pages without a reservation (`reserve=off`), neither preallocated nor
+    /// plugged block by block (`plug`): a touch when the pool is empty would raise
+    /// SIGBUS in the VMM.
+    #[error("backend '{id}': its {page:#x}-byte huge pages are not reserved (reserve=off), and the range is neither preallocated nor plugged, so a guest access could find the pool empty and raise SIGBUS; preallocate it (prealloc=on), plug its blocks, or keep reserve=on")]
     Unbacked {
         /// Object id.
         id: String,

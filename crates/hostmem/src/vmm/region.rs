@@ -6,7 +6,7 @@ use vm_memory::bitmap::{Bitmap, NewBitmap};
 use vm_memory::{FileOffset, GuestAddress};
 
 use super::{Region, VmmError};
-use crate::backend::claim::{Claim, PROTECTED};
+use crate::backend::claim::{Claim, Refused, PROTECTED};
 use crate::backend::InUse;
 use crate::Backend;
 
@@ -85,20 +85,25 @@ impl Backend {
             });
         }
         let size = hold.len() as u64;
+        let page_size = hold.page_size();
         let claim = Claim::new(hold, offset, len, guest_base.0).map_err(|c| match c {
-            None => VmmError::OutOfRange {
+            Refused::Unbacked => VmmError::Unbacked {
+                id: id(),
+                page: page_size,
+            },
+            Refused::OutOfRange => VmmError::OutOfRange {
                 id: id(),
                 offset,
                 len,
                 size,
             },
-            Some(c) if c.guest == PROTECTED => VmmError::Unplugged {
+            Refused::Overlap(c) if c.guest == PROTECTED => VmmError::Unplugged {
                 id: id(),
                 offset,
                 len,
                 block_offset: c.offset,
             },
-            Some(c) => VmmError::Aliased {
+            Refused::Overlap(c) => VmmError::Aliased {
                 id: id(),
                 offset,
                 len,
@@ -142,16 +147,12 @@ impl Backend {
     }
 }
 
-/// Memory vm-memory may write at all: writable, and backed on every first touch.
+/// Memory vm-memory may write at all: writable. (Whether a first touch is backed is
+/// the claim's to check, under the lock unplug takes: `backend/claim.rs`.)
 fn check_usable(b: &Backend, hold: &InUse) -> Result<(), VmmError> {
-    let id = || b.id().to_string();
     if !hold.is_writable() {
-        return Err(VmmError::ReadOnly { id: id() });
-    }
-    if !hold.0.faults_backed && !hold.0.populated.load(std::sync::atomic::Ordering::Acquire) {
-        return Err(VmmError::Unbacked {
-            id: id(),
-            page: hold.page_size(),
+        return Err(VmmError::ReadOnly {
+            id: b.id().to_string(),
         });
     }
     Ok(())
