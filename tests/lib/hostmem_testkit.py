@@ -37,11 +37,13 @@ class QmpStream:
     events in `events`. `unix` and `stdio` make one; both read the greeting and, with
     `negotiate`, leave capabilities negotiation done."""
 
-    def __init__(self, sock=None, proc=None, negotiate=True, timeout=10):
+    def __init__(self, sock=None, proc=None, negotiate=True, timeout=10, greeting=None):
         self.s, self.proc, self.timeout = sock, proc, timeout
         self.buf = b""
         self.events = []
-        self.greeting = self.read()
+        # A caller that read the greeting line itself (to tell it from a program's
+        # other output) passes it in.
+        self.greeting = json.loads(greeting) if greeting is not None else self.read()
         if self.greeting is None:
             raise QmpError("no greeting (the server ended)")
         if negotiate:
@@ -70,9 +72,10 @@ class QmpStream:
         return cls(sock=s, negotiate=negotiate, timeout=timeout)
 
     @classmethod
-    def stdio(cls, proc, negotiate=True, timeout=10):
-        """Talks to `proc` (started with stdin and stdout piped: `-qmp stdio`)."""
-        return cls(proc=proc, negotiate=negotiate, timeout=timeout)
+    def stdio(cls, proc, negotiate=True, timeout=10, greeting=None):
+        """Talks to `proc` (started with stdin and stdout piped: `-qmp stdio`);
+        `greeting`: the greeting line, when the caller has read it already."""
+        return cls(proc=proc, negotiate=negotiate, timeout=timeout, greeting=greeting)
 
     def _recv(self):
         if self.s is not None:

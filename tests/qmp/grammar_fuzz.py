@@ -11,11 +11,9 @@ one running hostmem (QEMU's QAPI input visitor instead of its command-line parse
 On demand: python3 tests/qmp/grammar_fuzz.py [--cases N] [--qmp-cases N] [--seed S]
 """
 
-import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 import grammar_gen as gen  # noqa: E402
+import hostmem_testkit as kit  # noqa: E402
+
+# Seconds one QMP reply may take (a case's objects are small).
+QMP_TIMEOUT = 30
 
 REPO = Path(__file__).resolve().parents[2]
 QEMU_ARGS = ["-machine", "none", "-nodefaults", "-display", "none", "-accel", "tcg", "-S"]
@@ -39,40 +42,16 @@ class Answer:
     text: str = ""                    # stderr (the error, warnings), or the help text
 
 
-class Monitor:
-    """A minimal synchronous QMP client over a pair of binary files."""
-
-    def __init__(self, rfile, wfile):
-        self.r, self.w = rfile, wfile
-
-    def read(self):
-        while True:
-            line = self.r.readline()
-            if not line:
-                raise EOFError("QMP connection closed")
-            msg = json.loads(line)
-            if "event" not in msg:
-                return msg
-
-    def send_raw(self, text):
-        self.w.write(text.encode() + b"\n")
-        self.w.flush()
-        return self.read()
-
-    def cmd(self, name, **args):
-        return self.send_raw(json.dumps({"execute": name, "arguments": args}))
-
-
 def read_back(mon):
     """Every object under /objects with every property of its type (qom-get)."""
     objects = {}
-    for entry in mon.cmd("qom-list", path="/objects").get("return", []):
+    for entry in mon.execute("qom-list", path="/objects").get("return", []):
         m = re.fullmatch(r"child<(.+)>", entry["type"])
         if not m:
             continue
         props = {}
         for p in gen.props_of(m.group(1)):
-            r = mon.cmd("qom-get", path=f"/objects/{entry['name']}", property=p)
+            r = mon.execute("qom-get", path=f"/objects/{entry['name']}", property=p)
             props[p] = r["return"] if "return" in r else "<error>"
         objects[entry["name"]] = {"qom-type": m.group(1), **props}
     return objects
@@ -113,10 +92,9 @@ def run_qemu(qemu, specs):
         out, err = first + proc.stdout.read(), proc.stderr.read()
         proc.wait()
         return ended(proc, out.decode(errors="replace"), err.decode(errors="replace"))
-    mon = Monitor(proc.stdout, proc.stdin)
-    mon.cmd("qmp_capabilities")
+    mon = kit.QmpStream.stdio(proc, timeout=QMP_TIMEOUT, greeting=first)
     objects = read_back(mon)
-    mon.cmd("quit")
+    mon.execute("quit")
     return Answer("made", objects, finish(proc)[1])
 
 
@@ -125,24 +103,16 @@ def run_hostmem(hostmem, specs, sockdir):
     proc = subprocess.Popen([hostmem, "run", "--qmp", sock, *object_args(specs)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while not os.path.exists(sock):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            out, err = finish(proc)
-            return ended(proc, out, err)
-        time.sleep(0.002)
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(sock)
-    f = s.makefile("rwb")
-    mon = Monitor(f, f)
-    mon.read()
-    mon.cmd("qmp_capabilities")
+    if not kit.wait_for_socket(proc, sock, 20):
+        out, err = finish(proc)
+        return ended(proc, out, err)
+    mon = kit.QmpStream.unix(sock, timeout=QMP_TIMEOUT, proc=proc)
     objects = read_back(mon)
     try:
-        mon.cmd("quit")
-    except (EOFError, OSError):
+        mon.execute("quit")
+    except (kit.QmpError, OSError):
         pass
-    s.close()
+    mon.close()
     return Answer("made", objects, finish(proc)[1])
 
 

@@ -7,14 +7,24 @@ dies (an assertion on a size of 2^64-1) is restarted.
 
 import json
 import os
-import socket
 import subprocess
-import time
 
 import grammar_fuzz as gf
 
 
-class QemuServer:
+class Server:
+    """One program serving QMP for the whole run, over the tests' QMP client."""
+
+    def close(self):
+        try:
+            self.mon.execute("quit")
+        except (gf.kit.QmpError, OSError):
+            pass
+        self.mon.close()
+        gf.finish(self.proc)
+
+
+class QemuServer(Server):
     def __init__(self, qemu):
         self.qemu = qemu
         self.start()
@@ -23,56 +33,33 @@ class QemuServer:
         self.proc = subprocess.Popen([self.qemu, *gf.QEMU_ARGS, "-qmp", "stdio"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)
-        self.mon = gf.Monitor(self.proc.stdout, self.proc.stdin)
-        self.mon.read()
-        self.mon.cmd("qmp_capabilities")
-
-    def close(self):
-        try:
-            self.mon.cmd("quit")
-        except (EOFError, OSError):
-            pass
-        gf.finish(self.proc)
+        self.mon = gf.kit.QmpStream.stdio(self.proc, timeout=gf.QMP_TIMEOUT)
 
 
-class HostmemServer:
+class HostmemServer(Server):
     def __init__(self, hostmem, tmp):
         self.sock = os.path.join(tmp, f"q{os.getpid()}")
         self.proc = subprocess.Popen([hostmem, "run", "--qmp", self.sock],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 20
-        while not os.path.exists(self.sock):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"hostmem --qmp did not start: {gf.finish(self.proc)}")
-            time.sleep(0.005)
-        self.s = socket.socket(socket.AF_UNIX)
-        self.s.connect(self.sock)
-        f = self.s.makefile("rwb")
-        self.mon = gf.Monitor(f, f)
-        self.mon.read()
-        self.mon.cmd("qmp_capabilities")
-
-    def close(self):
-        try:
-            self.mon.cmd("quit")
-        except (EOFError, OSError):
-            pass
-        self.s.close()
-        gf.finish(self.proc)
+        if not gf.kit.wait_for_socket(self.proc, self.sock, 20):
+            raise RuntimeError(f"hostmem --qmp did not start: {gf.finish(self.proc)}")
+        self.mon = gf.kit.QmpStream.unix(self.sock, timeout=gf.QMP_TIMEOUT, proc=self.proc)
 
 
 def add(server, text):
     """object-add with these members; the answer, with the objects read back."""
     try:
-        r = server.mon.send_raw('{"execute":"object-add","arguments":' + text + "}")
-    except (EOFError, OSError, json.JSONDecodeError):
+        r = server.mon.request('{"execute":"object-add","arguments":' + text + "}\n")
+    except (gf.kit.QmpError, OSError, json.JSONDecodeError):
+        r = None
+    if r is None:
         return gf.Answer("crashed", text="connection lost")
     if "error" in r:
         return gf.Answer("refused", text=r["error"].get("desc", ""))
     objects = gf.read_back(server.mon)
     for oid in objects:
-        server.mon.cmd("object-del", id=oid)
+        server.mon.execute("object-del", id=oid)
     return gf.Answer("made", objects)
 
 
