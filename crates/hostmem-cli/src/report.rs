@@ -62,6 +62,8 @@ pub fn value_json(v: PropValue) -> Value {
         PropValue::OnOffAuto(o) => json!(o.name()),
         // A link reads as the object's canonical path, or "" when unset (like QEMU).
         PropValue::Link(l) => json!(l.to_string()),
+        // A value type added later: its text form.
+        other => json!(other.to_string()),
     }
 }
 

@@ -69,6 +69,7 @@ pub struct UnplugReport {
 
 /// How unplugged memory goes back to the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Discard {
     /// MADV_DONTNEED: private memory (its pages are this mapping's own).
     DontNeed,

@@ -62,6 +62,7 @@ impl ObjectType {
 
 /// A property value as the spec wrote it.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum SpecValue {
     /// keyval text, typed by the property (`1G`, `on`, `0-3`).
     Text(String),

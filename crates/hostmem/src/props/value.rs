@@ -35,6 +35,7 @@ impl OnOffAuto {
 
 /// A property's value type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PropType {
     /// Bytes, with QEMU's suffixes in text (`2M`, `1G`).
     Size,
@@ -127,6 +128,7 @@ impl PropType {
 
 /// What an id names among a caller's objects, for resolving links.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Lookup {
     /// A thread-context.
     Context(Arc<ThreadContext>),
@@ -165,6 +167,7 @@ pub fn parse_bool(text: &str) -> Option<bool> {
 
 /// A property value, typed.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum PropValue {
     /// A boolean.
     Bool(bool),
