@@ -19,7 +19,7 @@
 
 use std::ops::Range;
 
-use crate::backend::claim::{Claimed, PLUGGED, PROTECTED};
+use crate::backend::claim::{set_marks, Claimed, PLUGGED, PROTECTED};
 use crate::backend::room;
 use crate::backend::{Backend, InUse};
 use crate::error::{Error, Result};
@@ -335,16 +335,20 @@ impl<'a> Blocks<'a> {
     }
 
     /// Writes the plugged state of blocks `[first, last)` into the memory's claims
-    /// ([`PLUGGED`] markers, one per plugged block), which a vm-memory region over
+    /// ([`PLUGGED`] marks, kept as ranges), which a vm-memory region over
     /// memory without a reservation must be covered by (`backend/claim.rs`).
     fn mark_plugged(&self, claims: &mut Vec<Claimed>, first: usize, last: usize) {
-        let (off, end) = (first as u64 * self.block, last as u64 * self.block);
-        claims.retain(|c| !(c.guest == PLUGGED && c.offset >= off && c.offset < end));
-        claims.extend((first..last).filter(|&i| self.plugged[i]).map(|i| Claimed {
-            offset: i as u64 * self.block,
-            len: self.block,
-            guest: PLUGGED,
-        }));
+        let mut i = first;
+        while i < last {
+            let on = self.plugged[i];
+            let run = self.plugged[i..last]
+                .iter()
+                .take_while(|&&p| p == on)
+                .count();
+            let (off, end) = (i as u64 * self.block, (i + run) as u64 * self.block);
+            set_marks(claims, PLUGGED, off, end, on);
+            i += run;
+        }
     }
 
     /// Makes blocks `[first, last)` accessible or PROT_NONE, and notes which. A
@@ -383,14 +387,7 @@ impl<'a> Blocks<'a> {
             .map
             .protect(off as usize, len as usize, accessible)
             .map_err(|e| self.io_error("changing protection (mprotect)", e))?;
-        claims.retain(|c| !(c.guest == PROTECTED && c.offset >= off && c.offset < off + len));
-        if !accessible {
-            claims.extend((first..last).map(|i| Claimed {
-                offset: i as u64 * self.block,
-                len: self.block,
-                guest: PROTECTED,
-            }));
-        }
+        set_marks(&mut claims, PROTECTED, off, off + len, !accessible);
         drop(claims);
         self.protected[first..last].fill(!accessible);
         Ok(())

@@ -25,6 +25,51 @@ pub(crate) const PROTECTED: u64 = u64::MAX;
 /// here so the check and the unplug are made under the same lock.
 pub(crate) const PLUGGED: u64 = u64::MAX - 1;
 
+/// Marks `[off, end)` as `kind` ([`PLUGGED`] or [`PROTECTED`]) or clears that mark:
+/// marks of a kind are kept as few ranges (a new mark absorbs the ones it touches, a
+/// cleared part splits the one it cuts), so the list grows with the runs of blocks,
+/// not with their number, and plugging a large device block by block stays linear.
+pub(crate) fn set_marks(claims: &mut Vec<Claimed>, kind: u64, off: u64, end: u64, on: bool) {
+    let (mut start, mut stop) = (off, end);
+    let mut kept = Vec::with_capacity(claims.len() + 2);
+    for c in claims.drain(..) {
+        let c_end = c.offset + c.len;
+        if c.guest != kind
+            || c_end < off
+            || c.offset > end
+            || (!on && (c_end == off || c.offset == end))
+        {
+            kept.push(c);
+        } else if on {
+            // Touching or overlapping: one range.
+            start = start.min(c.offset);
+            stop = stop.max(c_end);
+        } else {
+            if c.offset < off {
+                kept.push(Claimed {
+                    len: off - c.offset,
+                    ..c
+                });
+            }
+            if c_end > end {
+                kept.push(Claimed {
+                    offset: end,
+                    len: c_end - end,
+                    ..c
+                });
+            }
+        }
+    }
+    if on {
+        kept.push(Claimed {
+            offset: start,
+            len: stop - start,
+            guest: kind,
+        });
+    }
+    *claims = kept;
+}
+
 /// Why a range could not be claimed.
 #[derive(Debug)]
 #[cfg_attr(not(feature = "vm-memory"), allow(dead_code))]
@@ -139,5 +184,48 @@ mod guard {
             let mut claims = self.hold.0.claims.lock().unwrap_or_else(|e| e.into_inner());
             claims.retain(|c| *c != self.range);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{set_marks, Claimed, PLUGGED, PROTECTED};
+
+    fn marks(claims: &[Claimed], kind: u64) -> Vec<(u64, u64)> {
+        let mut m: Vec<(u64, u64)> = claims
+            .iter()
+            .filter(|c| c.guest == kind)
+            .map(|c| (c.offset, c.offset + c.len))
+            .collect();
+        m.sort_unstable();
+        m
+    }
+
+    /// Marks stay as few ranges: blocks marked one by one make one range, a cleared
+    /// middle splits it, and a region's claim or the other kind's marks are untouched.
+    #[test]
+    fn marks_merge_when_set_block_by_block_and_split_when_cleared() {
+        let region = Claimed {
+            offset: 0,
+            len: 8,
+            guest: 0x1000,
+        };
+        let mut claims = vec![region];
+        set_marks(&mut claims, PROTECTED, 40, 50, true);
+        for b in 0..10 {
+            set_marks(&mut claims, PLUGGED, b * 2, b * 2 + 2, true);
+        }
+        assert_eq!(marks(&claims, PLUGGED), [(0, 20)]);
+        set_marks(&mut claims, PLUGGED, 6, 10, false);
+        assert_eq!(marks(&claims, PLUGGED), [(0, 6), (10, 20)]);
+        set_marks(&mut claims, PLUGGED, 0, 6, false);
+        assert_eq!(marks(&claims, PLUGGED), [(10, 20)]);
+        set_marks(&mut claims, PLUGGED, 20, 30, false);
+        assert_eq!(marks(&claims, PLUGGED), [(10, 20)], "clearing beside it");
+        set_marks(&mut claims, PLUGGED, 20, 22, true);
+        assert_eq!(marks(&claims, PLUGGED), [(10, 22)]);
+        assert_eq!(marks(&claims, PROTECTED), [(40, 50)]);
+        assert!(claims.contains(&region));
+        assert_eq!(claims.len(), 3);
     }
 }

@@ -101,7 +101,8 @@ impl Backend {
                 id: id(),
                 offset,
                 len,
-                block_offset: c.offset,
+                // The first protected byte inside the range asked for.
+                block_offset: c.offset.max(offset),
             },
             Refused::Overlap(c) => VmmError::Aliased {
                 id: id(),
