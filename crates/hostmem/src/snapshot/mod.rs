@@ -23,6 +23,7 @@
 
 mod diff;
 mod error;
+pub mod firecracker;
 mod format;
 mod image;
 mod memory;

@@ -15,6 +15,8 @@ mod mapping;
 mod numa;
 mod probe;
 mod promise;
+#[cfg(feature = "json")]
+pub(crate) mod scm;
 pub(crate) mod seek;
 mod thread;
 #[cfg(feature = "vm-memory")]
