@@ -28,7 +28,7 @@
 
 use std::fs::File;
 use std::io::{self, Read as _};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -196,6 +196,32 @@ pub fn receive(
     })
 }
 
+/// The VMM's side, as Firecracker's `send_uffd_handshake` does it: the regions as its
+/// JSON body (`page_size` and `page_size_kib`, both bytes) and `uffd` as SCM_RIGHTS in
+/// one `sendmsg` (the rest of a long body follows as plain bytes). For a Rust VMM on
+/// hostmem that hands its guest memory to `hostmem uffd-handler` in another process.
+/// Like Firecracker, keep `stream` and `uffd` open afterwards: the handler reads no EOF,
+/// and the VMM's own copy of the uffd keeps the guest waiting (not reading zeros) if the
+/// handler dies.
+pub fn send_handshake(
+    stream: &UnixStream,
+    mappings: &[Mapping],
+    uffd: BorrowedFd<'_>,
+) -> io::Result<()> {
+    let body: Vec<Value> = mappings
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "base_host_virt_addr": m.base_host_virt_addr, "size": m.size,
+                "offset": m.offset, "page_size": m.page_size, "page_size_kib": m.page_size,
+            })
+        })
+        .collect();
+    let body = Value::Array(body).to_string();
+    let sent = scm::send_with_fds(stream, body.as_bytes(), &[uffd])?;
+    io::Write::write_all(&mut &*stream, &body.as_bytes()[sent..])
+}
+
 /// The region list of a handshake, checked: a non-empty array of objects with
 /// `base_host_virt_addr`, `size`, `offset` (unsigned integers) and `page_size` or the
 /// older `page_size_kib` (bytes; equal when both are given; 4096 when neither is), the
@@ -231,9 +257,11 @@ pub fn parse_regions(v: &Value) -> std::result::Result<Vec<Mapping>, String> {
         let need = |name: &str| field(name)?.ok_or_else(|| format!("region {i}: no \"{name}\""));
         let (base, size, offset) = (need("base_host_virt_addr")?, need("size")?, need("offset")?);
         let page_size = match (field("page_size")?, field("page_size_kib")?) {
-            (Some(a), Some(b)) if a != b => return Err(format!(
+            (Some(a), Some(b)) if a != b => {
+                return Err(format!(
                 "region {i}: \"page_size\" {a} and \"page_size_kib\" {b} differ (both are bytes)"
-            )),
+            ))
+            }
             (Some(p), _) | (None, Some(p)) => p,
             (None, None) => DEFAULT_PAGE_SIZE,
         };

@@ -148,6 +148,36 @@ fn a_handshake_without_a_userfaultfd_is_refused_saying_what_came() {
 }
 
 #[test]
+fn what_send_handshake_sends_is_what_firecracker_sends_and_receive_takes_it_back() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let null = File::open("/dev/null").unwrap();
+    let maps = vec![
+        Mapping {
+            base_host_virt_addr: 0x10000,
+            size: 0x4000,
+            offset: 0,
+            page_size: 4096,
+        },
+        Mapping {
+            base_host_virt_addr: 0x40000,
+            size: 0x1000,
+            offset: 0x4000,
+            page_size: 4096,
+        },
+    ];
+    send_handshake(&a, &maps, null.as_fd()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let got = scm::recv_with_fds(&b, &mut buf).unwrap();
+    assert_eq!(got.fds.len(), 1);
+    let v: Value = serde_json::from_slice(&buf[..got.len]).unwrap();
+    assert_eq!(
+        v,
+        json!([region(0x10000, 0x4000, 0), region(0x40000, 0x1000, 0x4000)])
+    );
+    assert_eq!(parse_regions(&v).unwrap(), maps);
+}
+
+#[test]
 fn a_body_split_across_sends_is_joined_and_silence_times_out() {
     let null = File::open("/dev/null").unwrap();
     let body = json!([region(0, 4096, 0)]).to_string();
