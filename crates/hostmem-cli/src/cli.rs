@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
-use crate::{host, image, run, vm};
+use crate::{host, image, run, uffd, vm};
 
 /// `hostmem`'s command line.
 #[derive(Parser)]
@@ -38,6 +38,9 @@ pub enum Command {
     /// A snapshot image of guest memory: its layout (`info`), its checksums (`verify`).
     #[command(after_help = image::EXAMPLES)]
     Image(image::ImageArgs),
+    /// Firecracker's page-fault handler: serve a snapshot's memory to each VM that loads it with `"backend_type": "Uffd"`.
+    #[command(name = "uffd-handler", after_help = uffd::EXAMPLES)]
+    UffdHandler(uffd::UffdArgs),
     /// Print a shell completion script for hostmem on stdout.
     #[command(after_help = COMPLETION_EXAMPLES)]
     Completions {
@@ -133,6 +136,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Host(a) => return host::main(a),
         Command::Vm(a) => return vm::main(a),
         Command::Image(a) => return image::main(a),
+        Command::UffdHandler(a) => return uffd::main(a),
         Command::Completions { shell } => Ok(completions(shell)),
         Command::Man => man_page(),
     };

@@ -16,4 +16,5 @@ pub mod qmp;
 pub mod report;
 pub mod run;
 pub mod signals;
+pub mod uffd;
 pub mod vm;
