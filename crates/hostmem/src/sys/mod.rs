@@ -19,6 +19,8 @@ mod promise;
 pub(crate) mod scm;
 pub(crate) mod seek;
 mod thread;
+#[cfg(feature = "json")]
+pub(crate) mod uffd;
 #[cfg(feature = "vm-memory")]
 pub(crate) mod vmm;
 

@@ -8,6 +8,7 @@ mod common;
 
 mod diff;
 mod faults;
+mod lazy;
 mod placed;
 mod private;
 mod round_trip;
