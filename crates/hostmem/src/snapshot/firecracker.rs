@@ -185,13 +185,10 @@ pub fn receive(
     if what != "anon_inode:[userfaultfd]" {
         return Err(HandshakeError::NotUffd(what));
     }
-    let peer = scm::peer_credentials(stream)
-        .ok()
-        .map(|(pid, uid, gid)| Peer { pid, uid, gid });
     Ok(Handshake {
         mappings,
         uffd,
-        peer,
+        peer: peer(stream),
         body: String::from_utf8_lossy(&body).trim().to_string(),
     })
 }
@@ -220,6 +217,15 @@ pub fn send_handshake(
     let body = Value::Array(body).to_string();
     let sent = scm::send_with_fds(stream, body.as_bytes(), &[uffd])?;
     io::Write::write_all(&mut &*stream, &body.as_bytes()[sent..])
+}
+
+/// The process at the other end of `stream` as it was when it connected
+/// (`SO_PEERCRED`): Firecracker's pid, for the log and for a supervisor that must stop
+/// a VM whose handler failed (Firecracker itself does not read the socket again).
+pub fn peer(stream: &UnixStream) -> Option<Peer> {
+    scm::peer_credentials(stream)
+        .ok()
+        .map(|(pid, uid, gid)| Peer { pid, uid, gid })
 }
 
 /// The region list of a handshake, checked: a non-empty array of objects with
