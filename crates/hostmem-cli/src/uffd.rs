@@ -21,6 +21,7 @@ use std::time::Duration;
 use clap::Args;
 use hostmem::size::format_size;
 use hostmem::snapshot::firecracker::{self, Handshake, Mapping};
+use hostmem::snapshot::{LazyOptions, LazyProgress};
 
 pub const EXAMPLES: &str = "Examples:
   hostmem uffd-handler --socket /run/fc/uffd.sock --image /snap/mem
@@ -170,7 +171,7 @@ fn connection(n: u64, stream: UnixStream, serve: &Serve) -> bool {
         summary(&hs.mappings),
         hs.body
     );
-    match serve_vm(&who, hs, serve) {
+    match serve_vm(&who, hs, serve, &stream) {
         Ok(()) => true,
         Err(e) => {
             eprintln!("{TAG}: {who}: {e}");
@@ -194,10 +195,84 @@ fn summary(maps: &[Mapping]) -> String {
     )
 }
 
-/// Opens the memory for the regions and serves them until the VM exits.
-fn serve_vm(who: &str, hs: Handshake, serve: &Serve) -> Result<(), String> {
-    let image = firecracker::open_memory(&serve.image, &hs.mappings)
+/// Opens the memory for the regions and serves them until the VM exits (Firecracker's
+/// end of the socket closes: it keeps it open for its life), saying when the fill ends
+/// and every error as it comes. Serving goes on after the fill: a page the balloon
+/// removed faults again and gets zeros, and Firecracker's `madvise` waits until its
+/// REMOVE event is read.
+fn serve_vm(who: &str, hs: Handshake, serve: &Serve, stream: &UnixStream) -> Result<(), String> {
+    let opts = LazyOptions {
+        background: serve.fill,
+        ..LazyOptions::default()
+    };
+    let (server, is_image) = firecracker::serve(hs, &serve.image, opts)
         .map_err(|e| format!("refused the handshake: {e}"))?;
-    let _ = (who, image, serve.fill);
-    Err("serving is not built yet".into())
+    let p = server.progress();
+    eprintln!(
+        "{TAG}: {who}: serving {} of data from {} ({})",
+        format_size(p.bytes_total),
+        serve.image.display(),
+        if is_image {
+            "hostmem image"
+        } else {
+            "raw memory file"
+        }
+    );
+    let (mut said_filled, mut said_errors) = (false, 0);
+    let ended = loop {
+        let ended = vm_exited(stream);
+        let p = server.progress();
+        for e in p.errors.iter().skip(said_errors) {
+            eprintln!("{TAG}: {who}: {e}");
+        }
+        said_errors = p.errors.len();
+        if p.filled && !said_filled {
+            said_filled = true;
+            eprintln!("{TAG}: {who}: filled: {}", counters(&p));
+        }
+        if ended.is_some() || p.gone {
+            break ended.unwrap_or_else(|| "its address space is gone".into());
+        }
+    };
+    let report = server
+        .stop()
+        .map_err(|e| format!("{ended}; serving failed: {e}"))?;
+    eprintln!(
+        "{TAG}: {who}: done ({ended}): {}",
+        counters(&report.progress)
+    );
+    Ok(())
+}
+
+/// Waits up to a tenth of a second for the VM's end of the socket to close; why it
+/// ended, if it did.
+fn vm_exited(stream: &UnixStream) -> Option<String> {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut sink = [0u8; 512];
+    match std::io::Read::read(&mut &*stream, &mut sink) {
+        Ok(0) => Some("the VM closed the connection".into()),
+        Ok(_) => None,
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+            ) =>
+        {
+            None
+        }
+        Err(e) => Some(format!("the connection failed: {e}")),
+    }
+}
+
+/// "64 MiB of 64 MiB filled, 12 faults (3 zero) in 0.41 s".
+fn counters(p: &LazyProgress) -> String {
+    format!(
+        "{} of {} filled, {} faults ({} zero), {} poisoned, in {:.2} s",
+        format_size(p.bytes_filled),
+        format_size(p.bytes_total),
+        p.faults,
+        p.zero_faults,
+        format_size(p.poisoned_bytes),
+        p.secs
+    )
 }

@@ -28,14 +28,15 @@
 
 use std::fs::File;
 use std::io::{self, Read as _};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Image, RawRegion, Result, SnapshotError, MAGIC};
+use super::{Image, LazyOptions, LazyRegion, LazyServer, RawRegion, Result, SnapshotError, MAGIC};
 use crate::sys::scm;
 
 /// Largest handshake body taken: thousands of regions fit; a peer that streams bytes
@@ -193,32 +194,6 @@ pub fn receive(
     })
 }
 
-/// The VMM's side, as Firecracker's `send_uffd_handshake` does it: the regions as its
-/// JSON body (`page_size` and `page_size_kib`, both bytes) and `uffd` as SCM_RIGHTS in
-/// one `sendmsg` (the rest of a long body follows as plain bytes). For a Rust VMM on
-/// hostmem that hands its guest memory to `hostmem uffd-handler` in another process.
-/// Like Firecracker, keep `stream` and `uffd` open afterwards: the handler reads no EOF,
-/// and the VMM's own copy of the uffd keeps the guest waiting (not reading zeros) if the
-/// handler dies.
-pub fn send_handshake(
-    stream: &UnixStream,
-    mappings: &[Mapping],
-    uffd: BorrowedFd<'_>,
-) -> io::Result<()> {
-    let body: Vec<Value> = mappings
-        .iter()
-        .map(|m| {
-            serde_json::json!({
-                "base_host_virt_addr": m.base_host_virt_addr, "size": m.size,
-                "offset": m.offset, "page_size": m.page_size, "page_size_kib": m.page_size,
-            })
-        })
-        .collect();
-    let body = Value::Array(body).to_string();
-    let sent = scm::send_with_fds(stream, body.as_bytes(), &[uffd])?;
-    io::Write::write_all(&mut &*stream, &body.as_bytes()[sent..])
-}
-
 /// The process at the other end of `stream` as it was when it connected
 /// (`SO_PEERCRED`): Firecracker's pid, for the log and for a supervisor that must stop
 /// a VM whose handler failed (Firecracker itself does not read the socket again).
@@ -348,10 +323,9 @@ fn kind_of(v: &Value) -> &'static str {
 
 /// Opens the memory the regions are served from: a hostmem image (v1, found by its
 /// magic), whose backend offsets the handshake's offsets then are; or else a raw
-/// memory file as Firecracker writes it, read as one region from 0 to the end of the
-/// last region, so each handshake offset is a file offset (regions back to back, or
-/// with gaps — only what the handshake names is served). A region past the image's
-/// backend or the file's end is refused, naming it.
+/// memory file as Firecracker writes it, each handshake offset a file offset (regions
+/// back to back, or with gaps: only what the handshake names is served). A region past
+/// the image's backend or the file's end is refused, naming it.
 pub fn open_memory(path: &Path, mappings: &[Mapping]) -> Result<Image> {
     let io_err = |what, source| SnapshotError::Io {
         what,
@@ -371,25 +345,65 @@ pub fn open_memory(path: &Path, mappings: &[Mapping]) -> Result<Image> {
         return Ok(image);
     }
     check_within(mappings, file_len, "the memory file")?;
-    let end = mappings
-        .iter()
-        .map(|m| m.offset + m.size)
-        .max()
-        .unwrap_or(0);
+    let (layout, end) = raw_layout(mappings);
     let page = mappings
         .iter()
         .map(|m| m.page_size)
         .min()
         .unwrap_or(DEFAULT_PAGE_SIZE);
-    Image::open_raw(
-        path,
-        &[RawRegion {
-            backend_offset: 0,
-            len: end,
-        }],
-        end,
-        page,
-    )
+    Image::open_raw(path, &layout, end, page)
+}
+
+/// The raw file's layout for `open_raw`: every handshake region, in file order, each
+/// its own image region (so no block straddles two of them), and any gap between them
+/// as a region of its own that no fault is served from; backend offsets are file
+/// offsets. The backend ends with the last region.
+fn raw_layout(mappings: &[Mapping]) -> (Vec<RawRegion>, u64) {
+    let mut by_offset: Vec<&Mapping> = mappings.iter().collect();
+    by_offset.sort_by_key(|m| m.offset);
+    let (mut layout, mut at) = (Vec::new(), 0u64);
+    for m in by_offset {
+        if m.offset > at {
+            layout.push(RawRegion {
+                backend_offset: at,
+                len: m.offset - at,
+            });
+        }
+        layout.push(RawRegion {
+            backend_offset: m.offset,
+            len: m.size,
+        });
+        at = m.offset + m.size;
+    }
+    (layout, at)
+}
+
+/// The handshake's regions as the lazy engine's: the offsets are backend offsets of
+/// what [`open_memory`] opened (a raw file's backend offsets are its file offsets).
+pub fn lazy_regions(mappings: &[Mapping]) -> Vec<LazyRegion> {
+    mappings
+        .iter()
+        .map(|m| LazyRegion {
+            host_addr: m.base_host_virt_addr,
+            len: m.size,
+            backend_offset: m.offset,
+            page_size: m.page_size,
+        })
+        .collect()
+}
+
+/// Serves a received handshake from the memory at `path` ([`open_memory`]) with the
+/// lazy engine: faults from the image, zeros for holes and for ranges Firecracker's
+/// balloon removed (UFFD_EVENT_REMOVE), the rest filled in the background when
+/// `opts.background`. Keep the server running until the VM exits (its end of the
+/// socket closes), not only until the fill ends: Firecracker's `madvise(MADV_DONTNEED)`
+/// for the balloon waits until its REMOVE event is read, and a removed page's next
+/// fault must be answered.
+pub fn serve(hs: Handshake, path: &Path, opts: LazyOptions) -> Result<(LazyServer, bool)> {
+    let image = open_memory(path, &hs.mappings)?;
+    let is_image = image.header().version != 0;
+    let server = super::lazy::serve(Arc::new(image), hs.uffd, lazy_regions(&hs.mappings), opts)?;
+    Ok((server, is_image))
 }
 
 fn check_within(mappings: &[Mapping], len: u64, what: &str) -> Result<()> {
@@ -404,6 +418,9 @@ fn check_within(mappings: &[Mapping], len: u64, what: &str) -> Result<()> {
     }
     Ok(())
 }
+
+mod vmm;
+pub use vmm::{send_handshake, userfaultfd_for};
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,60 @@
+//! The VMM's side of the handshake, as Firecracker does it, for a Rust VMM whose
+//! guest memory is hostmem backends and whose faults `hostmem uffd-handler` serves in
+//! another process.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use serde_json::Value;
+
+use super::Mapping;
+use crate::sys::scm;
+use crate::sys::uffd::{feature, mode, Uffd};
+use crate::InUse;
+
+/// A userfaultfd made as Firecracker makes it (`UFFD_FEATURE_EVENT_REMOVE` required,
+/// non-blocking, close-on-exec, kernel faults included) with each of `memory` registered
+/// whole in MISSING mode: from now on a touch of a page not yet present waits until the
+/// handler the fd is sent to serves it. Taking [`InUse`] holds is what keeps the
+/// registration to memory hostmem owns (never memory Rust objects live in); keep them
+/// for as long as the VM runs.
+pub fn userfaultfd_for(memory: &[&InUse]) -> io::Result<OwnedFd> {
+    let (uffd, features) = Uffd::new(feature::EVENT_REMOVE)?;
+    if features & feature::EVENT_REMOVE == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this kernel's userfaultfd has no UFFD_FEATURE_EVENT_REMOVE, which Firecracker requires",
+        ));
+    }
+    for m in memory {
+        uffd.register(&m.0.mapped.map, 0, m.len(), mode::MISSING)?;
+    }
+    uffd.as_fd().try_clone_to_owned()
+}
+
+/// The VMM's side, as Firecracker's `send_uffd_handshake` does it: the regions as its
+/// JSON body (`page_size` and `page_size_kib`, both bytes) and `uffd` as SCM_RIGHTS in
+/// one `sendmsg` (the rest of a long body follows as plain bytes). For a Rust VMM on
+/// hostmem that hands its guest memory to `hostmem uffd-handler` in another process.
+/// Like Firecracker, keep `stream` and `uffd` open afterwards: the handler reads no EOF,
+/// and the VMM's own copy of the uffd keeps the guest waiting (not reading zeros) if the
+/// handler dies.
+pub fn send_handshake(
+    stream: &UnixStream,
+    mappings: &[Mapping],
+    uffd: BorrowedFd<'_>,
+) -> io::Result<()> {
+    let body: Vec<Value> = mappings
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "base_host_virt_addr": m.base_host_virt_addr, "size": m.size,
+                "offset": m.offset, "page_size": m.page_size, "page_size_kib": m.page_size,
+            })
+        })
+        .collect();
+    let body = Value::Array(body).to_string();
+    let sent = scm::send_with_fds(stream, body.as_bytes(), &[uffd])?;
+    io::Write::write_all(&mut &*stream, &body.as_bytes()[sent..])
+}
