@@ -270,3 +270,36 @@ fn a_handler_killed_mid_run_fails_the_touch_in_bounded_time_instead_of_hanging_t
         .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_hostmem_image_serves_the_handshake_offsets_as_backend_offsets() {
+    use hostmem::snapshot::{self, SaveOptions};
+    let dir = scratch("image");
+    let saved = Backend::builder(Kind::Memfd, "saved")
+        .size(8 * MIB)
+        .create()
+        .unwrap();
+    let mut bytes = noise(8 * MIB, 3);
+    bytes[(2 * MIB) as usize..(4 * MIB) as usize].fill(0); // a hole in the image
+    saved.hold().unwrap().write_at(0, &bytes).unwrap();
+    let img = dir.join("mem.img");
+    snapshot::save(
+        &saved,
+        &img,
+        &SaveOptions::default(),
+        &hostmem::Progress::new(),
+    )
+    .unwrap();
+    let guest = Backend::builder(Kind::Ram, "fc")
+        .size(8 * MIB)
+        .create()
+        .unwrap();
+    let mem = guest.hold().unwrap();
+    let mut h = Handler::start(&dir, &img, &[]);
+    let (_s, _uffd) = handshake(&h, &mem, 4 * MIB);
+    let line = h.line(|l| l.contains("VM 1") && l.contains("serving"));
+    assert!(line.contains("(hostmem image)"), "{line}");
+    let got = touched(&touch(&mem, 0, 8 * MIB), "every page");
+    same_bytes(&got, &bytes, 4096).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
