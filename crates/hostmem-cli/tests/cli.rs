@@ -76,7 +76,10 @@ fn the_man_page_names_every_subcommand_and_flag() {
     );
     for s in &subs {
         // roff escapes each dash (`uffd\-handler`).
-        assert!(page.contains(&s.replace('-', "\\-")), "subcommand {s} missing");
+        assert!(
+            page.contains(&s.replace('-', "\\-")),
+            "subcommand {s} missing"
+        );
     }
     for f in &flags {
         // roff escapes each dash.

@@ -272,7 +272,7 @@ fn a_handler_killed_mid_run_fails_the_touch_in_bounded_time_instead_of_hanging_t
 }
 
 #[test]
-fn a_hostmem_image_serves_the_handshake_offsets_as_backend_offsets() {
+fn a_hostmem_image_serves_the_handshake_offsets_as_backend_offsets_and_once_exits_0() {
     use hostmem::snapshot::{self, SaveOptions};
     let dir = scratch("image");
     let saved = Backend::builder(Kind::Memfd, "saved")
@@ -295,11 +295,15 @@ fn a_hostmem_image_serves_the_handshake_offsets_as_backend_offsets() {
         .create()
         .unwrap();
     let mem = guest.hold().unwrap();
-    let mut h = Handler::start(&dir, &img, &[]);
-    let (_s, _uffd) = handshake(&h, &mem, 4 * MIB);
+    let mut h = Handler::start(&dir, &img, &["--once"]);
+    let (s, _uffd) = handshake(&h, &mem, 4 * MIB);
     let line = h.line(|l| l.contains("VM 1") && l.contains("serving"));
     assert!(line.contains("(hostmem image)"), "{line}");
     let got = touched(&touch(&mem, 0, 8 * MIB), "every page");
     same_bytes(&got, &bytes, 4096).unwrap();
+    // --once: the VM exits, the handler with status 0.
+    drop(s);
+    let st = hostmem_testkit::spawn::wait_bounded(&mut h.child, STEP).unwrap();
+    assert_eq!(st.code(), Some(0), "{:#?}", h.seen);
     std::fs::remove_dir_all(&dir).unwrap();
 }
