@@ -391,7 +391,7 @@ mod tests {
         );
         assert!(parse_restore("m0=a.img,mode=later")
             .unwrap_err()
-            .contains("mode=lazy"));
+            .contains("mode=later"));
         assert!(parse_restore("a.img").is_err());
         assert!(parse_save("=a.img").is_err());
         assert_eq!(parse_save("m=a").unwrap().file, PathBuf::from("a"));
