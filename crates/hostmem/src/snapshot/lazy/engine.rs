@@ -306,8 +306,9 @@ impl Shared {
         let bytes = match self.image.read_checked(&u.at, buf) {
             Ok(b) => b,
             Err(e) => {
-                self.poison_unit(u);
+                // The error first: by the time the toucher sees SIGBUS, progress() has it.
                 self.fail(e);
+                self.poison_unit(u);
                 return State::Failed;
             }
         };
@@ -318,8 +319,8 @@ impl Shared {
             }
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => State::Failed,
             Err(e) => {
-                self.poison_unit(u);
                 self.fail(self.image.block_error(&u.at, BlockFault::Write(e)));
+                self.poison_unit(u);
                 State::Failed
             }
         }
