@@ -22,6 +22,8 @@
 //! - [`lazy`]: userfaultfd: usable at once, pages served from the image on first touch
 //!   (checked first; SIGBUS for a page that cannot be served), the rest filled in the
 //!   background in the last run's touch order.
+//! - [`firecracker`]: Firecracker's userfaultfd handshake (its uffd and region list over
+//!   a Unix socket) checked and served with [`lazy`]: `hostmem uffd-handler`.
 
 mod diff;
 mod error;
