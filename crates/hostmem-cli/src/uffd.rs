@@ -53,6 +53,12 @@ pub struct UffdArgs {
     /// Serve faults only; no background fill of untouched pages.
     #[arg(long)]
     no_fill: bool,
+    /// SIGKILL the VM's process (its pid from the socket) when its handshake is refused
+    /// or a page cannot be served, as Firecracker's example handler does when it fails:
+    /// Firecracker does not read the socket, so such a VM would otherwise hang on its
+    /// first fault (or take SIGBUS later).
+    #[arg(long)]
+    kill_on_error: bool,
 }
 
 /// What one connection needs to be served.
@@ -60,6 +66,33 @@ struct Serve {
     image: PathBuf,
     timeout: Duration,
     fill: bool,
+    kill: bool,
+}
+
+/// One connection: how its lines name it, and whom `--kill-on-error` stops.
+struct Vm {
+    who: String,
+    pid: Option<i32>,
+    kill: bool,
+    /// Killed already: once is enough.
+    killed: std::cell::Cell<bool>,
+}
+
+impl Vm {
+    /// Says what failed; with `--kill-on-error`, stops the VM's process.
+    fn failed(&self, what: &str) {
+        eprintln!("{TAG}: {}: {what}", self.who);
+        let Some(pid) = self.pid.filter(|_| self.kill && !self.killed.replace(true)) else {
+            return;
+        };
+        let killed = rustix::process::Pid::from_raw(pid)
+            .ok_or(rustix::io::Errno::SRCH)
+            .and_then(|p| rustix::process::kill_process(p, rustix::process::Signal::KILL));
+        match killed {
+            Ok(()) => eprintln!("{TAG}: {}: killed pid {pid} (--kill-on-error)", self.who),
+            Err(e) => eprintln!("{TAG}: {}: could not kill pid {pid}: {e}", self.who),
+        }
+    }
 }
 
 pub fn main(args: UffdArgs) -> ExitCode {
@@ -91,6 +124,7 @@ pub fn main(args: UffdArgs) -> ExitCode {
         image: args.image,
         timeout,
         fill: !args.no_fill,
+        kill: args.kill_on_error,
     });
     for (n, conn) in (1u64..).zip(listener.incoming()) {
         let stream = match conn {
@@ -155,26 +189,35 @@ fn remove_on_signal(socket: PathBuf) {
 
 /// One VM: its handshake checked, then served. True when it was served to its end.
 fn connection(n: u64, stream: UnixStream, serve: &Serve) -> bool {
-    let who = match firecracker::peer(&stream) {
-        Some(p) => format!("VM {n} (pid {}, uid {})", p.pid, p.uid),
-        None => format!("VM {n}"),
+    let peer = firecracker::peer(&stream);
+    let vm = Vm {
+        who: match peer {
+            Some(p) => format!("VM {n} (pid {}, uid {})", p.pid, p.uid),
+            None => format!("VM {n}"),
+        },
+        pid: peer.map(|p| p.pid),
+        kill: serve.kill,
+        killed: std::cell::Cell::new(false),
     };
     let hs = match firecracker::receive(&stream, serve.timeout) {
         Ok(hs) => hs,
         Err(e) => {
-            eprintln!("{TAG}: {who}: refused the handshake: {e}");
+            vm.failed(&format!("refused the handshake: {e}"));
             return false;
         }
     };
     eprintln!(
-        "{TAG}: {who}: handshake: {}: {}",
+        "{TAG}: {}: handshake: {}: {}",
+        vm.who,
         summary(&hs.mappings),
         hs.body
     );
-    match serve_vm(&who, hs, serve, &stream) {
+    match serve_vm(&vm, hs, serve, &stream) {
         Ok(()) => true,
         Err(e) => {
-            eprintln!("{TAG}: {who}: {e}");
+            if let Some(e) = e {
+                vm.failed(&e);
+            }
             false
         }
     }
@@ -200,13 +243,20 @@ fn summary(maps: &[Mapping]) -> String {
 /// and every error as it comes. Serving goes on after the fill: a page the balloon
 /// removed faults again and gets zeros, and Firecracker's `madvise` waits until its
 /// REMOVE event is read.
-fn serve_vm(who: &str, hs: Handshake, serve: &Serve, stream: &UnixStream) -> Result<(), String> {
+/// `Err(None)`: failed, and said so already.
+fn serve_vm(
+    vm: &Vm,
+    hs: Handshake,
+    serve: &Serve,
+    stream: &UnixStream,
+) -> Result<(), Option<String>> {
+    let who = &vm.who;
     let opts = LazyOptions {
         background: serve.fill,
         ..LazyOptions::default()
     };
     let (server, is_image) = firecracker::serve(hs, &serve.image, opts)
-        .map_err(|e| format!("refused the handshake: {e}"))?;
+        .map_err(|e| Some(format!("refused the handshake: {e}")))?;
     let p = server.progress();
     eprintln!(
         "{TAG}: {who}: serving {} of data from {} ({})",
@@ -223,7 +273,7 @@ fn serve_vm(who: &str, hs: Handshake, serve: &Serve, stream: &UnixStream) -> Res
         let ended = vm_exited(stream);
         let p = server.progress();
         for e in p.errors.iter().skip(said_errors) {
-            eprintln!("{TAG}: {who}: {e}");
+            vm.failed(e);
         }
         said_errors = p.errors.len();
         if p.filled && !said_filled {
@@ -234,14 +284,21 @@ fn serve_vm(who: &str, hs: Handshake, serve: &Serve, stream: &UnixStream) -> Res
             break ended.unwrap_or_else(|| "its address space is gone".into());
         }
     };
-    let report = server
-        .stop()
-        .map_err(|e| format!("{ended}; serving failed: {e}"))?;
-    eprintln!(
-        "{TAG}: {who}: done ({ended}): {}",
-        counters(&report.progress)
-    );
-    Ok(())
+    match server.stop() {
+        Ok(report) => {
+            eprintln!(
+                "{TAG}: {who}: done ({ended}): {}",
+                counters(&report.progress)
+            );
+            Ok(())
+        }
+        // Said already, as it came.
+        Err(_) if said_errors > 0 => {
+            eprintln!("{TAG}: {who}: done with errors ({ended})");
+            Err(None)
+        }
+        Err(e) => Err(Some(format!("{ended}; serving failed: {e}"))),
+    }
 }
 
 /// Waits up to a tenth of a second for the VM's end of the socket to close; why it

@@ -127,3 +127,45 @@ fn a_second_handler_on_a_live_socket_is_refused_and_a_stale_one_is_replaced() {
     assert!(h.alive());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A client in a process of its own (Python's `socket.send_fds`) that sends a bad
+/// handshake and then waits, as a Firecracker whose vCPU waits on its first fault.
+const WAITING_CLIENT: &str = r#"
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+socket.send_fds(s, [b'[{"base_host_virt_addr": 1,, ]'], [os.open("/dev/null", os.O_RDONLY)])
+print("sent", flush=True)
+sys.stdin.read()
+"#;
+
+#[test]
+fn kill_on_error_kills_the_process_whose_handshake_was_refused() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    let dir = scratch("kill");
+    let mem = dir.join("mem");
+    std::fs::write(&mem, vec![0u8; 8192]).unwrap();
+    let mut h = Handler::start(&dir, &mem, &["--kill-on-error"]);
+    let mut vm = Command::new("python3")
+        .args(["-c", WAITING_CLIENT])
+        .arg(&h.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 (the suite's pytest needs it too)");
+    let mut sent = String::new();
+    BufReader::new(vm.stdout.take().unwrap())
+        .read_line(&mut sent)
+        .unwrap();
+    assert_eq!(sent.trim(), "sent");
+    let line = h.line(|l| l.contains("killed pid"));
+    assert!(
+        line.contains(&format!("killed pid {} (--kill-on-error)", vm.id())),
+        "{line}"
+    );
+    let st = hostmem_testkit::spawn::wait_bounded(&mut vm, STEP).unwrap();
+    assert_eq!(st.signal(), Some(9), "{st:?}");
+    assert!(h.alive());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
