@@ -127,6 +127,8 @@ pub fn receive(
     stream: &UnixStream,
     timeout: Duration,
 ) -> std::result::Result<Handshake, HandshakeError> {
+    // A timeout past any sensible wait (a year) is a year, so the deadline cannot overflow.
+    let timeout = timeout.min(Duration::from_secs(365 * 86400));
     let deadline = Instant::now() + timeout;
     let (mut body, mut fds, mut truncated) = (Vec::new(), Vec::new(), false);
     let mut chunk = vec![0u8; 64 << 10];

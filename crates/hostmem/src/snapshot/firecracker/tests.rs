@@ -194,6 +194,12 @@ fn a_body_split_across_sends_is_joined_and_silence_times_out() {
     let (a, b) = send(&body.as_bytes()[..10], &[]);
     drop(a);
     assert!(matches!(
+        receive(&b, Duration::MAX),
+        Err(HandshakeError::Closed(10))
+    ));
+    let (a, b) = send(&body.as_bytes()[..10], &[]);
+    drop(a);
+    assert!(matches!(
         receive(&b, Duration::from_secs(5)),
         Err(HandshakeError::Closed(10))
     ));
