@@ -190,7 +190,12 @@ pub fn main(a: ExporterArgs) -> ExitCode {
         known: Mutex::new(BTreeMap::new()),
         errors: Mutex::new(BTreeMap::new()),
     });
-    eprintln!("hostmem: exporter serving http://{addr}/metrics");
+    // The address bound (a port 0 asked for becomes the one the kernel chose).
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .map_or(addr.clone(), |a| a.to_string());
+    eprintln!("hostmem: exporter serving http://{bound}/metrics");
     let running = Arc::new(AtomicUsize::new(0));
     for req in server.incoming_requests() {
         if running.fetch_add(1, Ordering::SeqCst) >= MAX_CONCURRENT {
