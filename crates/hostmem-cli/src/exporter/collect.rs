@@ -299,7 +299,7 @@ mod tests {
         let sock = dir.join("none.qmp");
         let known = Mutex::new(BTreeMap::new());
         let r = vms(
-            &[sock.clone()],
+            std::slice::from_ref(&sock),
             Duration::from_secs(2),
             &Busy::default(),
             &known,
@@ -320,7 +320,12 @@ mod tests {
         let sock = PathBuf::from("/nonexistent/busy.qmp");
         assert!(busy.claim(&sock));
         let known = Mutex::new(BTreeMap::new());
-        let r = vms(&[sock.clone()], Duration::from_secs(2), &busy, &known);
+        let r = vms(
+            std::slice::from_ref(&sock),
+            Duration::from_secs(2),
+            &busy,
+            &known,
+        );
         let e = r[0].data.as_ref().unwrap_err();
         assert!(e.contains("has not ended yet"), "{e}");
     }
