@@ -123,8 +123,8 @@ class Exporter:
 
 def kernel_view(pid, start, size):
     """What this test reads itself over [start, start+size): resident bytes (smaps Rss +
-    hugetlb), huge bytes, VmFlags, and resident bytes per node from numa_maps (pages
-    times the VMA's kernelpagesize_kB)."""
+    hugetlb), huge bytes (THP + hugetlb) and resident bytes per node from numa_maps
+    (pages times the VMA's kernelpagesize_kB)."""
     view = range_view(pid, start, size)
     per_node = {}
     with open(f"/proc/{pid}/numa_maps") as f:
@@ -139,8 +139,7 @@ def kernel_view(pid, start, size):
                     n, p = x[1:].split("=")
                     per_node[n] = per_node.get(n, 0) + int(p) * page
     huge = view.thp + view.total("Shared_Hugetlb", "Private_Hugetlb")
-    return {"resident": view.resident, "huge": huge, "per_node": per_node,
-            "hg": "hg" in view.any_vmflags}
+    return {"resident": view.resident, "huge": huge, "per_node": per_node}
 
 
 def samples(text):
@@ -268,6 +267,9 @@ def test_prometheus_resident_bytes_per_node_equal_smaps_and_numa_maps(vm):
         for m in ("ram0", "fd0", "huge0"):
             assert kernel[m]["resident"] == 64 * MIB, (m, kernel[m])
         assert kernel["huge0"]["huge"] == 64 * MIB, kernel["huge0"]
+        # Small VMs are walked: exact figures, said so beside them.
+        err = prom.query(f'hostmem_memdev_placement_error_ratio{{pid="{q.pid}"}}')
+        assert {dict(k)["method"] for k in err} == {"walk"} and set(err.values()) == {0.0}, err
         up = prom.query('up{job="hostmem"}')
         assert list(up.values()) == [1.0], f"Prometheus could not read the exposition: {up}"
         share = prom.query('hostmem_memdev_requested_nodes_resident_ratio'
@@ -358,9 +360,9 @@ def test_promtool_runs_the_shipped_rules_on_a_real_scrape(vm, tmp_path):
     vm_labels = {"domain": "exp-vm", "pid": pid}
 
     # The real scrape. Expected from the kernel's view, read by this test: no memdev
-    # with host-nodes has more than 10 % off them; huge pages asked for (VmFlags hg)
-    # but under half of the resident memory in huge pages (on this host: the memfd,
-    # shmem THP being off) fires; node 0 can give the 128 MiB plug.
+    # with host-nodes has more than 10 % off them; a memdev the host allows THP for
+    # (sysfs modes, by its kind) with under half of its resident memory in huge pages
+    # fires; node 0 can give the 128 MiB plug.
     def off_requested(m):
         nodes = re.search(r"host-nodes=([\d,]+)", dict(MEMDEVS_BY_ID)[m])
         k = kernel[m]
@@ -368,8 +370,10 @@ def test_promtool_runs_the_shipped_rules_on_a_real_scrape(vm, tmp_path):
             return False
         on = sum(k["per_node"].get(n, 0) for n in nodes[1].split(","))
         return 1 - on / k["resident"] > 0.10
-    huge_short = sorted(m for m, k in kernel.items()
-                        if k["hg"] and k["resident"] and k["huge"] / k["resident"] < 0.5)
+    def huge_short(m, k):
+        return (THP_ALLOWED[KIND[m]]() and k["resident"] > 0
+                and k["huge"] / k["resident"] < 0.5)
+    short_now = sorted(m for m, k in kernel.items() if huge_short(m, k))
     assert not any(off_requested(m) for m in kernel), kernel
     with open("/sys/devices/system/node/node0/meminfo") as f:
         free0 = int(re.search(r"MemFree:\s+(\d+) kB", f.read())[1]) * 1024
@@ -379,7 +383,7 @@ def test_promtool_runs_the_shipped_rules_on_a_real_scrape(vm, tmp_path):
                                 alert("HostmemNodeCannotGiveNextPlug", None, ""),
                                 alert("HostmemSourceDown", None, "")]}
     hp = expect("HostmemHugePagesNotResident",
-                *({**vm_labels, "memdev": m, "severity": "info"} for m in huge_short))
+                *({**vm_labels, "memdev": m, "severity": "info"} for m in short_now))
     real["alert_rule_test"].append(hp)
 
     # Misplaced (constructed, see the module doc): ram0's real series with its
@@ -409,11 +413,36 @@ def test_promtool_runs_the_shipped_rules_on_a_real_scrape(vm, tmp_path):
             "alert_rule_test": [alert("HostmemNodeCannotGiveNextPlug",
                                       {**vm_labels, "memdev": "vmem0", "device": "vm0",
                                        "guest_node": "0", "node": "0"}, "critical")]}
-    out = promtool_test_rules(tmp_path, [real, misplaced, plug])
+    # Small pages only (constructed): ram0's real series, its THP bytes at 0; fires
+    # when the host allows THP for anonymous memory, as the kernel's sysfs says.
+    small = [(n, ls, raw, 0.0 if n == "hostmem_memdev_thp_bytes" else v)
+             for n, ls, raw, v in mine
+             if ls.get("memdev") == "ram0" or n == "hostmem_thp_mode"]
+    no_thp = {"name": "ram0 without THP (constructed from the real scrape)",
+              "interval": "1m", "input_series": series(small),
+              "alert_rule_test": [expect(
+                  "HostmemHugePagesNotResident",
+                  *([{**vm_labels, "memdev": "ram0", "severity": "info"}]
+                    if huge_short("ram0", {**kernel["ram0"], "huge": 0}) else []))]}
+    out = promtool_test_rules(tmp_path, [real, misplaced, plug, no_thp])
     assert "SUCCESS" in out, out
 
 
 MEMDEVS_BY_ID = [(s.split("id=")[1].split(",")[0], s) for s, _ in MEMDEVS]
+# The kind of memory of each memdev of MEMDEVS: private anonymous (ram, share=off) or
+# shmem (memfd; its hugetlb one never has THP, its pages being huge already).
+KIND = {"ram0": "anon", "fd0": "shmem", "huge0": "shmem", "vmem0": "anon"}
+
+
+def thp_mode(name):
+    """The host's THP mode in /sys/kernel/mm/transparent_hugepage/NAME (the [one])."""
+    text = Path(f"/sys/kernel/mm/transparent_hugepage/{name}").read_text()
+    return re.search(r"\[(\w+)\]", text)[1]
+
+
+THP_ALLOWED = {"anon": lambda: thp_mode("enabled") in ("always", "madvise"),
+               "shmem": lambda: thp_mode("shmem_enabled") in
+               ("always", "within_size", "advise", "force")}
 
 
 def test_a_stopped_or_killed_qemu_is_down_within_the_timeout_others_served():

@@ -36,15 +36,20 @@ pub struct Memdev {
 impl Memdev {
     /// The requested host nodes (`host-nodes`), empty for policy default.
     pub fn requested_nodes(&self) -> Vec<u32> {
-        self.backend.requested["host-nodes"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|n| n.as_u64().and_then(|n| u32::try_from(n).ok()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        requested_nodes(&self.backend.requested)
     }
+}
+
+/// The `host-nodes` of a `query-memdev` entry.
+fn requested_nodes(requested: &Value) -> Vec<u32> {
+    requested["host-nodes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n.as_u64().and_then(|n| u32::try_from(n).ok()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A virtio-mem device (`query-memory-devices`), in bytes.
@@ -216,13 +221,22 @@ fn one(socket: &Path, timeout: Duration) -> Result<(Identity, VmData), String> {
     // The socket is not needed for the kernel's part: QEMU may take the next client.
     drop(c);
     let process = Process::new(pid).map_err(|e| VmError::from(e).to_string())?;
+    let read = |b: &VmBackend| {
+        let blk = b.block.as_ref()?;
+        let r = placement::read(pid, blk, &requested_nodes(&b.requested));
+        Some(r.map_err(|e| {
+            if process.is_alive() {
+                format!("reading where memdev {} is in process {pid}: {e}", b.id)
+            } else {
+                VmError::Exited { pid }.to_string()
+            }
+        }))
+    };
     let memdevs = snap
         .backends
         .into_iter()
         .map(|b| Memdev {
-            placement: b.block.as_ref().map(|blk| {
-                placement::read(&process, blk).map_err(|e| e.or_exited(pid).to_string())
-            }),
+            placement: read(&b),
             backend: b,
         })
         .collect();

@@ -33,18 +33,18 @@ const GAUGES: &[(&str, Option<Unit>, &str)] = &[
     ("scrape_source_up", None, "1 when the source (a QMP socket, or host) answered in this scrape, 0 when it did not"),
     ("scrape_source_duration", Some(Unit::Seconds), "Time this scrape spent on the source"),
     ("vm_info", None, "A QEMU behind a QMP socket: its name (query-name), pid and version"),
-    ("memdev_info", None, "A memory backend: QOM type, requested policy and host nodes, RAM block page size"),
+    ("memdev_info", None, "A memory backend: QOM type, share, requested policy and host nodes, RAM block page size"),
     ("memdev_size", Some(Unit::Bytes), "Size of the memory backend (query-memdev)"),
     ("memdev_page_size", Some(Unit::Bytes), "Page size of the backend's RAM block (info ramblock)"),
     ("memdev_resident", Some(Unit::Bytes), "Resident bytes of the backend's range on each host node (numa_maps)"),
-    ("memdev_resident_total", Some(Unit::Bytes), "Resident bytes of the backend's range, huge pages included (smaps)"),
-    ("memdev_thp", Some(Unit::Bytes), "Transparent huge page bytes in the backend's range (smaps)"),
-    ("memdev_hugetlb", Some(Unit::Bytes), "hugetlbfs page bytes in the backend's range (smaps)"),
-    ("memdev_thp_advised", None, "1 when the range is madvised for transparent huge pages (VmFlags hg)"),
+    ("memdev_resident_total", Some(Unit::Bytes), "Resident bytes of the backend's range, huge pages included"),
+    ("memdev_thp", Some(Unit::Bytes), "Transparent huge page bytes in the backend's range"),
+    ("memdev_hugetlb", Some(Unit::Bytes), "hugetlbfs page bytes in the backend's range"),
     ("memdev_requested_node", None, "1 for each host node the backend's policy asks for (host-nodes)"),
     ("memdev_requested_nodes_resident_ratio", None, "Share of the resident bytes that are on the requested host nodes"),
-    ("memdev_placement_error_ratio", None, "Bound of the absolute error of the placement figures (0: exact read)"),
+    ("memdev_placement_error_ratio", None, "Half-width of the 95 % interval of the share on the requested nodes (of the resident fraction of the range without nodes); 0 for a walk"),
     ("memdev_placement_age", Some(Unit::Seconds), "Age of the placement figures at this scrape (0: read during it)"),
+    ("memdev_placement_duration", Some(Unit::Seconds), "What reading the backend's placement cost in this scrape"),
     ("virtio_mem_plugged", Some(Unit::Bytes), "Memory a virtio-mem device has plugged (size)"),
     ("virtio_mem_requested", Some(Unit::Bytes), "Memory a virtio-mem device is asked to plug (requested-size)"),
     ("virtio_mem_maximum", Some(Unit::Bytes), "Most memory a virtio-mem device can plug (max-size)"),
@@ -53,6 +53,7 @@ const GAUGES: &[(&str, Option<Unit>, &str)] = &[
     ("host_available", Some(Unit::Bytes), "The same figure for the whole host"),
     ("node_hugepages", None, "Huge pages of the host node's pool, by page size and state (total, free, surplus)"),
     ("hugepages", None, "Huge pages of the host-wide pool, by page size and state (total, free, reserved, surplus)"),
+    ("thp_mode", None, "1 for the host's transparent huge page mode, for anonymous memory (enabled) and shmem (shmem_enabled)"),
     ("cgroup_limit", Some(Unit::Bytes), "The tightest limit over the exporter's cgroup and its ancestors"),
     ("cgroup_available", Some(Unit::Bytes), "What that cgroup may still charge (limit - usage)"),
 ];
@@ -148,6 +149,7 @@ impl Exposition {
             "memdev_info",
             with(&[
                 ("type", b.qom_type.clone().unwrap_or_default()),
+                ("share", s(b.requested["share"].as_bool().unwrap_or(false))),
                 ("policy", s(b.requested["policy"].as_str().unwrap_or(""))),
                 (
                     "host_nodes",
@@ -167,23 +169,23 @@ impl Exposition {
             self.set("memdev_requested_node", with(&[("node", s(n))]), 1.0);
         }
         let Some(Ok(p)) = &m.placement else { return };
-        for (n, bytes) in p.per_node.iter().flatten() {
+        for (n, bytes) in &p.per_node {
             self.set("memdev_resident", with(&[("node", s(n))]), *bytes as f64);
         }
         self.set("memdev_resident_total", with(&[]), p.resident as f64);
-        self.set("memdev_thp", with(&[]), p.thp as f64);
-        self.set("memdev_hugetlb", with(&[]), p.hugetlb as f64);
-        self.set(
-            "memdev_thp_advised",
-            with(&[]),
-            f64::from(u8::from(p.thp_advised)),
-        );
-        if let Some(share) = p.share_on(&nodes) {
+        if let Some(thp) = p.thp {
+            self.set("memdev_thp", with(&[]), thp as f64);
+        }
+        if let Some(h) = p.hugetlb {
+            self.set("memdev_hugetlb", with(&[]), h as f64);
+        }
+        if let Some(share) = p.share {
             self.set("memdev_requested_nodes_resident_ratio", with(&[]), share);
         }
-        let method = [("method", s(p.method.name()))];
-        self.set("memdev_placement_error_ratio", with(&method), p.share_error);
+        let method = [("method", s(p.method))];
+        self.set("memdev_placement_error_ratio", with(&method), p.error);
         self.set("memdev_placement_age", with(&method), p.age_seconds);
+        self.set("memdev_placement_duration", with(&method), p.seconds);
     }
 
     fn virtio_mem(&self, vm: Labels, d: &VirtioMem) {
@@ -234,6 +236,12 @@ impl Exposition {
             for (state, v) in states {
                 let l = vec![("page_size", s(p.page_size)), ("state", s(state))];
                 self.set("hugepages", l, v as f64);
+            }
+        }
+        for (kind, file) in [("anon", "enabled"), ("shmem", "shmem_enabled")] {
+            if let Some(mode) = t.thp.get(file) {
+                let l = vec![("kind", s(kind)), ("mode", mode.clone())];
+                self.set("thp_mode", l, 1.0);
             }
         }
         failed += self.cgroup("memory", None, &lim.memory_cgroup);

@@ -2,9 +2,9 @@
 //! on HTTP for the fleet's Prometheus (docs/exporter.md, DESIGN.md §12).
 //!
 //! Each scrape reads afresh: the QMP sockets (globs expanded again, so VMs started
-//! since are found), each asked on its own thread with a deadline (`collect`), the
-//! kernel's view of each memory device (`placement`: the one call the scrape's cost
-//! depends on), and the host's nodes, pools and cgroup room. `metrics` turns that into
+//! since are found), each asked on its own thread with a deadline (`collect`), where
+//! each memory device's pages are (`placement`: the one call the scrape's cost depends
+//! on, walked or sampled at a bounded cost), and the host's nodes, pools and cgroup room. `metrics` turns that into
 //! prometheus-client's registry and text.
 
 pub mod collect;
