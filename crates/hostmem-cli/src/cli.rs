@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
-use crate::{host, image, run, uffd, vm};
+use crate::{exporter, host, image, run, uffd, vm};
 
 /// `hostmem`'s command line.
 #[derive(Parser)]
@@ -35,6 +35,9 @@ pub enum Command {
     /// A running QEMU's memory backends, node by node, read from the kernel; `rebind` moves one.
     #[command(after_help = vm::EXAMPLES)]
     Vm(vm::VmArgs),
+    /// Serve every VM's memory placement and the host's room as OpenMetrics (Prometheus).
+    #[command(after_help = exporter::EXAMPLES)]
+    Exporter(exporter::ExporterArgs),
     /// A snapshot image of guest memory: its layout (`info`), its checksums (`verify`).
     #[command(after_help = image::EXAMPLES)]
     Image(image::ImageArgs),
@@ -135,6 +138,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Run(a) => return run::main(a),
         Command::Host(a) => return host::main(a),
         Command::Vm(a) => return vm::main(a),
+        Command::Exporter(a) => return exporter::main(a),
         Command::Image(a) => return image::main(a),
         Command::UffdHandler(a) => return uffd::main(a),
         Command::Completions { shell } => Ok(completions(shell)),

@@ -1,5 +1,5 @@
 //! The `hostmem` command as a library: its command line ([`cli`]), the subcommands
-//! (`run`, `host`, `vm`), the report, and the QMP monitor. The binary (`src/main.rs`) only
+//! (`run`, `host`, `vm`, `exporter`), the report, and the QMP monitor. The binary (`src/main.rs`) only
 //! parses the command line; the fuzz targets (`fuzz/`) drive the QMP monitor in process through
 //! [`qmp::Monitor`], the same request path the socket server takes; the QEMU
 //! comparison (`crates/hostmem-bench`) uses the report and the signal handling.
@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod cmdline;
+pub mod exporter;
 pub mod host;
 pub mod image;
 pub mod lazy;

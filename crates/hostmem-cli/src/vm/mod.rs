@@ -78,8 +78,8 @@ pub enum VmAction {
     },
 }
 
-/// `unix:/path,server=on` → `/path`; a plain path stays.
-fn socket_path(spec: &str) -> PathBuf {
+/// `unix:/path,server=on` → `/path`; a plain path stays (also `hostmem exporter`'s `--qmp`).
+pub fn socket_path(spec: &str) -> PathBuf {
     let p = spec.strip_prefix("unix:").unwrap_or(spec);
     let p = if spec.starts_with("unix:") {
         p.split(',').next().unwrap_or(p)

@@ -36,6 +36,15 @@ impl RamBlock {
         let n = self.name.strip_prefix("/objects/").unwrap_or(&self.name);
         (!n.is_empty() && !n.contains('/') && !n.contains('@')).then_some(n)
     }
+
+    /// For a block a device registered under its own path (`0000:00:02.0/vmem0`: a
+    /// virtio-mem-pci's memdev), the last component; the caller matches it against
+    /// the backends QEMU lists, so a ROM's path never passes for a backend.
+    pub fn device_backend_id(&self) -> Option<&str> {
+        let (dev, id) = self.name.rsplit_once('/')?;
+        (!dev.is_empty() && !dev.starts_with('/') && !id.is_empty() && !id.contains('@'))
+            .then_some(id)
+    }
 }
 
 /// Why the table cannot be read.
@@ -146,6 +155,7 @@ mod tests {
         assert_eq!(b[2].backend_id(), None);
         assert_eq!(b[2].used, 64 << 20);
         assert_eq!(b[3].backend_id(), None, "a ROM is no backend");
+        assert_eq!(b[3].device_backend_id(), None, "nor a device's");
         assert!(b[3].read_only && !b[0].read_only);
         assert_eq!(b[3].total, 0x20_0000);
         assert_eq!(b[4].page_size, 4096);
@@ -158,6 +168,12 @@ mod tests {
         let b = parse(t, "10.0.2").unwrap();
         assert_eq!(b[0].backend_id(), Some("hp"));
         assert_eq!(b[0].page_size, 2 << 20);
+        // QEMU 10.0.2, -device virtio-mem-pci,memdev=vmem0: the block is the device's.
+        let t = "Block Name PSize Offset Used Total HVA RO\n\
+                 0000:00:02.0/vmem0    4 KiB  0x000000000c000000 0x0000000010000000 0x0000000010000000 0x00007f7d3f800000  rw\n";
+        let b = parse(t, "10.0.2").unwrap();
+        assert_eq!(b[0].backend_id(), None);
+        assert_eq!(b[0].device_backend_id(), Some("vmem0"));
     }
 
     #[test]

@@ -98,6 +98,11 @@ pub fn take(c: &mut QmpClient) -> Result<Snapshot, VmError> {
             block: blocks
                 .iter()
                 .find(|b| b.backend_id() == Some(id) && !b.read_only)
+                .or_else(|| {
+                    blocks
+                        .iter()
+                        .find(|b| b.device_backend_id() == Some(id) && !b.read_only)
+                })
                 .cloned(),
         });
     }

@@ -12,7 +12,13 @@ use std::fmt;
 use crate::numa::{KernelMode, NodeSet};
 use crate::sys::RawMapping;
 
+mod estimate;
 mod procfs;
+mod sample;
+mod walk;
+pub use estimate::{
+    read_placement, Bytes, Choice, Fraction, Method, PlacementReading, ReadOptions,
+};
 pub(crate) use procfs::parse_range;
 use procfs::{parse_numa_maps, parse_policy, parse_smaps, Smaps};
 

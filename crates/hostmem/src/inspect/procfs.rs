@@ -2,6 +2,8 @@
 //! Pure parsing: who reads the files (this process or another one) is the caller's
 //! business (`inspect::read_proc`).
 
+use std::collections::BTreeMap;
+
 use super::{MemPolicy, NumaView};
 use crate::numa::{KernelMode, NodeSet};
 
@@ -68,43 +70,77 @@ pub(super) fn parse_smaps(text: &str, start: u64, end: u64, view: &mut Smaps) {
     }
 }
 
+/// One line of numa_maps: a VMA's start, policy, pages per node and page size.
+#[derive(Debug, Default)]
+pub(super) struct NumaLine {
+    pub start: u64,
+    /// The policy as printed (`bind:0-1`, `prefer (many):1-2`).
+    pub policy: String,
+    /// Pages per node, in units of `page_size`.
+    pub pages: BTreeMap<u32, u64>,
+    /// kernelpagesize_kB in bytes; 0 when the line has none (a VMA with no pages).
+    pub page_size: u64,
+    /// The `huge` tag: a hugetlb VMA.
+    pub hugetlb: bool,
+}
+
+/// Reads one numa_maps line; None for a line that does not start with an address.
+pub(super) fn parse_numa_line(line: &str) -> Option<NumaLine> {
+    let mut words = line.split_whitespace();
+    let start = u64::from_str_radix(words.next()?, 16).ok()?;
+    let mut out = NumaLine {
+        start,
+        ..Default::default()
+    };
+    // The policy may hold spaces ("prefer (many):1-2", "weighted interleave:0-1"):
+    // it runs up to the first key=value word or mapping tag.
+    let mut policy = Vec::new();
+    let mut rest = Vec::new();
+    for w in words.by_ref() {
+        if w.contains('=') || ["heap", "stack", "huge"].contains(&w) {
+            rest.push(w);
+            break;
+        }
+        policy.push(w);
+    }
+    out.policy = policy.join(" ");
+    for w in rest.into_iter().chain(words) {
+        if w == "huge" {
+            out.hugetlb = true;
+        } else if let Some(rest) = w.strip_prefix('N') {
+            if let Some((n, p)) = rest.split_once('=') {
+                if let (Ok(n), Ok(p)) = (n.parse::<u32>(), p.parse::<u64>()) {
+                    *out.pages.entry(n).or_default() += p;
+                }
+            }
+        } else if let Some(k) = w.strip_prefix("kernelpagesize_kB=") {
+            if let Ok(k) = k.parse::<u64>() {
+                out.page_size = k * 1024;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The numa_maps lines whose VMA starts inside [start, end).
+pub(super) fn numa_lines(text: &str, start: u64, end: u64) -> impl Iterator<Item = NumaLine> + '_ {
+    text.lines()
+        .filter_map(parse_numa_line)
+        .filter(move |l| l.start >= start && l.start < end)
+}
+
 /// The numa_maps lines whose VMA starts inside [start, end), summed.
 pub(super) fn parse_numa_maps(text: &str, start: u64, end: u64) -> NumaView {
     let mut view = NumaView::default();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let Some(addr) = words.next().and_then(|a| u64::from_str_radix(a, 16).ok()) else {
-            continue;
-        };
-        if addr < start || addr >= end {
-            continue;
-        }
-        // The policy may hold spaces ("prefer (many):1-2", "weighted interleave:0-1"):
-        // it runs up to the first key=value word or mapping tag.
-        let mut policy = Vec::new();
-        let mut rest = Vec::new();
-        for w in words.by_ref() {
-            if w.contains('=') || ["heap", "stack", "huge"].contains(&w) {
-                rest.push(w);
-                break;
-            }
-            policy.push(w);
-        }
+    for line in numa_lines(text, start, end) {
         if view.policy.is_empty() {
-            view.policy = policy.join(" ");
+            view.policy = line.policy;
         }
-        for w in rest.into_iter().chain(words) {
-            if let Some(rest) = w.strip_prefix('N') {
-                if let Some((n, p)) = rest.split_once('=') {
-                    if let (Ok(n), Ok(p)) = (n.parse::<u32>(), p.parse::<u64>()) {
-                        *view.pages_per_node.entry(n).or_default() += p;
-                    }
-                }
-            } else if let Some(k) = w.strip_prefix("kernelpagesize_kB=") {
-                if let Ok(k) = k.parse::<u64>() {
-                    view.page_size = k * 1024;
-                }
-            }
+        for (n, p) in line.pages {
+            *view.pages_per_node.entry(n).or_default() += p;
+        }
+        if line.page_size != 0 {
+            view.page_size = line.page_size;
         }
     }
     view

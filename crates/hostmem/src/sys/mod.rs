@@ -13,6 +13,7 @@ mod fd;
 pub(crate) mod kvm;
 mod mapping;
 mod numa;
+mod pagemap;
 mod probe;
 mod promise;
 #[cfg(feature = "json")]
@@ -29,6 +30,9 @@ use std::io;
 pub(crate) use fd::{add_seals, memfd_create, punch_hole, shm_create_unlinked, statfs, FsInfo};
 pub(crate) use mapping::{MapOptions, RawMapping};
 pub(crate) use numa::{mempolicy_at, move_pages_of};
+pub(crate) use pagemap::{
+    pagemap_scan, procmap_query, PageRegion, VmaInfo, PAGE_IS_HUGE, PAGE_IS_PRESENT,
+};
 pub(crate) use probe::{probe_mempolicy, probe_populate_write};
 pub use promise::FileSizePromise;
 pub(crate) use thread::{

@@ -6,6 +6,7 @@
 
 mod common;
 mod eaten;
+mod exporter;
 mod limits;
 mod placement;
 mod pools;
@@ -15,6 +16,7 @@ mod vm;
 
 use common::{Check, Topo};
 use eaten::*;
+use exporter::*;
 use limits::*;
 use placement::*;
 use pools::*;
@@ -40,7 +42,7 @@ fn main() {
         println!("numa-suite: 0 passed, 1 failed");
         std::process::exit(1);
     }
-    let tests: [Test; 21] = [
+    let tests: [Test; 22] = [
         ("bind-one-node", bind_one),
         ("bind-two-nodes", bind_two),
         ("interleave-four-nodes", interleave_four),
@@ -66,6 +68,10 @@ fn main() {
         ),
         ("vm-rebind-backends-of-a-running-qemu", vm_rebind_backends),
         ("vm-qemu-killed-mid-rebind", vm_qemu_killed_mid_rebind),
+        (
+            "exporter-shows-the-moved-share",
+            exporter_shows_the_moved_share,
+        ),
         ("limits-bind-to-too-small-node", bind_to_too_small_node),
         ("limits-batch-summed-on-a-node", batch_summed_on_a_node),
         ("limits-memory-cgroup-below-size", memory_cgroup_below_size),

@@ -16,12 +16,12 @@ use testkit::spawn::command;
 
 use crate::common::*;
 
-const HOSTMEM_QMP: &str = "/tmp/vm-hostmem.qmp";
+pub(crate) const HOSTMEM_QMP: &str = "/tmp/vm-hostmem.qmp";
 const TEST_QMP: &str = "/tmp/vm-test.qmp";
 
 /// Starts QEMU with `backends` (id, MiB), each bound to node 0 and preallocated;
 /// killed on drop.
-fn start(backends: &[(&str, u64)]) -> Result<Qemu, String> {
+pub(crate) fn start(backends: &[(&str, u64)]) -> Result<Qemu, String> {
     let total: u64 = backends.iter().map(|b| b.1).sum();
     let mut cmd = stopped_pc("/bin/qemu-system-x86_64", total);
     let sockets = [PathBuf::from(HOSTMEM_QMP), PathBuf::from(TEST_QMP)];
@@ -39,7 +39,7 @@ fn start(backends: &[(&str, u64)]) -> Result<Qemu, String> {
 
 /// (name, host address, length) of each named RAM block, from `info ramblock` on the
 /// test's own QMP monitor.
-fn ramblocks() -> Result<Vec<(String, u64, u64)>, String> {
+pub(crate) fn ramblocks() -> Result<Vec<(String, u64, u64)>, String> {
     let mut q = Qmp::connect(Path::new(TEST_QMP), Duration::from_secs(60))?;
     Ok(testkit::qmp::ramblocks(&mut q)?
         .into_iter()
@@ -49,7 +49,7 @@ fn ramblocks() -> Result<Vec<(String, u64, u64)>, String> {
 }
 
 /// Pages per node over [addr, addr+len) of QEMU's numa_maps.
-fn pages(pid: u32, addr: u64, len: u64) -> Result<BTreeMap<u32, u64>, String> {
+pub(crate) fn pages(pid: u32, addr: u64, len: u64) -> Result<BTreeMap<u32, u64>, String> {
     let numa = std::fs::read_to_string(format!("/proc/{pid}/numa_maps"))
         .map_err(|e| format!("numa_maps: {e}"))?;
     let mut out = BTreeMap::new();
@@ -88,7 +88,10 @@ fn hostmem_vm(args: &[&str]) -> Command {
     c
 }
 
-fn rebind(id: &str, nodes: &str) -> Result<(std::process::ExitStatus, String, String), String> {
+pub(crate) fn rebind(
+    id: &str,
+    nodes: &str,
+) -> Result<(std::process::ExitStatus, String, String), String> {
     let out = hostmem_vm(&["--json", "rebind", id, nodes])
         .output()
         .map_err(|e| format!("hostmem: {e}"))?;
