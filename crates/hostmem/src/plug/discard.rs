@@ -81,8 +81,11 @@ impl Backend {
     /// plugged marks (and the whole-mapping "preallocated" state), so no region can be
     /// made over it until its blocks are plugged again.
     ///
-    /// Refused on read-only memory (a discard would change what it maps: a file's
-    /// bytes) and for a range that is empty, leaves the memory or is not whole pages.
+    /// Refused on huge pages with a reservation: a hole punched in hugetlbfs (or
+    /// MADV_DONTNEED of private huge pages) gives the reservation back with the pages,
+    /// so memory promised never to SIGBUS would then be able to. Refused on read-only
+    /// memory (a discard would change what it maps: a file's bytes) and for a range
+    /// that is empty, leaves the memory or is not whole pages.
     pub fn discard(&self, range: Range<u64>) -> Result<Discard> {
         let hold = self.hold()?;
         let region = &hold.0;
@@ -97,6 +100,11 @@ impl Backend {
         if !hold.is_writable() {
             return Err(refuse(
                 "its memory is read-only: a discard would change what it maps".into(),
+            ));
+        }
+        if region.hugetlb && region.faults_backed {
+            return Err(refuse(
+                "its huge pages are reserved (reserve=on): a discard would drop the range's reservation, which is what keeps a later touch from raising SIGBUS; map it with reserve=off and plug blocks to give memory back".into(),
             ));
         }
         // Under the claims' lock from the check to the discard: no region can be made
