@@ -4,6 +4,7 @@
 //! get_mempolicy, numa_maps of a separate `hostmem run` process). One line per test,
 //! page distributions included, then `numa-suite: N passed, M failed`.
 
+mod bound_fill;
 mod common;
 mod eaten;
 mod limits;
@@ -13,6 +14,7 @@ mod rebind;
 mod runs;
 mod vm;
 
+use bound_fill::*;
 use common::{Check, Topo};
 use eaten::*;
 use limits::*;
@@ -40,7 +42,7 @@ fn main() {
         println!("numa-suite: 0 passed, 1 failed");
         std::process::exit(1);
     }
-    let tests: [Test; 21] = [
+    let tests: [Test; 23] = [
         ("bind-one-node", bind_one),
         ("bind-two-nodes", bind_two),
         ("interleave-four-nodes", interleave_four),
@@ -74,6 +76,8 @@ fn main() {
             hugetlb_cgroup_below_pool,
         ),
         ("limits-eaten-during-prealloc", eaten_during_prealloc),
+        ("plug-blocks-on-bound-node", plug_on_bound_node),
+        ("restore-copy-on-bound-node", restore_on_bound_node),
     ];
     let (mut passed, mut failed) = (0, 0);
     // `numa-suite only PREFIX`: the checks whose names begin with PREFIX.
