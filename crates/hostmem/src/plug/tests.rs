@@ -24,7 +24,7 @@ fn limits(cgroup: Option<CgroupLimit>) -> Snapshot {
         reserve: 0,
     };
     Snapshot {
-        nodes: vec![(0, Ok(room.clone()))],
+        nodes: vec![(0, Ok(room))],
         host: Ok(room),
         memory_cgroup: Ok(cgroup),
         hugetlb_cgroups: Vec::new(),
@@ -95,7 +95,7 @@ fn a_plug_stopped_at_a_watched_limit_gives_its_blocks_back_and_names_the_cgroup(
         2 * MIB,
         "smaps Rss: only the block plugged before"
     );
-    assert_eq!(blocks.plugged(), [0..2 * MIB]);
+    assert_eq!(blocks.plugged(), vec![0..2 * MIB]);
     let mut back = [0u8; 4096];
     mem.read_at(0, &mut back).unwrap();
     assert!(back.iter().all(|&x| x == 0x6b), "block 0 kept its bytes");

@@ -250,7 +250,8 @@ mod tests {
         let plugged = [0..2 * MIB, 254 * MIB..258 * MIB, 398 * MIB..400 * MIB];
         let slots: Vec<u32> = l.wanted(&plugged).iter().map(|s| s.slot).collect();
         assert_eq!(slots, [5, 6, 7, 8], "a range across a slot edge wants both");
-        let w = l.wanted(&[130 * MIB..132 * MIB]);
+        let one = std::iter::once(130 * MIB..132 * MIB).collect::<Vec<_>>();
+        let w = l.wanted(&one);
         assert_eq!(
             w,
             [SlotSpan {
