@@ -344,6 +344,9 @@ pub(crate) fn check_batch(items: &[(&Backend, &Plan)], snap: &Snapshot) -> Vec<(
 /// into it, a plug of some of its blocks), against the limits a preallocation of that
 /// size meets: the error it would get (`NodeMemoryShort` naming the bound nodes,
 /// `HostMemoryShort`, the memory or hugetlb cgroup).
+// Only snapshot restores ask without preallocating (feature `json`); plugs use
+// [`Guard::for_more`], which also watches.
+#[cfg_attr(not(feature = "json"), allow(dead_code))]
 pub(crate) fn check_more(b: &Backend, need: u64, snap: &Snapshot) -> Result<(), Error> {
     let plan = plan_more(b, need)?;
     match check_batch(&[(b, &plan)], snap).into_iter().next() {
