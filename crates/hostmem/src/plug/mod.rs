@@ -245,7 +245,10 @@ impl<'a> Blocks<'a> {
         let threads = self.backend.config().common.prealloc_threads;
         let mut job = self.backend.job(&region, &host, threads)?;
         job.part = Some((off, len));
-        guard.attach(0, &mut job);
+        if absent > 0 {
+            // Nothing to fault in, nothing to watch: a step over resident pages takes no room.
+            guard.attach(0, &mut job);
+        }
         let r = prealloc::populate(std::slice::from_ref(&job), &Progress::new()).pop();
         drop(job);
         match r {
