@@ -70,6 +70,47 @@ pub(crate) fn set_marks(claims: &mut Vec<Claimed>, kind: u64, off: u64, end: u64
     *claims = kept;
 }
 
+/// The ranges marked `kind` ([`PLUGGED`] or [`PROTECTED`]), as (start, end), sorted.
+pub(crate) fn marked(claims: &[Claimed], kind: u64) -> Vec<(u64, u64)> {
+    let mut m: Vec<(u64, u64)> = claims
+        .iter()
+        .filter(|c| c.guest == kind)
+        .map(|c| (c.offset, c.offset + c.len))
+        .collect();
+    m.sort_unstable();
+    m
+}
+
+/// Whether marks of `kind` cover `[start, end)` without a gap.
+pub(crate) fn covers(claims: &[Claimed], kind: u64, start: u64, end: u64) -> bool {
+    let mut at = start;
+    for (a, b) in marked(claims, kind) {
+        if a > at {
+            break;
+        }
+        at = at.max(b);
+        if at >= end {
+            return true;
+        }
+    }
+    at >= end
+}
+
+/// Whether any byte of `[start, end)` is marked `kind`.
+pub(crate) fn touches(claims: &[Claimed], kind: u64, start: u64, end: u64) -> bool {
+    claims
+        .iter()
+        .any(|c| c.guest == kind && c.overlaps(start, end - start))
+}
+
+/// The first live guest region (not a mark) over any byte of `[start, end)`.
+pub(crate) fn region_over(claims: &[Claimed], start: u64, end: u64) -> Option<Claimed> {
+    claims
+        .iter()
+        .find(|c| c.guest != PROTECTED && c.guest != PLUGGED && c.overlaps(start, end - start))
+        .copied()
+}
+
 /// Why a range could not be claimed.
 #[derive(Debug)]
 #[cfg_attr(not(feature = "vm-memory"), allow(dead_code))]
@@ -83,7 +124,6 @@ pub(crate) enum Refused {
     Unbacked,
 }
 
-#[cfg_attr(not(feature = "vm-memory"), allow(dead_code))]
 impl Claimed {
     fn overlaps(&self, offset: u64, len: u64) -> bool {
         offset < self.offset + self.len && self.offset < offset + len
@@ -97,29 +137,8 @@ pub(crate) use guard::Claim;
 mod guard {
     use std::sync::atomic::Ordering;
 
-    use super::{Claimed, Refused, PLUGGED};
+    use super::{covers, Claimed, Refused, PLUGGED};
     use crate::backend::InUse;
-
-    /// Whether plugged blocks cover `[start, end)` without a gap.
-    fn covered(claims: &[Claimed], start: u64, end: u64) -> bool {
-        let mut plugged: Vec<(u64, u64)> = claims
-            .iter()
-            .filter(|c| c.guest == PLUGGED)
-            .map(|c| (c.offset, c.offset + c.len))
-            .collect();
-        plugged.sort_unstable();
-        let mut at = start;
-        for (a, b) in plugged {
-            if a > at {
-                break;
-            }
-            at = at.max(b);
-            if at >= end {
-                return true;
-            }
-        }
-        at >= end
-    }
 
     /// A live claim: holds the backend's memory (so it stays mapped and the backend is
     /// in use) and gives its range back when dropped.
@@ -153,7 +172,7 @@ mod guard {
             }
             // Read under the claims' lock, which unplug holds while it gives memory back.
             let backed = hold.0.faults_backed || hold.0.populated.load(Ordering::Acquire);
-            if !backed && !covered(&claims, offset, end) {
+            if !backed && !covers(&claims, PLUGGED, offset, end) {
                 return Err(Refused::Unbacked);
             }
             let range = Claimed { offset, len, guest };
@@ -189,17 +208,7 @@ mod guard {
 
 #[cfg(test)]
 mod tests {
-    use super::{set_marks, Claimed, PLUGGED, PROTECTED};
-
-    fn marks(claims: &[Claimed], kind: u64) -> Vec<(u64, u64)> {
-        let mut m: Vec<(u64, u64)> = claims
-            .iter()
-            .filter(|c| c.guest == kind)
-            .map(|c| (c.offset, c.offset + c.len))
-            .collect();
-        m.sort_unstable();
-        m
-    }
+    use super::{marked as marks, set_marks, Claimed, PLUGGED, PROTECTED};
 
     /// Marks stay as few ranges: blocks marked one by one make one range, a cleared
     /// middle splits it, and a region's claim or the other kind's marks are untouched.

@@ -76,6 +76,25 @@ impl Guard {
         })
     }
 
+    /// The check before, and the watch during, a fault-in of `need` more bytes of `b`'s
+    /// live memory (a plug of some of its blocks): refused as [`check_more`] refuses,
+    /// otherwise the limits a preallocation of that size is watched against, so another
+    /// process taking the room meanwhile stops it at the edge.
+    pub(crate) fn for_more(b: &Backend, need: u64, snap: Snapshot) -> Result<Guard, Error> {
+        let plan = plan_more(b, need)?;
+        let item = [(b, &plan)];
+        if let Some((_, e)) = check_batch(&item, &snap).into_iter().next() {
+            return Err(e);
+        }
+        let (watch, limits, per_job) = watch(&item, &snap);
+        Ok(Guard {
+            snap: Some(snap),
+            watch,
+            limits,
+            per_job,
+        })
+    }
+
     /// Puts the watch on the `k`-th preallocating job of the batch.
     pub(crate) fn attach<'a>(&'a self, k: usize, job: &mut Job<'a>) {
         if !self.watch.is_empty() {
@@ -325,20 +344,28 @@ pub(crate) fn check_batch(items: &[(&Backend, &Plan)], snap: &Snapshot) -> Vec<(
 /// into it, a plug of some of its blocks), against the limits a preallocation of that
 /// size meets: the error it would get (`NodeMemoryShort` naming the bound nodes,
 /// `HostMemoryShort`, the memory or hugetlb cgroup).
+// Only snapshot restores ask without preallocating (feature `json`); plugs use
+// [`Guard::for_more`], which also watches.
+#[cfg_attr(not(feature = "json"), allow(dead_code))]
 pub(crate) fn check_more(b: &Backend, need: u64, snap: &Snapshot) -> Result<(), Error> {
-    let Some(page_size) = b.page_size() else {
-        return Err(b.not_allocated());
-    };
-    let plan = Plan {
-        len: need,
-        page_size,
-        hugetlb: page_size > crate::sys::page_size() as u64,
-        existing_file: false,
-    };
+    let plan = plan_more(b, need)?;
     match check_batch(&[(b, &plan)], snap).into_iter().next() {
         Some((_, e)) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The plan the limits see for `need` more bytes of `b`'s live memory.
+fn plan_more(b: &Backend, need: u64) -> Result<Plan, Error> {
+    let Some(page_size) = b.page_size() else {
+        return Err(b.not_allocated());
+    };
+    Ok(Plan {
+        len: need,
+        page_size,
+        hugetlb: page_size > crate::sys::page_size() as u64,
+        existing_file: false,
+    })
 }
 
 /// The backends of a batch (index in `items`) that [`check_batch`] lets pass only

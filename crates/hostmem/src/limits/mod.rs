@@ -2,20 +2,20 @@
 //! per node (`nodeN/meminfo` less the watermarks of `/proc/zoneinfo`), host-wide
 //! (`/proc/meminfo`), the process's memory cgroup and its hugetlb cgroup limits
 //! (v2 or v1). The backend checks (`backend/room.rs`) compare a batch's needs with these
-//! before mapping; [`watch`] re-reads the relevant ones between prealloc steps, so a
+//! before mapping; `watch.rs` re-reads the relevant ones between prealloc steps, so a
 //! process that takes the memory meanwhile makes hostmem stop and give its pages back
 //! instead of letting the OOM killer choose a victim.
 //!
-//! Where the nodes' figures do not add up to the host's, [`uncounted`] works out what a
+//! Where the nodes' figures do not add up to the host's, [`Uncounted`] works out what a
 //! node may give beyond its meminfo, marked uncertain.
 //!
 //! A file that cannot be read is an [`Unknown`] carrying the path and the reason, never a
 //! silent 0 (which would refuse everything) or "unlimited" (which would hide a limit).
 
-pub mod cgroup;
-pub mod meminfo;
-pub mod uncounted;
-pub mod watch;
+pub(crate) mod cgroup;
+pub(crate) mod meminfo;
+pub(crate) mod uncounted;
+pub(crate) mod watch;
 
 use std::path::Path;
 

@@ -61,7 +61,7 @@ pub struct Uncounted {
 
 impl Uncounted {
     /// Compares `host` with `nodes` (every node with memory); None when they add up
-    /// within [`SLACK`], or when a figure is unknown (that limit refuses nothing then).
+    /// within `SLACK` (64 MiB), or when a figure is unknown (that limit refuses nothing then).
     pub fn of(
         host: &Known<MemoryRoom>,
         nodes: &[(u32, Known<MemoryRoom>)],

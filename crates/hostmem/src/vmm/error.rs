@@ -122,6 +122,19 @@ pub enum VmmError {
         /// The length asked for.
         len: u64,
     },
+    /// A slot layout that cannot cut the memory into slots of whole blocks.
+    #[error("slot layout: {0}")]
+    SlotLayout(String),
+    /// KVM refused to register a memory slot.
+    #[error("KVM refused memory slot {slot} at guest address {guest_addr:#x}: {source}")]
+    Kvm {
+        /// The slot number.
+        slot: u32,
+        /// Its guest physical address.
+        guest_addr: u64,
+        /// The errno KVM returned.
+        source: std::io::Error,
+    },
     /// vm-memory refused the set of regions (an empty layout).
     #[error("guest memory layout: {0}")]
     Layout(#[from] vm_memory::GuestRegionCollectionError),

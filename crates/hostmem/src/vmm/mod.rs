@@ -36,11 +36,15 @@
 mod error;
 mod layout;
 mod region;
+mod slots;
 
 pub use error::VmmError;
 pub use layout::{
     guest_memory, guest_memory_tracked, guest_regions, guest_regions_tracked, RegionSpec,
 };
+#[cfg(feature = "kvm")]
+pub use slots::KvmSlots;
+pub use slots::{SlotChanges, SlotLayout, SlotSpan};
 
 #[cfg(feature = "kvm")]
 pub use crate::sys::kvm::KvmSlot;

@@ -53,7 +53,7 @@ pub fn eat(args: &[String]) -> ! {
 
 /// Whether every thread of `pid` is stopped (state `T` in /proc/PID/task/*/stat): a
 /// thread inside MADV_POPULATE_WRITE stops only when its call returns.
-fn all_stopped(pid: u32) -> bool {
+pub(crate) fn all_stopped(pid: u32) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
@@ -66,7 +66,7 @@ fn all_stopped(pid: u32) -> bool {
 }
 
 /// Pages on `node` over every mapping of a process (its numa_maps).
-fn pages_on(pid: u32, node: u32) -> Result<u64, String> {
+pub(crate) fn pages_on(pid: u32, node: u32) -> Result<u64, String> {
     let path = format!("/proc/{pid}/numa_maps");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
     let key = format!("N{node}=");
@@ -79,7 +79,7 @@ fn pages_on(pid: u32, node: u32) -> Result<u64, String> {
 /// Starts the eater for all but 64 MiB of the small node's room (free pages parked on
 /// per-CPU lists are not in MemFree, so the eater's own watch may see less than is
 /// there); returns it once it said what it did (`ate`, or its error).
-fn start_eater(ignore: bool) -> Result<(Child, u64, String), String> {
+pub(crate) fn start_eater(ignore: bool) -> Result<(Child, u64, String), String> {
     let eat = node_room(SMALL)?.saturating_sub(64 * MIB) / (2 * MIB) * 2;
     let mut eater = Command::new("/bin/numa-suite")
         .args(["eat", &SMALL.to_string(), &eat.to_string()])
@@ -96,7 +96,7 @@ fn start_eater(ignore: bool) -> Result<(Child, u64, String), String> {
 }
 
 /// Waits until `pid` has taken 32 MiB of the small node (MemFree from `free0`).
-fn wait_begun(child: &mut Child, free0: u64) -> Result<(), String> {
+pub(crate) fn wait_begun(child: &mut Child, free0: u64) -> Result<(), String> {
     let start = Instant::now();
     while free0.saturating_sub(node_free(SMALL)?) < 32 * MIB {
         if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {

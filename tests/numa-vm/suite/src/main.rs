@@ -4,21 +4,25 @@
 //! get_mempolicy, numa_maps of a separate `hostmem run` process). One line per test,
 //! page distributions included, then `numa-suite: N passed, M failed`.
 
+mod bound_fill;
 mod common;
 mod eaten;
 mod exporter;
 mod limits;
 mod placement;
+mod plug_eaten;
 mod pools;
 mod rebind;
 mod runs;
 mod vm;
 
+use bound_fill::*;
 use common::{Check, Topo};
 use eaten::*;
 use exporter::*;
 use limits::*;
 use placement::*;
+use plug_eaten::*;
 use pools::*;
 use rebind::*;
 use runs::*;
@@ -32,6 +36,9 @@ fn main() {
     if args.first().is_some_and(|a| a == "eat") {
         eat(&args[1..]);
     }
+    if args.first().is_some_and(|a| a == "plug-eaten") {
+        plug_eaten_child(&args[1..]);
+    }
     let t = Topo::read();
     println!(
         "numa-suite: kernel {}, nodes online {}, with memory {}, memoryless {:?}",
@@ -42,7 +49,7 @@ fn main() {
         println!("numa-suite: 0 passed, 1 failed");
         std::process::exit(1);
     }
-    let tests: [Test; 22] = [
+    let tests: [Test; 25] = [
         ("bind-one-node", bind_one),
         ("bind-two-nodes", bind_two),
         ("interleave-four-nodes", interleave_four),
@@ -80,6 +87,9 @@ fn main() {
             hugetlb_cgroup_below_pool,
         ),
         ("limits-eaten-during-prealloc", eaten_during_prealloc),
+        ("plug-blocks-on-bound-node", plug_on_bound_node),
+        ("restore-copy-on-bound-node", restore_on_bound_node),
+        ("plug-eaten-during-prealloc", plug_eaten_during_prealloc),
     ];
     let (mut passed, mut failed) = (0, 0);
     // `numa-suite only PREFIX`: the checks whose names begin with PREFIX.
