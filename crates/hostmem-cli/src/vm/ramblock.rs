@@ -31,9 +31,17 @@ pub struct RamBlock {
 }
 
 impl RamBlock {
-    /// The memory backend id this block belongs to, by its name.
+    /// The memory backend id this block belongs to, by its name. A block registered
+    /// by a device on a bus is named `DEVICE-PATH/ID` (a virtio-mem-pci device's memdev:
+    /// `0000:00:02.0/mem-vm0`), so a leading device path (never starting with `/`,
+    /// unlike `/objects/ID` and ROMs' `/rom@...`) is dropped first.
     pub fn backend_id(&self) -> Option<&str> {
-        let n = self.name.strip_prefix("/objects/").unwrap_or(&self.name);
+        let n = self.name.as_str();
+        let n = match n.split_once('/') {
+            Some((dev, rest)) if !dev.is_empty() && !dev.contains('@') => rest,
+            _ => n,
+        };
+        let n = n.strip_prefix("/objects/").unwrap_or(n);
         (!n.is_empty() && !n.contains('/') && !n.contains('@')).then_some(n)
     }
 }
@@ -158,6 +166,30 @@ mod tests {
         let b = parse(t, "10.0.2").unwrap();
         assert_eq!(b[0].backend_id(), Some("hp"));
         assert_eq!(b[0].page_size, 2 << 20);
+    }
+
+    /// Printed by QEMU 10.0.2 for `-device virtio-mem-pci,id=vm0,memdev=mem-vm0`: the
+    /// device registers its memdev's block under its PCI path; its option ROM too.
+    #[test]
+    fn a_device_owned_block_is_its_memdev_after_the_device_path() {
+        let t = "Block Name PSize Offset Used Total HVA RO\n\
+                 0000:00:02.0/mem-vm0    4 KiB  0x0 0x0000000080000000 0x0000000080000000 0x00007f1cb3e00000  rw\n\
+                 0000:00:03.0//objects/m1    4 KiB  0x0 0x0000000080000000 0x0000000080000000 0x00007f1cb3e00000  rw\n\
+                 0000:00:04.0/virtio-net-pci.rom    4 KiB  0x0 0x40000 0x40000 0x00007f1cb3e00000  ro\n\
+                 /rom@etc/acpi/tables    4 KiB  0x0 0x20000 0x200000 0x00007f074c200000  ro\n";
+        let b = parse(t, "10.0.2").unwrap();
+        assert_eq!(b[0].backend_id(), Some("mem-vm0"));
+        assert_eq!(b[0].used, 2 << 30);
+        assert_eq!(
+            b[1].backend_id(),
+            Some("m1"),
+            "canonical path under a device"
+        );
+        assert!(
+            b[2].read_only,
+            "a device's ROM is read-only, so never taken for a backend"
+        );
+        assert_eq!(b[3].backend_id(), None, "a ROM is no backend");
     }
 
     #[test]
