@@ -50,8 +50,11 @@ pub enum VmError {
     },
     /// The device to resize is not a virtio-mem device (or does not exist).
     #[error(
-        "{id:?} is {} (virtio-mem devices: {known})",
-        kind.as_deref().unwrap_or("no device QEMU has")
+        "{} (virtio-mem devices: {known}); nothing was changed",
+        match kind {
+            Some(k) => format!("{id:?} is {k}, not a virtio-mem device"),
+            None => format!("QEMU has no device {id:?}"),
+        }
     )]
     NotVirtioMem {
         /// The id asked for.

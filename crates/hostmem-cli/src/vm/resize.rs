@@ -69,7 +69,8 @@ pub struct Outcome {
     pub host: KernelView,
     /// When the guest's plugged size reached the target (and stayed).
     pub guest_seconds: Option<f64>,
-    /// When the host's resident memory matched the target plugged size (and stayed).
+    /// When the host's resident memory of the memdev got to the target size (prealloc=on;
+    /// no more than it without) and stayed there.
     pub host_seconds: Option<f64>,
     /// How it ended.
     pub end: End,
@@ -247,7 +248,10 @@ pub fn run(
             last_move = now;
         }
         let guest_there = plugged == target;
-        let host_there = guest_there && host_follows(prealloc, plugged, view.resident);
+        // Each side timed on its own: the host's resident memory may get to the target
+        // before the guest's plugged size says so (QEMU preallocates a block before it
+        // acknowledges the plug, and discards it before it acknowledges the unplug).
+        let host_there = host_follows(prealloc, target, view.resident);
         guest_seconds = if guest_there {
             guest_seconds.or(Some(s.seconds))
         } else {
@@ -258,7 +262,7 @@ pub fn run(
         } else {
             None
         };
-        if host_there {
+        if guest_there && host_there {
             break (End::Done, view);
         }
         let quiet = now.duration_since(last_move);

@@ -84,19 +84,20 @@ pub fn text(o: &Outcome) -> String {
         format_size(o.before.plugged),
         seconds(o.guest_seconds)
     );
-    let relation = if o.prealloc { "=" } else { "<=" };
+    let relation = if o.prealloc {
+        "equal to"
+    } else {
+        "no more than"
+    };
     let _ = writeln!(
         s,
-        "    host:  memdev resident {} (THP {}, huge pages {}; {} before), {} plugged: {}",
+        "    host:  memdev resident {} (THP {}, huge pages {}; {} before), {} the request: {}",
         format_size(o.host.resident),
         format_size(o.host.thp),
         format_size(o.host.hugetlb),
         format_size(o.resident_before),
         relation,
-        match o.host_seconds {
-            Some(t) => format!("yes, in {t:.2} s"),
-            None => "no".into(),
-        }
+        seconds(o.host_seconds)
     );
     match o.end {
         End::Done => {}
