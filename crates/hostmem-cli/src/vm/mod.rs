@@ -144,12 +144,11 @@ pub fn main(a: VmArgs) -> ExitCode {
             let options = RebindOptions { move_all };
             match rebind::run(&mut c, &process, &id, &nodes, options, progress) {
                 Ok(o) => {
-                    let out = if a.json {
-                        format!("{}\n", rebind::json(process.pid(), &o))
-                    } else {
-                        rebind::text(&o)
-                    };
-                    let _ = std::io::stdout().write_all(out.as_bytes());
+                    print(
+                        a.json,
+                        || rebind::json(process.pid(), &o),
+                        || rebind::text(&o),
+                    );
                     if o.report.cancelled {
                         eprintln!("hostmem: rebind of {id} cancelled part-way");
                         ExitCode::from(130)
@@ -172,12 +171,11 @@ pub fn main(a: VmArgs) -> ExitCode {
             let stall = Duration::from_secs_f64(stall);
             match resize::run(&mut c, &process, &device, &size, stall, &events) {
                 Ok(o) => {
-                    let out = if a.json {
-                        format!("{}\n", resize_report::json(process.pid(), &o))
-                    } else {
-                        resize_report::text(&o)
-                    };
-                    let _ = std::io::stdout().write_all(out.as_bytes());
+                    print(
+                        a.json,
+                        || resize_report::json(process.pid(), &o),
+                        || resize_report::text(&o),
+                    );
                     match (o.end, resize_report::failure(&o)) {
                         (_, None) => ExitCode::SUCCESS,
                         (resize::End::Cancelled, Some(why)) => {
@@ -216,6 +214,17 @@ pub fn main(a: VmArgs) -> ExitCode {
             },
         },
     }
+}
+
+/// An action's outcome on stdout: one JSON document on a line, or its text. A closed
+/// stdout is no error: the action was done either way.
+fn print(as_json: bool, doc: impl FnOnce() -> serde_json::Value, text: impl FnOnce() -> String) {
+    let out = if as_json {
+        format!("{}\n", doc())
+    } else {
+        text()
+    };
+    let _ = std::io::stdout().write_all(out.as_bytes());
 }
 
 /// One report.
