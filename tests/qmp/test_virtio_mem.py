@@ -1,7 +1,8 @@
 """`hostmem vm resize` against a real guest (issue 22): QEMU 10 under TCG boots Debian's
 6.12 kernel (the NUMA bed's, tests/qmp/virtio_mem_guest.sh) with the virtio_mem module
 and a virtio-mem-pci device over a 2 GiB memdev (reserve=off, the device with
-prealloc=on). The real `hostmem vm --qmp ... resize vm0 SIZE` takes it 0 -> 1 GiB ->
+prealloc=on), once on anonymous memory and once on 2 MiB huge pages (a hugetlb memfd).
+The real `hostmem vm --qmp ... resize vm0 SIZE` takes it 0 -> 1 GiB ->
 256 MiB; after each step the test reads both sides itself: the guest's plugged size
 from QEMU over its own QMP monitor, the guest's MemTotal from its console, and the
 memdev's resident bytes from /proc/QEMU_PID/smaps over the range QEMU's own `info
@@ -92,8 +93,12 @@ class Qemu:
                      "-qmp", f"unix:{self.sock},server=on,wait=off",
                      "-qmp", f"unix:{ours},server=on,wait=off", *extra]
         self.srv = (server or start_server)(self.argv, self.sock)
-        self.q = Raw(ours, proc=self.srv.proc, timeout=30)
-        self.hva, self.length = memdev_range(self.q, "mem-vm0")
+        try:
+            self.q = Raw(ours, proc=self.srv.proc, timeout=30)
+            self.hva, self.length = memdev_range(self.q, "mem-vm0")
+        except BaseException:
+            self.srv.kill()
+            raise
 
     @property
     def pid(self):
@@ -114,25 +119,48 @@ class Qemu:
 
 # ---------------------------------------------------------------- the real guest
 
-@pytest.fixture(scope="module")
-def guest():
-    """The booted guest, shared by the tests of this module (a boot costs tens of
-    seconds under TCG); each test reads the state as it finds it."""
+# The memdevs a guest is booted with: anonymous memory (THP), and 2 MiB huge pages from
+# the host's pool (a hugetlb memfd; plugged blocks take pages, unplugged ones are
+# punched out and go back). reserve=off for both: only plugged blocks are committed.
+MEMDEVS = {
+    "ram": f"memory-backend-ram,id=mem-vm0,size={MEMDEV},reserve=off",
+    "hugetlb": f"memory-backend-memfd,id=mem-vm0,size={MEMDEV},hugetlb=on,"
+               "hugetlbsize=2M,reserve=off",
+}
+# Huge pages the pool is grown by for the hugetlb guest: the most it plugs (1 GiB).
+HUGE_PAGES = GIB // (2 * MIB)
+
+
+@pytest.fixture(scope="module", params=sorted(MEMDEVS))
+def guest(request):
+    """The booted guest, shared by the tests of this module for one memdev kind (a boot
+    costs tens of seconds under TCG); each test reads the state as it finds it. For
+    huge pages the pool is grown by what the guest may plug and put back afterwards
+    (by the pages added: others' pages are left alone)."""
+    kind = request.param
     r = subprocess.run([str(REPO / "tests" / "qmp" / "virtio_mem_guest.sh")],
                        capture_output=True, text=True, timeout=1800)
     if r.returncode != 0:
         pytest.fail(f"tests/qmp/virtio_mem_guest.sh failed ({r.returncode}):\n{r.stderr}")
     files = dict(line.split("=", 1) for line in r.stdout.split())
     d = short_dir()
-    vm = Qemu(d, ["-cpu", "max", "-smp", "1", "-m", "1G,maxmem=4G",
-                  "-serial", f"file:{d / 'console.log'}",
-                  "-object", f"memory-backend-ram,id=mem-vm0,size={MEMDEV},reserve=off",
-                  "-device", "virtio-mem-pci,id=vm0,memdev=mem-vm0,block-size=2M,"
-                             "requested-size=0,prealloc=on",
-                  "-kernel", files["VMLINUZ"], "-initrd", files["INITRD"],
-                  "-append", GUEST_APPEND],
-              server=lambda argv, sock: kit.Server(argv, sock))
+    pool = kit.HugePool()
+    vm = None
     try:
+        if kind == "hugetlb":
+            pool.grow(HUGE_PAGES)
+            if pool.added < HUGE_PAGES:
+                pytest.fail(f"the 2 MiB huge page pool grew by {pool.added} of "
+                            f"{HUGE_PAGES} pages (not enough contiguous memory)")
+        vm = Qemu(d, ["-cpu", "max", "-smp", "1", "-m", "1G,maxmem=4G",
+                      "-serial", f"file:{d / 'console.log'}",
+                      "-object", MEMDEVS[kind],
+                      "-device", "virtio-mem-pci,id=vm0,memdev=mem-vm0,block-size=2M,"
+                                 "requested-size=0,prealloc=on",
+                      "-kernel", files["VMLINUZ"], "-initrd", files["INITRD"],
+                      "-append", GUEST_APPEND],
+                  server=lambda argv, sock: kit.Server(argv, sock))
+
         def booted():
             if vm.srv.proc.poll() is not None:
                 pytest.fail(f"QEMU exited ({vm.srv.proc.returncode}):\n"
@@ -141,17 +169,22 @@ def guest():
         t0 = time.monotonic()
         wait_for(booted, "the guest's init printing its MemTotal", BOOT_DEADLINE,
                  interval=0.2)
-        SUMMARY.append(f"virtio-mem guest: booted in {time.monotonic() - t0:.1f} s")
+        SUMMARY.append(f"virtio-mem guest ({kind}): booted in "
+                       f"{time.monotonic() - t0:.1f} s")
         text = vm.console.read_text(errors="replace")
         assert "VMEM-GUEST: auto_online_blocks online_movable" in text, text
         bound = re.search(r"VMEM-GUEST: virtio_mem bound to: (\S*)", text)
         assert bound and bound.group(1).startswith("virtio"), (
             f"the guest's virtio_mem driver took no device:\n{text}")
         vm.base_memtotal = memtotals(vm)[0]
+        vm.kind = kind
         yield vm
     finally:
-        vm.close()
+        if vm is not None:
+            vm.close()
         shutil.rmtree(d, ignore_errors=True)
+        problems = pool.restore()
+        assert not problems, problems
 
 
 def memtotals(vm):
@@ -180,6 +213,9 @@ def test_resize_0_to_1g_to_256m_is_followed_by_the_guest_and_the_host(guest):
         assert view.resident == target, (
             f"{target >> 20} MiB plugged, but /proc/{guest.pid}/smaps shows "
             f"{view.resident >> 20} MiB resident in the memdev's range")
+        huge = view.total("Shared_Hugetlb", "Private_Hugetlb")
+        assert huge == (target if guest.kind == "hugetlb" else 0), (
+            f"{guest.kind}: {huge >> 20} MiB of huge pages in the range")
         # The guest's own view: its MemTotal grew by what is plugged (its init looks
         # once a second).
         want = guest.base_memtotal + target
@@ -189,7 +225,7 @@ def test_resize_0_to_1g_to_256m_is_followed_by_the_guest_and_the_host(guest):
         assert doc["outcome"] == "done" and doc["guest"]["plugged-size"] == d["size"], doc
         assert doc["host"]["resident-bytes"] == view.resident, doc
         SUMMARY.append(
-            f"virtio-mem resize to {target >> 20} MiB: guest plugged in "
+            f"virtio-mem ({guest.kind}) resize to {target >> 20} MiB: guest plugged in "
             f"{doc['guest']['seconds']:.2f} s, host resident there in "
             f"{doc['host']['seconds']:.2f} s (command {wall:.2f} s; "
             f"{len(doc['timeline'])} steps seen)")
