@@ -137,8 +137,11 @@ pub fn failure(o: &Outcome) -> Option<String> {
         let hint = if o.timeline.len() <= 1 {
             "; the guest did not move at all: does it have the virtio_mem driver and memory \
              onlining (memhp_default_state, /sys/devices/system/memory/auto_online_blocks)?"
+        } else if last.plugged < o.target {
+            "; QEMU refuses to plug a block it cannot preallocate (prealloc=on: a short huge \
+             page pool, a memory limit), and the guest asks again later on its own"
         } else {
-            "; a guest that cannot free memory to unplug retries later on its own"
+            "; a guest that cannot free memory to unplug asks again later on its own"
         };
         format!(
             "{}: the guest plugged {} of the {} requested and nothing moved for {quiet:.1} s \
