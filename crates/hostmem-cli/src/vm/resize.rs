@@ -291,3 +291,66 @@ pub fn run(
         warnings,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn vm0() -> VirtioMem {
+        VirtioMem {
+            id: Some("vm0".into()),
+            memdev: "mem-vm0".into(),
+            plugged: 0,
+            requested: 0,
+            max: 256 * MIB,
+            block_size: 2 * MIB,
+            node: 0,
+            memaddr: 1 << 32,
+        }
+    }
+
+    #[test]
+    fn a_size_on_the_block_grid_up_to_the_maximum_is_taken() {
+        assert_eq!(check_size(&vm0(), "0").unwrap(), 0);
+        assert_eq!(check_size(&vm0(), "64M").unwrap(), 64 * MIB);
+        assert_eq!(check_size(&vm0(), "256M").unwrap(), 256 * MIB);
+        assert_eq!(check_size(&vm0(), "4194304").unwrap(), 4 * MIB);
+    }
+
+    #[test]
+    fn a_size_off_the_grid_above_the_maximum_or_unreadable_is_refused_by_name() {
+        let refused = |text: &str| check_size(&vm0(), text).unwrap_err().to_string();
+        assert_eq!(
+            refused("5M"),
+            "SIZE \"5M\": not a multiple of the device's block size 2 MiB (the nearest are \
+             4 MiB and 6 MiB); nothing was changed"
+        );
+        assert_eq!(
+            refused("258M"),
+            "SIZE \"258M\": more than the device's maximum 256 MiB (its memdev mem-vm0's \
+             size); nothing was changed"
+        );
+        assert!(refused("1x").contains("not a size"), "{}", refused("1x"));
+        assert!(refused("-2M").contains("not a size"), "{}", refused("-2M"));
+    }
+
+    #[test]
+    fn the_host_follows_exactly_with_prealloc_and_from_below_without() {
+        assert!(host_follows(true, 64 * MIB, 64 * MIB));
+        assert!(
+            !host_follows(true, 64 * MIB, 62 * MIB),
+            "a plugged block not resident"
+        );
+        assert!(
+            !host_follows(true, 64 * MIB, 66 * MIB),
+            "an unplugged block not given back"
+        );
+        assert!(host_follows(false, 64 * MIB, 0), "untouched plugged blocks");
+        assert!(
+            !host_follows(false, 64 * MIB, 66 * MIB),
+            "an unplugged block not given back"
+        );
+    }
+}
