@@ -54,89 +54,20 @@ for b in "${BINS[@]}"; do
 done
 
 # ---------------------------------------------------------------- host tools
-# apt-get waits for the dpkg lock instead of failing: another job may be
-# installing at the same time.
-APT=(apt-get -y -q -o DPkg::Lock::Timeout=900)
-APT_UPDATED=
-apt_update() {
-    [[ -n $APT_UPDATED ]] && return 0
-    note "apt-get update"
-    "${APT[@]}" update >&2 || die "apt-get update failed"
-    APT_UPDATED=1
-}
-# need COMMAND PACKAGE: install PACKAGE unless COMMAND exists.  The package
-# lists are refreshed only when the first try fails (fresh machines may have
-# stale or empty lists, but updating every run is slow).
-need() {
-    command -v "$1" >/dev/null && return 0
-    note "installing $2"
-    if ! DEBIAN_FRONTEND=noninteractive "${APT[@]}" install --no-install-recommends "$2" >&2; then
-        apt_update
-        DEBIAN_FRONTEND=noninteractive "${APT[@]}" install --no-install-recommends "$2" >&2 \
-            || die "cannot install $2"
-    fi
-    command -v "$1" >/dev/null || die "$2 installed but $1 still missing"
-}
+# apt helpers, the kernel download and busybox: shared with tests/qmp's virtio-mem guest.
+# shellcheck source=tests/lib/guest-kernel.sh
+. "$ROOT/tests/lib/guest-kernel.sh"
 need qemu-system-x86_64 qemu-system-x86
 need cpio cpio
 need numactl numactl
 [[ -z $WITH_QEMU ]] || BINS+=("$(command -v qemu-system-x86_64)")
-# busybox-static, specifically: the guest has no libc of its own to offer a
-# dynamically linked busybox, and Debian's plain `busybox` package is dynamic.
-BUSYBOX=/bin/busybox
-if [[ ! -x $BUSYBOX ]] || ldd "$BUSYBOX" >/dev/null 2>&1; then
-    note "installing busybox-static"
-    DEBIAN_FRONTEND=noninteractive "${APT[@]}" install busybox-static >&2 \
-        || { apt_update; DEBIAN_FRONTEND=noninteractive "${APT[@]}" install busybox-static >&2; } \
-        || die "cannot install busybox-static"
-fi
+need_busybox_static
 
 mkdir -p "$CACHE"
 
 # ---------------------------------------------------------------- kernel
-# Debian's 6.12 kernel has NUMA, ACPI SRAT, 8250 console, devtmpfs, tmpfs and
-# hugetlbfs built in, so the guest needs no modules: only vmlinuz is kept.
-# The generic flavour only: cloud lacks bits we want, rt changes scheduling.
-# Prints nothing when apt knows no such package (empty or old lists): awk, not grep,
-# filters, as grep would fail the pipeline on no match.
-newest_kernel_pkg() {
-    apt-cache search --names-only '^linux-image-6\.12\..*-amd64-unsigned$' \
-        | awk '$1 !~ /-(cloud|rt)-amd64-unsigned$/ {print $1}' | sort -V | tail -n1
-}
-KPKG=$(newest_kernel_pkg) || die "apt-cache search for the kernel package failed (above)"
-if [[ -z $KPKG ]]; then
-    note "apt-cache finds no linux-image-6.12.*-amd64-unsigned: updating the package lists"
-    apt_update
-    KPKG=$(newest_kernel_pkg) || die "apt-cache search for the kernel package failed (above)"
-fi
-if [[ -z $KPKG ]]; then
-    # Offline or lists gone: a kernel fetched earlier is as good as any.
-    KPKG=$(find "$CACHE" -maxdepth 1 -type d -name 'linux-image-6.12.*' ! -name '*.tmp' -printf '%f\n' | sort -V | tail -n1)
-    [[ -n $KPKG ]] || die "no linux-image-6.12.*-amd64-unsigned package found by apt-cache (is bookworm-security or bookworm-backports configured?)"
-    note "apt-cache finds no 6.12 kernel; using cached $KPKG"
-fi
-KDIR=$CACHE/$KPKG
-if ! compgen -G "$KDIR/boot/vmlinuz-*" >/dev/null; then
-    deb=$(compgen -G "$CACHE/${KPKG}_*.deb" | head -n1 || true)
-    if [[ -z $deb ]]; then
-        note "downloading $KPKG"
-        # Older kernels are 100+ MB each; keep only the one in use.
-        rm -rf "$CACHE"/linux-image-6.12.*
-        # Sandbox user root: _apt cannot write into the cache dir.  Stale
-        # package lists point at files the mirror no longer has: update once.
-        dl() { (cd "$CACHE" && apt-get -q -o APT::Sandbox::User=root download "$KPKG" >&2); }
-        dl || { apt_update; dl; } || die "apt-get download $KPKG failed"
-        deb=$(compgen -G "$CACHE/${KPKG}_*.deb" | head -n1) || die "download of $KPKG left no .deb"
-    fi
-    # Only boot/ is needed; the modules would be ~400 MB of disk for nothing.
-    rm -rf "$KDIR.tmp"
-    mkdir -p "$KDIR.tmp"
-    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$KDIR.tmp" --wildcards './boot/*' \
-        || die "cannot unpack boot/ of $deb (above); delete it to download it again"
-    mv "$KDIR.tmp" "$KDIR"
-fi
-VMLINUZ=$(compgen -G "$KDIR/boot/vmlinuz-*" | head -n1) || die "no boot/vmlinuz-* in $KDIR"
-KCONFIG=$(compgen -G "$KDIR/boot/config-*" | head -n1) || die "no boot/config-* in $KPKG"
+# No modules: everything this guest needs is built in (checked below).
+guest_kernel "$CACHE"
 for opt in CONFIG_NUMA CONFIG_ACPI_NUMA CONFIG_DEVTMPFS CONFIG_TMPFS CONFIG_HUGETLBFS \
            CONFIG_SERIAL_8250_CONSOLE CONFIG_BLK_DEV_INITRD CONFIG_RD_GZIP; do
     grep -qx "$opt=y" "$KCONFIG" || die "$KPKG: $opt is not built in; the module-less guest cannot work"
@@ -178,15 +109,7 @@ if [[ -e $STAGE/bin/qemu-system-x86_64 ]]; then
 fi
 copy_exe "$(command -v numactl)"
 
-# Applet links are made after the payload so a payload binary wins a name
-# clash (and cp never writes through a link into busybox itself).
-cp "$BUSYBOX" "$STAGE/bin/busybox"
-for applet in $("$BUSYBOX" --list-full); do
-    [[ -e $STAGE/$applet || -L $STAGE/$applet ]] || ln -s /bin/busybox "$STAGE/$applet"
-done
-# The kernel opens /dev/console for init before anything is mounted; without
-# this node init would start with no stdin/stdout at all.
-mknod -m 600 "$STAGE/dev/console" c 5 1
+stage_busybox "$STAGE"
 
 # Quote the guest command for the init script (busybox ash reads it).
 squote() { local s=${1//\'/\'\\\'\'}; printf "'%s' " "$s"; }

@@ -23,6 +23,7 @@ use super::placement::{self, Placement};
 use crate::vm::client::QmpClient;
 use crate::vm::error::VmError;
 use crate::vm::snapshot::{self, VmBackend};
+pub use crate::vm::virtio_mem::VirtioMem;
 
 /// A memory device (`query-memdev`) and where its pages are.
 #[derive(Debug)]
@@ -52,31 +53,12 @@ fn requested_nodes(requested: &Value) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// A virtio-mem device (`query-memory-devices`), in bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VirtioMem {
-    /// The device id.
-    pub id: String,
-    /// Its memory backend's id.
-    pub memdev: String,
-    /// The guest NUMA node it adds memory to.
-    pub guest_node: u64,
-    /// Plugged now (`size`).
-    pub plugged: u64,
-    /// What the guest is asked to plug (`requested-size`).
-    pub requested: u64,
-    /// The most it can plug (`max-size`).
-    pub maximum: u64,
-    /// The unit of plugging (`block-size`).
-    pub block: u64,
-}
-
 /// What one QEMU said, when it answered in time.
 #[derive(Debug)]
 pub struct VmData {
     /// Memory devices in id order.
     pub memdevs: Vec<Memdev>,
-    /// virtio-mem devices.
+    /// virtio-mem devices (`hostmem vm`'s reading of `query-memory-devices`).
     pub virtio_mem: Vec<VirtioMem>,
 }
 
@@ -215,9 +197,6 @@ fn one(socket: &Path, timeout: Duration) -> Result<(Identity, VmData), String> {
         version: c.version.to_string(),
     };
     let snap = snapshot::take(&mut c).map_err(exited)?;
-    let devices = c
-        .execute("query-memory-devices", json!({}))
-        .map_err(|e| exited(e.into()))?;
     // The socket is not needed for the kernel's part: QEMU may take the next client.
     drop(c);
     let process = Process::new(pid).map_err(|e| VmError::from(e).to_string())?;
@@ -232,6 +211,11 @@ fn one(socket: &Path, timeout: Duration) -> Result<(Identity, VmData), String> {
             }
         }))
     };
+    let virtio_mem = snap
+        .backends
+        .iter()
+        .flat_map(|b| b.virtio_mem.iter().cloned())
+        .collect();
     let memdevs = snap
         .backends
         .into_iter()
@@ -244,67 +228,14 @@ fn one(socket: &Path, timeout: Duration) -> Result<(Identity, VmData), String> {
         who,
         VmData {
             memdevs,
-            virtio_mem: virtio_mem(&devices),
+            virtio_mem,
         },
     ))
-}
-
-/// The virtio-mem devices of a `query-memory-devices` reply; other kinds are skipped.
-pub fn virtio_mem(devices: &Value) -> Vec<VirtioMem> {
-    let Some(list) = devices.as_array() else {
-        return Vec::new();
-    };
-    list.iter()
-        .filter(|d| d["type"] == "virtio-mem")
-        .map(|d| {
-            let d = &d["data"];
-            let n = |k: &str| d[k].as_u64().unwrap_or(0);
-            let memdev = d["memdev"].as_str().unwrap_or("");
-            VirtioMem {
-                id: d["id"].as_str().unwrap_or("").to_string(),
-                memdev: memdev
-                    .strip_prefix("/objects/")
-                    .unwrap_or(memdev)
-                    .to_string(),
-                guest_node: n("node"),
-                plugged: n("size"),
-                requested: n("requested-size"),
-                maximum: n("max-size"),
-                block: n("block-size"),
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn virtio_mem_devices_are_read_and_dimms_skipped() {
-        // As QEMU 10.0 answers query-memory-devices (a DIMM, then a virtio-mem-pci).
-        let reply = json!([
-            {"type": "dimm", "data": {"id": "d0", "memdev": "/objects/m1", "size": 134217728,
-              "node": 0, "addr": 4294967296_u64, "slot": 0, "hotplugged": false,
-              "hotpluggable": true}},
-            {"type": "virtio-mem", "data": {"id": "vm0", "memdev": "/objects/vmem0",
-              "memaddr": 4429185024_u64, "requested-size": 134217728, "size": 0,
-              "max-size": 268435456, "block-size": 2097152, "node": 1}}
-        ]);
-        assert_eq!(
-            virtio_mem(&reply),
-            vec![VirtioMem {
-                id: "vm0".into(),
-                memdev: "vmem0".into(),
-                guest_node: 1,
-                plugged: 0,
-                requested: 128 << 20,
-                maximum: 256 << 20,
-                block: 2 << 20,
-            }]
-        );
-        assert!(virtio_mem(&json!({})).is_empty(), "not a list: nothing");
-    }
 
     #[test]
     fn a_socket_nobody_listens_on_is_down_with_the_kernels_reason() {

@@ -191,14 +191,14 @@ impl Exposition {
     fn virtio_mem(&self, vm: Labels, d: &VirtioMem) {
         let mut l = vm;
         l.extend([
-            ("device", d.id.clone()),
+            ("device", d.id.clone().unwrap_or_default()),
             ("memdev", d.memdev.clone()),
-            ("guest_node", s(d.guest_node)),
+            ("guest_node", s(d.node)),
         ]);
         self.set("virtio_mem_plugged", l.clone(), d.plugged as f64);
         self.set("virtio_mem_requested", l.clone(), d.requested as f64);
-        self.set("virtio_mem_maximum", l.clone(), d.maximum as f64);
-        self.set("virtio_mem_block_size", l, d.block as f64);
+        self.set("virtio_mem_maximum", l.clone(), d.max as f64);
+        self.set("virtio_mem_block_size", l, d.block_size as f64);
     }
 
     /// The host's series; returns how many of its readings failed.

@@ -20,6 +20,9 @@ use crate::qmp::framer::Framer;
 
 /// Largest reply we accept (an `info ramblock` of a big VM is a few KiB).
 const MAX_REPLY: usize = 16 << 20;
+/// Events kept for `wait_event` at most; older ones are dropped (a `--watch` that never
+/// asks for events must not grow without end).
+const MAX_EVENTS: usize = 256;
 
 /// Why talking to QEMU failed.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +120,8 @@ pub struct QmpClient {
     stream: UnixStream,
     framer: Framer,
     pending: VecDeque<Vec<u8>>,
+    /// Events that came while a reply was awaited, oldest first.
+    events: VecDeque<Value>,
     timeout: Duration,
     /// QEMU's pid, from the socket's peer credentials.
     pub pid: u32,
@@ -148,6 +153,7 @@ impl QmpClient {
             stream,
             framer: Framer::new(MAX_REPLY),
             pending: VecDeque::new(),
+            events: VecDeque::new(),
             timeout,
             pid: cred.pid.as_raw_nonzero().get() as u32,
             version: QemuVersion {
@@ -188,7 +194,8 @@ impl QmpClient {
         Ok(c)
     }
 
-    /// Runs one command and returns its `return` value; events on the way are skipped.
+    /// Runs one command and returns its `return` value; events on the way are kept for
+    /// `wait_event`.
     pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, QmpError> {
         let msg = json!({"execute": command, "arguments": arguments});
         let mut bytes = msg.to_string().into_bytes();
@@ -199,6 +206,7 @@ impl QmpClient {
         loop {
             let reply = self.next_message(command)?;
             if reply.get("event").is_some() {
+                self.keep_event(reply);
                 continue;
             }
             if let Some(r) = reply.get("return") {
@@ -230,6 +238,58 @@ impl QmpClient {
                 command: format!("human-monitor-command {command_line:?}"),
                 why: format!("not a string: {r}"),
             })
+    }
+
+    fn keep_event(&mut self, event: Value) {
+        if self.events.len() == MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
+
+    /// The next event named `name` (one that came earlier and was kept, or one that
+    /// comes within `wait`); None when none came in time. Other events are dropped.
+    /// Used as a wake-up: QEMU rate-limits some events (MEMORY_DEVICE_SIZE_CHANGE to
+    /// one a second per device), so the caller still asks for the state itself.
+    pub fn wait_event(&mut self, name: &str, wait: Duration) -> Result<Option<Value>, QmpError> {
+        let is = |e: &Value| e["event"].as_str() == Some(name);
+        while let Some(e) = self.events.pop_front() {
+            if is(&e) {
+                return Ok(Some(e));
+            }
+        }
+        let deadline = std::time::Instant::now() + wait;
+        let result = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break Ok(None);
+            }
+            if let Err(source) = self.stream.set_read_timeout(Some(left)) {
+                break Err(QmpError::Io {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+            match self.next_message(name) {
+                Ok(m) if is(&m) => break Ok(Some(m)),
+                Ok(m) if m.get("event").is_some() => continue,
+                Ok(m) => {
+                    break Err(QmpError::Protocol {
+                        command: format!("waiting for {name}"),
+                        why: format!("a message that is no event, with no command asked: {m}"),
+                    })
+                }
+                Err(QmpError::Timeout { .. }) => break Ok(None),
+                Err(e) => break Err(e),
+            }
+        };
+        self.stream
+            .set_read_timeout(Some(self.timeout))
+            .map_err(|source| QmpError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        result
     }
 
     fn read_error(&self, e: std::io::Error, during: &str) -> QmpError {

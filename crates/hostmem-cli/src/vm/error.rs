@@ -48,6 +48,30 @@ pub enum VmError {
         /// Its pid.
         pid: u32,
     },
+    /// The device to resize is not a virtio-mem device (or does not exist).
+    #[error(
+        "{} (virtio-mem devices: {known}); nothing was changed",
+        match kind {
+            Some(k) => format!("{id:?} is {k}, not a virtio-mem device"),
+            None => format!("QEMU has no device {id:?}"),
+        }
+    )]
+    NotVirtioMem {
+        /// The id asked for.
+        id: String,
+        /// What it is, when it exists (`a dimm memory device`, `a virtio-net-pci device`).
+        kind: Option<String>,
+        /// The virtio-mem devices' ids, or `none`.
+        known: String,
+    },
+    /// A size a virtio-mem device cannot be asked for.
+    #[error("SIZE {size:?}: {why}; nothing was changed")]
+    BadResize {
+        /// What was given.
+        size: String,
+        /// Why it does not do.
+        why: String,
+    },
     /// The node list does not parse.
     #[error("NODES {text:?}: {why}")]
     BadNodes {

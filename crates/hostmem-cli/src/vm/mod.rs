@@ -2,21 +2,27 @@
 //! between nodes while the VM runs (docs/vm.md).
 //!
 //! The QMP socket is the authority: whoever can connect to it may ask QEMU anything,
-//! and hostmem asks only `query-memdev`, `qom-list /objects` and `info ramblock`. The
+//! and hostmem asks `query-memdev`, `qom-list /objects`, `info ramblock` and
+//! `query-memory-devices`, and changes nothing but a virtio-mem device's
+//! `requested-size`, when told to resize it. The
 //! memory itself is read from /proc/PID and moved with move_pages(2), under the
 //! kernel's own permission checks on QEMU's process (the pid comes from the socket's
 //! peer credentials, not from anything QEMU says).
 //!
-//! One file per concern: `client` (QMP), `ramblock` (`info ramblock`), `snapshot`
-//! (the backends at one moment), `render` (text and JSON), `watch`, `rebind`,
-//! `error`.
+//! One file per concern: `client` (QMP), `ramblock` (`info ramblock`), `virtio_mem`
+//! (`query-memory-devices`), `snapshot` (the backends at one moment), `render` (text
+//! and JSON), `watch`, `rebind`, `resize` (a virtio-mem device's requested size,
+//! followed on both sides) and `resize_report`, `error`.
 
 pub mod client;
 pub mod error;
 pub mod ramblock;
 pub mod rebind;
 pub mod render;
+pub mod resize;
+pub mod resize_report;
 pub mod snapshot;
+pub mod virtio_mem;
 pub mod watch;
 
 use std::io::Write;
@@ -42,7 +48,10 @@ pub const EXAMPLES: &str = "Examples:
   hostmem vm --qmp /run/vm1.qmp rebind ram-node1 2
       move backend ram-node1's resident pages to host node 2
   hostmem vm --qmp /run/vm1.qmp rebind ram-node1 1,2
-      interleave them over host nodes 1 and 2";
+      interleave them over host nodes 1 and 2
+  hostmem vm --qmp /run/vm1.qmp resize vm0 4G
+      ask virtio-mem device vm0 for 4 GiB; follow the guest's plugged size and the host's
+      resident memory of its memdev until both are there";
 
 #[derive(Args)]
 pub struct VmArgs {
@@ -75,6 +84,20 @@ pub enum VmAction {
         /// Also move pages other processes map too (MPOL_MF_MOVE_ALL; needs CAP_SYS_NICE).
         #[arg(long)]
         move_all: bool,
+    },
+    /// Set a virtio-mem device's requested-size and follow both sides until they get
+    /// there: the guest's plugged size (QMP) and the resident memory of the device's
+    /// memdev in QEMU's process (/proc/PID/smaps). Refused before any change when SIZE
+    /// is off the device's block grid or above its maximum.
+    Resize {
+        /// The virtio-mem device's id (`-device virtio-mem-pci,id=...`).
+        device: String,
+        /// The new requested size: bytes, or with a K, M, G, T suffix (`1G`, `512M`).
+        size: String,
+        /// Give up when neither the guest's plugged size nor the host's resident memory
+        /// moved for SECONDS (the request stays).
+        #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+        stall: f64,
     },
 }
 
@@ -121,17 +144,48 @@ pub fn main(a: VmArgs) -> ExitCode {
             let options = RebindOptions { move_all };
             match rebind::run(&mut c, &process, &id, &nodes, options, progress) {
                 Ok(o) => {
-                    let out = if a.json {
-                        format!("{}\n", rebind::json(process.pid(), &o))
-                    } else {
-                        rebind::text(&o)
-                    };
-                    let _ = std::io::stdout().write_all(out.as_bytes());
+                    print(
+                        a.json,
+                        || rebind::json(process.pid(), &o),
+                        || rebind::text(&o),
+                    );
                     if o.report.cancelled {
                         eprintln!("hostmem: rebind of {id} cancelled part-way");
                         ExitCode::from(130)
                     } else {
                         ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Some(VmAction::Resize {
+            device,
+            size,
+            stall,
+        }) => {
+            if !(stall.is_finite() && stall > 0.0) {
+                eprintln!("hostmem: --stall {stall}: must be a positive number of seconds");
+                return ExitCode::from(2);
+            }
+            let stall = Duration::from_secs_f64(stall);
+            match resize::run(&mut c, &process, &device, &size, stall, &events) {
+                Ok(o) => {
+                    print(
+                        a.json,
+                        || resize_report::json(process.pid(), &o),
+                        || resize_report::text(&o),
+                    );
+                    match (o.end, resize_report::failure(&o)) {
+                        (_, None) => ExitCode::SUCCESS,
+                        (resize::End::Cancelled, Some(why)) => {
+                            eprintln!("hostmem: {why}");
+                            ExitCode::from(130)
+                        }
+                        (_, Some(why)) => {
+                            eprintln!("hostmem: {why}");
+                            ExitCode::from(1)
+                        }
                     }
                 }
                 Err(e) => fail(&e),
@@ -160,6 +214,17 @@ pub fn main(a: VmArgs) -> ExitCode {
             },
         },
     }
+}
+
+/// An action's outcome on stdout: one JSON document on a line, or its text. A closed
+/// stdout is no error: the action was done either way.
+fn print(as_json: bool, doc: impl FnOnce() -> serde_json::Value, text: impl FnOnce() -> String) {
+    let out = if as_json {
+        format!("{}\n", doc())
+    } else {
+        text()
+    };
+    let _ = std::io::stdout().write_all(out.as_bytes());
 }
 
 /// One report.

@@ -31,19 +31,18 @@ pub struct RamBlock {
 }
 
 impl RamBlock {
-    /// The memory backend id this block belongs to, by its name.
+    /// The memory backend id this block belongs to, by its name. A block registered
+    /// by a device on a bus is named `DEVICE-PATH/ID` (a virtio-mem-pci device's memdev:
+    /// `0000:00:02.0/mem-vm0`), so a leading device path (never starting with `/`,
+    /// unlike `/objects/ID` and ROMs' `/rom@...`) is dropped first.
     pub fn backend_id(&self) -> Option<&str> {
-        let n = self.name.strip_prefix("/objects/").unwrap_or(&self.name);
+        let n = self.name.as_str();
+        let n = match n.split_once('/') {
+            Some((dev, rest)) if !dev.is_empty() && !dev.contains('@') => rest,
+            _ => n,
+        };
+        let n = n.strip_prefix("/objects/").unwrap_or(n);
         (!n.is_empty() && !n.contains('/') && !n.contains('@')).then_some(n)
-    }
-
-    /// For a block a device registered under its own path (`0000:00:02.0/vmem0`: a
-    /// virtio-mem-pci's memdev), the last component; the caller matches it against
-    /// the backends QEMU lists, so a ROM's path never passes for a backend.
-    pub fn device_backend_id(&self) -> Option<&str> {
-        let (dev, id) = self.name.rsplit_once('/')?;
-        (!dev.is_empty() && !dev.starts_with('/') && !id.is_empty() && !id.contains('@'))
-            .then_some(id)
     }
 }
 
@@ -155,7 +154,6 @@ mod tests {
         assert_eq!(b[2].backend_id(), None);
         assert_eq!(b[2].used, 64 << 20);
         assert_eq!(b[3].backend_id(), None, "a ROM is no backend");
-        assert_eq!(b[3].device_backend_id(), None, "nor a device's");
         assert!(b[3].read_only && !b[0].read_only);
         assert_eq!(b[3].total, 0x20_0000);
         assert_eq!(b[4].page_size, 4096);
@@ -168,12 +166,30 @@ mod tests {
         let b = parse(t, "10.0.2").unwrap();
         assert_eq!(b[0].backend_id(), Some("hp"));
         assert_eq!(b[0].page_size, 2 << 20);
-        // QEMU 10.0.2, -device virtio-mem-pci,memdev=vmem0: the block is the device's.
+    }
+
+    /// Printed by QEMU 10.0.2 for `-device virtio-mem-pci,id=vm0,memdev=mem-vm0`: the
+    /// device registers its memdev's block under its PCI path; its option ROM too.
+    #[test]
+    fn a_device_owned_block_is_its_memdev_after_the_device_path() {
         let t = "Block Name PSize Offset Used Total HVA RO\n\
-                 0000:00:02.0/vmem0    4 KiB  0x000000000c000000 0x0000000010000000 0x0000000010000000 0x00007f7d3f800000  rw\n";
+                 0000:00:02.0/mem-vm0    4 KiB  0x0 0x0000000080000000 0x0000000080000000 0x00007f1cb3e00000  rw\n\
+                 0000:00:03.0//objects/m1    4 KiB  0x0 0x0000000080000000 0x0000000080000000 0x00007f1cb3e00000  rw\n\
+                 0000:00:04.0/virtio-net-pci.rom    4 KiB  0x0 0x40000 0x40000 0x00007f1cb3e00000  ro\n\
+                 /rom@etc/acpi/tables    4 KiB  0x0 0x20000 0x200000 0x00007f074c200000  ro\n";
         let b = parse(t, "10.0.2").unwrap();
-        assert_eq!(b[0].backend_id(), None);
-        assert_eq!(b[0].device_backend_id(), Some("vmem0"));
+        assert_eq!(b[0].backend_id(), Some("mem-vm0"));
+        assert_eq!(b[0].used, 2 << 30);
+        assert_eq!(
+            b[1].backend_id(),
+            Some("m1"),
+            "canonical path under a device"
+        );
+        assert!(
+            b[2].read_only,
+            "a device's ROM is read-only, so never taken for a backend"
+        );
+        assert_eq!(b[3].backend_id(), None, "a ROM is no backend");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::error::VmError;
 use super::snapshot::{Snapshot, VmBackend};
+use super::virtio_mem::{self, VirtioMem};
 use crate::report;
 
 /// One backend with what the kernel says about its range (None: no RAM block).
@@ -53,6 +54,18 @@ pub fn notes(b: &VmBackend, v: &KernelView) -> Vec<String> {
     if b.requested["dump"] == json!(false) && !v.has_flag("dd") {
         notes.push("dump=off, but VmFlags has no dd (it would be in a core dump)".into());
     }
+    // QEMU discards a virtio-mem block when the guest unplugs it: more resident than
+    // plugged is memory the host did not get back (or an unplug in flight).
+    for d in &b.virtio_mem {
+        if v.resident > d.plugged {
+            notes.push(format!(
+                "virtio-mem {} has {} plugged, but {} of its memdev is resident",
+                d.id.as_deref().unwrap_or("(no id)"),
+                format_size(d.plugged),
+                format_size(v.resident)
+            ));
+        }
+    }
     if let (Ok(numa), Some(asked)) = (&v.numa, b.requested["policy"].as_str()) {
         let kernel_mode = numa.policy.split([':', '=']).next().unwrap_or("");
         let asked_mode = match asked {
@@ -90,11 +103,27 @@ fn header(b: &VmBackend) -> String {
     )
 }
 
+/// A virtio-mem device under its memdev: the guest's side of the memory.
+fn virtio_mem_line(d: &VirtioMem) -> String {
+    format!(
+        "    virtio-mem {}: plugged {} of {} requested, maximum {}, block {}, guest node {}\n",
+        d.id.as_deref().unwrap_or("(no id)"),
+        format_size(d.plugged),
+        format_size(d.requested),
+        format_size(d.max),
+        format_size(d.block_size),
+        d.node
+    )
+}
+
 /// The report as text.
 pub fn text(pid: u32, version: &str, snap: &Snapshot, looked: &[Looked<'_>]) -> String {
     let mut s = format!("QEMU {version}, pid {pid}\n");
     for l in looked {
         s.push_str(&header(l.backend));
+        for d in &l.backend.virtio_mem {
+            s.push_str(&virtio_mem_line(d));
+        }
         match &l.view {
             None => s.push_str("    not attached to a RAM block: not guest memory\n"),
             Some(Err(e)) => {
@@ -140,6 +169,7 @@ pub fn backend_json(l: &Looked<'_>) -> Value {
         })),
         "kernel": null,
         "notes": [],
+        "virtio-mem": b.virtio_mem.iter().map(virtio_mem::json).collect::<Vec<_>>(),
     });
     match &l.view {
         None => {}
@@ -195,6 +225,7 @@ mod tests {
             qom_type: Some("memory-backend-ram".into()),
             requested,
             block: None,
+            virtio_mem: Vec::new(),
         }
     }
 
@@ -249,6 +280,7 @@ mod tests {
         let snap = Snapshot {
             backends: vec![b.clone()],
             unnamed_blocks: Vec::new(),
+            devices: Default::default(),
         };
         let text = text(1, "10.0.0", &snap, &looked);
         let in_text: Vec<String> = text
@@ -351,6 +383,54 @@ mod tests {
             reason: "No such file or directory".into(),
         });
         no_note(bind, unknown, "no numa_maps: nothing to contradict");
+    }
+
+    #[test]
+    fn a_virtio_mem_memdev_with_more_resident_than_plugged_is_noted() {
+        let device = |plugged| VirtioMem {
+            id: Some("vm0".into()),
+            memdev: "m".into(),
+            plugged,
+            requested: plugged,
+            max: 64 * MIB,
+            block_size: 2 * MIB,
+            node: 0,
+            memaddr: 1 << 32,
+        };
+        let with = |plugged| {
+            let mut b = backend(asked());
+            b.virtio_mem.push(device(plugged));
+            b
+        };
+        let notes_of = |b: &VirtioMem, v: KernelView| {
+            let mut backend = with(b.plugged);
+            backend.virtio_mem = vec![b.clone()];
+            notes(&backend, &v)
+        };
+        assert_eq!(
+            notes_of(&device(32 * MIB), kernel("default")),
+            ["virtio-mem vm0 has 32 MiB plugged, but 64 MiB of its memdev is resident"]
+        );
+        assert!(notes_of(&device(64 * MIB), kernel("default")).is_empty());
+        let b = with(64 * MIB);
+        let looked = [Looked {
+            backend: &b,
+            view: None,
+        }];
+        let snap = Snapshot {
+            backends: vec![b.clone()],
+            unnamed_blocks: Vec::new(),
+            devices: Default::default(),
+        };
+        let text = text(1, "10.0.0", &snap, &looked);
+        assert!(
+            text.contains("    virtio-mem vm0: plugged 64 MiB of 64 MiB requested, maximum 64 MiB, block 2 MiB, guest node 0\n"),
+            "{text}"
+        );
+        assert_eq!(
+            backend_json(&looked[0])["virtio-mem"][0]["plugged-size"],
+            64 * MIB
+        );
     }
 
     #[test]

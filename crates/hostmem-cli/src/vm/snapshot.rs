@@ -1,12 +1,14 @@
 //! One look at a running QEMU: its memory backends (`query-memdev`: id and the
 //! requested settings), their QOM types (`qom-list /objects`), and the RAM block each
-//! backs (`info ramblock`: host address and length in QEMU's memory).
+//! backs (`info ramblock`: host address and length in QEMU's memory), and the
+//! virtio-mem devices each backs (`query-memory-devices`).
 
 use serde_json::{json, Value};
 
 use super::client::QmpClient;
 use super::error::VmError;
 use super::ramblock::{self, RamBlock};
+use super::virtio_mem::{self, MemoryDevices, VirtioMem};
 
 /// A memory backend of the VM.
 #[derive(Debug, Clone)]
@@ -19,6 +21,8 @@ pub struct VmBackend {
     pub requested: Value,
     /// The RAM block it backs; None when it backs none.
     pub block: Option<RamBlock>,
+    /// The virtio-mem devices whose memdev it is (QEMU allows one).
+    pub virtio_mem: Vec<VirtioMem>,
 }
 
 impl VmBackend {
@@ -45,6 +49,8 @@ pub struct Snapshot {
     /// RAM blocks with no name: a backend attached to nothing gets one, so each is
     /// some unattached backend's memory, which one QEMU does not say.
     pub unnamed_blocks: Vec<RamBlock>,
+    /// The memory devices (DIMMs, virtio-mem, ...).
+    pub devices: MemoryDevices,
 }
 
 impl Snapshot {
@@ -85,6 +91,7 @@ pub fn take(c: &mut QmpClient) -> Result<Snapshot, VmError> {
     };
     let version = c.version.to_string();
     let blocks = ramblock::parse(&c.hmp("info ramblock")?, &version)?;
+    let devices = virtio_mem::query(c)?;
     let mut backends = Vec::new();
     for m in memdevs {
         let Some(id) = m["id"].as_str() else {
@@ -98,12 +105,13 @@ pub fn take(c: &mut QmpClient) -> Result<Snapshot, VmError> {
             block: blocks
                 .iter()
                 .find(|b| b.backend_id() == Some(id) && !b.read_only)
-                .or_else(|| {
-                    blocks
-                        .iter()
-                        .find(|b| b.device_backend_id() == Some(id) && !b.read_only)
-                })
                 .cloned(),
+            virtio_mem: devices
+                .virtio_mem
+                .iter()
+                .filter(|d| d.memdev == id)
+                .cloned()
+                .collect(),
         });
     }
     backends.sort_by(|a, b| a.id.cmp(&b.id));
@@ -111,5 +119,6 @@ pub fn take(c: &mut QmpClient) -> Result<Snapshot, VmError> {
     Ok(Snapshot {
         backends,
         unnamed_blocks,
+        devices,
     })
 }
