@@ -46,7 +46,8 @@ def test_every_command(hostmem):
     assert names == {"qmp_capabilities", "query-commands", "query-version", "object-add",
                      "object-del", "qom-list", "qom-get", "qom-set", "query-memdev",
                      "quit", "__org.hostmem_memdev-rebind",
-                     "__org.hostmem_query-memdev-residency"}
+                     "__org.hostmem_query-memdev-residency",
+                     "__org.hostmem_memdev-save"}
     v = q("query-version")
     assert set(v["qemu"]) == {"major", "minor", "micro"}
     assert ram(q, "m1", 2 * MIB, policy="bind", **{"host-nodes": [0]}) == {}

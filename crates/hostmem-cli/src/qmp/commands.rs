@@ -18,6 +18,7 @@ use crate::report;
 
 pub const REBIND: &str = "__org.hostmem_memdev-rebind";
 pub const RESIDENCY: &str = "__org.hostmem_query-memdev-residency";
+pub const SAVE: &str = "__org.hostmem_memdev-save";
 
 /// How a command runs.
 #[derive(Clone, Copy)]
@@ -68,6 +69,7 @@ pub const COMMANDS: &[Command] = &[
     },
     Command::new(REBIND, rebind),
     Command::new(RESIDENCY, residency),
+    Command::new(SAVE, save),
 ];
 
 /// `query-version` and the greeting: hostmem's own version in QEMU's shape.
@@ -234,6 +236,33 @@ fn rebind(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
         "fraction-on-target": r.fraction_on_target(),
         "seconds": r.seconds,
         "mempolicy": report::mempolicy_json(&view),
+    }))
+}
+
+/// `__org.hostmem_memdev-save {"id", "file"}`: the backend's memory to a snapshot image
+/// (docs/snapshot.md), while it stays in use. The backend is locked for the save, so no
+/// other command changes it meanwhile; the guest's vCPUs are the VMM's to pause. A
+/// failure (no such backend, a file that cannot be written) is an error reply and
+/// leaves the backend as it was; the image is written beside its name and renamed
+/// into place only when whole, as every save does.
+fn save(shared: &Shared, mut args: Args) -> Result<Value, QmpError> {
+    let id = args.string("id")?;
+    let file = args.string("file")?;
+    args.finish()?;
+    let e = entry(shared, &id)?;
+    let b = e.lock();
+    let progress = hostmem::Progress::new();
+    let opts = hostmem::snapshot::SaveOptions::default();
+    let r = hostmem::snapshot::save(&b, &file, &opts, &progress)
+        .map_err(|err| QmpError::generic(format!("saving '{id}' to {file}: {err}")))?;
+    Ok(json!({
+        "id": id,
+        "file": file,
+        "blocks": r.blocks,
+        "data-blocks": r.data_blocks,
+        "data-bytes": r.data_bytes,
+        "hole-blocks": r.unread_holes + r.zero_holes,
+        "seconds": r.secs,
     }))
 }
 

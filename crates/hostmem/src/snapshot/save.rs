@@ -137,40 +137,27 @@ pub(crate) fn save_image(
         .plan(ranges)
         .ok_or_else(|| SnapshotError::Mismatch("the image layout overflows".into()))?;
 
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(io("creating image"))?;
-    // The whole length at once: blocks never written stay holes of the file.
-    file.set_len(header.file_len())
-        .map_err(io("sizing image"))?;
-    progress.add_total(header.memory_len());
-
-    let started = Instant::now();
+    // Written under a temporary name beside the image and renamed into place only
+    // when whole: a save that fails (a full disk, an unreadable page) leaves an earlier
+    // image of that name as it was, and no half-written file behind.
+    let partial = partial_path(path).ok_or_else(|| SnapshotError::Io {
+        what: "naming image",
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"),
+    })?;
+    let written = write_image(&mem, &partial, &header, since.as_ref(), opts, progress);
+    let (saved, secs) = match written.and_then(|r| {
+        std::fs::rename(&partial, path)
+            .map_err(io("renaming the finished image to"))
+            .map(|()| r)
+    }) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
     let block = |i: u64| header.block(i);
-    let saved = par::run(
-        header.blocks,
-        par::threads_for(header.memory_len(), opts.threads),
-        &[],
-        header.buffer_len(),
-        progress,
-        |i| block(i).map_or(0, |b| b.len),
-        |i, buf| save_block(&mem, &file, &header, since.as_ref(), i, buf),
-    )?;
-    let secs = started.elapsed().as_secs_f64();
-
-    let table: Vec<BlockKind> = saved
-        .iter()
-        .map(|s| match *s {
-            Saved::Data(checksum) => BlockKind::Data { checksum },
-            Saved::Base => BlockKind::Base,
-            Saved::Unread | Saved::Zero => BlockKind::Hole,
-        })
-        .collect();
-    write_header(&file, &header, &table, opts.sync).map_err(io("writing image header"))?;
 
     let mut report = SaveReport {
         blocks: header.blocks,
@@ -193,6 +180,66 @@ pub(crate) fn save_image(
         }
     }
     Ok(report)
+}
+
+/// `DIR/.NAME.partial-PID`: the name a save writes under before the rename.
+fn partial_path(path: &Path) -> Option<std::path::PathBuf> {
+    let name = path.file_name()?.to_string_lossy();
+    Some(path.with_file_name(format!(".{name}.partial-{}", std::process::id())))
+}
+
+/// Writes the whole image to `path`: blocks in parallel, then the header and table.
+/// Returns how each block was saved and the seconds the block copy took.
+fn write_image(
+    mem: &Memory,
+    path: &Path,
+    header: &Header,
+    since: Option<&Since<'_>>,
+    opts: &SaveOptions,
+    progress: &Progress,
+) -> Result<(Vec<Saved>, f64)> {
+    let io = |what: &'static str| {
+        move |source| SnapshotError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io("creating image"))?;
+    // The whole length at once: blocks never written stay holes of the file.
+    file.set_len(header.file_len())
+        .map_err(io("sizing image"))?;
+    progress.add_total(header.memory_len());
+
+    let started = Instant::now();
+    let block = |i: u64| header.block(i);
+    let saved = par::run(
+        header.blocks,
+        par::threads_for(header.memory_len(), opts.threads),
+        &[],
+        header.buffer_len(),
+        progress,
+        |i| block(i).map_or(0, |b| b.len),
+        |i, buf| save_block(mem, &file, header, since, i, buf),
+    )?;
+    let secs = started.elapsed().as_secs_f64();
+
+    let table: Vec<BlockKind> = saved
+        .iter()
+        .map(|s| match *s {
+            Saved::Data(checksum) => BlockKind::Data { checksum },
+            Saved::Base => BlockKind::Base,
+            Saved::Unread | Saved::Zero => BlockKind::Hole,
+        })
+        .collect();
+    write_header(&file, header, &table, opts.sync).map_err(io("writing image header"))?;
+    Ok((saved, secs))
 }
 
 fn save_block(
