@@ -199,6 +199,7 @@ fn sampled_resident_bytes_and_share_hold_the_walks_figures_in_their_95_percent_b
     // the seeds are fixed, so the count is the same on every run.
     let checks = 40 * (2 + t.per_node.len() as u64);
     let missed = misses(pid, start, len, &t, 40, 16384);
+    eprintln!("{missed} of {checks} intervals missed the walk's figure");
     assert!(
         missed * 100 <= checks * 8,
         "{missed} of {checks} intervals missed the walk's figure"

@@ -62,6 +62,10 @@ pub struct ReadOptions {
     pub round_samples: u64,
     /// Most pages asked in all: the bound on a sample's cost.
     pub max_samples: u64,
+    /// Pages of the sample whose resident pages are also asked whether they are in a
+    /// THP (a one-page PAGEMAP_SCAN: 2-5 µs here, several times move_pages' cost per
+    /// page, so only the first ones): THP bytes carry this sample size's interval.
+    pub thp_samples: u64,
     /// Sampling stops once the 95 % intervals of the resident fraction and of the share
     /// reach at most this far on either side of the estimate (0.005: ±0.5 %).
     pub target_half_width: f64,
@@ -90,6 +94,7 @@ impl Default for ReadOptions {
             pilot_samples: 4096,
             round_samples: 16384,
             max_samples: 1 << 17,
+            thp_samples: 8192,
             target_half_width: 0.005,
             seed: None,
             method: Choice::Auto,
@@ -275,7 +280,8 @@ pub fn read_placement(
             let mut hugeness = ctx.hugeness();
             let mut pilot = Tally::default();
             let mut rng = Rng::new(seed);
-            ctx.sample_round(opts.pilot_samples, &mut rng, &mut hugeness, &mut pilot)?;
+            let first = (opts.pilot_samples, opts.thp_samples);
+            ctx.sample_round(first, &mut rng, &mut hugeness, &mut pilot)?;
             // The range's part of the walk: its resident base pages outside huge pages
             // (a THP or hugetlb page is one entry), at the interval's top, in place of
             // its resident pages in the counter, at the interval's bottom.
@@ -419,10 +425,11 @@ impl Ctx {
         )
     }
 
-    /// Asks `n` more pages (one stratified pass over the range) into `tally`.
+    /// Asks `n` more pages (one stratified pass over the range) into `tally`, and
+    /// whether they are THP while fewer than `thp_limit` pages were drawn.
     fn sample_round(
         &self,
-        n: u64,
+        (n, thp_limit): (u64, u64),
         rng: &mut Rng,
         hugeness: &mut Hugeness,
         tally: &mut Tally,
@@ -436,19 +443,18 @@ impl Ctx {
         for batch in addrs.chunks(crate::remote::PAGES_PER_CALL) {
             let status = sys::move_pages_of(self.pid, batch, None, false)?;
             for (&addr, &s) in batch.iter().zip(&status) {
+                let asking = matches!(hugeness, Hugeness::Scan(_)) && tally.samples < thp_limit;
                 tally.add_status(s);
+                tally.thp_samples += u64::from(asking);
                 if s < 0 {
                     continue;
                 }
                 if self.in_hugetlb(addr) == Some(true) {
                     tally.hugetlb += 1;
-                } else if let Hugeness::Scan(f) = hugeness {
+                } else if let (true, Hugeness::Scan(f)) = (asking, &*hugeness) {
                     let mask = PAGE_IS_PRESENT | PAGE_IS_HUGE;
-                    match sys::pagemap_scan(&*f, addr, addr + self.base, mask, mask, &mut one) {
-                        Ok((found, _)) => {
-                            tally.huge_asked += 1;
-                            tally.huge += u64::from(found > 0);
-                        }
+                    match sys::pagemap_scan(f, addr, addr + self.base, mask, mask, &mut one) {
+                        Ok((found, _)) => tally.huge += u64::from(found > 0),
                         Err(e) => {
                             *hugeness = Hugeness::Unknown(Unknown {
                                 what: format!("/proc/{}/pagemap PAGEMAP_SCAN", self.pid),
@@ -485,7 +491,7 @@ impl Ctx {
         let max = opts.max_samples.max(1);
         while tally.samples < max && !narrow_enough(&tally, &opts.nodes, opts.target_half_width) {
             let n = opts.round_samples.max(1).min(max - tally.samples);
-            self.sample_round(n, &mut rng, &mut hugeness, &mut tally)?;
+            self.sample_round((n, opts.thp_samples), &mut rng, &mut hugeness, &mut tally)?;
         }
         Ok(self.reading_of(opts, (seed, why), &tally, &hugeness))
     }
@@ -508,13 +514,7 @@ impl Ctx {
             // THP cannot be in a hugetlb VMA.
             _ if all_hugetlb => Ok(Bytes::exact(0)),
             Hugeness::Never => Ok(Bytes::exact(0)),
-            Hugeness::Scan(_) if t.huge_asked == resident - t.hugetlb => {
-                Ok(Bytes::estimate(t.huge, n, len))
-            }
-            Hugeness::Scan(_) => Err(Unknown {
-                what: format!("/proc/{}/pagemap PAGEMAP_SCAN", self.pid),
-                reason: "not every resident page could be asked".into(),
-            }),
+            Hugeness::Scan(_) => Ok(Bytes::estimate(t.huge, t.thp_samples, len)),
             Hugeness::Unknown(u) => Err(u.clone()),
         };
         let hugetlb = match &self.vmas {
