@@ -8,8 +8,9 @@ use std::fs;
 use std::io;
 use std::time::{Duration, SystemTime};
 
-use super::estimate::{share_of, Bytes, Ctx, Fraction, Method, PlacementReading, ReadOptions};
+use super::estimate::{share_of, Ctx};
 use super::procfs::{numa_lines, parse_policy, NumaLine};
+use super::reading::{Bytes, Fraction, Method, PlacementReading, ReadOptions};
 use super::Unknown;
 use crate::sys::{self, PageRegion, PAGE_IS_HUGE, PAGE_IS_PRESENT};
 
