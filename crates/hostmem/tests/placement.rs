@@ -14,7 +14,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
 use common::*;
-use hostmem::inspect::{read_placement, Choice, Method, PlacementReading, ReadOptions};
+use hostmem::inspect::{
+    read_placement, read_placements, Choice, Method, PlacementReading, ReadOptions,
+};
 use hostmem::{Backend, InUse, Kind, NodeSet, Policy};
 use hostmem_testkit::pool::{Pool, PoolGuard as KitPool};
 
@@ -285,15 +287,42 @@ fn assert_walk_matches(r: &PlacementReading, t: &Truth) {
 }
 
 #[test]
-fn a_small_4k_range_is_walked_and_matches_smaps_and_numa_maps_exactly() {
-    if ran_in_child("a_small_4k_range_is_walked_and_matches_smaps_and_numa_maps_exactly") {
+fn small_4k_ranges_are_walked_and_match_smaps_and_numa_maps_exactly_one_by_one_and_together() {
+    if ran_in_child(
+        "small_4k_ranges_are_walked_and_match_smaps_and_numa_maps_exactly_one_by_one_and_together",
+    ) {
         return;
     }
     let (_b, mem) = half_written_4k(64 * MIB);
-    let (pid, start, len) = (std::process::id(), mem.host_addr() as u64, mem.len() as u64);
-    let r = read_placement(pid, start, len, &ReadOptions::for_nodes(share_nodes())).unwrap();
-    assert_walk_matches(&r, &truth(pid, start, len));
+    // dump=off: VmFlags `dd`, so the kernel never merges it into the first's VMA.
+    let other = spread_ram("q", 32 * MIB)
+        .dump(false)
+        .prealloc(true)
+        .create()
+        .unwrap();
+    let pid = std::process::id();
+    let a = (mem.host_addr() as u64, mem.len() as u64);
+    let b = (other.host_addr().unwrap() as u64, 32 * MIB);
+    let opts = ReadOptions::for_nodes(share_nodes());
+    let r = read_placement(pid, a.0, a.1, &opts).unwrap();
+    assert_walk_matches(&r, &truth(pid, a.0, a.1));
     assert!(r.policy.is_ok(), "numa_maps gives the policy: {r:?}");
+    // A VM's devices read together: each as the kernel says, and a range nothing maps
+    // (the second page of the address space) fails alone.
+    let all = read_placements(
+        pid,
+        [
+            (a.0, a.1, &opts),
+            (b.0, b.1, &opts),
+            (0x1000, 0x1000, &opts),
+        ],
+    );
+    assert_walk_matches(all[0].as_ref().unwrap(), &truth(pid, a.0, a.1));
+    let tb = truth(pid, b.0, b.1);
+    assert_eq!(tb.resident, 32 * MIB, "prealloc");
+    assert_walk_matches(all[1].as_ref().unwrap(), &tb);
+    let e = all[2].as_ref().unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
 }
 
 #[test]

@@ -19,22 +19,27 @@
 //!   sample's, ~1 µs a page, whatever the range's size. The seed is reported and can
 //!   be given, so a reading can be drawn again.
 //!
-//! The exporter calls, per memory device of a QEMU (its pid, the RAM block's host
-//! address and used length from `info ramblock`, the memdev's requested host-nodes):
+//! The exporter calls, per QEMU, with its pid and for each memory device the RAM
+//! block's host address and used length (`info ramblock`) and the memdev's requested
+//! host-nodes (so numa_maps is read at most once per process, however many devices):
 //!
 //! ```no_run
-//! use hostmem::inspect::{read_placement, ReadOptions};
+//! use hostmem::inspect::{read_placements, ReadOptions};
 //! use hostmem::NodeSet;
-//! # fn main() -> std::io::Result<()> {
-//! # let (qemu_pid, hva, used) = (1234, 0x7f00_0000_0000, 4 << 30);
-//! let opts = ReadOptions::for_nodes(NodeSet::parse("1").unwrap());
-//! let r = read_placement(qemu_pid, hva, used, &opts)?;
-//! // Export r.resident.value, and beside it r.resident.low / .high (equal to the value
-//! // for a walk) and r.method.name() ("walk" or "sample"); likewise per node
-//! // (r.resident_per_node), r.thp, r.hugetlb and r.share_on_nodes (None: nothing
-//! // resident or no nodes asked). r.took is what the reading cost.
-//! # Ok(()) }
+//! # let (qemu_pid, hva0, used0, hva1, used1) = (1234, 0x7f00_0000_0000, 4 << 30, 0x7f80_0000_0000, 1 << 30);
+//! let on0 = ReadOptions::for_nodes(NodeSet::parse("0").unwrap());
+//! let on1 = ReadOptions::for_nodes(NodeSet::parse("1").unwrap());
+//! for r in read_placements(qemu_pid, [(hva0, used0, &on0), (hva1, used1, &on1)]) {
+//!     let Ok(r) = r else { continue }; // the error: that device's series are down
+//!     // Export r.resident.value, and beside it r.resident.low / .high (equal to the
+//!     // value for a walk) and r.method.name() ("walk" or "sample"); likewise per node
+//!     // (r.resident_per_node), r.thp, r.hugetlb (Err: unknown, with the reason) and
+//!     // r.share_on_nodes (None: nothing resident or no nodes asked); r.took is what
+//!     // the reading cost, r.why why it walked or sampled.
+//! }
 //! ```
+//!
+//! [`read_placement`] reads one range.
 
 use std::fs::{self, File};
 use std::io;
@@ -52,12 +57,46 @@ use crate::sys::{self, PageRegion, VmaInfo, PAGE_IS_HUGE, PAGE_IS_PRESENT};
 ///
 /// A walk counts the whole VMAs the range overlaps (numa_maps has no finer grain; a
 /// memory device is a VMA of its own, or several after a partial mbind); a sample asks
-/// pages of the range only.
+/// pages of the range only. For several ranges of one process (a VM's memory devices)
+/// [`read_placements`] reads numa_maps once for all.
 pub fn read_placement(
     pid: u32,
     start: u64,
     len: u64,
     opts: &ReadOptions,
+) -> io::Result<PlacementReading> {
+    let status = ProcStatus::read(pid)?;
+    read_one(pid, (start, len), opts, &status, &NumaMapsOnce::default())
+}
+
+/// [`read_placement`] of several ranges of process `pid`, each with its options (a
+/// memdev's requested nodes): numa_maps, which walks every mapping of the process, is
+/// read at most once for all the ranges that are walked. One result per range, in order.
+pub fn read_placements<'a>(
+    pid: u32,
+    ranges: impl IntoIterator<Item = (u64, u64, &'a ReadOptions)>,
+) -> Vec<io::Result<PlacementReading>> {
+    let status = ProcStatus::read(pid);
+    let numa = NumaMapsOnce::default();
+    ranges
+        .into_iter()
+        .map(|(start, len, opts)| match &status {
+            Ok(st) => read_one(pid, (start, len), opts, st, &numa),
+            Err(e) => Err(sys::copy_io_error(e)),
+        })
+        .collect()
+}
+
+/// A process's numa_maps text, read by the first walk of a batch.
+#[derive(Default)]
+pub(super) struct NumaMapsOnce(pub std::cell::OnceCell<io::Result<String>>);
+
+fn read_one(
+    pid: u32,
+    (start, len): (u64, u64),
+    opts: &ReadOptions,
+    status: &ProcStatus,
+    numa: &NumaMapsOnce,
 ) -> io::Result<PlacementReading> {
     let began = Instant::now();
     let taken_at = SystemTime::now();
@@ -66,7 +105,6 @@ pub fn read_placement(
     }
     let base = sys::page_size() as u64;
     let end = start.saturating_add(len);
-    let status = ProcStatus::read(pid)?;
     let ctx = Ctx {
         pid,
         start,
@@ -80,7 +118,7 @@ pub fn read_placement(
     // kernel's counters say without a walk (a THP counts 512 there, 1 in a walk).
     let process_pages = status.rss / base;
     let mut reading = match opts.method {
-        Choice::Walk => ctx.walk(opts, "asked for a walk".into())?,
+        Choice::Walk => ctx.walk(opts, "asked for a walk".into(), numa)?,
         Choice::Sample => ctx.sample(opts, seed, "asked for a sample".into())?,
         Choice::Auto if process_pages <= opts.walk_max_pages => ctx.walk(
             opts,
@@ -88,6 +126,7 @@ pub fn read_placement(
                 "the process has {process_pages} resident base pages, at most {} walked",
                 opts.walk_max_pages
             ),
+            numa,
         )?,
         Choice::Auto => {
             let mut hugeness = ctx.hugeness();
@@ -114,6 +153,7 @@ pub fn read_placement(
                          at most {} walked",
                         opts.walk_max_pages
                     ),
+                    numa,
                 )?
             } else {
                 let why = format!(

@@ -17,7 +17,7 @@ mod procfs;
 mod reading;
 mod sample;
 mod walk;
-pub use estimate::read_placement;
+pub use estimate::{read_placement, read_placements};
 pub(crate) use procfs::parse_range;
 use procfs::{parse_numa_maps, parse_policy, parse_smaps, Smaps};
 pub use reading::{Bytes, Choice, Fraction, Method, PlacementReading, ReadOptions};

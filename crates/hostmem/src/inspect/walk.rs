@@ -8,7 +8,7 @@ use std::fs;
 use std::io;
 use std::time::{Duration, SystemTime};
 
-use super::estimate::{share_of, Ctx};
+use super::estimate::{share_of, Ctx, NumaMapsOnce};
 use super::procfs::{numa_lines, parse_policy, NumaLine};
 use super::reading::{Bytes, Fraction, Method, PlacementReading, ReadOptions};
 use super::Unknown;
@@ -89,22 +89,36 @@ impl Ctx {
         Ok(bytes)
     }
 
-    /// One numa_maps walk (and the THP scan beside it, on this thread).
-    pub(super) fn walk(&self, opts: &ReadOptions, why: String) -> io::Result<PlacementReading> {
+    /// One numa_maps walk, unless `numa` holds the process's already (a batch), and
+    /// the THP scan of the range beside it on a second thread.
+    pub(super) fn walk(
+        &self,
+        opts: &ReadOptions,
+        why: String,
+        numa: &NumaMapsOnce,
+    ) -> io::Result<PlacementReading> {
         let path = format!("/proc/{}/numa_maps", self.pid);
-        let (text, huge) = if self.thp_possible {
-            std::thread::scope(|s| {
-                let numa = s.spawn(|| fs::read_to_string(&path));
-                let huge = self.huge_bytes();
-                let text = numa
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("numa_maps reader panicked")));
-                (text, Some(huge))
-            })
-        } else {
-            (fs::read_to_string(&path), None)
+        let read = || fs::read_to_string(&path);
+        let huge = match (self.thp_possible, numa.0.get()) {
+            (false, _) => None,
+            (true, Some(_)) => Some(self.huge_bytes()),
+            (true, None) => Some(std::thread::scope(|s| {
+                let scan = s.spawn(|| self.huge_bytes());
+                numa.0.get_or_init(read);
+                scan.join().unwrap_or_else(|_| {
+                    Err(Unknown {
+                        what: "PAGEMAP_SCAN".into(),
+                        reason: "the scanning thread panicked".into(),
+                    })
+                })
+            })),
         };
-        let w = sum_lines(self.range_lines(&text?), self.base);
+        let text = numa
+            .0
+            .get_or_init(read)
+            .as_ref()
+            .map_err(sys::copy_io_error)?;
+        let w = sum_lines(self.range_lines(text), self.base);
         if w.vmas == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
