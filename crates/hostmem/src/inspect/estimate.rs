@@ -180,7 +180,8 @@ fn clock_seed() -> u64 {
 
 /// What /proc/PID/status says without a walk: the process's resident bytes (the
 /// kernel's counters) and whether it may have THP (`THP_enabled: 0` after
-/// prctl(PR_SET_THP_DISABLE): then no THP scan is needed).
+/// prctl(PR_SET_THP_DISABLE): then no THP scan is needed). One case this misses: THP
+/// the process got before it turned THP off stay mapped and read as 0 here.
 struct ProcStatus {
     rss: u64,
     thp_possible: bool,
