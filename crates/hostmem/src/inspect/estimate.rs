@@ -207,7 +207,7 @@ impl ProcStatus {
 
 /// The VMAs overlapping [start, end) (PROCMAP_QUERY: no page table walk), or why they
 /// are unknown (ENOTTY before Linux 6.11).
-fn vmas_of(pid: u32, start: u64, end: u64) -> Result<Vec<VmaInfo>, Unknown> {
+pub(super) fn vmas_of(pid: u32, start: u64, end: u64) -> Result<Vec<VmaInfo>, Unknown> {
     let what = format!("/proc/{pid}/maps PROCMAP_QUERY");
     let fail = |e: io::Error| Unknown {
         what: what.clone(),
