@@ -22,6 +22,7 @@ mod measure;
 mod plan;
 mod report;
 mod runner;
+mod scrape;
 mod stats;
 mod targets;
 
@@ -85,6 +86,9 @@ fn run(args: &BenchArgs) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = scrape::dispatch() {
+        return code;
+    }
     match run(&BenchArgs::parse()) {
         Ok(text) => {
             print!("{text}");

@@ -9,224 +9,49 @@
 //! - **Walk** (exact): one numa_maps read (pages per node, hugetlb pages, policy) plus,
 //!   when the process may have THP, a `PAGEMAP_SCAN` of the range for its huge pages,
 //!   which reads page table entries only and costs about a fifth of numa_maps. Taken
-//!   for hugetlb ranges (one entry per huge page), small ranges, and ranges a first
-//!   small sample shows to hold few resident base pages (THP: one entry per 2 MiB;
-//!   mostly empty memory).
+//!   when the process's resident pages (VmRSS, a counter: numa_maps walks every
+//!   mapping of the process, not only the range) are at most `walk_max_pages`, or when
+//!   a first small sample predicts that few entries to walk (a THP or hugetlb page is
+//!   one entry, untouched memory none).
 //! - **Sample** (an estimate with its 95 % interval): move_pages(2) without target
 //!   nodes, the kernel's status query, asked of a stratified random sample of the
-//!   range's base pages (a node, or -ENOENT for a page not resident), and for each
-//!   resident one a one-page `PAGEMAP_SCAN` (inside a THP or not). The cost is the
-//!   sample's, ~1 µs a page, whatever the range's size. The seed is reported and can
+//!   range's base pages (a node, or -ENOENT for a page not resident), and for the
+//!   resident ones among the first `thp_samples` a one-page `PAGEMAP_SCAN` (inside a
+//!   THP or not). The cost is the sample's whatever the range's size: 0.3-0.5 µs a
+//!   page for move_pages here, 2-5 µs per PAGEMAP_SCAN. The seed is reported and can
 //!   be given, so a reading can be drawn again.
 //!
-//! The exporter calls, per memory device of a QEMU (its pid, the RAM block's host
-//! address and used length from `info ramblock`, the memdev's requested host-nodes):
+//! The exporter calls, per QEMU, with its pid and for each memory device the RAM
+//! block's host address and used length (`info ramblock`) and the memdev's requested
+//! host-nodes (so numa_maps is read at most once per process, however many devices):
 //!
 //! ```no_run
-//! use hostmem::inspect::{read_placement, ReadOptions};
+//! use hostmem::inspect::{read_placements, ReadOptions};
 //! use hostmem::NodeSet;
-//! # fn main() -> std::io::Result<()> {
-//! # let (qemu_pid, hva, used) = (1234, 0x7f00_0000_0000, 4 << 30);
-//! let opts = ReadOptions::for_nodes(NodeSet::parse("1").unwrap());
-//! let r = read_placement(qemu_pid, hva, used, &opts)?;
-//! // Export r.resident.value, and beside it r.resident.low / .high (equal to the value
-//! // for a walk) and r.method.name() ("walk" or "sample"); likewise per node
-//! // (r.resident_per_node), r.thp, r.hugetlb and r.share_on_nodes (None: nothing
-//! // resident or no nodes asked). r.took is what the reading cost.
-//! # Ok(()) }
+//! # let (qemu_pid, hva0, used0, hva1, used1) = (1234, 0x7f00_0000_0000, 4 << 30, 0x7f80_0000_0000, 1 << 30);
+//! let on0 = ReadOptions::for_nodes(NodeSet::parse("0").unwrap());
+//! let on1 = ReadOptions::for_nodes(NodeSet::parse("1").unwrap());
+//! for r in read_placements(qemu_pid, [(hva0, used0, &on0), (hva1, used1, &on1)]) {
+//!     let Ok(r) = r else { continue }; // the error: that device's series are down
+//!     // Export r.resident.value, and beside it r.resident.low / .high (equal to the
+//!     // value for a walk) and r.method.name() ("walk" or "sample"); likewise per node
+//!     // (r.resident_per_node), r.thp, r.hugetlb (Err: unknown, with the reason) and
+//!     // r.share_on_nodes (None: nothing resident or no nodes asked); r.took is what
+//!     // the reading cost, r.why why it walked or sampled.
+//! }
 //! ```
+//!
+//! [`read_placement`] reads one range.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::reading::{Bytes, Choice, Fraction, Method, PlacementReading, ReadOptions};
 use super::sample::{stratified, wilson, Rng, Tally, Z95};
-use super::{MemPolicy, Unknown};
+use super::Unknown;
 use crate::numa::NodeSet;
 use crate::sys::{self, PageRegion, VmaInfo, PAGE_IS_HUGE, PAGE_IS_PRESENT};
-
-/// How to read (defaults: the exporter's).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReadOptions {
-    /// Nodes whose share of the resident pages is wanted (a memdev's requested
-    /// host-nodes); empty: no share.
-    pub nodes: NodeSet,
-    /// Walk when the walk visits at most this many resident base pages (page table
-    /// entries). Default 2^19 (2 GiB of 4 KiB pages, ~30 ms here): about what the
-    /// largest sample costs.
-    pub walk_max_pages: u64,
-    /// Pages of the first sample, which also decides whether a walk is cheap.
-    pub pilot_samples: u64,
-    /// Pages added per round until the intervals are narrow enough.
-    pub round_samples: u64,
-    /// Most pages asked in all: the bound on a sample's cost.
-    pub max_samples: u64,
-    /// Sampling stops once the 95 % intervals of the resident fraction and of the share
-    /// reach at most this far on either side of the estimate (0.005: ±0.5 %).
-    pub target_half_width: f64,
-    /// Seed of the sample; None: one from the clock (scrapes then err independently).
-    pub seed: Option<u64>,
-    /// Force a method instead of choosing (tests and the bench compare them).
-    pub method: Choice,
-}
-
-/// Which method to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Choice {
-    /// Walk where a walk is cheap, else sample.
-    Auto,
-    /// Always walk (exact; the cost grows with the range).
-    Walk,
-    /// Always sample (skipping the pilot's walk decision).
-    Sample,
-}
-
-impl Default for ReadOptions {
-    fn default() -> Self {
-        ReadOptions {
-            nodes: NodeSet::new(),
-            walk_max_pages: 1 << 19,
-            pilot_samples: 4096,
-            round_samples: 16384,
-            max_samples: 1 << 17,
-            target_half_width: 0.005,
-            seed: None,
-            method: Choice::Auto,
-        }
-    }
-}
-
-impl ReadOptions {
-    /// The defaults, with the share of resident pages on `nodes` asked for.
-    pub fn for_nodes(nodes: NodeSet) -> ReadOptions {
-        ReadOptions {
-            nodes,
-            ..Default::default()
-        }
-    }
-}
-
-/// How a reading was made: exported beside every figure, never hidden.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum Method {
-    /// Every page counted at the reading's time: the figures are exact.
-    Walk,
-    /// A stratified random sample of base pages: figures are estimates with a
-    /// `confidence` interval (0.95).
-    Sample {
-        /// Pages asked.
-        samples: u64,
-        /// The seed that draws the same pages again.
-        seed: u64,
-        /// Confidence of the intervals.
-        confidence: f64,
-    },
-}
-
-impl Method {
-    /// `walk` or `sample`, for a metric label.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Method::Walk => "walk",
-            Method::Sample { .. } => "sample",
-        }
-    }
-}
-
-/// A byte count and the interval it lies in (low == value == high when exact).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Bytes {
-    /// The count, or the estimate.
-    pub value: u64,
-    /// Lower end of the interval.
-    pub low: u64,
-    /// Upper end of the interval.
-    pub high: u64,
-}
-
-impl Bytes {
-    /// A count without error.
-    pub fn exact(v: u64) -> Bytes {
-        Bytes {
-            value: v,
-            low: v,
-            high: v,
-        }
-    }
-
-    /// Whether `v` lies in the interval.
-    pub fn contains(&self, v: u64) -> bool {
-        self.low <= v && v <= self.high
-    }
-
-    /// `k` of `n` sampled pages, scaled to a range of `len` bytes.
-    fn estimate(k: u64, n: u64, len: u64) -> Bytes {
-        let (lo, hi) = wilson(k, n, Z95);
-        let len = len as f64;
-        Bytes {
-            value: (k as f64 / n.max(1) as f64 * len).round() as u64,
-            low: (lo * len).floor() as u64,
-            high: (hi * len).ceil() as u64,
-        }
-    }
-}
-
-/// A fraction and the interval it lies in.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Fraction {
-    /// The fraction, or the estimate (0..=1).
-    pub value: f64,
-    /// Lower end of the interval.
-    pub low: f64,
-    /// Upper end of the interval.
-    pub high: f64,
-}
-
-impl Fraction {
-    /// Whether `v` lies in the interval.
-    pub fn contains(&self, v: f64) -> bool {
-        self.low <= v && v <= self.high
-    }
-}
-
-/// One reading of a range's placement. Every figure says how it was obtained
-/// (`method`); what could not be read is [`Unknown`] with its reason.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PlacementReading {
-    /// The process.
-    pub pid: u32,
-    /// The range's first address in the process.
-    pub start: u64,
-    /// The range's length.
-    pub len: u64,
-    /// Walk or sample.
-    pub method: Method,
-    /// Why this method (`1048576 base pages, at most 524288 walked`).
-    pub why: String,
-    /// The kernel's page size of the range's first VMA (hugetlb: the huge page size).
-    pub page_size: u64,
-    /// Resident bytes (hugetlb included).
-    pub resident: Bytes,
-    /// Resident bytes per node.
-    pub resident_per_node: BTreeMap<u32, Bytes>,
-    /// Bytes in transparent huge pages.
-    pub thp: Result<Bytes, Unknown>,
-    /// Bytes in hugetlb pages.
-    pub hugetlb: Result<Bytes, Unknown>,
-    /// The nodes the share is of.
-    pub nodes: NodeSet,
-    /// Share of the resident pages on `nodes`; None when no nodes were asked or
-    /// nothing is resident.
-    pub share_on_nodes: Option<Fraction>,
-    /// The policy numa_maps prints for the first VMA; a sample reads no numa_maps.
-    pub policy: Result<MemPolicy, Unknown>,
-    /// What the reading cost.
-    pub took: Duration,
-    /// When it was taken.
-    pub taken_at: SystemTime,
-}
 
 /// Reads where [start, start+len) of process `pid` is, at a bounded cost (the module
 /// documentation says how). Needs ptrace read access to the process (root, or the same
@@ -234,12 +59,46 @@ pub struct PlacementReading {
 ///
 /// A walk counts the whole VMAs the range overlaps (numa_maps has no finer grain; a
 /// memory device is a VMA of its own, or several after a partial mbind); a sample asks
-/// pages of the range only.
+/// pages of the range only. For several ranges of one process (a VM's memory devices)
+/// [`read_placements`] reads numa_maps once for all.
 pub fn read_placement(
     pid: u32,
     start: u64,
     len: u64,
     opts: &ReadOptions,
+) -> io::Result<PlacementReading> {
+    let status = ProcStatus::read(pid)?;
+    read_one(pid, (start, len), opts, &status, &NumaMapsOnce::default())
+}
+
+/// [`read_placement`] of several ranges of process `pid`, each with its options (a
+/// memdev's requested nodes): numa_maps, which walks every mapping of the process, is
+/// read at most once for all the ranges that are walked. One result per range, in order.
+pub fn read_placements<'a>(
+    pid: u32,
+    ranges: impl IntoIterator<Item = (u64, u64, &'a ReadOptions)>,
+) -> Vec<io::Result<PlacementReading>> {
+    let status = ProcStatus::read(pid);
+    let numa = NumaMapsOnce::default();
+    ranges
+        .into_iter()
+        .map(|(start, len, opts)| match &status {
+            Ok(st) => read_one(pid, (start, len), opts, st, &numa),
+            Err(e) => Err(sys::copy_io_error(e)),
+        })
+        .collect()
+}
+
+/// A process's numa_maps text, read by the first walk of a batch.
+#[derive(Default)]
+pub(super) struct NumaMapsOnce(pub std::cell::OnceCell<io::Result<String>>);
+
+fn read_one(
+    pid: u32,
+    (start, len): (u64, u64),
+    opts: &ReadOptions,
+    status: &ProcStatus,
+    numa: &NumaMapsOnce,
 ) -> io::Result<PlacementReading> {
     let began = Instant::now();
     let taken_at = SystemTime::now();
@@ -248,7 +107,6 @@ pub fn read_placement(
     }
     let base = sys::page_size() as u64;
     let end = start.saturating_add(len);
-    let status = ProcStatus::read(pid)?;
     let ctx = Ctx {
         pid,
         start,
@@ -262,7 +120,7 @@ pub fn read_placement(
     // kernel's counters say without a walk (a THP counts 512 there, 1 in a walk).
     let process_pages = status.rss / base;
     let mut reading = match opts.method {
-        Choice::Walk => ctx.walk(opts, "asked for a walk".into())?,
+        Choice::Walk => ctx.walk(opts, "asked for a walk".into(), numa)?,
         Choice::Sample => ctx.sample(opts, seed, "asked for a sample".into())?,
         Choice::Auto if process_pages <= opts.walk_max_pages => ctx.walk(
             opts,
@@ -270,12 +128,14 @@ pub fn read_placement(
                 "the process has {process_pages} resident base pages, at most {} walked",
                 opts.walk_max_pages
             ),
+            numa,
         )?,
         Choice::Auto => {
             let mut hugeness = ctx.hugeness();
             let mut pilot = Tally::default();
             let mut rng = Rng::new(seed);
-            ctx.sample_round(opts.pilot_samples, &mut rng, &mut hugeness, &mut pilot)?;
+            let first = (opts.pilot_samples, opts.thp_samples);
+            ctx.sample_round(first, &mut rng, &mut hugeness, &mut pilot)?;
             // The range's part of the walk: its resident base pages outside huge pages
             // (a THP or hugetlb page is one entry), at the interval's top, in place of
             // its resident pages in the counter, at the interval's bottom.
@@ -295,6 +155,7 @@ pub fn read_placement(
                          at most {} walked",
                         opts.walk_max_pages
                     ),
+                    numa,
                 )?
             } else {
                 let why = format!(
@@ -319,7 +180,8 @@ fn clock_seed() -> u64 {
 
 /// What /proc/PID/status says without a walk: the process's resident bytes (the
 /// kernel's counters) and whether it may have THP (`THP_enabled: 0` after
-/// prctl(PR_SET_THP_DISABLE): then no THP scan is needed).
+/// prctl(PR_SET_THP_DISABLE): then no THP scan is needed). One case this misses: THP
+/// the process got before it turned THP off stay mapped and read as 0 here.
 struct ProcStatus {
     rss: u64,
     thp_possible: bool,
@@ -345,7 +207,7 @@ impl ProcStatus {
 
 /// The VMAs overlapping [start, end) (PROCMAP_QUERY: no page table walk), or why they
 /// are unknown (ENOTTY before Linux 6.11).
-fn vmas_of(pid: u32, start: u64, end: u64) -> Result<Vec<VmaInfo>, Unknown> {
+pub(super) fn vmas_of(pid: u32, start: u64, end: u64) -> Result<Vec<VmaInfo>, Unknown> {
     let what = format!("/proc/{pid}/maps PROCMAP_QUERY");
     let fail = |e: io::Error| Unknown {
         what: what.clone(),
@@ -419,10 +281,11 @@ impl Ctx {
         )
     }
 
-    /// Asks `n` more pages (one stratified pass over the range) into `tally`.
+    /// Asks `n` more pages (one stratified pass over the range) into `tally`, and
+    /// whether they are THP while fewer than `thp_limit` pages were drawn.
     fn sample_round(
         &self,
-        n: u64,
+        (n, thp_limit): (u64, u64),
         rng: &mut Rng,
         hugeness: &mut Hugeness,
         tally: &mut Tally,
@@ -436,19 +299,18 @@ impl Ctx {
         for batch in addrs.chunks(crate::remote::PAGES_PER_CALL) {
             let status = sys::move_pages_of(self.pid, batch, None, false)?;
             for (&addr, &s) in batch.iter().zip(&status) {
+                let asking = matches!(hugeness, Hugeness::Scan(_)) && tally.samples < thp_limit;
                 tally.add_status(s);
+                tally.thp_samples += u64::from(asking);
                 if s < 0 {
                     continue;
                 }
                 if self.in_hugetlb(addr) == Some(true) {
                     tally.hugetlb += 1;
-                } else if let Hugeness::Scan(f) = hugeness {
+                } else if let (true, Hugeness::Scan(f)) = (asking, &*hugeness) {
                     let mask = PAGE_IS_PRESENT | PAGE_IS_HUGE;
-                    match sys::pagemap_scan(&*f, addr, addr + self.base, mask, mask, &mut one) {
-                        Ok((found, _)) => {
-                            tally.huge_asked += 1;
-                            tally.huge += u64::from(found > 0);
-                        }
+                    match sys::pagemap_scan(f, addr, addr + self.base, mask, mask, &mut one) {
+                        Ok((found, _)) => tally.huge += u64::from(found > 0),
                         Err(e) => {
                             *hugeness = Hugeness::Unknown(Unknown {
                                 what: format!("/proc/{}/pagemap PAGEMAP_SCAN", self.pid),
@@ -485,7 +347,7 @@ impl Ctx {
         let max = opts.max_samples.max(1);
         while tally.samples < max && !narrow_enough(&tally, &opts.nodes, opts.target_half_width) {
             let n = opts.round_samples.max(1).min(max - tally.samples);
-            self.sample_round(n, &mut rng, &mut hugeness, &mut tally)?;
+            self.sample_round((n, opts.thp_samples), &mut rng, &mut hugeness, &mut tally)?;
         }
         Ok(self.reading_of(opts, (seed, why), &tally, &hugeness))
     }
@@ -508,13 +370,7 @@ impl Ctx {
             // THP cannot be in a hugetlb VMA.
             _ if all_hugetlb => Ok(Bytes::exact(0)),
             Hugeness::Never => Ok(Bytes::exact(0)),
-            Hugeness::Scan(_) if t.huge_asked == resident - t.hugetlb => {
-                Ok(Bytes::estimate(t.huge, n, len))
-            }
-            Hugeness::Scan(_) => Err(Unknown {
-                what: format!("/proc/{}/pagemap PAGEMAP_SCAN", self.pid),
-                reason: "not every resident page could be asked".into(),
-            }),
+            Hugeness::Scan(_) => Ok(Bytes::estimate(t.huge, t.thp_samples, len)),
             Hugeness::Unknown(u) => Err(u.clone()),
         };
         let hugetlb = match &self.vmas {

@@ -14,13 +14,13 @@ use crate::sys::RawMapping;
 
 mod estimate;
 mod procfs;
+mod reading;
 mod sample;
 mod walk;
-pub use estimate::{
-    read_placement, Bytes, Choice, Fraction, Method, PlacementReading, ReadOptions,
-};
+pub use estimate::{read_placement, read_placements};
 pub(crate) use procfs::parse_range;
 use procfs::{parse_numa_maps, parse_policy, parse_smaps, Smaps};
+pub use reading::{Bytes, Choice, Fraction, Method, PlacementReading, ReadOptions};
 
 /// A reading the kernel did not give, and why: reports print it instead of a guess.
 #[derive(Debug, Clone, PartialEq, Eq)]

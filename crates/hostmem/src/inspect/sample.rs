@@ -97,9 +97,9 @@ pub(super) struct Tally {
     pub hugetlb: u64,
     /// Resident pages outside hugetlb VMAs inside a huge page (PAGE_IS_HUGE): THP.
     pub huge: u64,
-    /// Resident pages outside hugetlb VMAs whose hugeness was asked (all of them
-    /// unless the kernel has no PAGEMAP_SCAN, or the process cannot have THP).
-    pub huge_asked: u64,
+    /// Pages drawn while every resident page outside hugetlb VMAs was asked whether
+    /// it is a THP's (the first `ReadOptions::thp_samples`): THP's own sample size.
+    pub thp_samples: u64,
     /// Pages with another status than a node or ENOENT (errno → count): EFAULT for a
     /// hole or the shared zero page, which the walks do not count as resident either.
     pub other: BTreeMap<i32, u64>,

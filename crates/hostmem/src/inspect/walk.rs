@@ -8,13 +8,15 @@ use std::fs;
 use std::io;
 use std::time::{Duration, SystemTime};
 
-use super::estimate::{share_of, Bytes, Ctx, Fraction, Method, PlacementReading, ReadOptions};
+use super::estimate::{share_of, Ctx, NumaMapsOnce};
 use super::procfs::{numa_lines, parse_policy, NumaLine};
+use super::reading::{Bytes, Fraction, Method, PlacementReading, ReadOptions};
 use super::Unknown;
 use crate::sys::{self, PageRegion, PAGE_IS_HUGE, PAGE_IS_PRESENT};
 
-/// Runs asked per PAGEMAP_SCAN call.
-const RUNS_PER_CALL: usize = 512;
+/// Runs asked per PAGEMAP_SCAN call (4 in unit tests, so one test's few THP runs
+/// need several calls).
+const RUNS_PER_CALL: usize = if cfg!(test) { 4 } else { 512 };
 
 /// The numa_maps lines of the range, summed in bytes (each line in its own page size).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -88,22 +90,36 @@ impl Ctx {
         Ok(bytes)
     }
 
-    /// One numa_maps walk (and the THP scan beside it, on this thread).
-    pub(super) fn walk(&self, opts: &ReadOptions, why: String) -> io::Result<PlacementReading> {
+    /// One numa_maps walk, unless `numa` holds the process's already (a batch), and
+    /// the THP scan of the range beside it on a second thread.
+    pub(super) fn walk(
+        &self,
+        opts: &ReadOptions,
+        why: String,
+        numa: &NumaMapsOnce,
+    ) -> io::Result<PlacementReading> {
         let path = format!("/proc/{}/numa_maps", self.pid);
-        let (text, huge) = if self.thp_possible {
-            std::thread::scope(|s| {
-                let numa = s.spawn(|| fs::read_to_string(&path));
-                let huge = self.huge_bytes();
-                let text = numa
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("numa_maps reader panicked")));
-                (text, Some(huge))
-            })
-        } else {
-            (fs::read_to_string(&path), None)
+        let read = || fs::read_to_string(&path);
+        let huge = match (self.thp_possible, numa.0.get()) {
+            (false, _) => None,
+            (true, Some(_)) => Some(self.huge_bytes()),
+            (true, None) => Some(std::thread::scope(|s| {
+                let scan = s.spawn(|| self.huge_bytes());
+                numa.0.get_or_init(read);
+                scan.join().unwrap_or_else(|_| {
+                    Err(Unknown {
+                        what: "PAGEMAP_SCAN".into(),
+                        reason: "the scanning thread panicked".into(),
+                    })
+                })
+            })),
         };
-        let w = sum_lines(self.range_lines(&text?), self.base);
+        let text = numa
+            .0
+            .get_or_init(read)
+            .as_ref()
+            .map_err(sys::copy_io_error)?;
+        let w = sum_lines(self.range_lines(text), self.base);
         if w.vmas == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -159,8 +175,48 @@ impl Ctx {
 
 #[cfg(test)]
 mod tests {
-    use super::super::procfs::parse_numa_line;
+    use super::super::estimate::vmas_of;
+    use super::super::procfs::{parse_numa_line, parse_smaps, Smaps};
     use super::*;
+    use crate::sys::{advice, RawMapping};
+
+    #[test]
+    fn the_thp_scan_goes_on_past_a_full_buffer_and_counts_every_run() {
+        // Every other 2 MiB block advised MADV_HUGEPAGE, then all written: with THP on
+        // `madvise` 16 THP runs apart, four times RUNS_PER_CALL.
+        let huge = 2usize << 20;
+        let map = RawMapping::map(66 << 20, None, 0, Default::default()).unwrap();
+        let first = map.addr().div_ceil(huge) * huge - map.addr();
+        for b in (0..32).step_by(2) {
+            map.madvise(first + b * huge, huge, advice::HUGEPAGE)
+                .unwrap();
+        }
+        map.populate(first, 32 * huge, true).unwrap();
+        let (start, end) = (
+            (map.addr() + first) as u64,
+            (map.addr() + first + 32 * huge) as u64,
+        );
+        let mut sm = Smaps::default();
+        let smaps = fs::read_to_string("/proc/self/smaps").unwrap();
+        parse_smaps(&smaps, start, end, &mut sm);
+        if sm.thp < 4 * huge as u64 {
+            eprintln!(
+                "only {} bytes of THP (THP off or no huge pages): nothing to test",
+                sm.thp
+            );
+            return;
+        }
+        let pid = std::process::id();
+        let ctx = Ctx {
+            pid,
+            start,
+            end,
+            base: crate::sys::page_size() as u64,
+            vmas: vmas_of(pid, start, end),
+            thp_possible: true,
+        };
+        assert_eq!(ctx.huge_bytes().unwrap(), sm.thp, "smaps AnonHugePages");
+    }
 
     #[test]
     fn lines_are_summed_in_bytes_each_in_its_own_page_size() {
