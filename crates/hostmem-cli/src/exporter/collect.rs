@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use super::placement::{self, Placement};
 use crate::vm::client::QmpClient;
 use crate::vm::error::VmError;
+use crate::vm::ramblock::RamBlock;
 use crate::vm::snapshot::{self, VmBackend};
 pub use crate::vm::virtio_mem::VirtioMem;
 
@@ -200,17 +201,31 @@ fn one(socket: &Path, timeout: Duration) -> Result<(Identity, VmData), String> {
     // The socket is not needed for the kernel's part: QEMU may take the next client.
     drop(c);
     let process = Process::new(pid).map_err(|e| VmError::from(e).to_string())?;
-    let read = |b: &VmBackend| {
-        let blk = b.block.as_ref()?;
-        let r = placement::read(pid, blk, &requested_nodes(&b.requested));
-        Some(r.map_err(|e| {
+    // Every memdev with a RAM block, read in one pass over the process.
+    let nodes: Vec<Vec<u32>> = snap
+        .backends
+        .iter()
+        .map(|b| requested_nodes(&b.requested))
+        .collect();
+    let with_block: Vec<(usize, (&RamBlock, &[u32]))> = snap
+        .backends
+        .iter()
+        .zip(&nodes)
+        .enumerate()
+        .filter_map(|(i, (b, n))| Some((i, (b.block.as_ref()?, n.as_slice()))))
+        .collect();
+    let blocks: Vec<(&RamBlock, &[u32])> = with_block.iter().map(|(_, x)| *x).collect();
+    let mut read: Vec<Option<Result<Placement, String>>> = vec![None; snap.backends.len()];
+    for ((i, _), r) in with_block.iter().zip(placement::read_all(pid, &blocks)) {
+        let id = &snap.backends[*i].id;
+        read[*i] = Some(r.map_err(|e| {
             if process.is_alive() {
-                format!("reading where memdev {} is in process {pid}: {e}", b.id)
+                format!("reading where memdev {id} is in process {pid}: {e}")
             } else {
                 VmError::Exited { pid }.to_string()
             }
-        }))
-    };
+        }));
+    }
     let virtio_mem = snap
         .backends
         .iter()
@@ -219,8 +234,9 @@ fn one(socket: &Path, timeout: Duration) -> Result<(Identity, VmData), String> {
     let memdevs = snap
         .backends
         .into_iter()
-        .map(|b| Memdev {
-            placement: read(&b),
+        .zip(read)
+        .map(|(b, placement)| Memdev {
+            placement,
             backend: b,
         })
         .collect();
