@@ -238,8 +238,8 @@ pub fn parse_regions(v: &Value) -> std::result::Result<Vec<Mapping>, String> {
             }
         };
         let need = |name: &str| field(name)?.ok_or_else(|| format!("region {i}: no \"{name}\""));
-        let (base, size, offset) = (need("base_host_virt_addr")?, need("size")?, need("offset")?);
-        let page_size = match (field("page_size")?, field("page_size_kib")?) {
+        let (base, size, offset) = (need(key::BASE)?, need(key::SIZE)?, need(key::OFFSET)?);
+        let page_size = match (field(key::PAGE_SIZE)?, field(key::PAGE_SIZE_KIB)?) {
             (Some(a), Some(b)) if a != b => {
                 return Err(format!(
                 "region {i}: \"page_size\" {a} and \"page_size_kib\" {b} differ (both are bytes)"
@@ -261,11 +261,7 @@ pub fn parse_regions(v: &Value) -> std::result::Result<Vec<Mapping>, String> {
         if size == 0 {
             return Err(format!("region {i}: \"size\" is 0"));
         }
-        for (name, x) in [
-            ("base_host_virt_addr", base),
-            ("size", size),
-            ("offset", offset),
-        ] {
+        for (name, x) in [(key::BASE, base), (key::SIZE, size), (key::OFFSET, offset)] {
             if x % page_size != 0 {
                 return Err(format!(
                     "region {i}: \"{name}\" {x:#x} is not a multiple of the page size {page_size}"
@@ -423,6 +419,18 @@ fn check_within(mappings: &[Mapping], len: u64, what: &str) -> Result<()> {
 
 mod vmm;
 pub use vmm::{send_handshake, userfaultfd_for};
+
+/// The field names of Firecracker's `GuestRegionUffdMapping`, the handshake's JSON,
+/// spelled once for the reader and the sender ([`send_handshake`]). Two of them are
+/// also names of backend properties; here they name the handshake's fields.
+pub(crate) mod key {
+    pub const BASE: &str = "base_host_virt_addr";
+    pub const SIZE: &str = "size"; // not a property: the region's length
+    pub const OFFSET: &str = "offset"; // not a property: where the region is in the file
+    pub const PAGE_SIZE: &str = "page_size";
+    /// Bytes, despite the name (Firecracker 1.7 to 1.11 sent only this one).
+    pub const PAGE_SIZE_KIB: &str = "page_size_kib";
+}
 
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 
 use serde_json::Value;
 
-use super::Mapping;
+use super::{key, Mapping};
 use crate::sys::scm;
 use crate::sys::uffd::{feature, mode, Uffd};
 use crate::InUse;
@@ -48,10 +48,14 @@ pub fn send_handshake(
     let body: Vec<Value> = mappings
         .iter()
         .map(|m| {
-            serde_json::json!({
-                "base_host_virt_addr": m.base_host_virt_addr, "size": m.size,
-                "offset": m.offset, "page_size": m.page_size, "page_size_kib": m.page_size,
-            })
+            let fields = [
+                (key::BASE, m.base_host_virt_addr),
+                (key::SIZE, m.size),
+                (key::OFFSET, m.offset),
+                (key::PAGE_SIZE, m.page_size),
+                (key::PAGE_SIZE_KIB, m.page_size),
+            ];
+            Value::Object(fields.iter().map(|&(k, v)| (k.into(), v.into())).collect())
         })
         .collect();
     let body = Value::Array(body).to_string();
