@@ -213,3 +213,50 @@ fn hostmem_testkit_is_tmpfs(p: &std::path::Path) -> bool {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim() == "tmpfs"
 }
+
+#[test]
+fn lazy_restore_records_the_touch_order_and_the_order_file_round_trips() {
+    use hostmem::snapshot::lazy::{load_order, order_path, save_order};
+    let dir = TempDir::new("lazy-order");
+    let make = |id: &str| Backend::builder(Kind::Memfd, id).size(SIZE);
+    let (image, want) = saved_image(&dir, &make, 17);
+    let dst = make("dst").create().unwrap();
+    let opts = LazyOptions {
+        background: false,
+        ..LazyOptions::default()
+    };
+    let server = snapshot::restore_lazy(Arc::clone(&image), &dst, opts).unwrap();
+    let hold = dst.hold().unwrap();
+    // Touch block 6, then 3, then 6 again: the order is 6, 3.
+    let got = within(DEADLINE, "order", move || {
+        let mut out = Vec::new();
+        for b in [6u64, 3, 6] {
+            let mut buf = vec![0u8; 4096];
+            hold.read_at((b * BLOCK + 5 * 4096) as usize, &mut buf)
+                .unwrap();
+            out.push(buf);
+        }
+        out
+    });
+    for (b, bytes) in [6u64, 3, 6].iter().zip(&got) {
+        let at = (b * BLOCK + 5 * 4096) as usize;
+        assert_eq!(bytes[..], want.bytes[at..at + 4096], "block {b}");
+    }
+    let report = server.stop().unwrap();
+    assert_eq!(report.touched, vec![6, 3]);
+
+    let path = order_path(image.path());
+    save_order(&path, &image, &report.touched).unwrap();
+    assert_eq!(load_order(&path, &image).unwrap(), vec![6, 3]);
+    // Another image (another checksum) refuses it; a damaged file too.
+    let other_dir = TempDir::new("lazy-order-other");
+    let (other, _) = saved_image(&other_dir, &make, 18);
+    let e = load_order(&path, &other).unwrap_err();
+    assert!(e.to_string().contains("another image"), "{e}");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = load_order(&path, &image).unwrap_err();
+    assert!(e.to_string().contains("checksum"), "{e}");
+}
