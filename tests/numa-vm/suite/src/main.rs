@@ -6,6 +6,7 @@
 
 mod common;
 mod eaten;
+mod lazy_fill;
 mod limits;
 mod placement;
 mod pools;
@@ -15,6 +16,7 @@ mod vm;
 
 use common::{Check, Topo};
 use eaten::*;
+use lazy_fill::*;
 use limits::*;
 use placement::*;
 use pools::*;
@@ -40,7 +42,7 @@ fn main() {
         println!("numa-suite: 0 passed, 1 failed");
         std::process::exit(1);
     }
-    let tests: [Test; 21] = [
+    let tests: [Test; 22] = [
         ("bind-one-node", bind_one),
         ("bind-two-nodes", bind_two),
         ("interleave-four-nodes", interleave_four),
@@ -74,6 +76,7 @@ fn main() {
             hugetlb_cgroup_below_pool,
         ),
         ("limits-eaten-during-prealloc", eaten_during_prealloc),
+        ("lazy-fill-on-bound-node", lazy_fill_lands_on_the_bound_node),
     ];
     let (mut passed, mut failed) = (0, 0);
     // `numa-suite only PREFIX`: the checks whose names begin with PREFIX.
