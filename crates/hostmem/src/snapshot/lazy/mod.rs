@@ -17,6 +17,7 @@
 mod engine;
 mod local;
 mod order;
+mod plan;
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -157,8 +158,8 @@ pub(super) fn start(
     opts: LazyOptions,
     hold: Option<crate::InUse>,
 ) -> Result<LazyServer> {
-    let units = engine::units(&image, &regions)?;
-    let order = Arc::new(engine::fill_order(&units, &opts.fill_order));
+    let units = plan::units(&image, &regions)?;
+    let order = Arc::new(plan::fill_order(&units, &opts.fill_order));
     let shared = Arc::new(Shared::new(image, uffd, regions, units, opts.record_order));
     let buf_len = shared.image.header().buffer_len();
     let mut threads = Vec::new();
@@ -299,4 +300,18 @@ fn engine_errors(s: &Shared) -> Vec<String> {
         .iter()
         .map(|e| e.to_string())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A VMM hands the server to another thread (a handler per VM, a watcher).
+    #[test]
+    fn the_server_and_its_reports_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<LazyServer>();
+        send_sync::<LazyReport>();
+        send_sync::<LazyOptions>();
+    }
 }
