@@ -3,7 +3,8 @@
 //! rate, and the first-touch latency of 4 KiB pages — touched in descending address
 //! order while the fill runs upward, and again with the fill off (every touch of a new
 //! block is a fault). A measurement, not a test:
-//! `cargo run --release -p hostmem --example lazy_speed` (`LAZY_GIB=N`, default 1).
+//! `cargo run --release -p hostmem --example lazy_speed` (`LAZY_GIB=N`, default 1;
+//! `LAZY_HUGE=1`: the restored memfds on 2 MiB huge pages — set the pool first).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,10 +30,14 @@ fn block_bytes(b: u64) -> Vec<u8> {
 }
 
 fn memfd(id: &str, size: u64) -> Backend {
-    Backend::builder(Kind::Memfd, id)
-        .size(size)
-        .create()
-        .unwrap()
+    let b = Backend::builder(Kind::Memfd, id).size(size);
+    let huge = id != "src" && std::env::var_os("LAZY_HUGE").is_some();
+    let b = if huge {
+        b.hugetlb(true).hugetlbsize(BLOCK)
+    } else {
+        b
+    };
+    b.create().unwrap()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
