@@ -211,6 +211,12 @@ fn run_restore_lazy_fills_the_backend_and_keeps_the_touch_order() {
     );
     let order = std::fs::read(dir.join("m.img.order")).unwrap();
     assert_eq!(&order[..8], b"HOSTMEMO", "no touch order beside the image");
+    let chunks = std::fs::read(dir.join("m.img.chunks")).unwrap();
+    assert_eq!(
+        &chunks[..8],
+        b"HOSTMEMC",
+        "no chunk checksums beside the image"
+    );
 
     // One flipped byte in block 5 (backend 10 MiB): exit 1 naming the block, in time.
     let data = std::fs::read(&img).unwrap();

@@ -127,6 +127,8 @@ fn main() {
         );
         report("  first touch while the fill runs", &lat);
         drop(dst);
+        // What the next restore of this image gets: the chunk sums this one learned.
+        let sums = Some(Arc::new(report_.chunk_sums));
 
         let dst = memfd("faults", size);
         let opts = LazyOptions {
@@ -139,6 +141,32 @@ fn main() {
         let again = touch(&dst, &data);
         report("  second touch of the same pages", &again);
         server.stop().unwrap();
+        drop(dst);
+
+        let dst = memfd("chunks", size);
+        let opts = LazyOptions {
+            background: false,
+            chunk_sums: sums.clone(),
+            ..LazyOptions::default()
+        };
+        let server = snapshot::restore_lazy(Arc::clone(&image), &dst, opts).unwrap();
+        let lat = touch(&dst, &data);
+        report("  first touch with learned chunk sums, fill off", &lat);
+        server.stop().unwrap();
+        drop(dst);
+
+        let dst = memfd("chunks-fill", size);
+        let opts = LazyOptions {
+            chunk_sums: sums,
+            ..LazyOptions::default()
+        };
+        let server = snapshot::restore_lazy(Arc::clone(&image), &dst, opts).unwrap();
+        let lat = touch(&dst, &down[..down.len() / 2]);
+        server.wait().unwrap();
+        report(
+            "  first touch with learned chunk sums while the fill runs",
+            &lat,
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -260,3 +260,75 @@ fn lazy_restore_records_the_touch_order_and_the_order_file_round_trips() {
     let e = load_order(&path, &image).unwrap_err();
     assert!(e.to_string().contains("checksum"), "{e}");
 }
+
+/// Reads one 4 KiB page of `hold` at `off` through the mapping, within the deadline.
+fn read_page(hold: &hostmem::InUse, off: u64) -> std::io::Result<Vec<u8>> {
+    let h = hold.clone();
+    within(DEADLINE, "page", move || {
+        let mut buf = vec![0u8; 4096];
+        h.read_at(off as usize, &mut buf).map(|_| buf)
+    })
+}
+
+#[test]
+fn learned_chunk_sums_serve_a_first_touch_by_64k_and_still_catch_a_flipped_byte() {
+    use hostmem::snapshot::lazy::{chunks_path, ChunkSums, CHUNK};
+    let dir = TempDir::new("lazy-chunks");
+    let make = |id: &str| Backend::builder(Kind::Memfd, id).size(SIZE);
+    let (image, want) = saved_image(&dir, &make, 23);
+    // Run 1: the fill verifies every block whole and learns its chunk sums.
+    let dst = make("dst").create().unwrap();
+    let server = snapshot::restore_lazy(Arc::clone(&image), &dst, LazyOptions::default()).unwrap();
+    assert!(server.wait_timeout(DEADLINE), "the fill did not end");
+    let report = server.wait().unwrap();
+    assert_eq!(report.chunk_sums.blocks.len(), want.data_blocks.len());
+    let path = chunks_path(image.path());
+    report.chunk_sums.save(&path, &image).unwrap();
+    let sums = Arc::new(ChunkSums::load(&path, &image).unwrap());
+    assert_eq!(*sums, report.chunk_sums);
+
+    // Run 2: a first touch in block 4 brings in its 64 KiB chunk, not the 2 MiB block.
+    let opts = || LazyOptions {
+        background: false,
+        chunk_sums: Some(Arc::clone(&sums)),
+        ..LazyOptions::default()
+    };
+    let dst = make("dst2").create().unwrap();
+    let server = snapshot::restore_lazy(Arc::clone(&image), &dst, opts()).unwrap();
+    let off = 4 * BLOCK + 5 * 4096;
+    let page = read_page(&dst.hold().unwrap(), off).unwrap();
+    assert_eq!(page[..], want.bytes[off as usize..off as usize + 4096]);
+    assert_eq!(resident(&dst), CHUNK, "resident after one first touch");
+    server.stop().unwrap();
+
+    // Run 3: a flipped byte in chunk 16 of block 4: chunk 0 is served, chunk 16 never.
+    let b4 = (4 * BLOCK) as usize;
+    let at = find_in_file(image.path(), &want.bytes[b4..b4 + 64]) + BLOCK / 2;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image.path())
+        .unwrap();
+    let mut byte = [0u8];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut byte, at).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[byte[0] ^ 4], at).unwrap();
+    let image = Arc::new(Image::open(image.path()).unwrap());
+    let dst = make("dst3").create().unwrap();
+    let server = snapshot::restore_lazy(Arc::clone(&image), &dst, opts()).unwrap();
+    let hold = dst.hold().unwrap();
+    let page = read_page(&hold, off).unwrap();
+    assert_eq!(page[..], want.bytes[off as usize..off as usize + 4096]);
+    assert!(server.progress().errors.is_empty());
+    let bad = 4 * BLOCK + BLOCK / 2;
+    assert!(
+        read_page(&hold, bad).is_err(),
+        "the flipped chunk was served"
+    );
+    assert!(
+        server.wait_timeout(Duration::from_secs(1)),
+        "no error within 1 s"
+    );
+    let e = server.stop().unwrap_err();
+    assert_eq!(e.block(), Some(4), "{e}");
+    assert!(e.to_string().contains("checksum mismatch"), "{e}");
+}

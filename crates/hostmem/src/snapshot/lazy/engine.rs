@@ -18,7 +18,7 @@
 //! as zeros) or a fault raced by the copy, so it is answered with zeros, which never
 //! overwrite a present page.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -27,6 +27,7 @@ use std::time::Instant;
 use super::super::format::{BlockAt, BlockKind};
 use super::super::image::Image;
 use super::super::{BlockFault, SnapshotError};
+use super::chunks::{sums_of, ChunkSums, CHUNK};
 use super::LazyRegion;
 use crate::sys::uffd::{Event, Fill, Uffd};
 
@@ -55,6 +56,9 @@ pub(super) struct Unit {
     pub page: u64,
     pub kind: BlockKind,
     pub state: Mutex<State>,
+    /// Chunks (bit k: bytes `[k·CHUNK, (k+1)·CHUNK)`) served by faults while the block
+    /// is pending; changed under `state`'s lock.
+    pub served: AtomicU64,
 }
 
 impl Unit {
@@ -89,6 +93,10 @@ pub(super) struct Shared {
     /// Block indices in the order faults first touched them.
     pub touched: Mutex<Vec<u64>>,
     pub record: bool,
+    /// Chunk checksums known before (an earlier run's): faults then serve a chunk.
+    pub chunk_sums: Option<Arc<ChunkSums>>,
+    /// Chunk checksums of the blocks verified whole in this run (with `record`).
+    pub learned: Mutex<BTreeMap<u64, Vec<u64>>>,
     pub started: Instant,
     pub filled_secs: Mutex<Option<f64>>,
     /// Signalled when the last data unit settles, an error arrives, or the space goes.
@@ -107,6 +115,7 @@ impl Shared {
         regions: Vec<LazyRegion>,
         units: Vec<Unit>,
         record: bool,
+        chunk_sums: Option<Arc<ChunkSums>>,
     ) -> Shared {
         let data: Vec<&Unit> = units.iter().filter(|u| u.is_data()).collect();
         let bytes_total = data.iter().map(|u| u.at.len).sum();
@@ -131,6 +140,8 @@ impl Shared {
             error_count: AtomicU64::new(0),
             touched: Mutex::new(Vec::new()),
             record,
+            chunk_sums,
+            learned: Mutex::new(BTreeMap::new()),
             started: Instant::now(),
             filled_secs: Mutex::new(None),
             changed: Condvar::new(),
@@ -241,11 +252,27 @@ impl Shared {
         let mut state = lock(&u.state);
         match *state {
             State::Pending => {
-                if self.record {
+                let served = u.served.load(Ordering::Relaxed);
+                if self.record && served == 0 {
                     lock(&self.touched).push(u.at.index);
                 }
-                *state = self.serve(u, buf);
-                self.settle();
+                let Some(sums) = self.chunk_sums_of(u) else {
+                    *state = self.serve(u, buf);
+                    self.settle();
+                    return;
+                };
+                let k = (addr - u.host) / CHUNK;
+                if served & (1 << k) != 0 {
+                    // Served, then discarded: zeros, as without a restore.
+                    self.zero(addr, page);
+                } else if let Err(e) = self.serve_chunk(u, k, sums[k as usize], buf) {
+                    self.fail(e);
+                    self.poison_unit(u);
+                    *state = State::Failed;
+                    self.settle();
+                } else {
+                    u.served.fetch_or(1 << k, Ordering::Relaxed);
+                }
             }
             State::Done => self.zero(addr, page),
             State::Failed => {
@@ -269,6 +296,57 @@ impl Shared {
                 self.settle();
             }
         }
+    }
+
+    /// The chunk checksums of a pending unit, when known and usable: base pages, at
+    /// most 64 chunks a block (the `served` mask).
+    fn chunk_sums_of(&self, u: &Unit) -> Option<&[u64]> {
+        let sums = self.chunk_sums.as_ref()?.blocks.get(&u.at.index)?;
+        let fits =
+            u.page <= CHUNK && sums.len() as u64 == u.at.len.div_ceil(CHUNK) && sums.len() <= 64;
+        fits.then_some(sums.as_slice())
+    }
+
+    /// Serves chunk `k` of a pending unit (its lock held): read, checked against its
+    /// chunk checksum, copied over its pages not present.
+    fn serve_chunk(
+        &self,
+        u: &Unit,
+        k: u64,
+        sum: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), SnapshotError> {
+        let from = k * CHUNK;
+        let len = CHUNK.min(u.at.len - from);
+        buf.resize(len as usize, 0);
+        let fault = |f| self.image.block_error(&u.at, f);
+        let mut got = 0usize;
+        while got < buf.len() {
+            let at = u.at.file_offset + from + got as u64;
+            match std::os::unix::fs::FileExt::read_at(self.image.file(), &mut buf[got..], at) {
+                Ok(0) => {
+                    return Err(fault(BlockFault::ShortRead {
+                        want: u.at.len,
+                        got: from + got as u64,
+                    }))
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(fault(BlockFault::Read(e))),
+            }
+        }
+        let found = super::super::block_checksum(buf);
+        if found != sum {
+            return Err(fault(BlockFault::Checksum {
+                expected: sum,
+                found,
+            }));
+        }
+        let n = self
+            .copy_runs(u, from, buf)
+            .map_err(|e| fault(BlockFault::Write(e)))?;
+        self.bytes_filled.fetch_add(n, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Zeros for a hole page (the zero page; a huge page of zeros on hugetlb, where
@@ -327,9 +405,12 @@ impl Shared {
                 return State::Failed;
             }
         };
-        match self.copy_runs(u, bytes) {
+        match self.copy_runs(u, 0, bytes) {
             Ok(n) => {
                 self.bytes_filled.fetch_add(n, Ordering::Relaxed);
+                if self.record && u.page <= CHUNK {
+                    lock(&self.learned).insert(u.at.index, sums_of(bytes));
+                }
                 State::Done
             }
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => State::Failed,
@@ -371,16 +452,18 @@ impl Shared {
             .collect()
     }
 
-    /// Copies the unit's bytes over its pages, skipping present ones (EEXIST), page by
-    /// page past each; bytes copied.
-    fn copy_runs(&self, u: &Unit, bytes: &[u8]) -> io::Result<u64> {
+    /// Copies `bytes`, the unit's from offset `from`, over its pages, skipping present
+    /// ones (EEXIST), page by page past each; bytes copied.
+    fn copy_runs(&self, u: &Unit, from: u64, bytes: &[u8]) -> io::Result<u64> {
+        let (lo, hi) = (u.host + from, u.host + from + bytes.len() as u64);
         let mut copied = 0;
         let mut attempts = 0;
         'again: loop {
             for (a, b) in self.runs(u) {
+                let (a, b) = (a.max(lo), b.min(hi));
                 let mut at = a;
                 while at < b {
-                    let off = (at - u.host) as usize;
+                    let off = (at - lo) as usize;
                     let src = &bytes[off..off + (b - at) as usize];
                     match self.uffd.copy(at, src) {
                         Fill::Done => {

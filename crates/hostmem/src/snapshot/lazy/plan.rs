@@ -1,6 +1,7 @@
 //! Where the image's blocks go: the units a lazy restore serves (each block where it
 //! lies in the uffd's address space) and the order the background fill takes them in.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 use super::super::format::BlockKind;
@@ -52,6 +53,7 @@ pub(super) fn units(image: &Image, regions: &[LazyRegion]) -> Result<Vec<Unit>, 
             page: r.page_size,
             kind,
             state: Mutex::new(State::Pending),
+            served: AtomicU64::new(0),
         });
     }
     units.sort_by_key(|u| u.host);
@@ -112,6 +114,7 @@ mod tests {
             page: 4096,
             kind,
             state: Mutex::new(State::Pending),
+            served: AtomicU64::new(0),
         }
     }
 
