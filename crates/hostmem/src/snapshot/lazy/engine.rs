@@ -7,7 +7,9 @@
 //! them may reach memory; once they are, installing all of them costs one copy more and
 //! saves the block's other pages a fault each. Copying the touched page first and the
 //! rest after was measured slower (the next fault then waits behind the rest's copy);
-//! numbers in `docs/snapshot.md`.
+//! numbers in `docs/snapshot.md`. With chunk checksums an earlier run learned
+//! (`chunks.rs`), a fault serves just its 64 KiB chunk, checked against its own sum;
+//! the fill still takes the block whole, checked against the block table.
 //! A hole is served a page at a time (the zero page, or a huge page of zeros on
 //! hugetlb), only where touched: shmem and hugetlb allocate a page for it, so the
 //! background fill leaves holes alone and they stay non-resident.
