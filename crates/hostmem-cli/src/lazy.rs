@@ -1,7 +1,8 @@
 //! `hostmem run --restore ID=FILE,mode=lazy`: the backend restored by userfaultfd,
 //! usable at once, its fill followed on stderr (a bar on a terminal, a line when it
 //! ends or fails), and the touch order kept beside the image (`FILE.order`) for the
-//! next lazy restore's fill.
+//! next lazy restore's fill, with the chunk checksums it learned (`FILE.chunks`) so
+//! the next one serves a first touch by 64 KiB.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hostmem::snapshot::lazy::{load_order, order_path, save_order};
+use hostmem::snapshot::lazy::{chunks_path, load_order, order_path, save_order, ChunkSums};
 use hostmem::snapshot::{self, Image, LazyOptions, LazyServer};
 use hostmem::Backend;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -33,6 +34,13 @@ pub fn start(id: &str, file: &Path, image: Image, backend: &Backend) -> Result<L
         match load_order(&order, &image) {
             Ok(o) => opts.fill_order = o,
             Err(e) => eprintln!("hostmem: ignoring the touch order: {e}"),
+        }
+    }
+    let chunks = chunks_path(file);
+    if chunks.exists() {
+        match ChunkSums::load(&chunks, &image) {
+            Ok(c) => opts.chunk_sums = Some(Arc::new(c)),
+            Err(e) => eprintln!("hostmem: ignoring the chunk checksums: {e}"),
         }
     }
     let server =
@@ -96,8 +104,9 @@ fn watch(id: String, server: Arc<LazyServer>) -> JoinHandle<()> {
 }
 
 impl Lazy {
-    /// On exit: waits for the fill, keeps the touch order beside the image (a failure
-    /// to write it is a warning), and gives the first error, if a block failed.
+    /// On exit: waits for the fill, keeps the touch order and the chunk checksums beside
+    /// the image (a failure to write them is a warning), and gives the first error, if
+    /// a block failed.
     pub fn finish(mut self) -> Result<(), String> {
         let what = format!("--restore {}={}", self.id, self.file.display());
         if let Some(w) = self.watcher.take() {
@@ -108,6 +117,10 @@ impl Lazy {
         let report = server.wait().map_err(|e| format!("{what}: {e}"))?;
         let order = order_path(&self.file);
         if let Err(e) = save_order(&order, &self.image, &report.touched) {
+            eprintln!("hostmem: warning: {what}: {e}");
+        }
+        let chunks = chunks_path(&self.file);
+        if let Err(e) = report.chunk_sums.save(&chunks, &self.image) {
             eprintln!("hostmem: warning: {what}: {e}");
         }
         Ok(())

@@ -203,7 +203,6 @@ fn run_restore_lazy_fills_the_backend_and_keeps_the_touch_order() {
         &format!("m={},mode=lazy", img.display()),
     ]);
     let got = std::fs::read(&target).unwrap();
-    let _ = std::fs::remove_file(&target);
     assert!(usable_ms(&err, "m") >= 0.0);
     assert!(err.contains("lazy fill of 'm' done"), "{err}");
     assert!(
@@ -212,6 +211,44 @@ fn run_restore_lazy_fills_the_backend_and_keeps_the_touch_order() {
     );
     let order = std::fs::read(dir.join("m.img.order")).unwrap();
     assert_eq!(&order[..8], b"HOSTMEMO", "no touch order beside the image");
+    let chunks = std::fs::read(dir.join("m.img.chunks")).unwrap();
+    assert_eq!(
+        &chunks[..8],
+        b"HOSTMEMC",
+        "no chunk checksums beside the image"
+    );
+
+    // One flipped byte in block 5 (backend 10 MiB): exit 1 naming the block, in time.
+    let data = std::fs::read(&img).unwrap();
+    let at = data
+        .windows(64)
+        .position(|w| w == &want[(10 * MIB) as usize..(10 * MIB) as usize + 64])
+        .unwrap() as u64
+        + MIB;
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.write_all_at(&[data[at as usize] ^ 1], at).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hostmem"))
+        .args(["run", "--object", &file_object("m", &target)])
+        .args(["--restore", &format!("m={},mode=lazy", img.display())])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("hostmem run --restore of a flipped image did not end within 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let _ = std::fs::remove_file(&target);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("block 5 ") && err.contains("checksum mismatch"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

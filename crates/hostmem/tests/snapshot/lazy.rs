@@ -213,3 +213,122 @@ fn hostmem_testkit_is_tmpfs(p: &std::path::Path) -> bool {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim() == "tmpfs"
 }
+
+#[test]
+fn lazy_restore_records_the_touch_order_and_the_order_file_round_trips() {
+    use hostmem::snapshot::lazy::{load_order, order_path, save_order};
+    let dir = TempDir::new("lazy-order");
+    let make = |id: &str| Backend::builder(Kind::Memfd, id).size(SIZE);
+    let (image, want) = saved_image(&dir, &make, 17);
+    let dst = make("dst").create().unwrap();
+    let opts = LazyOptions {
+        background: false,
+        ..LazyOptions::default()
+    };
+    let server = snapshot::restore_lazy(Arc::clone(&image), &dst, opts).unwrap();
+    let hold = dst.hold().unwrap();
+    // Touch block 6, then 3, then 6 again: the order is 6, 3.
+    let got = within(DEADLINE, "order", move || {
+        let mut out = Vec::new();
+        for b in [6u64, 3, 6] {
+            let mut buf = vec![0u8; 4096];
+            hold.read_at((b * BLOCK + 5 * 4096) as usize, &mut buf)
+                .unwrap();
+            out.push(buf);
+        }
+        out
+    });
+    for (b, bytes) in [6u64, 3, 6].iter().zip(&got) {
+        let at = (b * BLOCK + 5 * 4096) as usize;
+        assert_eq!(bytes[..], want.bytes[at..at + 4096], "block {b}");
+    }
+    let report = server.stop().unwrap();
+    assert_eq!(report.touched, vec![6, 3]);
+
+    let path = order_path(image.path());
+    save_order(&path, &image, &report.touched).unwrap();
+    assert_eq!(load_order(&path, &image).unwrap(), vec![6, 3]);
+    // Another image (another checksum) refuses it; a damaged file too.
+    let other_dir = TempDir::new("lazy-order-other");
+    let (other, _) = saved_image(&other_dir, &make, 18);
+    let e = load_order(&path, &other).unwrap_err();
+    assert!(e.to_string().contains("another image"), "{e}");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = load_order(&path, &image).unwrap_err();
+    assert!(e.to_string().contains("checksum"), "{e}");
+}
+
+/// Reads one 4 KiB page of `hold` at `off` through the mapping, within the deadline.
+fn read_page(hold: &hostmem::InUse, off: u64) -> std::io::Result<Vec<u8>> {
+    let h = hold.clone();
+    within(DEADLINE, "page", move || {
+        let mut buf = vec![0u8; 4096];
+        h.read_at(off as usize, &mut buf).map(|_| buf)
+    })
+}
+
+#[test]
+fn learned_chunk_sums_serve_a_first_touch_by_64k_and_still_catch_a_flipped_byte() {
+    use hostmem::snapshot::lazy::{chunks_path, ChunkSums, CHUNK};
+    let dir = TempDir::new("lazy-chunks");
+    let make = |id: &str| Backend::builder(Kind::Memfd, id).size(SIZE);
+    let (image, want) = saved_image(&dir, &make, 23);
+    // Run 1: the fill verifies every block whole and learns its chunk sums.
+    let dst = make("dst").create().unwrap();
+    let server = snapshot::restore_lazy(Arc::clone(&image), &dst, LazyOptions::default()).unwrap();
+    assert!(server.wait_timeout(DEADLINE), "the fill did not end");
+    let report = server.wait().unwrap();
+    assert_eq!(report.chunk_sums.blocks.len(), want.data_blocks.len());
+    let path = chunks_path(image.path());
+    report.chunk_sums.save(&path, &image).unwrap();
+    let sums = Arc::new(ChunkSums::load(&path, &image).unwrap());
+    assert_eq!(*sums, report.chunk_sums);
+
+    // Run 2: a first touch in block 4 brings in its 64 KiB chunk, not the 2 MiB block.
+    let opts = || LazyOptions {
+        background: false,
+        chunk_sums: Some(Arc::clone(&sums)),
+        ..LazyOptions::default()
+    };
+    let dst = make("dst2").create().unwrap();
+    let server = snapshot::restore_lazy(Arc::clone(&image), &dst, opts()).unwrap();
+    let off = 4 * BLOCK + 5 * 4096;
+    let page = read_page(&dst.hold().unwrap(), off).unwrap();
+    assert_eq!(page[..], want.bytes[off as usize..off as usize + 4096]);
+    assert_eq!(resident(&dst), CHUNK, "resident after one first touch");
+    server.stop().unwrap();
+
+    // Run 3: a flipped byte in chunk 16 of block 4: chunk 0 is served, chunk 16 never.
+    let b4 = (4 * BLOCK) as usize;
+    let at = find_in_file(image.path(), &want.bytes[b4..b4 + 64]) + BLOCK / 2;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image.path())
+        .unwrap();
+    let mut byte = [0u8];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut byte, at).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[byte[0] ^ 4], at).unwrap();
+    let image = Arc::new(Image::open(image.path()).unwrap());
+    let dst = make("dst3").create().unwrap();
+    let server = snapshot::restore_lazy(Arc::clone(&image), &dst, opts()).unwrap();
+    let hold = dst.hold().unwrap();
+    let page = read_page(&hold, off).unwrap();
+    assert_eq!(page[..], want.bytes[off as usize..off as usize + 4096]);
+    assert!(server.progress().errors.is_empty());
+    let bad = 4 * BLOCK + BLOCK / 2;
+    assert!(
+        read_page(&hold, bad).is_err(),
+        "the flipped chunk was served"
+    );
+    assert!(
+        server.wait_timeout(Duration::from_secs(1)),
+        "no error within 1 s"
+    );
+    let e = server.stop().unwrap_err();
+    assert_eq!(e.block(), Some(4), "{e}");
+    assert!(e.to_string().contains("checksum mismatch"), "{e}");
+}

@@ -106,7 +106,15 @@ fn bad_block_is_reported_and_never_served(tag: &str, image: Arc<Image>, want: &E
         "{tag}: errors {:?}",
         p.errors
     );
-    assert!(p.poisoned_bytes > 0, "{tag}: nothing poisoned: {p:?}");
+    // The toucher wakes as the poison lands, the counter follows it.
+    let deadline = Instant::now() + ONE_SECOND;
+    while server.progress().poisoned_bytes == 0 && Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    assert!(
+        server.progress().poisoned_bytes > 0,
+        "{tag}: nothing poisoned: {p:?}"
+    );
     let mem = std::fs::File::open("/proc/self/mem").unwrap();
     let mut page = vec![0u8; 4096];
     let at = dst.host_addr().unwrap() as u64 + b4 as u64;

@@ -8,6 +8,7 @@ mod bound_fill;
 mod common;
 mod eaten;
 mod exporter;
+mod lazy_fill;
 mod limits;
 mod placement;
 mod plug_eaten;
@@ -20,6 +21,7 @@ use bound_fill::*;
 use common::{Check, Topo};
 use eaten::*;
 use exporter::*;
+use lazy_fill::*;
 use limits::*;
 use placement::*;
 use plug_eaten::*;
@@ -49,7 +51,7 @@ fn main() {
         println!("numa-suite: 0 passed, 1 failed");
         std::process::exit(1);
     }
-    let tests: [Test; 25] = [
+    let tests: [Test; 26] = [
         ("bind-one-node", bind_one),
         ("bind-two-nodes", bind_two),
         ("interleave-four-nodes", interleave_four),
@@ -90,6 +92,7 @@ fn main() {
         ("plug-blocks-on-bound-node", plug_on_bound_node),
         ("restore-copy-on-bound-node", restore_on_bound_node),
         ("plug-eaten-during-prealloc", plug_eaten_during_prealloc),
+        ("lazy-fill-on-bound-node", lazy_fill_lands_on_the_bound_node),
     ];
     let (mut passed, mut failed) = (0, 0);
     // `numa-suite only PREFIX`: the checks whose names begin with PREFIX.

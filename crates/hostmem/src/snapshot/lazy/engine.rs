@@ -5,7 +5,11 @@
 //! one UFFDIO_COPY over every page of it not yet present. Why whole blocks: the
 //! checksum covers the block, so its bytes must all be read and hashed before any of
 //! them may reach memory; once they are, installing all of them costs one copy more and
-//! saves the block's other pages a fault each (measured in `docs/snapshot.md`).
+//! saves the block's other pages a fault each. Copying the touched page first and the
+//! rest after was measured slower (the next fault then waits behind the rest's copy);
+//! numbers in `docs/snapshot.md`. With chunk checksums an earlier run learned
+//! (`chunks.rs`), a fault serves just its 64 KiB chunk, checked against its own sum;
+//! the fill still takes the block whole, checked against the block table.
 //! A hole is served a page at a time (the zero page, or a huge page of zeros on
 //! hugetlb), only where touched: shmem and hugetlb allocate a page for it, so the
 //! background fill leaves holes alone and they stay non-resident.
@@ -16,7 +20,7 @@
 //! as zeros) or a fault raced by the copy, so it is answered with zeros, which never
 //! overwrite a present page.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -25,11 +29,17 @@ use std::time::Instant;
 use super::super::format::{BlockAt, BlockKind};
 use super::super::image::Image;
 use super::super::{BlockFault, SnapshotError};
+use super::chunks::{sums_of, ChunkSums, CHUNK};
 use super::LazyRegion;
 use crate::sys::uffd::{Event, Fill, Uffd};
 
-/// How long a serving thread waits for a message before it looks at the stop flag.
-const POLL_MS: i32 = 50;
+/// How long a serving thread waits in poll(2) before it reads the userfaultfd again
+/// (and looks at the stop flag). Short because, on the 6.18 kernel measured, a fault
+/// raised while this thread was inside a UFFDIO_COPY sometimes became readable without
+/// waking poll: with 50 ms, first touches waited a whole timeout (p50 53 ms); with 5 ms
+/// the wait is bounded by it (`examples/lazy_speed.rs`). An idle thread wakes 200
+/// times a second for it.
+const POLL_MS: i32 = 5;
 /// Messages read at once.
 const BATCH: usize = 64;
 
@@ -48,10 +58,13 @@ pub(super) struct Unit {
     pub page: u64,
     pub kind: BlockKind,
     pub state: Mutex<State>,
+    /// Chunks (bit k: bytes `[k·CHUNK, (k+1)·CHUNK)`) served by faults while the block
+    /// is pending; changed under `state`'s lock.
+    pub served: AtomicU64,
 }
 
 impl Unit {
-    fn is_data(&self) -> bool {
+    pub(super) fn is_data(&self) -> bool {
         matches!(self.kind, BlockKind::Data { .. } | BlockKind::Unchecked)
     }
 }
@@ -82,6 +95,10 @@ pub(super) struct Shared {
     /// Block indices in the order faults first touched them.
     pub touched: Mutex<Vec<u64>>,
     pub record: bool,
+    /// Chunk checksums known before (an earlier run's): faults then serve a chunk.
+    pub chunk_sums: Option<Arc<ChunkSums>>,
+    /// Chunk checksums of the blocks verified whole in this run (with `record`).
+    pub learned: Mutex<BTreeMap<u64, Vec<u64>>>,
     pub started: Instant,
     pub filled_secs: Mutex<Option<f64>>,
     /// Signalled when the last data unit settles, an error arrives, or the space goes.
@@ -100,6 +117,7 @@ impl Shared {
         regions: Vec<LazyRegion>,
         units: Vec<Unit>,
         record: bool,
+        chunk_sums: Option<Arc<ChunkSums>>,
     ) -> Shared {
         let data: Vec<&Unit> = units.iter().filter(|u| u.is_data()).collect();
         let bytes_total = data.iter().map(|u| u.at.len).sum();
@@ -124,6 +142,8 @@ impl Shared {
             error_count: AtomicU64::new(0),
             touched: Mutex::new(Vec::new()),
             record,
+            chunk_sums,
+            learned: Mutex::new(BTreeMap::new()),
             started: Instant::now(),
             filled_secs: Mutex::new(None),
             changed: Condvar::new(),
@@ -170,35 +190,32 @@ impl Shared {
             .map_or(4096, |r| r.page_size)
     }
 
-    /// The fault-serving loop: until stopped or the address space is gone.
+    /// The fault-serving loop: until stopped or the address space is gone. Messages are
+    /// read until none is left before the thread polls again: a fault that arrived while
+    /// this thread was copying is read at once, not after a poll.
     pub(super) fn serve_faults(&self, buf: &mut Vec<u8>) {
+        let fail = |what, source| {
+            self.fail(SnapshotError::Io {
+                what,
+                path: self.image.path().to_path_buf(),
+                source,
+            })
+        };
         while !self.stop.load(Ordering::Relaxed) && !self.gone.load(Ordering::Relaxed) {
             let queued: Vec<Event> = lock(&self.queued).drain(..).collect();
             for e in queued {
                 self.handle(e, buf);
             }
-            match self.uffd.poll(POLL_MS) {
-                Ok(false) => continue,
-                Ok(true) => {}
-                Err(e) => {
-                    self.fail(SnapshotError::Io {
-                        what: "polling the userfaultfd of",
-                        path: self.image.path().to_path_buf(),
-                        source: e,
-                    });
-                    return;
-                }
-            }
             match self.uffd.read_events(BATCH) {
-                Ok(events) => events.into_iter().for_each(|e| self.handle(e, buf)),
-                Err(e) => {
-                    self.fail(SnapshotError::Io {
-                        what: "reading the userfaultfd of",
-                        path: self.image.path().to_path_buf(),
-                        source: e,
-                    });
-                    return;
+                Ok(events) if !events.is_empty() => {
+                    events.into_iter().for_each(|e| self.handle(e, buf));
+                    continue;
                 }
+                Ok(_) => {}
+                Err(e) => return fail("reading the userfaultfd of", e),
+            }
+            if let Err(e) = self.uffd.poll(POLL_MS) {
+                return fail("polling the userfaultfd of", e);
             }
         }
     }
@@ -237,11 +254,27 @@ impl Shared {
         let mut state = lock(&u.state);
         match *state {
             State::Pending => {
-                if self.record {
+                let served = u.served.load(Ordering::Relaxed);
+                if self.record && served == 0 {
                     lock(&self.touched).push(u.at.index);
                 }
-                *state = self.serve(u, buf);
-                self.settle();
+                let Some(sums) = self.chunk_sums_of(u) else {
+                    *state = self.serve(u, buf);
+                    self.settle();
+                    return;
+                };
+                let k = (addr - u.host) / CHUNK;
+                if served & (1 << k) != 0 {
+                    // Served, then discarded: zeros, as without a restore.
+                    self.zero(addr, page);
+                } else if let Err(e) = self.serve_chunk(u, k, sums[k as usize], buf) {
+                    self.fail(e);
+                    self.poison_unit(u);
+                    *state = State::Failed;
+                    self.settle();
+                } else {
+                    u.served.fetch_or(1 << k, Ordering::Relaxed);
+                }
             }
             State::Done => self.zero(addr, page),
             State::Failed => {
@@ -267,6 +300,57 @@ impl Shared {
         }
     }
 
+    /// The chunk checksums of a pending unit, when known and usable: base pages, at
+    /// most 64 chunks a block (the `served` mask).
+    fn chunk_sums_of(&self, u: &Unit) -> Option<&[u64]> {
+        let sums = self.chunk_sums.as_ref()?.blocks.get(&u.at.index)?;
+        let fits =
+            u.page <= CHUNK && sums.len() as u64 == u.at.len.div_ceil(CHUNK) && sums.len() <= 64;
+        fits.then_some(sums.as_slice())
+    }
+
+    /// Serves chunk `k` of a pending unit (its lock held): read, checked against its
+    /// chunk checksum, copied over its pages not present.
+    fn serve_chunk(
+        &self,
+        u: &Unit,
+        k: u64,
+        sum: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), SnapshotError> {
+        let from = k * CHUNK;
+        let len = CHUNK.min(u.at.len - from);
+        buf.resize(len as usize, 0);
+        let fault = |f| self.image.block_error(&u.at, f);
+        let mut got = 0usize;
+        while got < buf.len() {
+            let at = u.at.file_offset + from + got as u64;
+            match std::os::unix::fs::FileExt::read_at(self.image.file(), &mut buf[got..], at) {
+                Ok(0) => {
+                    return Err(fault(BlockFault::ShortRead {
+                        want: u.at.len,
+                        got: from + got as u64,
+                    }))
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(fault(BlockFault::Read(e))),
+            }
+        }
+        let found = super::super::block_checksum(buf);
+        if found != sum {
+            return Err(fault(BlockFault::Checksum {
+                expected: sum,
+                found,
+            }));
+        }
+        let n = self
+            .copy_runs(u, from, buf)
+            .map_err(|e| fault(BlockFault::Write(e)))?;
+        self.bytes_filled.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Zeros for a hole page (the zero page; a huge page of zeros on hugetlb, where
     /// UFFDIO_ZEROPAGE is refused).
     fn zero(&self, addr: u64, page: u64) {
@@ -276,7 +360,18 @@ impl Shared {
         } else {
             self.uffd.zeropage(addr, page)
         };
-        let _ = self.settled(r, addr, page);
+        if let Err(e) = self.settled(r, addr, page) {
+            // No page to give (an empty huge page pool): the toucher must not wait on.
+            if !self.gone.load(Ordering::Relaxed) {
+                self.fail(SnapshotError::Io {
+                    what: "zero-filling a page for",
+                    path: self.image.path().to_path_buf(),
+                    source: e,
+                });
+                let _ = self.uffd.poison(addr, page);
+                self.poisoned_bytes.fetch_add(page, Ordering::Relaxed);
+            }
+        }
     }
 
     /// A fill's answer for one page: EEXIST (present already) wakes the waiters; ESRCH
@@ -312,9 +407,12 @@ impl Shared {
                 return State::Failed;
             }
         };
-        match self.copy_runs(u, bytes) {
+        match self.copy_runs(u, 0, bytes) {
             Ok(n) => {
                 self.bytes_filled.fetch_add(n, Ordering::Relaxed);
+                if self.record && u.page <= CHUNK {
+                    lock(&self.learned).insert(u.at.index, sums_of(bytes));
+                }
                 State::Done
             }
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => State::Failed,
@@ -356,16 +454,18 @@ impl Shared {
             .collect()
     }
 
-    /// Copies the unit's bytes over its pages, skipping present ones (EEXIST), page by
-    /// page past each; bytes copied.
-    fn copy_runs(&self, u: &Unit, bytes: &[u8]) -> io::Result<u64> {
+    /// Copies `bytes`, the unit's from offset `from`, over its pages, skipping present
+    /// ones (EEXIST), page by page past each; bytes copied.
+    fn copy_runs(&self, u: &Unit, from: u64, bytes: &[u8]) -> io::Result<u64> {
+        let (lo, hi) = (u.host + from, u.host + from + bytes.len() as u64);
         let mut copied = 0;
         let mut attempts = 0;
         'again: loop {
             for (a, b) in self.runs(u) {
+                let (a, b) = (a.max(lo), b.min(hi));
                 let mut at = a;
                 while at < b {
-                    let off = (at - u.host) as usize;
+                    let off = (at - lo) as usize;
                     let src = &bytes[off..off + (b - at) as usize];
                     match self.uffd.copy(at, src) {
                         Fill::Done => {
@@ -455,88 +555,4 @@ impl Shared {
 fn zeros_copy(uffd: &Uffd, addr: u64, page: u64) -> Fill {
     let zeros = vec![0u8; page as usize];
     uffd.copy(addr, &zeros)
-}
-
-/// The units of `image` over `regions`: every block whose memory a region holds, with
-/// its host address. A block partly inside a region, or not on the region's pages, is
-/// refused; blocks outside every region are not served (no fault can come for them).
-pub(super) fn units(image: &Image, regions: &[LazyRegion]) -> Result<Vec<Unit>, SnapshotError> {
-    let h = image.header();
-    let mut units = Vec::new();
-    for i in 0..h.blocks {
-        let Some(at) = h.block(i) else { continue };
-        let (start, end) = (at.backend_offset, at.backend_offset + at.len);
-        let Some(r) = regions
-            .iter()
-            .find(|r| start < r.backend_offset + r.len && r.backend_offset < end)
-        else {
-            continue;
-        };
-        if start < r.backend_offset || end > r.backend_offset + r.len {
-            return Err(SnapshotError::Mismatch(format!(
-                "block {i} (backend bytes {start:#x}..{end:#x}) is not inside one region"
-            )));
-        }
-        let host = r.host_addr + (start - r.backend_offset);
-        if r.page_size == 0
-            || !host.is_multiple_of(r.page_size)
-            || !at.len.is_multiple_of(r.page_size)
-        {
-            return Err(SnapshotError::Mismatch(format!(
-                "block {i} ({} bytes at {host:#x}) is not whole {}-byte pages: \
-                 a page larger than the image's block cannot be served lazily",
-                at.len, r.page_size
-            )));
-        }
-        let kind = image.blocks()[i as usize];
-        if kind == BlockKind::Base {
-            return Err(SnapshotError::Mismatch(
-                "a diff image cannot be restored lazily: restore it by copy (restore_diff)".into(),
-            ));
-        }
-        units.push(Unit {
-            at,
-            host,
-            page: r.page_size,
-            kind,
-            state: Mutex::new(State::Pending),
-        });
-    }
-    units.sort_by_key(|u| u.host);
-    if units
-        .windows(2)
-        .any(|w| w[0].host + w[0].at.len > w[1].host)
-    {
-        return Err(SnapshotError::Mismatch(
-            "two regions map blocks to overlapping addresses".into(),
-        ));
-    }
-    Ok(units)
-}
-
-/// The background fill's order: the recorded block indices first (those the image
-/// has as data, each once), then every other data unit in address order.
-pub(super) fn fill_order(units: &[Unit], recorded: &[u64]) -> Vec<usize> {
-    let by_block: std::collections::HashMap<u64, usize> = units
-        .iter()
-        .enumerate()
-        .filter(|(_, u)| u.is_data())
-        .map(|(i, u)| (u.at.index, i))
-        .collect();
-    let mut seen = vec![false; units.len()];
-    let mut order = Vec::with_capacity(by_block.len());
-    for b in recorded {
-        if let Some(&i) = by_block.get(b) {
-            if !seen[i] {
-                seen[i] = true;
-                order.push(i);
-            }
-        }
-    }
-    for (i, u) in units.iter().enumerate() {
-        if u.is_data() && !seen[i] {
-            order.push(i);
-        }
-    }
-    order
 }

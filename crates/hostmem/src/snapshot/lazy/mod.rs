@@ -14,9 +14,11 @@
 //! naming the block, its backend offset and page, and the cause — in
 //! [`LazyServer::progress`] and [`LazyServer::wait`] at once.
 
+mod chunks;
 mod engine;
 mod local;
 mod order;
+mod plan;
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +31,7 @@ use super::{Result, SnapshotError};
 use crate::sys::uffd::Uffd;
 use engine::Shared;
 
+pub use chunks::{chunks_path, ChunkSums, CHUNK};
 pub use local::restore_lazy;
 pub use order::{load_order, order_path, save_order};
 
@@ -66,6 +69,9 @@ pub struct LazyOptions {
     /// CPUs the serving threads run on (empty: any): those of the nodes the memory is
     /// bound to, so the copies are node-local.
     pub cpus: Vec<usize>,
+    /// Chunk checksums an earlier run learned ([`ChunkSums::load`]): a fault then reads
+    /// and checks one 64 KiB chunk of a block instead of the whole block.
+    pub chunk_sums: Option<Arc<ChunkSums>>,
 }
 
 impl Default for LazyOptions {
@@ -77,6 +83,7 @@ impl Default for LazyOptions {
             fill_order: Vec::new(),
             record_order: true,
             cpus: Vec::new(),
+            chunk_sums: None,
         }
     }
 }
@@ -114,6 +121,9 @@ pub struct LazyReport {
     pub filled_secs: Option<f64>,
     /// Block indices in the order faults first touched them (with `record_order`).
     pub touched: Vec<u64>,
+    /// The chunk checksums given, with those of every block verified whole in this
+    /// run (with `record_order`): to [`ChunkSums::save`] for the next restore.
+    pub chunk_sums: ChunkSums,
 }
 
 /// A running lazy restore: threads serving the uffd's faults and filling in the
@@ -157,9 +167,16 @@ pub(super) fn start(
     opts: LazyOptions,
     hold: Option<crate::InUse>,
 ) -> Result<LazyServer> {
-    let units = engine::units(&image, &regions)?;
-    let order = Arc::new(engine::fill_order(&units, &opts.fill_order));
-    let shared = Arc::new(Shared::new(image, uffd, regions, units, opts.record_order));
+    let units = plan::units(&image, &regions)?;
+    let order = Arc::new(plan::fill_order(&units, &opts.fill_order));
+    let shared = Arc::new(Shared::new(
+        image,
+        uffd,
+        regions,
+        units,
+        opts.record_order,
+        opts.chunk_sums.clone(),
+    ));
     let buf_len = shared.image.header().buffer_len();
     let mut threads = Vec::new();
     let spawn = |name: String, f: Job| {
@@ -268,6 +285,7 @@ impl LazyServer {
             progress: self.progress(),
             filled_secs: *s.filled_secs.lock().unwrap_or_else(|e| e.into_inner()),
             touched: s.touched.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            chunk_sums: learned_sums(&s),
         };
         let mut errors = s.errors.lock().unwrap_or_else(|e| e.into_inner());
         if !errors.is_empty() {
@@ -292,6 +310,14 @@ impl Drop for LazyServer {
     }
 }
 
+fn learned_sums(s: &Shared) -> ChunkSums {
+    let mut all = s.chunk_sums.as_deref().cloned().unwrap_or_default();
+    let learned = s.learned.lock().unwrap_or_else(|e| e.into_inner());
+    all.blocks
+        .extend(learned.iter().map(|(b, sums)| (*b, sums.clone())));
+    all
+}
+
 fn engine_errors(s: &Shared) -> Vec<String> {
     s.errors
         .lock()
@@ -299,4 +325,18 @@ fn engine_errors(s: &Shared) -> Vec<String> {
         .iter()
         .map(|e| e.to_string())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A VMM hands the server to another thread (a handler per VM, a watcher).
+    #[test]
+    fn the_server_and_its_reports_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<LazyServer>();
+        send_sync::<LazyReport>();
+        send_sync::<LazyOptions>();
+    }
 }

@@ -1,0 +1,130 @@
+//! Chunk checksums: an xxh3-64 for every 64 KiB of each data block, learned by a lazy
+//! restore from blocks it verified whole, kept in a sidecar file beside the image
+//! (`FILE.chunks`) so the next lazy restore serves a first touch by reading and checking
+//! 64 KiB instead of the whole 2 MiB block.
+//!
+//! Why learned and not written by `save`: the image format stays as it is (every
+//! reader and tool of version 1 keeps working), and the sums are only ever computed from
+//! bytes that matched the block's own checksum, so they are as trustworthy as the block
+//! table. Format (`docs/snapshot.md`), little-endian: magic `HOSTMEMC`, version u32 = 1,
+//! reserved u32, the image's header checksum u64, its block count u64, the chunk size
+//! u64, the number of known blocks n u64, xxh3-64 of the entries u64, then n entries:
+//! the block index u64 followed by one u64 per chunk of that block.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::super::image::Image;
+use super::super::{Result, SnapshotError};
+
+/// Bytes per chunk checksum.
+pub const CHUNK: u64 = 64 << 10;
+const MAGIC: [u8; 8] = *b"HOSTMEMC";
+const VERSION: u32 = 1;
+const HEAD: usize = 56;
+
+/// The chunk checksums known for an image's data blocks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChunkSums {
+    /// Block index → one xxh3-64 per `CHUNK` bytes of the block (the last may be short).
+    pub blocks: BTreeMap<u64, Vec<u64>>,
+}
+
+/// The checksums of `bytes` in `CHUNK` pieces.
+pub(super) fn sums_of(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks(CHUNK as usize)
+        .map(super::super::block_checksum)
+        .collect()
+}
+
+/// Where the chunk checksums of `image` are kept: its path with `.chunks` appended.
+pub fn chunks_path(image: &Path) -> PathBuf {
+    let mut p = image.as_os_str().to_owned();
+    p.push(".chunks");
+    PathBuf::from(p)
+}
+
+impl ChunkSums {
+    /// Writes the sums for `image` to `path` (a temporary file renamed over it).
+    pub fn save(&self, path: &Path, image: &Image) -> Result<()> {
+        let mut entries = Vec::new();
+        for (b, sums) in &self.blocks {
+            entries.extend_from_slice(&b.to_le_bytes());
+            sums.iter()
+                .for_each(|s| entries.extend_from_slice(&s.to_le_bytes()));
+        }
+        let mut out = Vec::with_capacity(HEAD + entries.len());
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        for v in [
+            image.checksum(),
+            image.header().blocks,
+            CHUNK,
+            self.blocks.len() as u64,
+            xxhash_rust::xxh3::xxh3_64(&entries),
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&entries);
+        let io = |source| SnapshotError::Io {
+            what: "writing the chunk checksums",
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        std::fs::write(&tmp, &out).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// Reads the sums saved for `image` at `path`: refused (with the reason) when the
+    /// file is not one, is damaged, or was made for another image.
+    pub fn load(path: &Path, image: &Image) -> Result<ChunkSums> {
+        let bytes = std::fs::read(path).map_err(|source| SnapshotError::Io {
+            what: "reading the chunk checksums",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bad = |reason: &str| SnapshotError::Format {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        };
+        let u64_at = |at: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+        };
+        if bytes.len() < HEAD || bytes[..8] != MAGIC || bytes[8..12] != VERSION.to_le_bytes() {
+            return Err(bad("not a version 1 chunk checksum file"));
+        }
+        let h = image.header();
+        if u64_at(16) != Some(image.checksum()) || u64_at(24) != Some(h.blocks) {
+            return Err(bad("the chunk checksums were made for another image"));
+        }
+        if u64_at(32) != Some(CHUNK) {
+            return Err(bad("the chunk checksums are of another chunk size"));
+        }
+        let entries = &bytes[HEAD..];
+        if u64_at(48) != Some(xxhash_rust::xxh3::xxh3_64(entries)) {
+            return Err(bad("the chunk checksums' checksum does not match"));
+        }
+        let mut sums = ChunkSums::default();
+        let mut at = 0usize;
+        let word = |i: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(entries.get(i..i + 8)?.try_into().ok()?))
+        };
+        for _ in 0..u64_at(40).unwrap_or(0) {
+            let b = word(at).ok_or_else(|| bad("the chunk checksums end early"))?;
+            let len = h.block(b).ok_or_else(|| bad("a block past the table"))?.len;
+            let n = len.div_ceil(CHUNK) as usize;
+            let list: Option<Vec<u64>> = (0..n).map(|k| word(at + 8 + 8 * k)).collect();
+            sums.blocks
+                .insert(b, list.ok_or_else(|| bad("the chunk checksums end early"))?);
+            at += 8 + 8 * n;
+        }
+        if at != entries.len() {
+            return Err(bad("the chunk checksums' length does not match its count"));
+        }
+        Ok(sums)
+    }
+}
