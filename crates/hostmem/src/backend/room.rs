@@ -95,6 +95,26 @@ impl Guard {
         })
     }
 
+    /// Asks the watch of the one item [`Guard::for_more`] watches for a step of `len`
+    /// bytes about to be faulted in by a writer other than prealloc (a copy restore's
+    /// block): granted, refused at the edge it would cross (`Some`), or refused because
+    /// another step already was (`None`). Granted steps end with [`Guard::finish`].
+    pub(crate) fn grant(&self, len: u64) -> Result<(), Option<Edge>> {
+        match self.per_job.first() {
+            Some(limits) if !self.watch.is_empty() => self.watch.grant(limits, len),
+            _ => Ok(()),
+        }
+    }
+
+    /// A step [`Guard::grant`] allowed is written (or failed).
+    pub(crate) fn finish(&self, len: u64) {
+        if let Some(limits) = self.per_job.first() {
+            if !self.watch.is_empty() {
+                self.watch.finish(limits, len);
+            }
+        }
+    }
+
     /// Puts the watch on the `k`-th preallocating job of the batch.
     pub(crate) fn attach<'a>(&'a self, k: usize, job: &mut Job<'a>) {
         if !self.watch.is_empty() {

@@ -72,13 +72,27 @@ pub(crate) fn bytes_to_fault(image: &Image, base: Option<&Image>, mem: &Memory) 
 /// back (a shared file on disk), passes. Public so a caller can ask before restoring,
 /// and so the decision can be checked against chosen figures.
 pub fn check_room(backend: &Backend, need: u64, snap: &Snapshot) -> Result<()> {
-    if backend.page_size().is_none() {
-        return Err(SnapshotError::Mismatch(format!(
+    allocated(backend)?;
+    room::check_more(backend, need, snap).map_err(SnapshotError::Backend)
+}
+
+/// [`check_room`], and the watch a copy restore's writes then ask before each block:
+/// the limits re-read as they are during a preallocation, so another process taking
+/// the room between the check and the last block stops the restore at the edge, with
+/// the error a preallocation stopped there gets, instead of an OOM kill.
+pub(crate) fn watch_room(backend: &Backend, need: u64, snap: Snapshot) -> Result<room::Guard> {
+    allocated(backend)?;
+    room::Guard::for_more(backend, need, snap).map_err(SnapshotError::Backend)
+}
+
+fn allocated(backend: &Backend) -> Result<()> {
+    match backend.page_size() {
+        Some(_) => Ok(()),
+        None => Err(SnapshotError::Mismatch(format!(
             "'{}' is not allocated",
             backend.id()
-        )));
+        ))),
     }
-    room::check_more(backend, need, snap).map_err(SnapshotError::Backend)
 }
 
 #[cfg(test)]
@@ -86,7 +100,7 @@ mod tests {
     use super::super::restore::{restore_from, RestoreOptions};
     use super::super::save::{save, SaveOptions};
     use super::*;
-    use crate::limits::{MemoryRoom, Watermarks};
+    use crate::limits::{CgroupLimit, CgroupVersion, MemoryRoom, Watermarks};
     use crate::{Error, Kind, NodeSet, Policy, Progress};
 
     const MIB: u64 = 1 << 20;
@@ -166,5 +180,57 @@ mod tests {
         let room = short_node(64 * MIB);
         let r = restore_from(&image, None, &dst, &opts, &Progress::new(), Some(&room)).unwrap();
         assert_eq!(r.data_bytes, 8 * MIB);
+    }
+
+    #[test]
+    fn a_restore_whose_room_is_taken_after_the_check_stops_at_the_watched_limit() {
+        let dir = std::env::temp_dir().join(format!("hostmem-place-w-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mem.img");
+        let src = Backend::builder(Kind::Memfd, "src")
+            .size(16 * MIB)
+            .create()
+            .unwrap();
+        src.hold()
+            .unwrap()
+            .fill(2 * MIB as usize, 8 * MIB as usize, 0x5a)
+            .unwrap();
+        save(&src, &path, &SaveOptions::default(), &Progress::new()).unwrap();
+        let image = Image::open(&path).unwrap();
+        // The figures checked before say 1 GiB of room in the memory cgroup; its files,
+        // which the watch reads before each block, say 1 MiB: less than one block.
+        let cg = dir.join("cg");
+        std::fs::create_dir_all(&cg).unwrap();
+        std::fs::write(cg.join("memory.max"), (1u64 << 30).to_string()).unwrap();
+        std::fs::write(cg.join("memory.current"), ((1u64 << 30) - MIB).to_string()).unwrap();
+        let mut limits = short_node(1 << 40);
+        limits.memory_cgroup = Ok(Some(CgroupLimit {
+            cgroup: "/scratch".into(),
+            dir: cg,
+            version: CgroupVersion::V2,
+            max_file: "memory.max".into(),
+            current_file: "memory.current".into(),
+            max: 1 << 30,
+            current: 0,
+        }));
+        let dst = Backend::builder(Kind::Memfd, "dst")
+            .size(16 * MIB)
+            .create()
+            .unwrap();
+        let opts = RestoreOptions { threads: 1 };
+        let r = restore_from(&image, None, &dst, &opts, &Progress::new(), Some(&limits));
+        let _ = std::fs::remove_dir_all(&dir);
+        match r {
+            Err(SnapshotError::Backend(e @ Error::CgroupMemoryShort { .. })) => {
+                let text = e.to_string();
+                assert!(text.contains("/scratch"), "{text}");
+            }
+            other => panic!("a restore past the watched cgroup: {other:?}"),
+        }
+        assert_eq!(
+            rss_at(dst.host_addr().unwrap()),
+            0,
+            "smaps Rss: the stopped restore wrote a block past the limit"
+        );
     }
 }

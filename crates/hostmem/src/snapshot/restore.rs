@@ -2,6 +2,7 @@
 //! checksum checked before a byte of it is written to memory.
 
 use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use super::format::{BlockAt, BlockKind};
@@ -195,17 +196,18 @@ pub(crate) fn restore_from(
         )));
     }
     // Before any page: the bytes this restore makes resident against the backend's
-    // limits, as a preallocation is checked; then threads on its nodes' CPUs.
+    // limits, as a preallocation is checked, and watched block by block while it runs;
+    // then threads on its nodes' CPUs.
     let host = HostTopology::read();
     let need = place::bytes_to_fault(image, base, &mem)?;
-    match limits {
-        Some(snap) => place::check_room(backend, need, snap)?,
-        None => place::check_room(
-            backend,
-            need,
-            &Snapshot::read(host.has_memory.iter(), &host.huge_page_sizes),
-        )?,
-    }
+    let snap = match limits {
+        Some(snap) => snap.clone(),
+        None => Snapshot::read(host.has_memory.iter(), &host.huge_page_sizes),
+    };
+    let guard = place::watch_room(backend, need, snap)?;
+    // The first refusal names the limit; blocks other threads were refused after it
+    // only say the restore is stopping, so the error reported is this one.
+    let stopped: Mutex<Option<SnapshotError>> = Mutex::new(None);
     let cpus = place::cpus_for(backend, &host);
     progress.add_total(h.memory_len());
     let started = Instant::now();
@@ -238,10 +240,40 @@ pub(crate) fn restore_from(
                 return Ok(Done::Cleared);
             }
             let bytes = source.read_checked(&b, buf)?;
-            mem.write(b.backend_offset, bytes).map_err(write)?;
+            // Only a block over memory that holds nothing yet takes room, as
+            // `bytes_to_fault` counted it.
+            let takes_room = !mem
+                .may_hold_data(b.backend_offset, b.len)
+                .map_err(|e| image.block_error(&b, BlockFault::Read(e)))?;
+            let granted = if takes_room {
+                guard.grant(b.len)
+            } else {
+                Ok(())
+            };
+            if let Err(edge) = granted {
+                if let Some(e) = edge.and_then(|edge| guard.edge_error(backend, &edge)) {
+                    *stopped.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(SnapshotError::Backend(e));
+                }
+                return Err(SnapshotError::Cancelled);
+            }
+            let written = mem.write(b.backend_offset, bytes).map_err(write);
+            if takes_room {
+                guard.finish(b.len);
+            }
+            written?;
             Ok(Done::Data(b.len))
         },
-    )?;
+    );
+    let done = match done {
+        Ok(d) => d,
+        Err(e) => {
+            return Err(stopped
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or(e))
+        }
+    };
     let mut r = RestoreReport {
         blocks: h.blocks,
         data_blocks: 0,
