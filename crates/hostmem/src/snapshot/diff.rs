@@ -43,8 +43,10 @@ impl Dirty<'_> {
 
 /// Saves a diff of `backend` against `base`: the blocks with a dirty page are saved as
 /// [`save`](super::save) would (data, or a hole if all zero), every other block is
-/// left to the base. The base must be a full image (not a diff) of memory as long as
-/// the backend's; the diff has the base's regions and block size.
+/// left to the base. The base is a full image or itself a diff (a chain: each diff
+/// holds what was written since the image before it, restored with
+/// [`restore_chain`]); it must be of memory as long as the backend's, and the diff has
+/// its regions and block size. Not a raw file: it has no checksum to be named by.
 pub fn save_diff(
     backend: &Backend,
     base: &Image,
@@ -53,9 +55,9 @@ pub fn save_diff(
     progress: &Progress,
 ) -> Result<SaveReport> {
     let h = base.header();
-    if h.base.is_some() || h.version == 0 {
+    if h.version == 0 {
         return Err(SnapshotError::Mismatch(format!(
-            "{}: a diff's base must be a full image (not a diff, not a raw file)",
+            "{}: a diff's base must be a hostmem image (not a raw file)",
             base.path().display()
         )));
     }
@@ -93,7 +95,7 @@ pub fn save_diff(
 /// Restores a diff image and its base into `backend`: the diff's blocks from the diff,
 /// the rest from the base, each checked against its own image's checksum. Refused
 /// before any write unless `base` is the image the diff was taken against (its header
-/// checksum) with the same layout.
+/// checksum) with the same layout. The two-image case of [`restore_chain`].
 pub fn restore_diff(
     diff: &Image,
     base: &Image,
@@ -101,6 +103,38 @@ pub fn restore_diff(
     opts: &RestoreOptions,
     progress: &Progress,
 ) -> Result<RestoreReport> {
+    restore_chain(&[base, diff], backend, opts, progress)
+}
+
+/// Restores a chain into `backend`: `images[0]` a full image, every later one a diff
+/// taken against the one before it (newest last). Each block comes from the newest
+/// image that holds it, checked against that image's checksum, so the memory is as it
+/// was when the last diff was saved. Refused before any write unless every link names
+/// the image before it (its header checksum) and all have one layout.
+pub fn restore_chain(
+    images: &[&Image],
+    backend: &Backend,
+    opts: &RestoreOptions,
+    progress: &Progress,
+) -> Result<RestoreReport> {
+    let Some((&newest, older)) = images.split_last() else {
+        return Err(SnapshotError::Mismatch("an empty chain of images".into()));
+    };
+    let first = older.first().copied().unwrap_or(newest);
+    if first.header().base.is_some() || first.blocks().contains(&BlockKind::Base) {
+        return Err(SnapshotError::Mismatch(format!(
+            "{} starts the chain but is a diff: a chain starts with a full image",
+            first.path().display()
+        )));
+    }
+    for pair in images.windows(2) {
+        check_link(pair[0], pair[1])?;
+    }
+    restore_from(newest, older, backend, opts, progress, None)
+}
+
+/// Whether `base` is the image `diff` was taken against, with the same layout.
+fn check_link(base: &Image, diff: &Image) -> Result<()> {
     let (d, b) = (diff.header(), base.header());
     let refuse = |why: &str| {
         Err(SnapshotError::Mismatch(format!(
@@ -119,9 +153,6 @@ pub fn restore_diff(
         }
         Some(_) => {}
     }
-    if b.base.is_some() || base.blocks().contains(&BlockKind::Base) {
-        return refuse("the base is itself a diff");
-    }
     if d.regions
         .iter()
         .map(|r| (r.backend_offset, r.len))
@@ -131,7 +162,7 @@ pub fn restore_diff(
     {
         return refuse("their layouts differ");
     }
-    restore_from(diff, Some(base), backend, opts, progress, None)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ mod private;
 mod restore;
 mod save;
 
-pub use diff::{restore_diff, save_diff, Dirty};
+pub use diff::{restore_chain, restore_diff, save_diff, Dirty};
 pub use error::{BlockFault, SnapshotError};
 pub use format::{BlockAt, BlockKind, Header, RegionEntry, MAGIC, MAX_BLOCK_SIZE, VERSION};
 pub use image::{Image, RawRegion};

@@ -30,18 +30,26 @@ pub(crate) fn cpus_for(backend: &Backend, host: &HostTopology) -> Vec<usize> {
     }
 }
 
-/// Bytes a restore of `image` (with `base` for a diff's base blocks) would fault in:
+/// The image block `i` of `image` comes from: `image` itself, or for a block it leaves
+/// to its base the newest of `older` (oldest first) that holds the block. A chain's
+/// first image is a full one, so the search ends there.
+pub(crate) fn source_of<'a>(image: &'a Image, older: &[&'a Image], i: u64) -> &'a Image {
+    std::iter::once(image)
+        .chain(older.iter().rev().copied())
+        .find(|im| !matches!(im.blocks().get(i as usize), Some(BlockKind::Base)))
+        .unwrap_or(image)
+}
+
+/// Bytes a restore of `image` (with the `older` images of its chain for the blocks it
+/// leaves to its base) would fault in:
 /// the data blocks over memory the kernel says holds nothing yet. A block the memory
 /// already holds a page of counts as resident (restoring into memory in use, e.g.
 /// preallocated, adds nothing there).
-pub(crate) fn bytes_to_fault(image: &Image, base: Option<&Image>, mem: &Memory) -> Result<u64> {
+pub(crate) fn bytes_to_fault(image: &Image, older: &[&Image], mem: &Memory) -> Result<u64> {
     let h = image.header();
     let mut need = 0u64;
     for i in 0..h.blocks {
-        let source = match (image.blocks()[i as usize], base) {
-            (BlockKind::Base, Some(base)) => base,
-            _ => image,
-        };
+        let source = source_of(image, older, i);
         if matches!(
             source.blocks()[i as usize],
             BlockKind::Hole | BlockKind::Base
@@ -162,7 +170,7 @@ mod tests {
         let dst = memfd("dst", true);
         let limits = short_node(4 * MIB);
         let opts = RestoreOptions::default();
-        let r = restore_from(&image, None, &dst, &opts, &Progress::new(), Some(&limits));
+        let r = restore_from(&image, &[], &dst, &opts, &Progress::new(), Some(&limits));
         let _ = std::fs::remove_dir_all(&dir);
         match r {
             Err(SnapshotError::Backend(e @ Error::NodeMemoryShort { .. })) => {
@@ -178,7 +186,7 @@ mod tests {
         );
         // With room, the same restore goes ahead: the refusal was the limit's.
         let room = short_node(64 * MIB);
-        let r = restore_from(&image, None, &dst, &opts, &Progress::new(), Some(&room)).unwrap();
+        let r = restore_from(&image, &[], &dst, &opts, &Progress::new(), Some(&room)).unwrap();
         assert_eq!(r.data_bytes, 8 * MIB);
     }
 
@@ -218,7 +226,7 @@ mod tests {
             .create()
             .unwrap();
         let opts = RestoreOptions { threads: 1 };
-        let r = restore_from(&image, None, &dst, &opts, &Progress::new(), Some(&limits));
+        let r = restore_from(&image, &[], &dst, &opts, &Progress::new(), Some(&limits));
         let _ = std::fs::remove_dir_all(&dir);
         match r {
             Err(SnapshotError::Backend(e @ Error::CgroupMemoryShort { .. })) => {

@@ -161,24 +161,25 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &Progress,
 ) -> Result<RestoreReport> {
-    restore_from(image, None, backend, opts, progress, None)
+    restore_from(image, &[], backend, opts, progress, None)
 }
 
-/// [`restore`], with the base of a diff image for the blocks the diff leaves to it
-/// (the caller has checked that `base` is the diff's base), and the limits' figures
-/// to check against (None: read now; tests give chosen ones).
+/// [`restore`], with the older images of a diff's chain (oldest first: the full base,
+/// then the diffs before `image`) for the blocks `image` leaves to them (the caller has
+/// checked the chain's links), and the limits' figures to check against (None: read
+/// now; tests give chosen ones).
 pub(crate) fn restore_from(
     image: &Image,
-    base: Option<&Image>,
+    older: &[&Image],
     backend: &Backend,
     opts: &RestoreOptions,
     progress: &Progress,
     limits: Option<&Snapshot>,
 ) -> Result<RestoreReport> {
     let h = image.header();
-    if h.base.is_some() && base.is_none() {
+    if h.base.is_some() && older.is_empty() {
         return Err(SnapshotError::Mismatch(format!(
-            "{} is a diff image: restore it with its base (snapshot::restore_diff)",
+            "{} is a diff image: restore it with its base (snapshot::restore_diff, restore_chain)",
             image.path().display()
         )));
     }
@@ -199,7 +200,7 @@ pub(crate) fn restore_from(
     // limits, as a preallocation is checked, and watched block by block while it runs;
     // then threads on its nodes' CPUs.
     let host = HostTopology::read();
-    let need = place::bytes_to_fault(image, base, &mem)?;
+    let need = place::bytes_to_fault(image, older, &mem)?;
     let snap = match limits {
         Some(snap) => snap.clone(),
         None => Snapshot::read(host.has_memory.iter(), &host.huge_page_sizes),
@@ -220,10 +221,7 @@ pub(crate) fn restore_from(
         |i| h.block(i).map_or(0, |b| b.len),
         |i, buf| {
             // A block the diff leaves to its base comes from the base, checked there.
-            let source = match (image.blocks()[i as usize], base) {
-                (BlockKind::Base, Some(base)) => base,
-                _ => image,
-            };
+            let source = place::source_of(image, older, i);
             let b = source.at(i)?;
             let write = |e| image.block_error(&b, BlockFault::Write(e));
             if matches!(

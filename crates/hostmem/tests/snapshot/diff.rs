@@ -145,3 +145,78 @@ fn a_corrupt_base_block_fails_a_diff_restore_naming_the_block() {
         "the memory received the corrupt base block"
     );
 }
+
+#[test]
+fn a_chain_of_diffs_restores_the_memory_as_at_the_last_diff() {
+    let dir = TempDir::new("diff-chain");
+    let path = |n: &str| dir.path().join(n);
+    let src = Backend::builder(Kind::Memfd, "src")
+        .size(SIZE)
+        .create()
+        .unwrap();
+    let hold = src.hold().unwrap();
+    let mut want = scatter(&hold, 61).bytes;
+    snapshot::save(
+        &src,
+        path("base.img"),
+        &SaveOptions::default(),
+        &Progress::new(),
+    )
+    .unwrap();
+    let base = Image::open(path("base.img")).unwrap();
+
+    // Each diff: what was written since the image before it, marked in a fresh bitmap.
+    let mut diff = |name: &str, on: &Image, writes: &[(u64, Vec<u8>)]| {
+        let mut bits = vec![0u64; (SIZE / 4096 / 64) as usize];
+        for (off, data) in writes {
+            hold.write_at(*off as usize, data).unwrap();
+            mark(&mut bits, *off, data.len() as u64);
+            want[*off as usize..*off as usize + data.len()].copy_from_slice(data);
+        }
+        let dirty = Dirty {
+            page_size: 4096,
+            bits: &bits,
+        };
+        snapshot::save_diff(&src, on, &dirty, path(name), &Progress::new()).unwrap();
+        Image::open(path(name)).unwrap()
+    };
+    // d1 rewrites blocks 2 and 5; d2 zeroes block 2 again and writes a page of block 9.
+    let d1 = diff(
+        "d1.img",
+        &base,
+        &[
+            (2 * BLOCK, random_bytes(62, BLOCK as usize)),
+            (5 * BLOCK, random_bytes(63, BLOCK as usize)),
+        ],
+    );
+    let d2 = diff(
+        "d2.img",
+        &d1,
+        &[
+            (2 * BLOCK, vec![0u8; BLOCK as usize]),
+            (9 * BLOCK + 4096, random_bytes(64, 4096)),
+        ],
+    );
+    let dst = Backend::builder(Kind::Memfd, "dst")
+        .size(SIZE)
+        .create()
+        .unwrap();
+    let opts = RestoreOptions::default();
+    // A link left out: d2 was taken against d1, not the base; nothing is written.
+    let e = snapshot::restore_chain(&[&base, &d2], &dst, &opts, &Progress::new()).unwrap_err();
+    assert!(e.to_string().contains("is not the base of"), "{e}");
+    let e = snapshot::restore_chain(&[&d1, &d2], &dst, &opts, &Progress::new()).unwrap_err();
+    assert!(
+        e.to_string().contains("a chain starts with a full image"),
+        "{e}"
+    );
+    assert_eq!(rss(&dst), 0, "a refused chain wrote memory");
+
+    snapshot::restore_chain(&[&base, &d1, &d2], &dst, &opts, &Progress::new()).unwrap();
+    assert_same_bytes(&read_memory(&dst), &want, "base + d1 + d2");
+    let on_disk = std::fs::metadata(path("d2.img")).unwrap().blocks() * 512;
+    assert!(
+        on_disk <= BLOCK + 16 * 1024,
+        "d2 takes {on_disk} bytes on disk"
+    );
+}
