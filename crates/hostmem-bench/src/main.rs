@@ -16,12 +16,21 @@
 
 mod args;
 mod busy;
+mod clones;
+mod diffcase;
 mod guards;
 mod inproc;
+mod kernel;
 mod measure;
+mod modereport;
+mod modes;
+mod pattern;
 mod plan;
+mod plugmode;
 mod report;
 mod runner;
+mod snap;
+mod snapreport;
 mod stats;
 mod targets;
 
@@ -85,7 +94,12 @@ fn run(args: &BenchArgs) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
-    match run(&BenchArgs::parse()) {
+    let args = BenchArgs::parse();
+    let out = match &args.mode {
+        Some(mode) => modes::run(mode),
+        None => run(&args),
+    };
+    match out {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
