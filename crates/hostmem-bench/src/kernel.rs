@@ -19,6 +19,7 @@ use hostmem::vm_memory::{Bytes, GuestAddress};
 use hostmem::vmm::{guest_memory, Memory, RegionSpec};
 use hostmem::{Backend, InUse};
 use rustix::fs::{fallocate, FallocateFlags};
+use rustix::time::{clock_gettime, ClockId};
 
 use crate::pattern::RUN;
 
@@ -97,11 +98,19 @@ pub fn whole_copy(image: &Image, mem: &Memory) -> Result<f64, String> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// Seconds the kernel takes to punch a hole over all of `mem`'s file (memfd, shmem or
-/// hugetlbfs): `fallocate(PUNCH_HOLE|KEEP_SIZE)`, what an unplug of such memory does.
-pub fn punch_hole(mem: &InUse) -> Result<f64, String> {
+/// This thread's CPU time in seconds: on a host where other work preempts the bench,
+/// what a single-threaded call itself cost.
+pub fn thread_cpu() -> f64 {
+    let t = clock_gettime(ClockId::ThreadCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+/// Seconds (wall, and this thread's CPU) the kernel takes to punch a hole over all of
+/// `mem`'s file (memfd, shmem or hugetlbfs): `fallocate(PUNCH_HOLE|KEEP_SIZE)`, what an
+/// unplug of such memory does.
+pub fn punch_hole(mem: &InUse) -> Result<(f64, f64), String> {
     let (fd, off) = mem.fd().ok_or("the memory has no file to punch")?;
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), thread_cpu());
     fallocate(
         fd.as_fd(),
         FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
@@ -109,7 +118,7 @@ pub fn punch_hole(mem: &InUse) -> Result<f64, String> {
         mem.len() as u64,
     )
     .map_err(|e| format!("fallocate(PUNCH_HOLE): {e}"))?;
-    Ok(start.elapsed().as_secs_f64())
+    Ok((start.elapsed().as_secs_f64(), thread_cpu() - cpu))
 }
 
 /// MADV_DONTNEED of `len` bytes of private anonymous memory, with THP advised or not,
@@ -127,16 +136,18 @@ def rss():
         if l.startswith("Rss:"):
             return int(l.split()[1]) * 1024
 before = rss()
-t = time.perf_counter()
+c, t = time.thread_time(), time.perf_counter()
 m.madvise(mmap.MADV_DONTNEED)
-t = time.perf_counter() - t
-print(json.dumps({"secs": t, "rss_before": before, "rss_after": rss()}))
+t, c = time.perf_counter() - t, time.thread_time() - c
+print(json.dumps({"secs": t, "cpu": c, "rss_before": before, "rss_after": rss()}))
 "#;
 
 /// What the kernel's own MADV_DONTNEED did: seconds, and the helper's resident bytes
 /// before and after.
 pub struct Dontneed {
     pub secs: f64,
+    /// The thread's CPU time in the call (what it costs apart from preemption).
+    pub cpu: f64,
     pub rss_before: u64,
     pub rss_after: u64,
 }
@@ -162,6 +173,7 @@ pub fn dontneed(len: u64, thp: bool) -> Result<Dontneed, String> {
     let num = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
     Ok(Dontneed {
         secs: num("secs"),
+        cpu: num("cpu"),
         rss_before: num("rss_before") as u64,
         rss_after: num("rss_after") as u64,
     })

@@ -85,17 +85,21 @@ impl Plug {
             .map_err(|e| format!("plug: {e}"))?;
         let plug = t.elapsed().as_secs_f64();
         let (res1, free1) = (resident(addr), pool_free(mem));
-        let t = Instant::now();
+        let thp = smaps_field("self", addr, "AnonHugePages");
+        let (t, cpu) = (Instant::now(), kernel::thread_cpu());
         blocks
             .unplug(0..self.size, false)
             .map_err(|e| format!("unplug: {e}"))?;
         let unplug = t.elapsed().as_secs_f64();
+        let unplug_cpu = kernel::thread_cpu() - cpu;
         if !keep {
             return Ok(());
         }
         let k = |m: &str| format!("plug/{key}/{m}");
         self.push(k("plug"), Some(plug));
         self.push(k("unplug"), Some(unplug));
+        self.push(k("unplug-cpu"), Some(unplug_cpu));
+        self.push(k("plugged-thp"), thp.map(|b| b as f64));
         self.push(k("plugged-resident"), Some(res1));
         self.push(k("unplugged-resident"), Some(resident(addr)));
         self.push(k("unplugged-file"), file_bytes(blocks.memory()));
@@ -114,24 +118,31 @@ impl Plug {
         let b: Backend = make_backend(&spec, &self.progress)?;
         let prealloc = t.elapsed().as_secs_f64();
         let k = |m: &str| format!("plug/{key}/{m}");
+        let thp = b
+            .host_addr()
+            .and_then(|a| smaps_field("self", a, "AnonHugePages"));
         // What the discard gave back, as the kernel counts it: the file's allocated
         // bytes gone (memfd), the helper's resident bytes gone (private memory).
-        let (discard, freed) = match mem {
+        let (discard, cpu, freed) = match mem {
             Mem::MemfdHuge2m | Mem::MemfdShmem => {
                 let hold = b.hold().map_err(|e| e.to_string())?;
                 let before = file_bytes(&hold);
-                let secs = kernel::punch_hole(&hold)?;
-                (secs, before.zip(file_bytes(&hold)).map(|(a, b)| a - b))
+                let (secs, cpu) = kernel::punch_hole(&hold)?;
+                let freed = before.zip(file_bytes(&hold)).map(|(a, b)| a - b);
+                (secs, cpu, freed)
             }
             Mem::Ram4k | Mem::RamThp => {
                 drop(b);
                 let d = kernel::dontneed(self.size, mem == Mem::RamThp)?;
-                (d.secs, Some(d.rss_before as f64 - d.rss_after as f64))
+                let freed = d.rss_before as f64 - d.rss_after as f64;
+                (d.secs, d.cpu, Some(freed))
             }
         };
         if keep {
             self.push(k("prealloc"), Some(prealloc));
             self.push(k("kernel-discard"), Some(discard));
+            self.push(k("kernel-discard-cpu"), Some(cpu));
+            self.push(k("prealloc-thp"), thp.map(|b| b as f64));
             self.push(k("kernel-freed"), freed);
         }
         Ok(())
@@ -232,6 +243,12 @@ fn tables(r: &mut ModeRun, args: &PlugArgs, size: u64, max: u64, plugged: u64) {
             _ => "madvise(MADV_DONTNEED)",
         };
         r.time_row("unplug", &k("unplug"), &k("kernel-discard"), base);
+        r.time_row(
+            "unplug, thread CPU time",
+            &k("unplug-cpu"),
+            &k("kernel-discard-cpu"),
+            base,
+        );
         let samples = std::mem::take(&mut r.samples);
         let m = |x: &str| samples.median(&k(x));
         let line = format!(
@@ -242,6 +259,14 @@ fn tables(r: &mut ModeRun, args: &PlugArgs, size: u64, max: u64, plugged: u64) {
             mib(m("kernel-freed")),
         );
         r.lines.push(line);
+        if mem == Mem::RamThp {
+            let line = format!(
+                "  MiB in THP (smaps AnonHugePages): plugged {}, plain backend preallocated {}",
+                mib(m("plugged-thp")),
+                mib(m("prealloc-thp"))
+            );
+            r.lines.push(line);
+        }
         if mem == Mem::MemfdHuge2m {
             let line = format!(
                 "  HugePages_Free: {} pages taken by the plug, {} back after the unplug",
@@ -288,6 +313,12 @@ fn tables(r: &mut ModeRun, args: &PlugArgs, size: u64, max: u64, plugged: u64) {
             format!("{label}: unplug / kernel discard (time)"),
             &k("unplug"),
             &k("kernel-discard"),
+            1.2,
+        );
+        r.time_ratio_max(
+            format!("{label}: unplug / kernel discard (thread CPU)"),
+            &k("unplug-cpu"),
+            &k("kernel-discard-cpu"),
             1.2,
         );
         r.bound(
