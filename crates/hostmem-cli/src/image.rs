@@ -239,9 +239,12 @@ pub enum RestoreMode {
     Copy,
     /// The backend is made from the image: the file mapped privately (copy on write).
     Private,
+    /// Served by userfaultfd into the `-object`'s memory: usable at once, filled in the
+    /// background (`crate::lazy`).
+    Lazy,
 }
 
-/// `--restore ID=FILE[,mode=copy|private]`.
+/// `--restore ID=FILE[,mode=copy|private|lazy]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RestoreSpec {
     pub id: String,
@@ -263,14 +266,15 @@ fn id_and_file(text: &str) -> Result<(String, &str), String> {
     }
 }
 
-/// Parses `ID=FILE[,mode=copy|private]` (clap's value parser for `--restore`). A file
+/// Parses `ID=FILE[,mode=copy|private|lazy]` (clap's value parser for `--restore`). A file
 /// name with a comma is taken whole unless what follows the last comma is `mode=...`.
 pub fn parse_restore(text: &str) -> Result<RestoreSpec, String> {
     let (id, rest) = id_and_file(text)?;
     let (file, mode) = match rest.rsplit_once(",mode=") {
         Some((file, "copy")) => (file, RestoreMode::Copy),
         Some((file, "private")) => (file, RestoreMode::Private),
-        Some((_, m)) => return Err(format!("mode={m}: expected mode=copy or mode=private")),
+        Some((file, "lazy")) => (file, RestoreMode::Lazy),
+        Some((_, m)) => return Err(format!("mode={m}: expected mode=copy, private or lazy")),
         None => (rest, RestoreMode::Copy),
     };
     Ok(RestoreSpec {
@@ -292,12 +296,15 @@ pub fn parse_save(text: &str) -> Result<SaveSpec, String> {
 /// `hostmem run --restore`: each image into its backend (copy: the `-object` of that id
 /// must exist; private: the id must be new, the backend is made from the image), with
 /// a line on stderr saying how long until the memory was usable (from opening the image
-/// to the last byte copied, or to the private mapping made, checksums verified).
+/// to the last byte copied, or to the private mapping made, checksums verified, or to
+/// the lazy restore serving). The lazy restores still filling are returned, to be
+/// finished on exit.
 pub fn restore_all(
     specs: &[RestoreSpec],
     objects: &mut Objects,
     progress: &Progress,
-) -> Result<(), String> {
+) -> Result<Vec<crate::lazy::Lazy>, String> {
+    let mut lazy = Vec::new();
     for s in specs {
         let what = format!("--restore {}={}", s.id, s.file.display());
         let started = Instant::now();
@@ -316,21 +323,29 @@ pub fn restore_all(
                     snapshot::restore_private(&image, &s.id).map_err(|e| format!("{what}: {e}"))?;
                 objects.add_backend(b).map_err(|e| format!("{what}: {e}"))?;
             }
+            RestoreMode::Lazy => {
+                let b = objects
+                    .backend(&s.id)
+                    .ok_or_else(|| format!("{what}: no -object with id '{}'", s.id))?;
+                let l = crate::lazy::start(&s.id, &s.file, image, b)
+                    .map_err(|e| format!("{what}: {e}"))?;
+                lazy.push(l);
+            }
         }
         eprintln!(
             "hostmem: restored '{}' from {} ({}, {} of data): usable after {:.1} ms",
             s.id,
             s.file.display(),
-            if s.mode == RestoreMode::Copy {
-                "copy"
-            } else {
-                "private"
+            match s.mode {
+                RestoreMode::Copy => "copy",
+                RestoreMode::Private => "private",
+                RestoreMode::Lazy => "lazy",
             },
             format_size(bytes),
             started.elapsed().as_secs_f64() * 1e3
         );
     }
-    Ok(())
+    Ok(lazy)
 }
 
 /// `hostmem run --save`: each backend to its image, after the report and the hold; the
@@ -370,9 +385,13 @@ mod tests {
             ("m0", Some("/x/a,b.img"), RestoreMode::Private)
         );
         assert_eq!(parse_restore("m0=a.img").unwrap().mode, RestoreMode::Copy);
-        assert!(parse_restore("m0=a.img,mode=lazy")
+        assert_eq!(
+            parse_restore("m0=a.img,mode=lazy").unwrap().mode,
+            RestoreMode::Lazy
+        );
+        assert!(parse_restore("m0=a.img,mode=later")
             .unwrap_err()
-            .contains("mode=lazy"));
+            .contains("mode=later"));
         assert!(parse_restore("a.img").is_err());
         assert!(parse_save("=a.img").is_err());
         assert_eq!(parse_save("m=a").unwrap().file, PathBuf::from("a"));

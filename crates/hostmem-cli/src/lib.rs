@@ -12,6 +12,7 @@ pub mod cli;
 pub mod cmdline;
 pub mod host;
 pub mod image;
+pub mod lazy;
 pub mod qmp;
 pub mod report;
 pub mod run;

@@ -122,9 +122,11 @@ pub struct RunArgs {
     #[arg(long)]
     ignore_memory_limits: bool,
     /// Restore a backend from a snapshot image once the backends exist, before the
-    /// report: ID=FILE[,mode=copy|private] (repeatable). copy: into the -object of that
-    /// id; private: a new backend ID mapping the image copy-on-write. Prints the time to
-    /// usable memory on stderr. See docs/snapshot.md.
+    /// report: ID=FILE[,mode=copy|private|lazy] (repeatable). copy: into the -object of
+    /// that id; private: a new backend ID mapping the image copy-on-write; lazy: into the
+    /// -object by userfaultfd, usable at once, filled in the background (the fill waited
+    /// for on exit, the touch order kept in FILE.order). Prints the time to usable memory
+    /// and the fill on stderr. See docs/snapshot.md.
     #[arg(long = "restore", value_name = "ID=FILE[,mode=M]", value_parser = image::parse_restore)]
     restore: Vec<image::RestoreSpec>,
     /// Save a backend's memory to a snapshot image on exit, after the report and the
@@ -340,11 +342,14 @@ pub fn main(args: RunArgs) -> ExitCode {
         }
         return fail(&format!("-object {}", backend_specs[e.index]), e.error);
     }
-    if let Err(e) = image::restore_all(&args.restore, &mut objects, &progress) {
-        eprintln!("hostmem: {e}");
-        objects.delete_all();
-        return ExitCode::from(1);
-    }
+    let lazy = match image::restore_all(&args.restore, &mut objects, &progress) {
+        Ok(lazy) => lazy,
+        Err(e) => {
+            eprintln!("hostmem: {e}");
+            objects.delete_all();
+            return ExitCode::from(1);
+        }
+    };
     // What QEMU prints as warnings (a pmem=on file that is not on DAX, ...).
     for (b, spec) in objects.backends().zip(&backend_specs) {
         for n in b.notes() {
@@ -385,6 +390,14 @@ pub fn main(args: RunArgs) -> ExitCode {
     if args.hold {
         // Any stop (EOF, SIGINT, SIGTERM) ends the hold cleanly with status 0.
         let _ = events.rx.recv();
+    }
+    // A lazy restore ends before a save reads its memory: the fill waited for, the
+    // touch order kept.
+    for l in lazy {
+        if let Err(e) = l.finish() {
+            eprintln!("hostmem: {e}");
+            status = 1;
+        }
     }
     for e in image::save_all(&args.save, &objects, &progress) {
         eprintln!("hostmem: {e}");

@@ -183,6 +183,39 @@ fn run_save_then_run_restore_brings_the_bytes_back() {
 }
 
 #[test]
+fn run_restore_lazy_fills_the_backend_and_keeps_the_touch_order() {
+    let dir = scratch("lazy");
+    let (source, want) = source_file(&dir);
+    let img = dir.join("m.img");
+    run_ok(&[
+        "--object",
+        &file_object("m", &source),
+        "--save",
+        &format!("m={}", img.display()),
+    ]);
+    // userfaultfd serves shmem: the target file is on /dev/shm (tmpfs).
+    let target =
+        std::path::PathBuf::from(format!("/dev/shm/hostmem-cli-lazy-{}", std::process::id()));
+    let err = run_ok(&[
+        "--object",
+        &file_object("m", &target),
+        "--restore",
+        &format!("m={},mode=lazy", img.display()),
+    ]);
+    let got = std::fs::read(&target).unwrap();
+    let _ = std::fs::remove_file(&target);
+    assert!(usable_ms(&err, "m") >= 0.0);
+    assert!(err.contains("lazy fill of 'm' done"), "{err}");
+    assert!(
+        got == want,
+        "the lazily restored file differs from the saved bytes"
+    );
+    let order = std::fs::read(dir.join("m.img.order")).unwrap();
+    assert_eq!(&order[..8], b"HOSTMEMO", "no touch order beside the image");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn run_restore_private_maps_the_image_and_saves_its_bytes() {
     let dir = scratch("private");
     let (source, want) = source_file(&dir);

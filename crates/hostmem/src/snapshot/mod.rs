@@ -19,12 +19,15 @@
 //! - [`restore_private`]: the image file mapped MAP_PRIVATE as a file backend (QEMU's
 //!   templating), its page cache shared by every clone, a page copied when written.
 //!
-//! Lazy (userfaultfd) restore is not here yet.
+//! - [`lazy`]: userfaultfd: usable at once, pages served from the image on first touch
+//!   (checked first; SIGBUS for a page that cannot be served), the rest filled in the
+//!   background in the last run's touch order.
 
 mod diff;
 mod error;
 mod format;
 mod image;
+pub mod lazy;
 mod memory;
 mod par;
 mod place;
@@ -36,6 +39,7 @@ pub use diff::{restore_diff, save_diff, Dirty};
 pub use error::{BlockFault, SnapshotError};
 pub use format::{BlockAt, BlockKind, Header, RegionEntry, MAGIC, MAX_BLOCK_SIZE, VERSION};
 pub use image::{Image, RawRegion};
+pub use lazy::{restore_lazy, LazyOptions, LazyProgress, LazyRegion, LazyReport, LazyServer};
 pub use place::check_room;
 pub use private::{private_builder, restore_private};
 pub use restore::{restore, RestoreOptions, RestoreReport, VerifyReport};

@@ -62,7 +62,7 @@ impl Image {
             .ok_or_else(|| SnapshotError::Mismatch(format!("block {i} is outside the layout")))
     }
 
-    fn block_error(&self, b: &BlockAt, fault: BlockFault) -> SnapshotError {
+    pub(crate) fn block_error(&self, b: &BlockAt, fault: BlockFault) -> SnapshotError {
         SnapshotError::Block {
             index: b.index,
             backend_offset: b.backend_offset,
@@ -73,7 +73,7 @@ impl Image {
 
     /// Reads block `b` into `buf` and checks it against the table: the bytes come back
     /// only if they are the bytes that were saved.
-    fn read_checked<'a>(&self, b: &BlockAt, buf: &'a mut [u8]) -> Result<&'a [u8]> {
+    pub(crate) fn read_checked<'a>(&self, b: &BlockAt, buf: &'a mut [u8]) -> Result<&'a [u8]> {
         let buf = &mut buf[..b.len as usize];
         let mut got = 0usize;
         while got < buf.len() {

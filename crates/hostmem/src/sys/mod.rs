@@ -17,6 +17,8 @@ mod probe;
 mod promise;
 pub(crate) mod seek;
 mod thread;
+#[cfg(feature = "json")]
+pub(crate) mod uffd;
 #[cfg(feature = "vm-memory")]
 pub(crate) mod vmm;
 

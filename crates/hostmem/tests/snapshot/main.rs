@@ -8,6 +8,8 @@ mod common;
 
 mod diff;
 mod faults;
+mod lazy;
+mod lazy_faults;
 mod placed;
 mod private;
 mod round_trip;

@@ -1,0 +1,542 @@
+//! The lazy restore's moving parts: the image's blocks as *units* of memory, the
+//! threads that serve faults and fill in the background, and how one unit is served.
+//!
+//! A data block is served whole: read, checked against its checksum, then copied with
+//! one UFFDIO_COPY over every page of it not yet present. Why whole blocks: the
+//! checksum covers the block, so its bytes must all be read and hashed before any of
+//! them may reach memory; once they are, installing all of them costs one copy more and
+//! saves the block's other pages a fault each (measured in `docs/snapshot.md`).
+//! A hole is served a page at a time (the zero page, or a huge page of zeros on
+//! hugetlb), only where touched: shmem and hugetlb allocate a page for it, so the
+//! background fill leaves holes alone and they stay non-resident.
+//!
+//! Each data unit has a lock held while it is served, and a state: pending, done (every
+//! page not discarded was copied) or failed (every page not present was poisoned). A
+//! fault on a done unit can only be a page discarded since (MADV_DONTNEED/REMOVE, read
+//! as zeros) or a fault raced by the copy, so it is answered with zeros, which never
+//! overwrite a present page.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use super::super::format::{BlockAt, BlockKind};
+use super::super::image::Image;
+use super::super::{BlockFault, SnapshotError};
+use super::LazyRegion;
+use crate::sys::uffd::{Event, Fill, Uffd};
+
+/// How long a serving thread waits for a message before it looks at the stop flag.
+const POLL_MS: i32 = 50;
+/// Messages read at once.
+const BATCH: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum State {
+    Pending,
+    Done,
+    Failed,
+}
+
+/// One image block where it lies in the uffd's address space.
+#[derive(Debug)]
+pub(super) struct Unit {
+    pub at: BlockAt,
+    pub host: u64,
+    pub page: u64,
+    pub kind: BlockKind,
+    pub state: Mutex<State>,
+}
+
+impl Unit {
+    fn is_data(&self) -> bool {
+        matches!(self.kind, BlockKind::Data { .. } | BlockKind::Unchecked)
+    }
+}
+
+/// What every serving thread shares.
+pub(super) struct Shared {
+    pub image: Arc<Image>,
+    pub uffd: Uffd,
+    pub regions: Vec<LazyRegion>,
+    /// Sorted by `host`.
+    pub units: Vec<Unit>,
+    /// Host ranges discarded (REMOVE events): zeros from then on.
+    removed: Mutex<Vec<(u64, u64)>>,
+    /// Faults read while a copy waited for events (EAGAIN), served next.
+    queued: Mutex<VecDeque<Event>>,
+    pub stop: AtomicBool,
+    /// The uffd's address space has gone (ESRCH): nothing left to serve.
+    pub gone: AtomicBool,
+    pub data_units: u64,
+    pub units_settled: AtomicU64,
+    pub bytes_total: u64,
+    pub bytes_filled: AtomicU64,
+    pub faults: AtomicU64,
+    pub zero_faults: AtomicU64,
+    pub poisoned_bytes: AtomicU64,
+    pub errors: Mutex<Vec<SnapshotError>>,
+    pub error_count: AtomicU64,
+    /// Block indices in the order faults first touched them.
+    pub touched: Mutex<Vec<u64>>,
+    pub record: bool,
+    pub started: Instant,
+    pub filled_secs: Mutex<Option<f64>>,
+    /// Signalled when the last data unit settles, an error arrives, or the space goes.
+    pub changed: Condvar,
+    pub changed_lock: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub(super) fn new(
+        image: Arc<Image>,
+        uffd: Uffd,
+        regions: Vec<LazyRegion>,
+        units: Vec<Unit>,
+        record: bool,
+    ) -> Shared {
+        let data: Vec<&Unit> = units.iter().filter(|u| u.is_data()).collect();
+        let bytes_total = data.iter().map(|u| u.at.len).sum();
+        let data_units = data.len() as u64;
+        Shared {
+            image,
+            uffd,
+            regions,
+            units,
+            removed: Mutex::new(Vec::new()),
+            queued: Mutex::new(VecDeque::new()),
+            stop: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
+            data_units,
+            units_settled: AtomicU64::new(0),
+            bytes_total,
+            bytes_filled: AtomicU64::new(0),
+            faults: AtomicU64::new(0),
+            zero_faults: AtomicU64::new(0),
+            poisoned_bytes: AtomicU64::new(0),
+            errors: Mutex::new(Vec::new()),
+            error_count: AtomicU64::new(0),
+            touched: Mutex::new(Vec::new()),
+            record,
+            started: Instant::now(),
+            filled_secs: Mutex::new(None),
+            changed: Condvar::new(),
+            changed_lock: Mutex::new(()),
+        }
+    }
+
+    pub(super) fn filled(&self) -> bool {
+        self.units_settled.load(Ordering::Acquire) >= self.data_units
+    }
+
+    fn notify(&self) {
+        let _g = lock(&self.changed_lock);
+        self.changed.notify_all();
+    }
+
+    fn fail(&self, e: SnapshotError) {
+        lock(&self.errors).push(e);
+        self.error_count.fetch_add(1, Ordering::Release);
+        self.notify();
+    }
+
+    fn settle(&self) {
+        let n = self.units_settled.fetch_add(1, Ordering::AcqRel) + 1;
+        if n == self.data_units {
+            *lock(&self.filled_secs) = Some(self.started.elapsed().as_secs_f64());
+            self.notify();
+        }
+    }
+
+    fn unit_at(&self, addr: u64) -> Option<usize> {
+        let i = self
+            .units
+            .partition_point(|u| u.host <= addr)
+            .checked_sub(1)?;
+        let u = &self.units[i];
+        (addr < u.host + u.at.len).then_some(i)
+    }
+
+    fn page_size_at(&self, addr: u64) -> u64 {
+        self.regions
+            .iter()
+            .find(|r| addr >= r.host_addr && addr - r.host_addr < r.len)
+            .map_or(4096, |r| r.page_size)
+    }
+
+    /// The fault-serving loop: until stopped or the address space is gone.
+    pub(super) fn serve_faults(&self, buf: &mut Vec<u8>) {
+        while !self.stop.load(Ordering::Relaxed) && !self.gone.load(Ordering::Relaxed) {
+            let queued: Vec<Event> = lock(&self.queued).drain(..).collect();
+            for e in queued {
+                self.handle(e, buf);
+            }
+            match self.uffd.poll(POLL_MS) {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(e) => {
+                    self.fail(SnapshotError::Io {
+                        what: "polling the userfaultfd of",
+                        path: self.image.path().to_path_buf(),
+                        source: e,
+                    });
+                    return;
+                }
+            }
+            match self.uffd.read_events(BATCH) {
+                Ok(events) => events.into_iter().for_each(|e| self.handle(e, buf)),
+                Err(e) => {
+                    self.fail(SnapshotError::Io {
+                        what: "reading the userfaultfd of",
+                        path: self.image.path().to_path_buf(),
+                        source: e,
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle(&self, e: Event, buf: &mut Vec<u8>) {
+        match e {
+            Event::Fault { addr, minor, .. } => {
+                self.faults.fetch_add(1, Ordering::Relaxed);
+                self.fault(addr, minor, buf);
+            }
+            Event::Remove { start, end } | Event::Unmap { start, end } => {
+                lock(&self.removed).push((start, end));
+            }
+            Event::Other(_) => {}
+        }
+    }
+
+    fn fault(&self, addr: u64, minor: bool, buf: &mut Vec<u8>) {
+        let page = self.page_size_at(addr);
+        let addr = addr / page * page;
+        if minor {
+            // The page cache has the page (the VMM put it there): map it.
+            let _ = self.settled(self.uffd.continue_(addr, page), addr, page);
+            return;
+        }
+        let Some(i) = self.unit_at(addr) else {
+            // Memory the image does not cover reads as zeros.
+            self.zero(addr, page);
+            return;
+        };
+        let u = &self.units[i];
+        if !u.is_data() {
+            self.zero(addr, page);
+            return;
+        }
+        let mut state = lock(&u.state);
+        match *state {
+            State::Pending => {
+                if self.record {
+                    lock(&self.touched).push(u.at.index);
+                }
+                *state = self.serve(u, buf);
+                self.settle();
+            }
+            State::Done => self.zero(addr, page),
+            State::Failed => {
+                let _ = self.settled(self.uffd.poison(addr, page), addr, page);
+            }
+        }
+    }
+
+    /// Background fill: the units in `order`, taken from `next` by every fill thread.
+    pub(super) fn fill(&self, order: &[usize], next: &AtomicU64, buf: &mut Vec<u8>) {
+        loop {
+            if self.stop.load(Ordering::Relaxed) || self.gone.load(Ordering::Relaxed) {
+                return;
+            }
+            let k = next.fetch_add(1, Ordering::Relaxed) as usize;
+            let Some(&i) = order.get(k) else { return };
+            let u = &self.units[i];
+            let mut state = lock(&u.state);
+            if *state == State::Pending {
+                *state = self.serve(u, buf);
+                self.settle();
+            }
+        }
+    }
+
+    /// Zeros for a hole page (the zero page; a huge page of zeros on hugetlb, where
+    /// UFFDIO_ZEROPAGE is refused).
+    fn zero(&self, addr: u64, page: u64) {
+        self.zero_faults.fetch_add(1, Ordering::Relaxed);
+        let r = if page > 4096 {
+            zeros_copy(&self.uffd, addr, page)
+        } else {
+            self.uffd.zeropage(addr, page)
+        };
+        let _ = self.settled(r, addr, page);
+    }
+
+    /// A fill's answer for one page: EEXIST (present already) wakes the waiters; ESRCH
+    /// means the address space is gone.
+    fn settled(&self, r: Fill, addr: u64, len: u64) -> io::Result<()> {
+        match r {
+            Fill::Done => Ok(()),
+            Fill::Exists { .. } => {
+                let _ = self.uffd.wake(addr, len);
+                Ok(())
+            }
+            Fill::Failed { err, .. } => {
+                if err.raw_os_error() == Some(libc::ESRCH) {
+                    self.gone.store(true, Ordering::Relaxed);
+                    self.notify();
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Serves a pending data unit (its lock held): checked bytes copied over every page
+    /// not present and not discarded, or, when the bytes cannot be had, every page not
+    /// present poisoned and the error kept.
+    fn serve(&self, u: &Unit, buf: &mut Vec<u8>) -> State {
+        buf.resize(u.at.len as usize, 0);
+        let bytes = match self.image.read_checked(&u.at, buf) {
+            Ok(b) => b,
+            Err(e) => {
+                // The error first: by the time the toucher sees SIGBUS, progress() has it.
+                self.fail(e);
+                self.poison_unit(u);
+                return State::Failed;
+            }
+        };
+        match self.copy_runs(u, bytes) {
+            Ok(n) => {
+                self.bytes_filled.fetch_add(n, Ordering::Relaxed);
+                State::Done
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => State::Failed,
+            Err(e) => {
+                self.fail(self.image.block_error(&u.at, BlockFault::Write(e)));
+                self.poison_unit(u);
+                State::Failed
+            }
+        }
+    }
+
+    /// The unit's host ranges that were not discarded.
+    fn runs(&self, u: &Unit) -> Vec<(u64, u64)> {
+        let (start, end) = (u.host, u.host + u.at.len);
+        let mut runs = vec![(start, end)];
+        for &(rs, re) in lock(&self.removed).iter() {
+            let (rs, re) = (rs.max(start), re.min(end));
+            if rs >= re {
+                continue;
+            }
+            runs = runs
+                .into_iter()
+                .flat_map(|(a, b)| {
+                    let mut out = Vec::new();
+                    if a < rs.min(b) {
+                        out.push((a, rs.min(b)));
+                    }
+                    if re.max(a) < b {
+                        out.push((re.max(a), b));
+                    }
+                    out
+                })
+                .collect();
+        }
+        // Whole pages only (discards come in pages, but a guard costs nothing).
+        runs.into_iter()
+            .map(|(a, b)| (a.div_ceil(u.page) * u.page, b / u.page * u.page))
+            .filter(|(a, b)| a < b)
+            .collect()
+    }
+
+    /// Copies the unit's bytes over its pages, skipping present ones (EEXIST), page by
+    /// page past each; bytes copied.
+    fn copy_runs(&self, u: &Unit, bytes: &[u8]) -> io::Result<u64> {
+        let mut copied = 0;
+        let mut attempts = 0;
+        'again: loop {
+            for (a, b) in self.runs(u) {
+                let mut at = a;
+                while at < b {
+                    let off = (at - u.host) as usize;
+                    let src = &bytes[off..off + (b - at) as usize];
+                    match self.uffd.copy(at, src) {
+                        Fill::Done => {
+                            copied += b - at;
+                            at = b;
+                        }
+                        Fill::Exists { done } => {
+                            copied += done;
+                            at += done + u.page;
+                        }
+                        Fill::Failed { done, err } => {
+                            copied += done;
+                            if err.raw_os_error() == Some(libc::EAGAIN) && attempts < 1000 {
+                                // The address space is changing (a discard in flight):
+                                // read its events, then go over the runs again.
+                                attempts += 1;
+                                self.take_events();
+                                continue 'again;
+                            }
+                            if err.raw_os_error() == Some(libc::ESRCH) {
+                                self.gone.store(true, Ordering::Relaxed);
+                                self.notify();
+                            }
+                            return Err(err);
+                        }
+                    }
+                }
+            }
+            return Ok(copied);
+        }
+    }
+
+    /// Reads waiting messages while a copy cannot proceed: discards are recorded at
+    /// once (they are what the copy waits for), faults queued for the fault loop.
+    fn take_events(&self) {
+        let _ = self.uffd.poll(1);
+        if let Ok(events) = self.uffd.read_events(BATCH) {
+            for e in events {
+                match e {
+                    Event::Remove { start, end } | Event::Unmap { start, end } => {
+                        lock(&self.removed).push((start, end));
+                    }
+                    e => lock(&self.queued).push_back(e),
+                }
+            }
+        }
+    }
+
+    /// Poisons every page of the unit that is not present: a touch raises SIGBUS.
+    fn poison_unit(&self, u: &Unit) {
+        let (mut at, end) = (u.host, u.host + u.at.len);
+        while at < end {
+            match self.uffd.poison(at, end - at) {
+                Fill::Done => {
+                    self.poisoned_bytes.fetch_add(end - at, Ordering::Relaxed);
+                    return;
+                }
+                Fill::Exists { done } => {
+                    self.poisoned_bytes.fetch_add(done, Ordering::Relaxed);
+                    at += done + u.page;
+                }
+                Fill::Failed { done, err } => {
+                    self.poisoned_bytes.fetch_add(done, Ordering::Relaxed);
+                    if err.raw_os_error() == Some(libc::ESRCH) {
+                        self.gone.store(true, Ordering::Relaxed);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Poisons every data unit still pending (the restore is stopping before they
+    /// were filled): a later touch raises SIGBUS instead of reading zeros.
+    pub(super) fn poison_pending(&self) {
+        for u in self.units.iter().filter(|u| u.is_data()) {
+            let mut s = lock(&u.state);
+            if *s == State::Pending {
+                self.poison_unit(u);
+                *s = State::Failed;
+            }
+        }
+    }
+}
+
+/// A huge page of zeros copied (hugetlb has no UFFDIO_ZEROPAGE).
+fn zeros_copy(uffd: &Uffd, addr: u64, page: u64) -> Fill {
+    let zeros = vec![0u8; page as usize];
+    uffd.copy(addr, &zeros)
+}
+
+/// The units of `image` over `regions`: every block whose memory a region holds, with
+/// its host address. A block partly inside a region, or not on the region's pages, is
+/// refused; blocks outside every region are not served (no fault can come for them).
+pub(super) fn units(image: &Image, regions: &[LazyRegion]) -> Result<Vec<Unit>, SnapshotError> {
+    let h = image.header();
+    let mut units = Vec::new();
+    for i in 0..h.blocks {
+        let Some(at) = h.block(i) else { continue };
+        let (start, end) = (at.backend_offset, at.backend_offset + at.len);
+        let Some(r) = regions
+            .iter()
+            .find(|r| start < r.backend_offset + r.len && r.backend_offset < end)
+        else {
+            continue;
+        };
+        if start < r.backend_offset || end > r.backend_offset + r.len {
+            return Err(SnapshotError::Mismatch(format!(
+                "block {i} (backend bytes {start:#x}..{end:#x}) is not inside one region"
+            )));
+        }
+        let host = r.host_addr + (start - r.backend_offset);
+        if r.page_size == 0
+            || !host.is_multiple_of(r.page_size)
+            || !at.len.is_multiple_of(r.page_size)
+        {
+            return Err(SnapshotError::Mismatch(format!(
+                "block {i} ({} bytes at {host:#x}) is not whole {}-byte pages: \
+                 a page larger than the image's block cannot be served lazily",
+                at.len, r.page_size
+            )));
+        }
+        let kind = image.blocks()[i as usize];
+        if kind == BlockKind::Base {
+            return Err(SnapshotError::Mismatch(
+                "a diff image cannot be restored lazily: restore it by copy (restore_diff)".into(),
+            ));
+        }
+        units.push(Unit {
+            at,
+            host,
+            page: r.page_size,
+            kind,
+            state: Mutex::new(State::Pending),
+        });
+    }
+    units.sort_by_key(|u| u.host);
+    if units
+        .windows(2)
+        .any(|w| w[0].host + w[0].at.len > w[1].host)
+    {
+        return Err(SnapshotError::Mismatch(
+            "two regions map blocks to overlapping addresses".into(),
+        ));
+    }
+    Ok(units)
+}
+
+/// The background fill's order: the recorded block indices first (those the image
+/// has as data, each once), then every other data unit in address order.
+pub(super) fn fill_order(units: &[Unit], recorded: &[u64]) -> Vec<usize> {
+    let by_block: std::collections::HashMap<u64, usize> = units
+        .iter()
+        .enumerate()
+        .filter(|(_, u)| u.is_data())
+        .map(|(i, u)| (u.at.index, i))
+        .collect();
+    let mut seen = vec![false; units.len()];
+    let mut order = Vec::with_capacity(by_block.len());
+    for b in recorded {
+        if let Some(&i) = by_block.get(b) {
+            if !seen[i] {
+                seen[i] = true;
+                order.push(i);
+            }
+        }
+    }
+    for (i, u) in units.iter().enumerate() {
+        if u.is_data() && !seen[i] {
+            order.push(i);
+        }
+    }
+    order
+}

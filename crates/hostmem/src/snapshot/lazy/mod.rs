@@ -1,0 +1,302 @@
+//! Lazy restore (userfaultfd): memory usable at once, each page served from the image
+//! on first touch, the rest filled in the background — in the order the last run
+//! touched blocks when that order was recorded, else in address order.
+//!
+//! - [`serve`]: the engine, on a userfaultfd whose ranges are registered already (ours,
+//!   or another process's: Firecracker sends its uffd and regions, `crate::fc`).
+//! - [`restore_lazy`]: a hostmem [`Backend`](crate::Backend) restored in this process:
+//!   checked against its limits like a copy restore, registered, served.
+//!
+//! What a toucher sees (`docs/snapshot.md`): the image's bytes, checked against the
+//! block's checksum before any of them reach memory; zeros for a hole; for a page that
+//! cannot be served (checksum mismatch, short read, I/O error) SIGBUS (the page is
+//! poisoned with UFFDIO_POISON), never a hang and never wrong bytes, and the error —
+//! naming the block, its backend offset and page, and the cause — in
+//! [`LazyServer::progress`] and [`LazyServer::wait`] at once.
+
+mod engine;
+mod local;
+mod order;
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::image::Image;
+use super::{Result, SnapshotError};
+use crate::sys::uffd::Uffd;
+use engine::Shared;
+
+pub use local::restore_lazy;
+pub use order::{load_order, order_path, save_order};
+
+/// A range of an address space registered with a userfaultfd (ours or another
+/// process's: Firecracker registers its own guest memory and sends us the uffd) whose
+/// bytes are the image's backend bytes `[backend_offset, backend_offset + len)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LazyRegion {
+    /// Start address in the uffd's address space.
+    pub host_addr: u64,
+    /// Bytes (whole pages).
+    pub len: u64,
+    /// Where the range is in the image's backend.
+    pub backend_offset: u64,
+    /// The memory's page size there (4096; 2 MiB for hugetlb): the unit UFFDIO_COPY
+    /// and zero pages are made in.
+    pub page_size: u64,
+}
+
+/// How to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LazyOptions {
+    /// Threads reading faults (at least 1).
+    pub fault_threads: usize,
+    /// Fill the pages nobody touched in the background (off: only faults are served).
+    pub background: bool,
+    /// Threads of the background fill (at least 1 when `background`).
+    pub fill_threads: usize,
+    /// Block indices to fill first, in this order ([`load_order`] of an earlier run's
+    /// record); the rest follow in address order.
+    pub fill_order: Vec<u64>,
+    /// Keep the order in which faults first touched blocks ([`LazyReport::touched`]),
+    /// to [`save_order`] for the next restore.
+    pub record_order: bool,
+    /// CPUs the serving threads run on (empty: any): those of the nodes the memory is
+    /// bound to, so the copies are node-local.
+    pub cpus: Vec<usize>,
+}
+
+impl Default for LazyOptions {
+    fn default() -> Self {
+        LazyOptions {
+            fault_threads: 1,
+            background: true,
+            fill_threads: 1,
+            fill_order: Vec::new(),
+            record_order: true,
+            cpus: Vec::new(),
+        }
+    }
+}
+
+/// Where a lazy restore is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LazyProgress {
+    /// Bytes of data blocks in the served ranges.
+    pub bytes_total: u64,
+    /// Of those, bytes copied into memory so far (by faults and the background fill).
+    pub bytes_filled: u64,
+    /// Page faults read.
+    pub faults: u64,
+    /// Of those, answered with zeros (holes, memory the image does not cover, pages
+    /// discarded after they were filled).
+    pub zero_faults: u64,
+    /// Bytes poisoned (a touch raises SIGBUS): blocks that could not be served.
+    pub poisoned_bytes: u64,
+    /// Every error so far, in words (block, backend offset, page, cause).
+    pub errors: Vec<String>,
+    /// Every data block is in memory (or poisoned).
+    pub filled: bool,
+    /// The uffd's address space went away (the VM exited).
+    pub gone: bool,
+    /// Seconds since serving began.
+    pub secs: f64,
+}
+
+/// What a lazy restore did, when it ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LazyReport {
+    /// The counters at the end.
+    pub progress: LazyProgress,
+    /// Seconds from serving to the last data block filled, if it was.
+    pub filled_secs: Option<f64>,
+    /// Block indices in the order faults first touched them (with `record_order`).
+    pub touched: Vec<u64>,
+}
+
+/// A running lazy restore: threads serving the uffd's faults and filling in the
+/// background. [`wait`](LazyServer::wait) or [`stop`](LazyServer::stop) ends it;
+/// dropping it stops it as `stop` does.
+pub struct LazyServer {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    /// Keeps memory of ours mapped while it is served ([`restore_lazy`]).
+    _hold: Option<crate::InUse>,
+}
+
+/// Serves faults on `uffd` from `image` until every page is filled (background) or the
+/// server is stopped / the uffd's address space goes away. The uffd must already have
+/// the regions registered (UFFDIO_REGISTER MISSING, plus MINOR where used; a minor
+/// fault is answered with UFFDIO_CONTINUE: the page cache already has the page), and
+/// should have UFFD_FEATURE_EVENT_REMOVE so a discarded page reads as zeros instead of
+/// being filled again. Every region's memory must be missing (nothing present): a
+/// present page is left as it is.
+pub fn serve(
+    image: Arc<Image>,
+    uffd: OwnedFd,
+    regions: Vec<LazyRegion>,
+    opts: LazyOptions,
+) -> Result<LazyServer> {
+    let uffd = Uffd::from_fd(uffd).map_err(|source| SnapshotError::Io {
+        what: "making the userfaultfd non-blocking for",
+        path: image.path().to_path_buf(),
+        source,
+    })?;
+    start(image, uffd, regions, opts, None)
+}
+
+/// What one serving thread does, with its own block buffer.
+type Job = Box<dyn FnOnce(&Shared, &mut Vec<u8>) + Send>;
+
+pub(super) fn start(
+    image: Arc<Image>,
+    uffd: Uffd,
+    regions: Vec<LazyRegion>,
+    opts: LazyOptions,
+    hold: Option<crate::InUse>,
+) -> Result<LazyServer> {
+    let units = engine::units(&image, &regions)?;
+    let order = Arc::new(engine::fill_order(&units, &opts.fill_order));
+    let shared = Arc::new(Shared::new(image, uffd, regions, units, opts.record_order));
+    let buf_len = shared.image.header().buffer_len();
+    let mut threads = Vec::new();
+    let spawn = |name: String, f: Job| {
+        let s = Arc::clone(&shared);
+        let cpus = opts.cpus.clone();
+        std::thread::Builder::new().name(name).spawn(move || {
+            if !cpus.is_empty() {
+                // Placement is a speed hint: a refused pin still serves.
+                let _ = crate::sys::pin_current_thread(&cpus);
+            }
+            let mut buf = Vec::with_capacity(buf_len);
+            f(&s, &mut buf)
+        })
+    };
+    let spawned = |e: std::io::Error| SnapshotError::Io {
+        what: "starting a serving thread for",
+        path: shared.image.path().to_path_buf(),
+        source: e,
+    };
+    for t in 0..opts.fault_threads.max(1) {
+        let h = spawn(
+            format!("hostmem-uffd{t}"),
+            Box::new(|s, b| s.serve_faults(b)),
+        );
+        threads.push(h.map_err(spawned)?);
+    }
+    if opts.background {
+        let next = Arc::new(AtomicU64::new(0));
+        for t in 0..opts.fill_threads.max(1) {
+            let (order, next) = (Arc::clone(&order), Arc::clone(&next));
+            let h = spawn(
+                format!("hostmem-fill{t}"),
+                Box::new(move |s, b| s.fill(&order, &next, b)),
+            );
+            threads.push(h.map_err(spawned)?);
+        }
+    }
+    Ok(LazyServer {
+        shared,
+        threads,
+        _hold: hold,
+    })
+}
+
+impl LazyServer {
+    /// The counters now; errors appear here as soon as a block fails.
+    pub fn progress(&self) -> LazyProgress {
+        let s = &self.shared;
+        LazyProgress {
+            bytes_total: s.bytes_total,
+            bytes_filled: s.bytes_filled.load(Ordering::Relaxed),
+            faults: s.faults.load(Ordering::Relaxed),
+            zero_faults: s.zero_faults.load(Ordering::Relaxed),
+            poisoned_bytes: s.poisoned_bytes.load(Ordering::Relaxed),
+            errors: engine_errors(s),
+            filled: s.filled(),
+            gone: s.gone.load(Ordering::Relaxed),
+            secs: s.started.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// Waits up to `timeout` for every data block to be filled, an error, or the
+    /// address space to go; true when one of them happened.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let s = &self.shared;
+        let ended = || {
+            s.filled()
+                || s.error_count.load(Ordering::Acquire) > 0
+                || s.gone.load(Ordering::Relaxed)
+        };
+        let g = s.changed_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (_g, r) = s
+            .changed
+            .wait_timeout_while(g, timeout, |_| !ended())
+            .unwrap_or_else(|e| e.into_inner());
+        !r.timed_out() || ended()
+    }
+
+    /// Until every page is filled (then the threads end), or the first error: then the
+    /// restore ends as [`stop`](LazyServer::stop) ends it (pages not filled are
+    /// poisoned) and the error is returned. Needs the background fill (without it,
+    /// only `stop` ends a restore).
+    pub fn wait(self) -> Result<LazyReport> {
+        while !self.wait_timeout(Duration::from_secs(3600)) {}
+        self.end()
+    }
+
+    /// Stops serving now. Data pages not filled yet are poisoned first (a later touch
+    /// raises SIGBUS: with nobody serving, it would otherwise hang, or read zeros once
+    /// the uffd is closed); holes read as zeros either way. Returns the first error, if
+    /// any block failed.
+    pub fn stop(self) -> Result<LazyReport> {
+        self.end()
+    }
+
+    fn end(mut self) -> Result<LazyReport> {
+        let s = Arc::clone(&self.shared);
+        s.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if !s.gone.load(Ordering::Relaxed) {
+            s.poison_pending();
+        }
+        let report = LazyReport {
+            progress: self.progress(),
+            filled_secs: *s.filled_secs.lock().unwrap_or_else(|e| e.into_inner()),
+            touched: s.touched.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        };
+        let mut errors = s.errors.lock().unwrap_or_else(|e| e.into_inner());
+        if !errors.is_empty() {
+            return Err(errors.remove(0));
+        }
+        Ok(report)
+    }
+}
+
+impl Drop for LazyServer {
+    fn drop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if !self.shared.gone.load(Ordering::Relaxed) {
+            self.shared.poison_pending();
+        }
+    }
+}
+
+fn engine_errors(s: &Shared) -> Vec<String> {
+    s.errors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
+}
