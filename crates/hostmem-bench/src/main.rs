@@ -21,6 +21,7 @@ mod diffcase;
 mod guards;
 mod inproc;
 mod kernel;
+mod lazycase;
 mod measure;
 mod modereport;
 mod modes;
