@@ -161,9 +161,17 @@ fn save_case(s: &mut Snap, key: &str, mem: Mem, img: &Path) -> Result<u64, Strin
                 remove(img);
                 settle(&s.args.dir)?;
                 let started = std::time::Instant::now();
-                snapshot::save(&src, img, &SaveOptions::default(), &s.progress)
+                let r = snapshot::save(&src, img, &SaveOptions::default(), &s.progress)
                     .map_err(lib("save"))?;
-                ("save", started.elapsed().as_secs_f64())
+                let secs = started.elapsed().as_secs_f64();
+                // Holes the kernel reported (never read) and holes read as zeros.
+                let sm = &mut s.run.samples;
+                sm.push(
+                    format!("snap/{key}/holes-unread"),
+                    Some(r.unread_holes as f64),
+                );
+                sm.push(format!("snap/{key}/holes-read"), Some(r.zero_holes as f64));
+                ("save", secs)
             } else {
                 remove(&plain);
                 settle(&s.args.dir)?;

@@ -33,11 +33,13 @@ pub(crate) fn tables(r: &mut ModeRun, size: u64, args: &SnapArgs) {
             r.samples.median(&k("written")),
         );
         r.lines.push(format!(
-            "  {:<38} {:>12} MiB on disk for {} MiB written ({})",
+            "  {:<38} {:>12} MiB on disk for {} MiB written ({}); hole blocks: {} found by the kernel, {} read as zeros",
             "image",
             fmt_num(r.samples.median(&k("image-disk")).map(|b| b / MIB), 0),
             fmt_num(r.samples.median(&k("written")).map(|b| b / MIB), 0),
-            crate::stats::fmt_ratio(disk)
+            crate::stats::fmt_ratio(disk),
+            fmt_num(r.samples.median(&k("holes-unread")), 0),
+            fmt_num(r.samples.median(&k("holes-read")), 0),
         ));
         r.time_row(
             "copy restore (warm page cache)",
