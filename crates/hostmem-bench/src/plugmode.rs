@@ -113,9 +113,14 @@ impl Plug {
     /// The kernel: a plain backend preallocated, then the kernel's own discard of as
     /// much memory of that kind.
     fn kernel(&mut self, key: &str, mem: Mem, keep: bool) -> Result<(), String> {
-        let spec = self.spec(mem, "plain", self.size, true);
+        // Made without prealloc, then preallocated on its own: the timed work is the
+        // preallocation, as a plug's is its populate (creating a backend also parses,
+        // maps and checks the host, which a plug does not do).
+        let spec = self.spec(mem, "plain", self.size, false);
+        let mut b: Backend = make_backend(&spec, &self.progress)?;
         let t = Instant::now();
-        let b: Backend = make_backend(&spec, &self.progress)?;
+        b.prealloc_now(self.cpus as u32, &self.progress)
+            .map_err(|e| format!("prealloc: {e}"))?;
         let prealloc = t.elapsed().as_secs_f64();
         let k = |m: &str| format!("plug/{key}/{m}");
         let thp = b
