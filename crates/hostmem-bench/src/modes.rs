@@ -32,7 +32,7 @@ pub(crate) struct Common {
     /// Unmeasured repetitions first (memory this host has not backed yet is slow).
     #[arg(long, default_value_t = 1)]
     pub(crate) warmup: usize,
-    /// Only these memory kinds (comma-separated: 4k, 2m; plug also thp, shmem).
+    /// Only these parts (comma-separated): snapshot 4k, 2m, clones; plug 4k, thp, shmem, 2m.
     #[arg(long, value_delimiter = ',')]
     pub(crate) kinds: Vec<String>,
     /// Print one JSON document instead of tables.

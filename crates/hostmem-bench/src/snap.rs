@@ -111,7 +111,7 @@ pub(crate) fn run(args: &SnapArgs) -> Result<ModeRun, String> {
             kind(&mut s, key, mem)?;
         }
     }
-    if args.common.wants("clones") || args.common.kinds.is_empty() {
+    if args.common.wants("clones") {
         s.check_stop()?;
         crate::clones::measure(&mut s)?;
     }
