@@ -10,7 +10,9 @@ const EXAMPLES: &str = "Examples:
   hostmem-bench --size 2G               a shorter profile (~5 min)
   hostmem-bench --size 256M --reps 1    a quick smoke run
   hostmem-bench --save-json run.json    tables on stdout, medians, samples and targets in run.json
-  hostmem-bench --json                  medians, ratios and targets as one JSON document";
+  hostmem-bench --json                  medians, ratios and targets as one JSON document
+  hostmem-bench snapshot --size 8G      save and restore against the kernel's own I/O (issue 21)
+  hostmem-bench plug --size 2G          plug and unplug against prealloc and the kernel's discard (issue 22)";
 
 /// Preallocation speed against QEMU and memset, medians and ratios from one run.
 #[derive(Parser)]
@@ -46,4 +48,7 @@ pub(crate) struct BenchArgs {
     /// run printed as tables keeps its samples.
     #[arg(long, value_name = "FILE")]
     pub(crate) save_json: Option<PathBuf>,
+    /// Another measurement instead of preallocation (its own options follow it).
+    #[command(subcommand)]
+    pub(crate) mode: Option<crate::modes::Mode>,
 }

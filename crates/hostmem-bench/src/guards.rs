@@ -21,6 +21,14 @@ impl HugePagesGuard {
         guard.reserve(Pool::host(HUGE_2M), pages)?;
         Ok(Self { _pool: guard })
     }
+
+    /// Grows the pool again if fewer than `pages` are available now: other people's
+    /// tests on this host set and put back the same pool, and one that puts back the
+    /// size it found can take away pages this guard added. The size put back at the
+    /// end is still the one this guard found first.
+    pub fn top_up(&mut self, pages: u64) -> Result<(), String> {
+        self._pool.reserve(Pool::host(HUGE_2M), pages)
+    }
 }
 
 /// THP off for this process and its children while alive (the 4 KiB case): the flag

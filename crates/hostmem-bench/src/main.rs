@@ -16,13 +16,23 @@
 
 mod args;
 mod busy;
+mod clones;
+mod diffcase;
 mod guards;
 mod inproc;
+mod kernel;
+mod lazycase;
 mod measure;
+mod modereport;
+mod modes;
+mod pattern;
 mod plan;
+mod plugmode;
 mod report;
 mod runner;
 mod scrape;
+mod snap;
+mod snapreport;
 mod stats;
 mod targets;
 
@@ -89,7 +99,12 @@ fn main() -> ExitCode {
     if let Some(code) = scrape::dispatch() {
         return code;
     }
-    match run(&BenchArgs::parse()) {
+    let args = BenchArgs::parse();
+    let out = match &args.mode {
+        Some(mode) => modes::run(mode),
+        None => run(&args),
+    };
+    match out {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS

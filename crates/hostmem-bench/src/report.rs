@@ -18,11 +18,11 @@ use crate::targets::{targets, Target};
 const FOUR_K_HOW: &str = "4 KiB pages for memory-backend-ram: THP disabled for the bench and the processes it starts with prctl(PR_SET_THP_DISABLE); hostmem and QEMU both still advise MADV_HUGEPAGE";
 
 /// The running kernel's release (`6.18.44-...`), from uname.
-fn kernel_release() -> String {
+pub(crate) fn kernel_release() -> String {
     uname().release().to_string_lossy().into_owned()
 }
 
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {

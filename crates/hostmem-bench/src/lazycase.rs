@@ -1,0 +1,111 @@
+//! Lazy restore (userfaultfd, `hostmem::snapshot::restore_lazy`) into a fresh backend:
+//! the time until the memory is usable, the latency of first touches of 4 KiB pages in
+//! data blocks while the background fill runs, and the fill's rate (the image's data
+//! bytes over the engine's time to the last block filled), set beside the copy
+//! restore's rate of the same run by the report.
+//!
+//! A touch is a one-byte `InUse::read_at` of a random 4 KiB page of a data block no
+//! earlier touch went to (the engine serves a fault with the whole block, so a second
+//! page of a touched block would be no first touch), blocks in random order: each is
+//! served by a fault unless the fill got there first, as for a guest's touches. Its
+//! time includes the call's own cost (an madvise(MADV_POPULATE_READ) and a copy), a
+//! few microseconds. How many of the touches faulted is counted by the engine.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hostmem::snapshot::{restore_lazy, BlockKind, Image, LazyOptions};
+use hostmem::Backend;
+
+use crate::pattern::Rng;
+
+/// Touches timed per restore, at most (the fill may end first).
+const TOUCHES: usize = 2000;
+
+pub(crate) struct Lazy {
+    pub usable: f64,
+    /// Seconds from serving to the last data block filled.
+    pub filled: Option<f64>,
+    /// First-touch latencies (seconds) taken while the fill was still running.
+    pub touches: Vec<f64>,
+    /// Faults the engine read while the touches ran (the rest found their block filled).
+    pub faults: u64,
+}
+
+/// One random 4 KiB page in each of up to `n` data blocks, the blocks in random order.
+fn data_pages(image: &Image, n: usize, seed: u64) -> Vec<u64> {
+    let h = image.header();
+    let mut data: Vec<u64> = (0..h.blocks)
+        .filter(|&i| matches!(image.blocks()[i as usize], BlockKind::Data { .. }))
+        .collect();
+    let mut rng = Rng(seed);
+    for i in (1..data.len()).rev() {
+        data.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    data.iter()
+        .take(n)
+        .filter_map(|&i| {
+            let b = h.block(i)?;
+            Some(b.backend_offset + rng.below(b.len / 4096) * 4096)
+        })
+        .collect()
+}
+
+pub(crate) fn run(image: &Arc<Image>, dst: &Backend, seed: u64) -> Result<Lazy, String> {
+    let pages = data_pages(image, TOUCHES, seed);
+    let t = Instant::now();
+    let server = restore_lazy(Arc::clone(image), dst, LazyOptions::default())
+        .map_err(|e| format!("restore_lazy: {e}"))?;
+    let usable = t.elapsed().as_secs_f64();
+    let hold = dst.hold().map_err(|e| e.to_string())?;
+    let mut touches = Vec::with_capacity(pages.len());
+    let mut byte = [0u8; 1];
+    let faults0 = server.progress().faults;
+    for off in pages {
+        if server.progress().filled {
+            break;
+        }
+        let t = Instant::now();
+        hold.read_at(off as usize, &mut byte)
+            .map_err(|e| format!("touch at {off:#x}: {e}"))?;
+        touches.push(t.elapsed().as_secs_f64());
+    }
+    let faults = server.progress().faults - faults0;
+    // The fill ends by itself; a deadline so a stuck restore is an error, not a hang.
+    if !server.wait_timeout(Duration::from_secs(600)) {
+        return Err("the lazy fill did not end within 600 s".into());
+    }
+    let report = server.wait().map_err(|e| format!("lazy restore: {e}"))?;
+    Ok(Lazy {
+        usable,
+        filled: report.filled_secs,
+        touches,
+        faults,
+    })
+}
+
+/// The `q` quantile (0..=1) of `v`, nearest rank.
+pub(crate) fn quantile(v: &[f64], q: f64) -> Option<f64> {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+    if s.is_empty() {
+        return None;
+    }
+    s.sort_by(f64::total_cmp);
+    let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
+    Some(s[rank - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_quantiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.5), Some(50.0));
+        assert_eq!(quantile(&v, 0.99), Some(99.0));
+        assert_eq!(quantile(&v, 1.0), Some(100.0));
+        assert_eq!(quantile(&[], 0.5), None);
+        assert_eq!(quantile(&[3.0], 0.99), Some(3.0));
+    }
+}

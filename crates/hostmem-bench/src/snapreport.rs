@@ -1,0 +1,288 @@
+//! The snapshot mode's tables and targets (issue 21's "Measured" list, with the limit
+//! beside each figure), from the samples `snap.rs`, `diffcase.rs` and `clones.rs` took.
+
+use hostmem::size::format_size;
+
+use crate::lazycase::quantile;
+use crate::modereport::ModeRun;
+use crate::modes::SnapArgs;
+use crate::snap::KINDS;
+use crate::stats::{fmt_num, ratio};
+
+const MIB: f64 = (1u64 << 20) as f64;
+
+pub(crate) fn tables(r: &mut ModeRun, size: u64, args: &SnapArgs) {
+    for (key, mem) in KINDS {
+        if r.samples.median(&format!("snap/{key}/save")).is_none() {
+            continue;
+        }
+        let k = |m: &str| format!("snap/{key}/{m}");
+        let label = mem.label();
+        r.section(&format!(
+            "{label}, {} backend (times are medians)",
+            format_size(size)
+        ));
+        r.time_row(
+            "save",
+            &k("save"),
+            &k("plain-write"),
+            "plain sequential write",
+        );
+        let disk = ratio(
+            r.samples.median(&k("image-disk")),
+            r.samples.median(&k("written")),
+        );
+        r.lines.push(format!(
+            "  {:<38} {:>12} MiB on disk for {} MiB written ({}); hole blocks: {} found by the kernel, {} read as zeros",
+            "image",
+            fmt_num(r.samples.median(&k("image-disk")).map(|b| b / MIB), 0),
+            fmt_num(r.samples.median(&k("written")).map(|b| b / MIB), 0),
+            crate::stats::fmt_ratio(disk),
+            fmt_num(r.samples.median(&k("holes-unread")), 0),
+            fmt_num(r.samples.median(&k("holes-read")), 0),
+        ));
+        r.time_row(
+            "copy restore (warm page cache)",
+            &k("restore"),
+            &k("pread"),
+            "parallel read(2) into a map",
+        );
+        r.time_row(
+            "copy restore",
+            &k("restore"),
+            &k("whole-copy"),
+            "1 thread, whole image",
+        );
+        r.value_row("private restore: verify", &k("private-verify"), 1e3, "ms");
+        r.value_row("private restore: map", &k("private-map"), 1e3, "ms");
+        for (what, m) in [
+            ("bytes equal the source: copy restore", "restore-ok"),
+            ("bytes equal the source: read baseline", "pread-ok"),
+            ("bytes equal the source: whole copy", "whole-copy-ok"),
+            ("bytes equal the source: private", "private-ok"),
+            ("bytes equal the source: lazy", "lazy-ok"),
+        ] {
+            r.value_row(what, &k(m), 1.0, "(1 = yes)");
+        }
+        for (bs, bl) in [("2m", "2 MiB"), ("4k", "4 KiB")] {
+            let d = |m: &str| format!("diff/{key}/{bs}/{m}");
+            r.lines.push(format!(
+                "  {:<38} {:>12} pages for {} written; base + diff equal the source: {}",
+                format!("diff, {bl} blocks"),
+                fmt_num(r.samples.median(&d("pages")), 0),
+                fmt_num(r.samples.median(&d("written")), 0),
+                fmt_num(r.samples.median(&d("ok")), 0),
+            ));
+        }
+        lazy_rows(r, key, label);
+        snap_targets(r, key, label);
+    }
+    clone_tables(r, args);
+}
+
+/// The lazy restore's figures: usable, first touches during the fill, the fill's rate
+/// against the copy restore's (both over the image's data bytes, so the ratio of their
+/// times).
+fn lazy_rows(r: &mut ModeRun, key: &str, label: &str) {
+    let k = |m: &str| format!("snap/{key}/{m}");
+    if r.samples.median(&k("lazy")).is_none() {
+        r.lines.push("  lazy restore: not measured".into());
+        return;
+    }
+    r.value_row("lazy restore: usable", &k("lazy"), 1e3, "ms");
+    let touches = r
+        .samples
+        .0
+        .get(&k("lazy-touch"))
+        .cloned()
+        .unwrap_or_default();
+    let (p50, p99) = (quantile(&touches, 0.5), quantile(&touches, 0.99));
+    let us = |v: Option<f64>| v.map(|x| x * 1e6);
+    r.lines.push(format!(
+        "  {:<38} p50 {} µs, p99 {} µs ({} touches during the fill, one per data block; {} faulted per restore, median)",
+        "lazy: first touch of a 4 KiB page",
+        fmt_num(us(p50), 1),
+        fmt_num(us(p99), 1),
+        touches.len(),
+        fmt_num(r.samples.median(&k("lazy-faults")), 0)
+    ));
+    r.time_row(
+        "lazy: background fill",
+        &k("lazy-filled"),
+        &k("restore"),
+        "copy restore",
+    );
+    r.bound(
+        format!("{label}: lazy usable"),
+        r.samples.median(&k("lazy")).map(|x| x * 1e3),
+        10.0,
+        false,
+        "ms",
+    );
+    r.bound(
+        format!("{label}: lazy first touch p50"),
+        us(p50),
+        20.0,
+        false,
+        "µs",
+    );
+    r.bound(
+        format!("{label}: lazy first touch p99"),
+        us(p99),
+        200.0,
+        false,
+        "µs",
+    );
+    r.speed_target(
+        format!("{label}: lazy fill / copy restore (rate)"),
+        &k("lazy-filled"),
+        &k("restore"),
+        0.5,
+    );
+    let ok = r.samples.median(&k("lazy-ok"));
+    r.bound(
+        format!("{label}: lazy-ok (bytes equal, 1 = yes)"),
+        ok,
+        1.0,
+        true,
+        "",
+    );
+}
+
+fn snap_targets(r: &mut ModeRun, key: &str, label: &str) {
+    let k = |m: &str| format!("snap/{key}/{m}");
+    let disk = ratio(
+        r.samples.median(&k("image-disk")),
+        r.samples.median(&k("written")),
+    );
+    r.bound(
+        format!("{label}: image on disk / written data"),
+        disk,
+        1.01,
+        false,
+        "×",
+    );
+    r.speed_target(
+        format!("{label}: save / plain write (rate)"),
+        &k("save"),
+        &k("plain-write"),
+        0.8,
+    );
+    r.speed_target(
+        format!("{label}: copy restore / parallel read"),
+        &k("restore"),
+        &k("pread"),
+        0.8,
+    );
+    for m in ["restore-ok", "private-ok"] {
+        let v = r.samples.median(&k(m));
+        r.bound(
+            format!("{label}: {m} (bytes equal, 1 = yes)"),
+            v,
+            1.0,
+            true,
+            "",
+        );
+    }
+    let usable = r.samples.median(&k("private-usable")).map(|s| s * 1e3);
+    r.bound(
+        format!("{label}: private usable (verify + map)"),
+        usable,
+        10.0,
+        false,
+        "ms",
+    );
+    let map = r.samples.median(&k("private-map")).map(|s| s * 1e3);
+    r.bound(
+        format!("{label}: private usable (map alone)"),
+        map,
+        10.0,
+        false,
+        "ms",
+    );
+    for bs in ["2m", "4k"] {
+        let d = |m: &str| format!("diff/{key}/{bs}/{m}");
+        let x = ratio(
+            r.samples.median(&d("pages")),
+            r.samples.median(&d("written")),
+        );
+        r.bound(
+            format!("{label}: diff pages / N ({bs} blocks)"),
+            x,
+            1.1,
+            false,
+            "×",
+        );
+        let ok = r.samples.median(&d("ok"));
+        r.bound(
+            format!("{label}: base + diff equal ({bs} blocks)"),
+            ok,
+            1.0,
+            true,
+            "",
+        );
+    }
+}
+
+fn clone_tables(r: &mut ModeRun, args: &SnapArgs) {
+    let Some(image) = r.samples.median("clones/image") else {
+        return;
+    };
+    let n = args.clones as f64;
+    let pct = args.clone_write_pct as f64 / 100.0;
+    let limit = (n * pct * image + image) * 1.1 / MIB;
+    r.section(&format!(
+        "{} private clones of one {} image, each reading all of it and writing {} % of its pages",
+        args.clones,
+        format_size(image as u64),
+        args.clone_write_pct
+    ));
+    let mib = |r: &ModeRun, key: &str| r.samples.median(key).map(|b| b / MIB);
+    let rows = [
+        ("sum of the clones' Pss (smaps_rollup)", "clones/pss"),
+        ("  of it, the image mappings' Pss", "clones/pss-mapping"),
+        (
+            "  the image mappings' Private_Dirty",
+            "clones/private-dirty",
+        ),
+        ("MemFree drop (host-wide)", "clones/delta-MemFree"),
+        ("Cached growth (host-wide)", "clones/delta-Cached"),
+        ("AnonPages growth (host-wide)", "clones/delta-AnonPages"),
+        ("PageTables growth (host-wide)", "clones/delta-PageTables"),
+    ];
+    for (what, key) in rows {
+        let mut v = mib(r, key);
+        if key.ends_with("MemFree") {
+            v = v.map(|x| -x);
+        }
+        r.lines
+            .push(format!("  {what:<38} {:>12} MiB", fmt_num(v, 0)));
+    }
+    r.lines.push(format!(
+        "  {:<38} {:>12} MiB",
+        "limit: (clones × share + one image) + 10 %",
+        fmt_num(Some(limit), 0)
+    ));
+    r.value_row(
+        "restore_private, median of the clones",
+        "clones/usable-median",
+        1e3,
+        "ms",
+    );
+    r.value_row(
+        "all clones ready (restored, read, written)",
+        "clones/all-ready",
+        1e3,
+        "ms",
+    );
+    let pss = mib(r, "clones/pss");
+    r.bound("clones: sum of Pss".into(), pss, limit, false, "MiB");
+    let drop = mib(r, "clones/delta-MemFree").map(|x| -x);
+    r.bound(
+        "clones: MemFree drop (host-wide, noisy)".into(),
+        drop,
+        limit,
+        false,
+        "MiB",
+    );
+}
