@@ -417,7 +417,8 @@ impl Shared {
         match self.copy_runs(u, 0, bytes) {
             Ok(n) => {
                 self.bytes_filled.fetch_add(n, Ordering::Relaxed);
-                if self.record && self.chunk.is_multiple_of(u.page) {
+                let known = self.chunk_sums_of(u).is_some();
+                if self.record && !known && self.chunk.is_multiple_of(u.page) {
                     lock(&self.learned).insert(u.at.index, sums_of(bytes, self.chunk));
                 }
                 State::Done
