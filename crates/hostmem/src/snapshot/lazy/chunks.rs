@@ -102,6 +102,37 @@ impl ChunkSums {
         std::fs::write(path, &out)
     }
 
+    /// Checks every sum against the image's bytes (each block read and checked against
+    /// the block table first): `path` is the sidecar's, for the error. Returns the
+    /// chunks checked; a sum that does not match bytes the block table vouches for is
+    /// the sidecar's fault, reported as such (block and chunk named).
+    pub fn verify(&self, path: &Path, image: &Image) -> Result<u64> {
+        let h = image.header();
+        let mut buf = vec![0u8; h.buffer_len()];
+        let mut checked = 0;
+        for (&b, sums) in &self.blocks {
+            let bad = |reason: String| SnapshotError::Format {
+                path: path.to_path_buf(),
+                reason,
+            };
+            let at = h
+                .block(b)
+                .ok_or_else(|| bad(format!("block {b} is past the table")))?;
+            let bytes = image.read_checked(&at, &mut buf)?;
+            let found = sums_of(bytes, self.chunk);
+            if let Some(k) = (0..found.len()).find(|&k| sums.get(k) != Some(&found[k])) {
+                return Err(bad(format!(
+                    "block {b}, chunk {k} ({} bytes at block offset {:#x}): the chunk \
+                     checksum does not match the image's bytes",
+                    self.chunk,
+                    k as u64 * self.chunk
+                )));
+            }
+            checked += found.len() as u64;
+        }
+        Ok(checked)
+    }
+
     /// Reads the sums saved for `image` at `path`: refused (with the reason) when the
     /// file is not one, is damaged, or was made for another image.
     pub fn load(path: &Path, image: &Image) -> Result<ChunkSums> {
