@@ -7,6 +7,7 @@
 //! A measurement, not a test:
 //! `cargo run --release -p hostmem --example lazy_speed` (`LAZY_GIB=N`, default 1;
 //! `LAZY_CHUNK=BYTES`: the saved chunk size, 0 for none, default `lazy::CHUNK`;
+//! `LAZY_FILL_THREADS=N`: the fill's threads, default 1;
 //! `LAZY_HUGE=1`: the restored memfds on 2 MiB huge pages — set the pool first).
 
 use std::sync::Arc;
@@ -82,6 +83,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     let size = gib << 30;
+    let fill_threads: usize = std::env::var("LAZY_FILL_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let dir = std::env::temp_dir().join(format!("hostmem-lazy-speed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("mem.img");
@@ -132,6 +137,7 @@ fn main() {
         let t = Instant::now();
         let opts = LazyOptions {
             chunk_sums: sums.clone(),
+            fill_threads,
             ..LazyOptions::default()
         };
         let server = snapshot::restore_lazy(Arc::clone(&image), &dst, opts).unwrap();
