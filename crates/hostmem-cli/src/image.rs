@@ -11,6 +11,7 @@ use std::time::Instant;
 use clap::{Args, Subcommand};
 use hostmem::objects::Objects;
 use hostmem::size::format_size;
+use hostmem::snapshot::lazy::{chunks_path, ChunkSums};
 use hostmem::snapshot::{self, BlockKind, Image, RestoreOptions, SaveOptions, SnapshotError};
 use hostmem::Progress;
 use serde_json::{json, Value};
@@ -94,20 +95,39 @@ fn verify(file: &std::path::Path, json: bool, threads: usize) -> (String, bool) 
         Ok(i) => i,
         Err(e) => return (failure(json, &e), false),
     };
-    match image.verify(threads, &Progress::new()) {
-        Ok(r) if json => {
+    // The chunk checksums beside the image (`FILE.chunks`, what a lazy restore serves
+    // first touches by), when there are any: checked after the blocks they come from.
+    let sidecar = chunks_path(file);
+    let chunks = |image: &Image| -> Result<Option<u64>, SnapshotError> {
+        if !sidecar.exists() {
+            return Ok(None);
+        }
+        ChunkSums::load(&sidecar, image)?
+            .verify(&sidecar, image)
+            .map(Some)
+    };
+    match image
+        .verify(threads, &Progress::new())
+        .and_then(|r| Ok((r, chunks(&image)?)))
+    {
+        Ok((r, c)) if json => {
             let v = json!({"schema-version": SCHEMA_VERSION, "ok": true,
                 "image": file, "blocks": r.blocks, "data-blocks": r.data_blocks,
-                "data-bytes": r.data_bytes, "unchecked-blocks": r.unchecked_blocks});
+                "data-bytes": r.data_bytes, "unchecked-blocks": r.unchecked_blocks,
+                "chunk-sums": c});
             (format!("{v:#}\n"), true)
         }
-        Ok(r) => (
+        Ok((r, c)) => (
             format!(
-                "{}: {} data blocks ({}) match their checksums; {} blocks in all\n",
+                "{}: {} data blocks ({}) match their checksums; {} blocks in all{}\n",
                 file.display(),
                 r.data_blocks,
                 format_size(r.data_bytes),
-                r.blocks
+                r.blocks,
+                c.map_or(String::new(), |n| format!(
+                    "; {n} chunk checksums in {} match",
+                    sidecar.display()
+                ))
             ),
             true,
         ),

@@ -1,8 +1,8 @@
 //! `hostmem run --restore ID=FILE,mode=lazy`: the backend restored by userfaultfd,
 //! usable at once, its fill followed on stderr (a bar on a terminal, a line when it
 //! ends or fails), and the touch order kept beside the image (`FILE.order`) for the
-//! next lazy restore's fill, with the chunk checksums it learned (`FILE.chunks`) so
-//! the next one serves a first touch by 64 KiB.
+//! next lazy restore's fill, with the chunk checksums (`FILE.chunks`: written by the
+//! save, or learned by this restore) by which a first touch is served one 4 KiB page.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 use std::os::unix::fs::FileExt;
 use std::process::{Command, Output};
 
-use hostmem::snapshot::{self, SaveOptions};
+use hostmem::snapshot::{self, Image, SaveOptions};
 use hostmem::{Backend, Kind, Progress};
 
 const MIB: u64 = 1 << 20;
@@ -105,6 +105,35 @@ fn image_verify_passes_a_good_image_and_names_the_first_bad_block() {
         (v["ok"].clone(), v["block"].clone()),
         (false.into(), 5.into())
     );
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+#[test]
+fn image_verify_checks_the_chunk_sums_beside_the_image_and_names_a_wrong_one() {
+    use hostmem::snapshot::lazy::{chunks_path, ChunkSums};
+    let (path, _) = image("verify-chunks");
+    let p = path.to_str().unwrap();
+    let out = hostmem(&["image", "verify", p]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Blocks 1 and 5, 512 chunks of 4 KiB each.
+    assert!(text.contains("; 1024 chunk checksums in"), "{text}");
+
+    // One sum changed (the file otherwise well formed): the image's bytes are right,
+    // the sidecar is wrong, and verify says which chunk.
+    let image = Image::open(&path).unwrap();
+    let sidecar = chunks_path(&path);
+    let mut sums = ChunkSums::load(&sidecar, &image).unwrap();
+    sums.blocks.get_mut(&5).unwrap()[7] ^= 1;
+    sums.save(&sidecar, &image).unwrap();
+    let out = hostmem(&["image", "verify", p]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("block 5, chunk 7"), "{err}");
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
 

@@ -2,13 +2,18 @@
 //! restore of the same image in the same run: time to usable, the background fill's
 //! rate, and the first-touch latency of 4 KiB pages — touched in descending address
 //! order while the fill runs upward, and again with the fill off (every touch of a new
-//! block is a fault). A measurement, not a test:
+//! block is a fault) — for the first restore of a freshly saved image, served by the
+//! chunk sums `save` wrote beside it, and, for comparison, without them (whole blocks).
+//! A measurement, not a test:
 //! `cargo run --release -p hostmem --example lazy_speed` (`LAZY_GIB=N`, default 1;
+//! `LAZY_CHUNK=BYTES`: the saved chunk size, 0 for none, default `lazy::CHUNK`;
+//! `LAZY_FILL_THREADS=N`: the fill's threads, default 1;
 //! `LAZY_HUGE=1`: the restored memfds on 2 MiB huge pages — set the pool first).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hostmem::snapshot::lazy::{chunks_path, ChunkSums, CHUNK};
 use hostmem::snapshot::{self, Image, LazyOptions, RestoreOptions, SaveOptions};
 use hostmem::{Backend, Kind, Progress};
 
@@ -78,6 +83,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     let size = gib << 30;
+    let fill_threads: usize = std::env::var("LAZY_FILL_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let dir = std::env::temp_dir().join(format!("hostmem-lazy-speed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("mem.img");
@@ -89,9 +98,25 @@ fn main() {
             hold.write_at((b * BLOCK) as usize, &block_bytes(b))
                 .unwrap();
         }
-        snapshot::save(&src, &path, &SaveOptions::default(), &Progress::new()).unwrap();
+        let opts = SaveOptions {
+            chunk_size: std::env::var("LAZY_CHUNK")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(CHUNK),
+            ..SaveOptions::default()
+        };
+        snapshot::save(&src, &path, &opts, &Progress::new()).unwrap();
     }
     let image = Arc::new(Image::open(&path).unwrap());
+    // What the first lazy restore of the image gets: the sums the save wrote.
+    let sums = ChunkSums::load(&chunks_path(&path), &image)
+        .ok()
+        .map(Arc::new);
+    println!(
+        "chunk sums: {}",
+        sums.as_ref()
+            .map_or("none".into(), |s| format!("{} bytes a chunk", s.chunk))
+    );
     image.verify(0, &Progress::new()).unwrap(); // warm the page cache
     let bytes = image.data_bytes() as f64;
 
@@ -110,8 +135,12 @@ fn main() {
 
         let dst = memfd("lazy", size);
         let t = Instant::now();
-        let server =
-            snapshot::restore_lazy(Arc::clone(&image), &dst, LazyOptions::default()).unwrap();
+        let opts = LazyOptions {
+            chunk_sums: sums.clone(),
+            fill_threads,
+            ..LazyOptions::default()
+        };
+        let server = snapshot::restore_lazy(Arc::clone(&image), &dst, opts).unwrap();
         let usable = t.elapsed();
         // Descending: the fill runs upward, so most touches find their block unfilled.
         let down: Vec<u64> = data.iter().rev().copied().collect();
@@ -127,46 +156,21 @@ fn main() {
         );
         report("  first touch while the fill runs", &lat);
         drop(dst);
-        // What the next restore of this image gets: the chunk sums this one learned.
-        let sums = Some(Arc::new(report_.chunk_sums));
 
-        let dst = memfd("faults", size);
-        let opts = LazyOptions {
-            background: false,
-            ..LazyOptions::default()
-        };
-        let server = snapshot::restore_lazy(Arc::clone(&image), &dst, opts).unwrap();
-        let lat = touch(&dst, &data);
-        report("  first touch, fill off (each a new 2 MiB block)", &lat);
-        let again = touch(&dst, &data);
-        report("  second touch of the same pages", &again);
-        server.stop().unwrap();
-        drop(dst);
-
-        let dst = memfd("chunks", size);
-        let opts = LazyOptions {
-            background: false,
-            chunk_sums: sums.clone(),
-            ..LazyOptions::default()
-        };
-        let server = snapshot::restore_lazy(Arc::clone(&image), &dst, opts).unwrap();
-        let lat = touch(&dst, &data);
-        report("  first touch with learned chunk sums, fill off", &lat);
-        server.stop().unwrap();
-        drop(dst);
-
-        let dst = memfd("chunks-fill", size);
-        let opts = LazyOptions {
-            chunk_sums: sums,
-            ..LazyOptions::default()
-        };
-        let server = snapshot::restore_lazy(Arc::clone(&image), &dst, opts).unwrap();
-        let lat = touch(&dst, &down[..down.len() / 2]);
-        server.wait().unwrap();
-        report(
-            "  first touch with learned chunk sums while the fill runs",
-            &lat,
-        );
+        for (what, sums) in [("the saved chunk sums", &sums), ("no chunk sums", &None)] {
+            let dst = memfd("faults", size);
+            let opts = LazyOptions {
+                background: false,
+                chunk_sums: sums.clone(),
+                ..LazyOptions::default()
+            };
+            let server = snapshot::restore_lazy(Arc::clone(&image), &dst, opts).unwrap();
+            let lat = touch(&dst, &data);
+            report(&format!("  first touch, fill off, {what}"), &lat);
+            let again = touch(&dst, &data);
+            report("  second touch of the same pages", &again);
+            server.stop().unwrap();
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

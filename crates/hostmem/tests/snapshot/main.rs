@@ -9,6 +9,7 @@ mod common;
 mod diff;
 mod faults;
 mod lazy;
+mod lazy_chunks;
 mod lazy_faults;
 mod placed;
 mod private;

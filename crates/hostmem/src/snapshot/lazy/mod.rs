@@ -31,6 +31,7 @@ use super::{Result, SnapshotError};
 use crate::sys::uffd::Uffd;
 use engine::Shared;
 
+pub(crate) use chunks::sums_of;
 pub use chunks::{chunks_path, ChunkSums, CHUNK};
 pub use local::restore_lazy;
 pub use order::{load_order, order_path, save_order};
@@ -69,8 +70,9 @@ pub struct LazyOptions {
     /// CPUs the serving threads run on (empty: any): those of the nodes the memory is
     /// bound to, so the copies are node-local.
     pub cpus: Vec<usize>,
-    /// Chunk checksums an earlier run learned ([`ChunkSums::load`]): a fault then reads
-    /// and checks one 64 KiB chunk of a block instead of the whole block.
+    /// Chunk checksums ([`ChunkSums::load`] of the `FILE.chunks` that `save` wrote or
+    /// an earlier run learned): a fault then reads and checks one chunk of a block (a
+    /// 4 KiB page as `save` writes them) instead of the whole block.
     pub chunk_sums: Option<Arc<ChunkSums>>,
 }
 
@@ -312,6 +314,7 @@ impl Drop for LazyServer {
 
 fn learned_sums(s: &Shared) -> ChunkSums {
     let mut all = s.chunk_sums.as_deref().cloned().unwrap_or_default();
+    all.chunk = s.chunk;
     let learned = s.learned.lock().unwrap_or_else(|e| e.into_inner());
     all.blocks
         .extend(learned.iter().map(|(b, sums)| (*b, sums.clone())));

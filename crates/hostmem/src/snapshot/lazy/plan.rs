@@ -1,7 +1,6 @@
 //! Where the image's blocks go: the units a lazy restore serves (each block where it
 //! lies in the uffd's address space) and the order the background fill takes them in.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 use super::super::format::BlockKind;
@@ -53,7 +52,7 @@ pub(super) fn units(image: &Image, regions: &[LazyRegion]) -> Result<Vec<Unit>, 
             page: r.page_size,
             kind,
             state: Mutex::new(State::Pending),
-            served: AtomicU64::new(0),
+            served: Mutex::new(Vec::new()),
         });
     }
     units.sort_by_key(|u| u.host);
@@ -114,7 +113,7 @@ mod tests {
             page: 4096,
             kind,
             state: Mutex::new(State::Pending),
-            served: AtomicU64::new(0),
+            served: Mutex::new(Vec::new()),
         }
     }
 
