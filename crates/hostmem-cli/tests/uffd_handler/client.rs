@@ -307,3 +307,46 @@ fn a_hostmem_image_serves_the_handshake_offsets_as_backend_offsets_and_once_exit
     assert_eq!(st.code(), Some(0), "{:#?}", h.seen);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_hostmem_image_with_its_chunk_sums_serves_a_touch_by_the_page_not_the_block() {
+    use hostmem::snapshot::{self, SaveOptions};
+    let dir = scratch("chunks");
+    let saved = Backend::builder(Kind::Memfd, "saved")
+        .size(8 * MIB)
+        .create()
+        .unwrap();
+    let bytes = noise(8 * MIB, 7);
+    saved.hold().unwrap().write_at(0, &bytes).unwrap();
+    let img = dir.join("mem.img");
+    // save writes FILE.chunks (a checksum per 4 KiB) beside the image.
+    snapshot::save(
+        &saved,
+        &img,
+        &SaveOptions::default(),
+        &hostmem::Progress::new(),
+    )
+    .unwrap();
+    assert!(
+        snapshot::lazy::chunks_path(&img).exists(),
+        "no chunk sums saved"
+    );
+    let guest = Backend::builder(Kind::Ram, "fc")
+        .size(8 * MIB)
+        .create()
+        .unwrap();
+    let mem = guest.hold().unwrap();
+    let mut h = Handler::start(&dir, &img, &["--once", "--no-fill"]);
+    let (s, _uffd) = handshake(&h, &mem, 4 * MIB);
+    h.line(|l| l.contains("VM 1") && l.contains("serving"));
+    let off = 5 * MIB + 3 * 4096;
+    let got = touched(&touch(&mem, off, 4096), "one page");
+    assert_eq!(got, bytes[off as usize..off as usize + 4096]);
+    // The fault was served by its 4 KiB chunk: one page resident, not the 2 MiB block.
+    let rss = smaps_field(mem.host_addr(), "Rss");
+    assert!(rss <= 4096, "smaps Rss {rss} after one touch");
+    drop(s);
+    let st = hostmem_testkit::spawn::wait_bounded(&mut h.child, STEP).unwrap();
+    assert_eq!(st.code(), Some(0), "{:#?}", h.seen);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
