@@ -99,6 +99,8 @@ impl Guard {
     /// bytes about to be faulted in by a writer other than prealloc (a copy restore's
     /// block): granted, refused at the edge it would cross (`Some`), or refused because
     /// another step already was (`None`). Granted steps end with [`Guard::finish`].
+    /// (Only the snapshot module, behind the `json` feature, writes this way.)
+    #[cfg_attr(not(feature = "json"), allow(dead_code))]
     pub(crate) fn grant(&self, len: u64) -> Result<(), Option<Edge>> {
         match self.per_job.first() {
             Some(limits) if !self.watch.is_empty() => self.watch.grant(limits, len),
@@ -107,6 +109,7 @@ impl Guard {
     }
 
     /// A step [`Guard::grant`] allowed is written (or failed).
+    #[cfg_attr(not(feature = "json"), allow(dead_code))]
     pub(crate) fn finish(&self, len: u64) {
         if let Some(limits) = self.per_job.first() {
             if !self.watch.is_empty() {
