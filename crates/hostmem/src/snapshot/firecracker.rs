@@ -397,18 +397,11 @@ pub fn lazy_regions(mappings: &[Mapping]) -> Vec<LazyRegion> {
 /// socket closes), not only until the fill ends: Firecracker's `madvise(MADV_DONTNEED)`
 /// for the balloon waits until its REMOVE event is read, and a removed page's next
 /// fault must be answered. A hostmem image's chunk checksums (`FILE.chunks`, written
-/// by `save`) are used when `opts` has none and they belong to this image, so a fault
-/// is served by its chunk instead of its whole block; sums that do not fit are left
-/// out (whole blocks are served, verified as ever).
-pub fn serve(hs: Handshake, path: &Path, mut opts: LazyOptions) -> Result<(LazyServer, bool)> {
+/// by `save`) are used as [`LazyOptions::chunk_sums`] says, so a fault is served by its
+/// page instead of its whole block.
+pub fn serve(hs: Handshake, path: &Path, opts: LazyOptions) -> Result<(LazyServer, bool)> {
     let image = open_memory(path, &hs.mappings)?;
     let is_image = image.header().version != 0;
-    let chunks = super::lazy::chunks_path(path);
-    if is_image && opts.chunk_sums.is_none() && chunks.exists() {
-        opts.chunk_sums = super::lazy::ChunkSums::load(&chunks, &image)
-            .ok()
-            .map(Arc::new);
-    }
     let server = super::lazy::serve(Arc::new(image), hs.uffd, lazy_regions(&hs.mappings), opts)?;
     Ok((server, is_image))
 }

@@ -72,7 +72,9 @@ pub struct LazyOptions {
     pub cpus: Vec<usize>,
     /// Chunk checksums ([`ChunkSums::load`] of the `FILE.chunks` that `save` wrote or
     /// an earlier run learned): a fault then reads and checks one chunk of a block (a
-    /// 4 KiB page as `save` writes them) instead of the whole block.
+    /// 4 KiB page as `save` writes them) instead of the whole block. None: the
+    /// `FILE.chunks` beside the image is loaded when it is there and belongs to this
+    /// image (any other is left out: whole blocks are served, checked as ever).
     pub chunk_sums: Option<Arc<ChunkSums>>,
 }
 
@@ -171,13 +173,19 @@ pub(super) fn start(
 ) -> Result<LazyServer> {
     let units = plan::units(&image, &regions)?;
     let order = Arc::new(plan::fill_order(&units, &opts.fill_order));
+    let chunk_sums = opts.chunk_sums.clone().or_else(|| {
+        let beside = chunks_path(image.path());
+        beside
+            .exists()
+            .then(|| ChunkSums::load(&beside, &image).ok().map(Arc::new))?
+    });
     let shared = Arc::new(Shared::new(
         image,
         uffd,
         regions,
         units,
         opts.record_order,
-        opts.chunk_sums.clone(),
+        chunk_sums,
     ));
     let buf_len = shared.image.header().buffer_len();
     let mut threads = Vec::new();
