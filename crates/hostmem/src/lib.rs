@@ -43,6 +43,8 @@ pub mod remote;
 pub mod size;
 #[cfg(feature = "json")]
 pub mod snapshot;
+#[cfg(test)]
+mod testing;
 // The one module allowed to use `unsafe`; private to the crate.
 #[allow(unsafe_code)]
 pub(crate) mod sys;

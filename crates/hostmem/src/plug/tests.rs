@@ -8,61 +8,23 @@
 
 use super::Blocks;
 use crate::error::Error;
-use crate::limits::{CgroupLimit, CgroupVersion, MemoryRoom, Snapshot, Watermarks};
+use crate::limits::{CgroupLimit, Snapshot};
+use crate::testing::{self, rss_at, scratch_cgroup};
 use crate::{Backend, Kind};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
-/// The host with plenty of room and the memory cgroup `cgroup` (None: no limit).
+/// The host and node 0 with plenty of room, and the memory cgroup `cgroup`.
 fn limits(cgroup: Option<CgroupLimit>) -> Snapshot {
-    let room = MemoryRoom {
-        total: 1 << 40,
-        free: 1 << 40,
-        file: 0,
-        slab_reclaimable: 0,
-        reserve: 0,
-    };
-    Snapshot {
-        nodes: vec![(0, Ok(room))],
-        host: Ok(room),
-        memory_cgroup: Ok(cgroup),
-        hugetlb_cgroups: Vec::new(),
-        marks: Watermarks::default(),
-        uncounted: None,
-        hints: Vec::new(),
-    }
-}
-
-/// smaps `Rss` of the mapping at `start`, bytes.
-fn rss_at(start: usize) -> u64 {
-    let text = std::fs::read_to_string("/proc/self/smaps").unwrap();
-    let head = format!("{start:x}-");
-    let rss = text
-        .lines()
-        .skip_while(|l| !l.starts_with(&head))
-        .find(|l| l.starts_with("Rss:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .expect("the mapping is in smaps");
-    rss * 1024
+    testing::limits(1 << 40, cgroup)
 }
 
 #[test]
 fn a_plug_stopped_at_a_watched_limit_gives_its_blocks_back_and_names_the_cgroup() {
     let dir = std::env::temp_dir().join(format!("hostmem-plug-watch-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     // The files say 8 MiB of room; the figures checked before say 1 GiB.
-    std::fs::write(dir.join("memory.max"), GIB.to_string()).unwrap();
-    std::fs::write(dir.join("memory.current"), (GIB - 8 * MIB).to_string()).unwrap();
-    let cgroup = CgroupLimit {
-        cgroup: "/scratch".into(),
-        dir: dir.clone(),
-        version: CgroupVersion::V2,
-        max_file: "memory.max".into(),
-        current_file: "memory.current".into(),
-        max: GIB,
-        current: 0,
-    };
+    let cgroup = scratch_cgroup(&dir, GIB, GIB - 8 * MIB);
     let b = Backend::builder(Kind::Ram, "watched")
         .size(128 * MIB)
         .reserve(false)

@@ -108,42 +108,14 @@ mod tests {
     use super::super::restore::{restore_from, RestoreOptions};
     use super::super::save::{save, SaveOptions};
     use super::*;
-    use crate::limits::{CgroupLimit, CgroupVersion, MemoryRoom, Watermarks};
+    use crate::testing::{rss_at, scratch_cgroup};
     use crate::{Error, Kind, NodeSet, Policy, Progress};
 
     const MIB: u64 = 1 << 20;
 
     /// Node 0 with `node` bytes available, the host with plenty, no cgroup limit.
     fn short_node(node: u64) -> Snapshot {
-        let room = |free| MemoryRoom {
-            total: 1 << 40,
-            free,
-            file: 0,
-            slab_reclaimable: 0,
-            reserve: 0,
-        };
-        Snapshot {
-            nodes: vec![(0, Ok(room(node)))],
-            host: Ok(room(1 << 40)),
-            memory_cgroup: Ok(None),
-            hugetlb_cgroups: Vec::new(),
-            marks: Watermarks::default(),
-            uncounted: None,
-            hints: Vec::new(),
-        }
-    }
-
-    /// smaps `Rss` of the mapping at `start`, bytes.
-    fn rss_at(start: usize) -> u64 {
-        let text = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let head = format!("{start:x}-");
-        let rss = text
-            .lines()
-            .skip_while(|l| !l.starts_with(&head))
-            .find(|l| l.starts_with("Rss:"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .expect("the mapping is in smaps");
-        rss * 1024
+        crate::testing::limits(node, None)
     }
 
     #[test]
@@ -207,20 +179,12 @@ mod tests {
         let image = Image::open(&path).unwrap();
         // The figures checked before say 1 GiB of room in the memory cgroup; its files,
         // which the watch reads before each block, say 1 MiB: less than one block.
-        let cg = dir.join("cg");
-        std::fs::create_dir_all(&cg).unwrap();
-        std::fs::write(cg.join("memory.max"), (1u64 << 30).to_string()).unwrap();
-        std::fs::write(cg.join("memory.current"), ((1u64 << 30) - MIB).to_string()).unwrap();
         let mut limits = short_node(1 << 40);
-        limits.memory_cgroup = Ok(Some(CgroupLimit {
-            cgroup: "/scratch".into(),
-            dir: cg,
-            version: CgroupVersion::V2,
-            max_file: "memory.max".into(),
-            current_file: "memory.current".into(),
-            max: 1 << 30,
-            current: 0,
-        }));
+        limits.memory_cgroup = Ok(Some(scratch_cgroup(
+            &dir.join("cg"),
+            1 << 30,
+            (1 << 30) - MIB,
+        )));
         let dst = Backend::builder(Kind::Memfd, "dst")
             .size(16 * MIB)
             .create()
