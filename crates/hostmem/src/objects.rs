@@ -80,6 +80,7 @@ impl<B: Member> Object<B> {
 /// Why an id cannot be taken or an object deleted; the texts are QEMU's where QEMU has
 /// the case.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ObjectsError {
     /// Another object has the id.
     #[error("attempt to add duplicate property '{0}' to object (type 'container')")]

@@ -38,8 +38,9 @@ pub struct ReadOptions {
     pub method: Choice,
 }
 
-/// Which method to use.
+/// Which method to use (a background walk may join them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Choice {
     /// Walk where a walk is cheap, else sample.
     Auto,
