@@ -66,6 +66,10 @@ pub(crate) struct SnapArgs {
     /// Size of the backend the diff is measured on.
     #[arg(long, default_value = "1G")]
     pub(crate) diff_size: String,
+    /// Only the save figures (save and the plain write, image size); no restores,
+    /// diffs or clones: for profiling the save.
+    #[arg(long)]
+    pub(crate) save_only: bool,
     #[command(flatten)]
     pub(crate) common: Common,
 }

@@ -28,6 +28,12 @@ pub(crate) fn tables(r: &mut ModeRun, size: u64, args: &SnapArgs) {
             &k("plain-write"),
             "plain sequential write",
         );
+        r.time_row(
+            "save: CPU time (all threads)",
+            &k("save-cpu"),
+            &k("plain-write-cpu"),
+            "plain write's CPU time",
+        );
         let disk = ratio(
             r.samples.median(&k("image-disk")),
             r.samples.median(&k("written")),

@@ -25,6 +25,10 @@ pub(crate) struct Memory {
     /// private): a page neither present nor swapped was never written.
     pagemap: Option<File>,
     base_page: u64,
+    /// Hugetlbfs memory whose every page in the file is mapped here: which of its
+    /// pages are present (one flag per huge page). hugetlbfs answers SEEK_DATA with
+    /// "all data", so without this every never-written page would be read.
+    mapped: Option<Vec<bool>>,
 }
 
 impl Memory {
@@ -42,12 +46,22 @@ impl Memory {
         } else {
             Some(File::open("/proc/self/pagemap")?)
         };
+        let base_page = crate::sys::page_size() as u64;
+        // Only hugetlb memory has pages larger than the base page.
+        let mapped = match &file {
+            Some((f, _)) if shared && hold.page_size() > base_page => {
+                let pm = File::open("/proc/self/pagemap")?;
+                mapped_pages(&hold, f, &pm, base_page)?
+            }
+            _ => None,
+        };
         Ok(Memory {
             hold,
             file,
             shared,
             pagemap,
-            base_page: crate::sys::page_size() as u64,
+            base_page,
+            mapped,
         })
     }
 
@@ -63,6 +77,13 @@ impl Memory {
     /// says so: the file has a hole there (SEEK_DATA) and, for memory the file does not
     /// describe, no page of the range is present or swapped out (pagemap).
     pub(crate) fn may_hold_data(&self, off: u64, len: u64) -> io::Result<bool> {
+        if let Some(present) = &self.mapped {
+            let page = self.page_size();
+            let (first, end) = (off / page, (off + len).div_ceil(page));
+            return Ok(present
+                .get(first as usize..end as usize)
+                .is_none_or(|p| p.iter().any(|&b| b)));
+        }
         if let Some((f, base)) = &self.file {
             if crate::sys::seek::may_hold_data(f, base + off, len)? {
                 return Ok(true);
@@ -123,6 +144,39 @@ impl Memory {
         }
         self.hold.fill(off as usize, len as usize, 0)
     }
+}
+
+/// For shared hugetlbfs memory: which of its huge pages are present, if this process's
+/// page tables know every page of the file. They know the pages faulted through this
+/// mapping only (a page another mapping or process faulted is in the file but not
+/// here), so the pagemap alone cannot say a page was never written. The file's
+/// allocated blocks (hugetlbfs counts each huge page in `st_blocks`) can: when as many
+/// pages of the mapping are present as the file holds, none is anywhere else, and the
+/// pages not present are holes. Otherwise (or if the file changed while the pages were
+/// counted) `None`: every page is read, a hole reading as zeros without allocating.
+///
+/// One pagemap entry per huge page (its first base page): hugetlb maps a huge page
+/// whole, so that entry is the page's.
+fn mapped_pages(
+    hold: &InUse,
+    f: &File,
+    pm: &File,
+    base_page: u64,
+) -> io::Result<Option<Vec<bool>>> {
+    use std::os::unix::fs::MetadataExt;
+    let page = hold.page_size();
+    let before = f.metadata()?.blocks();
+    let addr = hold.host_addr() as u64;
+    let mut present = Vec::with_capacity((hold.len() as u64 / page) as usize);
+    let mut entry = [0u8; 8];
+    for p in 0..hold.len() as u64 / page {
+        pm.read_exact_at(&mut entry, (addr + p * page) / base_page * 8)?;
+        present.push(u64::from_le_bytes(entry) & PM_PRESENT != 0);
+    }
+    let after = f.metadata()?.blocks();
+    let in_file = before.saturating_mul(512) / page;
+    let here = present.iter().filter(|&&p| p).count() as u64;
+    Ok((before == after && here == in_file).then_some(present))
 }
 
 /// The shmem file behind shared anonymous memory, through /proc/self/map_files (which

@@ -8,6 +8,7 @@ mod common;
 
 mod diff;
 mod faults;
+mod hugetlb_holes;
 mod lazy;
 mod lazy_chunks;
 mod lazy_faults;
