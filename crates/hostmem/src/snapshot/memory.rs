@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::OnceLock;
 
 use crate::backend::InUse;
 
@@ -25,10 +26,12 @@ pub(crate) struct Memory {
     /// private): a page neither present nor swapped was never written.
     pagemap: Option<File>,
     base_page: u64,
-    /// Hugetlbfs memory whose every page in the file is mapped here: which of its
-    /// pages are present (one flag per huge page). hugetlbfs answers SEEK_DATA with
-    /// "all data", so without this every never-written page would be read.
-    mapped: Option<Vec<bool>>,
+    /// Shared hugetlb memory: hugetlbfs answers SEEK_DATA with "all data", so the
+    /// holes come from [`mapped_pages`] instead, asked on the first `may_hold_data`
+    /// (a save's start; a restore, which never asks, does not pay for it).
+    hugetlb: bool,
+    /// Which huge pages are present, when every page of the file is mapped here.
+    mapped: OnceLock<Option<Vec<bool>>>,
 }
 
 impl Memory {
@@ -48,21 +51,28 @@ impl Memory {
         };
         let base_page = crate::sys::page_size() as u64;
         // Only hugetlb memory has pages larger than the base page.
-        let mapped = match &file {
-            Some((f, _)) if shared && hold.page_size() > base_page => {
-                let pm = File::open("/proc/self/pagemap")?;
-                mapped_pages(&hold, f, &pm, base_page)?
-            }
-            _ => None,
-        };
+        let hugetlb = shared && hold.page_size() > base_page;
         Ok(Memory {
             hold,
             file,
             shared,
             pagemap,
             base_page,
-            mapped,
+            hugetlb,
+            mapped: OnceLock::new(),
         })
+    }
+
+    /// The present huge pages of shared hugetlb memory, if they are all its file has.
+    /// A pagemap that cannot be read leaves every page to be read.
+    fn mapped(&self) -> Option<&Vec<bool>> {
+        let (f, _) = self.file.as_ref().filter(|_| self.hugetlb)?;
+        self.mapped
+            .get_or_init(|| {
+                let pm = File::open("/proc/self/pagemap").ok()?;
+                mapped_pages(&self.hold, f, &pm, self.base_page).ok()?
+            })
+            .as_ref()
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -77,7 +87,7 @@ impl Memory {
     /// says so: the file has a hole there (SEEK_DATA) and, for memory the file does not
     /// describe, no page of the range is present or swapped out (pagemap).
     pub(crate) fn may_hold_data(&self, off: u64, len: u64) -> io::Result<bool> {
-        if let Some(present) = &self.mapped {
+        if let Some(present) = self.mapped() {
             let page = self.page_size();
             let (first, end) = (off / page, (off + len).div_ceil(page));
             return Ok(present
