@@ -5,6 +5,8 @@ use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use xxhash_rust::xxh3::Xxh3;
+
 use super::format::{BlockAt, BlockKind};
 use super::image::Image;
 use super::memory::Memory;
@@ -49,6 +51,11 @@ pub struct VerifyReport {
     /// Blocks a diff leaves to its base (not read: verify the base for them).
     pub base_blocks: u64,
 }
+
+/// Bytes of a block read into memory between two looks at them: small enough that the
+/// piece just written is still in the core's cache (512 KiB of L2 here) when it is
+/// hashed, large enough that the `pread` per piece costs nothing measurable.
+const PIECE: usize = 128 << 10;
 
 enum Done {
     Untouched,
@@ -105,6 +112,43 @@ impl Image {
             }
         }
         Ok(buf)
+    }
+
+    /// Reads block `b` straight into `mem` and checks it there, hashing each piece
+    /// as it lands (`buf`, a piece long, holds the copy hashed while it is in cache).
+    /// A block that does not arrive whole or does not hash to the table's checksum is
+    /// cleared again (it reads as zeros, its pages freed where the kernel can) before
+    /// the error naming it is returned: the memory never keeps a bad block's bytes.
+    fn read_into(&self, b: &BlockAt, mem: &Memory, buf: &mut [u8]) -> Result<()> {
+        let expected = match self.blocks()[b.index as usize] {
+            BlockKind::Data { checksum } => Some(checksum),
+            _ => None,
+        };
+        let scratch = if expected.is_some() { buf } else { &mut [][..] };
+        let mut hasher = Xxh3::new();
+        let read = mem.read_from(
+            b.backend_offset,
+            b.len,
+            self.file(),
+            b.file_offset,
+            scratch,
+            |piece| hasher.update(piece),
+        );
+        let fault = match read {
+            Err(e) => BlockFault::Read(e),
+            Ok(got) if got < b.len => BlockFault::ShortRead { want: b.len, got },
+            Ok(_) => match expected {
+                Some(expected) if hasher.digest() != expected => BlockFault::Checksum {
+                    expected,
+                    found: hasher.digest(),
+                },
+                _ => return Ok(()),
+            },
+        };
+        // A failed clear leaves the block as read; the error still names the block,
+        // and docs/snapshot.md says the memory is not to be used after a failure.
+        let _ = mem.clear(b.backend_offset, b.len);
+        Err(self.block_error(b, fault))
     }
 
     /// Reads every data block and checks its checksum; the error names the first bad
@@ -200,12 +244,12 @@ pub(crate) fn restore_from(
     // limits, as a preallocation is checked, and watched block by block while it runs;
     // then threads on its nodes' CPUs.
     let host = HostTopology::read();
-    let need = place::bytes_to_fault(image, older, &mem)?;
+    let resident = place::resident(image, older, &mem, true)?;
     let snap = match limits {
         Some(snap) => snap.clone(),
         None => Snapshot::read(host.has_memory.iter(), &host.huge_page_sizes),
     };
-    let guard = place::watch_room(backend, need, snap)?;
+    let guard = place::watch_room(backend, resident.need, snap)?;
     // The first refusal names the limit; blocks other threads were refused after it
     // only say the restore is stopping, so the error reported is this one.
     let stopped: Mutex<Option<SnapshotError>> = Mutex::new(None);
@@ -216,38 +260,28 @@ pub(crate) fn restore_from(
         h.blocks,
         par::threads_for(h.memory_len(), opts.threads),
         &cpus,
-        h.buffer_len(),
+        h.buffer_len().min(PIECE),
         progress,
         |i| h.block(i).map_or(0, |b| b.len),
         |i, buf| {
             // A block the diff leaves to its base comes from the base, checked there.
             let source = place::source_of(image, older, i);
             let b = source.at(i)?;
-            let write = |e| image.block_error(&b, BlockFault::Write(e));
+            let held = resident.held.get(i as usize).copied().unwrap_or(true);
             if matches!(
                 source.blocks()[i as usize],
                 BlockKind::Hole | BlockKind::Base
             ) {
-                let held = mem
-                    .may_hold_data(b.backend_offset, b.len)
-                    .map_err(|e| image.block_error(&b, BlockFault::Read(e)))?;
                 if !held {
                     return Ok(Done::Untouched);
                 }
-                mem.clear(b.backend_offset, b.len).map_err(write)?;
+                mem.clear(b.backend_offset, b.len)
+                    .map_err(|e| image.block_error(&b, BlockFault::Write(e)))?;
                 return Ok(Done::Cleared);
             }
-            let bytes = source.read_checked(&b, buf)?;
             // Only a block over memory that holds nothing yet takes room, as
-            // `bytes_to_fault` counted it.
-            let takes_room = !mem
-                .may_hold_data(b.backend_offset, b.len)
-                .map_err(|e| image.block_error(&b, BlockFault::Read(e)))?;
-            let granted = if takes_room {
-                guard.grant(b.len)
-            } else {
-                Ok(())
-            };
+            // `resident` counted it.
+            let granted = if held { Ok(()) } else { guard.grant(b.len) };
             if let Err(edge) = granted {
                 if let Some(e) = edge.and_then(|edge| guard.edge_error(backend, &edge)) {
                     *stopped.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -255,11 +289,11 @@ pub(crate) fn restore_from(
                 }
                 return Err(SnapshotError::Cancelled);
             }
-            let written = mem.write(b.backend_offset, bytes).map_err(write);
-            if takes_room {
+            let read = source.read_into(&b, &mem, buf);
+            if !held {
                 guard.finish(b.len);
             }
-            written?;
+            read?;
             Ok(Done::Data(b.len))
         },
     );
