@@ -1,5 +1,8 @@
-//! Copy-mode restore and verification: every data block is read into a buffer and its
-//! checksum checked before a byte of it is written to memory.
+//! Copy-mode restore and verification. A restore reads every data block straight into
+//! the memory (one kernel copy, as a plain `read(2)` into it makes) and checks it there;
+//! a block that fails is cleared again before the error. Nobody uses the memory while a
+//! copy restore runs (the VMM restores before its vCPUs run), so the bad bytes are never
+//! seen; docs/snapshot.md says what the memory holds after a failure.
 
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
@@ -195,10 +198,11 @@ impl Image {
 }
 
 /// Copies `image` into `backend`'s memory, which must be as long as the memory the
-/// image was saved from. Data blocks are checked before they are written; hole blocks
-/// are left alone where the memory holds nothing (so they stay non-resident) and
-/// cleared where it does. On error, blocks other threads finished are already written:
-/// the memory is then part old, part image, and never holds a bad block's bytes.
+/// image was saved from. Data blocks are read into the memory and checked there, a bad
+/// one cleared again; hole blocks are left alone where the memory holds nothing (so they
+/// stay non-resident) and cleared where it does. On error, blocks other threads finished
+/// are already written: the memory is then part old, part image, the failed block
+/// zeros, and never holds a bad block's bytes. Nothing else may use the memory meanwhile.
 pub fn restore(
     image: &Image,
     backend: &Backend,
