@@ -39,7 +39,8 @@ pub(crate) struct CloneArgs {
 pub(crate) fn child(a: &CloneArgs) -> Result<(), String> {
     let image = Image::open(&a.image).map_err(|e| e.to_string())?;
     let t = Instant::now();
-    let b = snapshot::restore_private(&image, "clone").map_err(|e| e.to_string())?;
+    let b = snapshot::restore_private(&image, "clone", &Default::default())
+        .map_err(|e| e.to_string())?;
     let usable = t.elapsed().as_secs_f64();
     let hold = b.hold().map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; RUN as usize];
@@ -124,6 +125,13 @@ pub(crate) fn measure(s: &mut Snap) -> Result<(), String> {
         write_runs(&hold, &pick_runs(len, 1.0, 0xc10e), s.cpus, 0xc10e)?;
         snapshot::save(&src, &path, &SaveOptions::default(), &s.progress)
             .map_err(|e| format!("save: {e}"))?;
+    }
+    // The fleet's first restore (or `hostmem image verify`) checked the image and left
+    // its stamp: these clones map it without reading it first (Verify::Once).
+    let image = Image::open(&path).map_err(|e| format!("open: {e}"))?;
+    match snapshot::verify_and_stamp(&image, 0, &s.progress).map_err(|e| format!("verify: {e}"))? {
+        (_, snapshot::Stamped::Recorded(_)) => {}
+        (_, other) => return Err(format!("no verified stamp: {other:?}")),
     }
     evict(&path)?;
     let fields = ["MemFree", "Cached", "AnonPages", "PageTables"];

@@ -105,6 +105,14 @@ pub fn thread_cpu() -> f64 {
     t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
+/// The whole process's CPU time in seconds (every thread's, user and system): what a
+/// multi-threaded call cost, less sensitive than its wall time to other work on the
+/// host taking the CPUs.
+pub fn process_cpu() -> f64 {
+    let t = clock_gettime(ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
 /// Seconds (wall, and this thread's CPU) the kernel takes to punch a hole over all of
 /// `mem`'s file (memfd, shmem or hugetlbfs): `fallocate(PUNCH_HOLE|KEEP_SIZE)`, what an
 /// unplug of such memory does.

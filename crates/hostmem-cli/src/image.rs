@@ -12,7 +12,8 @@ use clap::{Args, Subcommand};
 use hostmem::objects::Objects;
 use hostmem::size::format_size;
 use hostmem::snapshot::lazy::{chunks_path, ChunkSums};
-use hostmem::snapshot::{self, BlockKind, Image, RestoreOptions, SaveOptions, SnapshotError};
+use hostmem::snapshot::{self, BlockKind, Image, PrivateOptions, RestoreOptions, SaveOptions};
+use hostmem::snapshot::{SnapshotError, Stamped, Verify};
 use hostmem::Progress;
 use serde_json::{json, Value};
 
@@ -106,20 +107,24 @@ fn verify(file: &std::path::Path, json: bool, threads: usize) -> (String, bool) 
             .verify(&sidecar, image)
             .map(Some)
     };
-    match image
-        .verify(threads, &Progress::new())
-        .and_then(|r| Ok((r, chunks(&image)?)))
+    match snapshot::verify_and_stamp(&image, threads, &Progress::new())
+        .and_then(|(r, st)| Ok((r, st, chunks(&image)?)))
     {
-        Ok((r, c)) if json => {
+        Ok((r, st, c)) if json => {
+            let (stamp, stamp_error) = match &st {
+                Stamped::Recorded(p) => (Some(p.display().to_string()), None),
+                Stamped::NotWritten(_, e) => (None, Some(e.to_string())),
+                _ => (None, Some("the file changed while it was read".to_string())),
+            };
             let v = json!({"schema-version": SCHEMA_VERSION, "ok": true,
                 "image": file, "blocks": r.blocks, "data-blocks": r.data_blocks,
                 "data-bytes": r.data_bytes, "unchecked-blocks": r.unchecked_blocks,
-                "chunk-sums": c});
+                "chunk-sums": c, "stamp": stamp, "stamp-error": stamp_error});
             (format!("{v:#}\n"), true)
         }
-        Ok((r, c)) => (
+        Ok((r, st, c)) => (
             format!(
-                "{}: {} data blocks ({}) match their checksums; {} blocks in all{}\n",
+                "{}: {} data blocks ({}) match their checksums; {} blocks in all{}\n{}\n",
                 file.display(),
                 r.data_blocks,
                 format_size(r.data_bytes),
@@ -127,11 +132,27 @@ fn verify(file: &std::path::Path, json: bool, threads: usize) -> (String, bool) 
                 c.map_or(String::new(), |n| format!(
                     "; {n} chunk checksums in {} match",
                     sidecar.display()
-                ))
+                )),
+                stamp_line(&st)
             ),
             true,
         ),
         Err(e) => (failure(json, &e), false),
+    }
+}
+
+/// What `image verify` says about the stamp it left (or could not).
+fn stamp_line(st: &Stamped) -> String {
+    match st {
+        Stamped::Recorded(p) => format!(
+            "verified stamp written to {}: private restores skip the check while the file is unchanged",
+            p.display()
+        ),
+        Stamped::NotWritten(p, e) => format!(
+            "no verified stamp ({}: {e}): every private restore checks the image",
+            p.display()
+        ),
+        _ => "no verified stamp: the file changed while it was read".to_string(),
     }
 }
 
@@ -264,12 +285,14 @@ pub enum RestoreMode {
     Lazy,
 }
 
-/// `--restore ID=FILE[,mode=copy|private|lazy]`.
+/// `--restore ID=FILE[,mode=copy|private|lazy][,verify=always|once|never]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RestoreSpec {
     pub id: String,
     pub file: PathBuf,
     pub mode: RestoreMode,
+    /// When a private restore checks the image (default once per file version).
+    pub verify: Verify,
 }
 
 /// `--save ID=FILE`.
@@ -286,22 +309,58 @@ fn id_and_file(text: &str) -> Result<(String, &str), String> {
     }
 }
 
-/// Parses `ID=FILE[,mode=copy|private|lazy]` (clap's value parser for `--restore`). A file
-/// name with a comma is taken whole unless what follows the last comma is `mode=...`.
+/// Parses `ID=FILE[,mode=copy|private|lazy][,verify=always|once|never]` (clap's value
+/// parser for `--restore`). A file name with a comma is taken whole unless what follows
+/// its last commas is `mode=...` or `verify=...`.
 pub fn parse_restore(text: &str) -> Result<RestoreSpec, String> {
-    let (id, rest) = id_and_file(text)?;
-    let (file, mode) = match rest.rsplit_once(",mode=") {
-        Some((file, "copy")) => (file, RestoreMode::Copy),
-        Some((file, "private")) => (file, RestoreMode::Private),
-        Some((file, "lazy")) => (file, RestoreMode::Lazy),
-        Some((_, m)) => return Err(format!("mode={m}: expected mode=copy, private or lazy")),
-        None => (rest, RestoreMode::Copy),
-    };
+    const MODES: &[(&str, RestoreMode)] = &[
+        ("copy", RestoreMode::Copy),
+        ("private", RestoreMode::Private),
+        ("lazy", RestoreMode::Lazy),
+    ];
+    const VERIFY: &[(&str, Verify)] = &[
+        ("always", Verify::Always),
+        ("once", Verify::Once),
+        ("never", Verify::Never),
+    ];
+    let (id, mut rest) = id_and_file(text)?;
+    let (mut mode, mut verify) = (None, None);
+    while let Some((head, tail)) = rest.rsplit_once(',') {
+        if let Some(m) = tail.strip_prefix("mode=").filter(|_| mode.is_none()) {
+            mode = Some(choice("mode", m, MODES)?);
+        } else if let Some(v) = tail.strip_prefix("verify=").filter(|_| verify.is_none()) {
+            verify = Some(choice("verify", v, VERIFY)?);
+        } else {
+            break;
+        }
+        rest = head;
+    }
+    let mode = mode.unwrap_or(RestoreMode::Copy);
+    if verify.is_some() && mode != RestoreMode::Private {
+        return Err(
+            "verify= applies to mode=private (copy and lazy restores check every block they read)"
+                .into(),
+        );
+    }
     Ok(RestoreSpec {
         id,
-        file: file.into(),
+        file: rest.into(),
         mode,
+        verify: verify.unwrap_or_default(),
     })
+}
+
+/// The value of `key=value` among `choices`, or an error listing them.
+fn choice<T: Copy>(key: &str, value: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    if let Some((_, t)) = choices.iter().find(|(name, _)| *name == value) {
+        return Ok(*t);
+    }
+    let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+    let (last, head) = names.split_last().unwrap_or((&"", &[]));
+    Err(format!(
+        "{key}={value}: expected {key}={} or {last}",
+        head.join(", ")
+    ))
 }
 
 /// Parses `ID=FILE` (clap's value parser for `--save`).
@@ -339,8 +398,9 @@ pub fn restore_all(
                     .map_err(|e| format!("{what}: {e}"))?;
             }
             RestoreMode::Private => {
-                let b =
-                    snapshot::restore_private(&image, &s.id).map_err(|e| format!("{what}: {e}"))?;
+                let opts = PrivateOptions { verify: s.verify };
+                let b = snapshot::restore_private(&image, &s.id, &opts)
+                    .map_err(|e| format!("{what}: {e}"))?;
                 objects.add_backend(b).map_err(|e| format!("{what}: {e}"))?;
             }
             RestoreMode::Lazy => {
@@ -412,6 +472,23 @@ mod tests {
         assert!(parse_restore("m0=a.img,mode=later")
             .unwrap_err()
             .contains("mode=later"));
+        let r = parse_restore("m0=a,b.img,verify=never,mode=private").unwrap();
+        assert_eq!(
+            (r.file.to_str(), r.mode, r.verify),
+            (Some("a,b.img"), RestoreMode::Private, Verify::Never)
+        );
+        let r = parse_restore("m0=a.img,mode=private,verify=always").unwrap();
+        assert_eq!(r.verify, Verify::Always);
+        assert_eq!(
+            parse_restore("m0=a.img,mode=private").unwrap().verify,
+            Verify::Once
+        );
+        assert!(parse_restore("m0=a.img,verify=never")
+            .unwrap_err()
+            .contains("mode=private"));
+        assert!(parse_restore("m0=a.img,mode=private,verify=sometimes")
+            .unwrap_err()
+            .contains("verify=sometimes"));
         assert!(parse_restore("a.img").is_err());
         assert!(parse_save("=a.img").is_err());
         assert_eq!(parse_save("m=a").unwrap().file, PathBuf::from("a"));

@@ -85,6 +85,10 @@ fn image_verify_passes_a_good_image_and_names_the_first_bad_block() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The stamp that lets private restores skip the check, naming this very file.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("verified stamp written to"), "{text}");
+    assert!(snapshot::is_stamped(&Image::open(&path).unwrap()));
 
     // Flip one byte of block 5's data, found by its bytes in the file.
     let data = std::fs::read(&path).unwrap();
@@ -92,12 +96,18 @@ fn image_verify_passes_a_good_image_and_names_the_first_bad_block() {
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.write_all_at(&[data[at] ^ 1], at as u64).unwrap();
 
+    // The write moved the file's ctime: the stamp no longer matches it.
+    assert!(!snapshot::is_stamped(&Image::open(&path).unwrap()));
     let out = hostmem(&["image", "verify", p]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("block 5 (backend offset 0xa00000, page 2560): checksum mismatch"),
         "{err}"
+    );
+    assert!(
+        !snapshot::stamp_path(&path).exists(),
+        "a bad image kept its stamp"
     );
     let out = hostmem(&["image", "verify", "--json", p]);
     let v: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();

@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::sync::OnceLock;
 
@@ -125,10 +126,29 @@ impl Memory {
         }
     }
 
-    /// Copies `data` into the memory at `off`, through the mapping, so the pages are
-    /// allocated where the backend's policy places them.
-    pub(crate) fn write(&self, off: u64, data: &[u8]) -> io::Result<()> {
-        self.hold.write_at(off as usize, data)
+    /// Reads `len` bytes of `file` at `file_off` straight into the memory at `off`
+    /// (one kernel copy, through the mapping, so the pages are allocated where the
+    /// backend's policy places them), showing each `scratch`-sized piece to `seen` as it
+    /// lands. Returns the bytes read: fewer than `len` where the file ends.
+    pub(crate) fn read_from(
+        &self,
+        off: u64,
+        len: u64,
+        file: &File,
+        file_off: u64,
+        scratch: &mut [u8],
+        seen: impl FnMut(&[u8]),
+    ) -> io::Result<u64> {
+        let map = &self.hold.0.mapped.map;
+        let n = map.read_from_file(
+            off as usize,
+            len as usize,
+            file.as_fd(),
+            file_off,
+            scratch,
+            seen,
+        )?;
+        Ok(n as u64)
     }
 
     /// Makes `[off, off+len)` read as zeros, freeing its pages where the kernel can:

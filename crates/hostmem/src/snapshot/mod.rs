@@ -12,12 +12,13 @@
 //! - [`save`] / [`save_ranges`]: sparse (blocks the kernel says were never written are
 //!   holes without being read; blocks read as all zero become holes too), parallel.
 //! - [`Image::open`], [`Image::verify`]: the header, the table, every checksum.
-//! - [`restore`]: copy mode. Every block is read into a buffer and checked before a
-//!   byte of it reaches the memory; a failure names the block, its backend offset and
-//!   page, and the cause.
+//! - [`restore`]: copy mode. Every block is read straight into the memory and checked
+//!   there; a block that fails is cleared again before the error, which names the
+//!   block, its backend offset and page, and the cause.
 //!
 //! - [`restore_private`]: the image file mapped MAP_PRIVATE as a file backend (QEMU's
-//!   templating), its page cache shared by every clone, a page copied when written.
+//!   templating), its page cache shared by every clone, a page copied when written;
+//!   the image verified once per file version ([`Verify`], the stamp beside it).
 //!
 //! - [`lazy`]: userfaultfd: usable at once, pages served from the image on first touch
 //!   (checked first; SIGBUS for a page that cannot be served), the rest filled in the
@@ -37,6 +38,7 @@ mod place;
 mod private;
 mod restore;
 mod save;
+mod stamp;
 
 pub use diff::{restore_chain, restore_diff, save_diff, Dirty};
 pub use error::{BlockFault, SnapshotError};
@@ -44,9 +46,10 @@ pub use format::{BlockAt, BlockKind, Header, RegionEntry, MAGIC, MAX_BLOCK_SIZE,
 pub use image::{Image, RawRegion};
 pub use lazy::{restore_lazy, LazyOptions, LazyProgress, LazyRegion, LazyReport, LazyServer};
 pub use place::check_room;
-pub use private::{private_builder, restore_private};
+pub use private::{private_builder, restore_private, PrivateOptions, Verify};
 pub use restore::{restore, RestoreOptions, RestoreReport, VerifyReport};
 pub use save::{save, save_ranges, SaveOptions, SaveReport};
+pub use stamp::{is_stamped, stamp_path, verify_and_stamp, Stamped};
 
 /// Result of snapshot operations.
 pub type Result<T> = std::result::Result<T, SnapshotError>;

@@ -46,17 +46,42 @@ pub(crate) fn source_of<'a>(image: &'a Image, older: &[&'a Image], i: u64) -> &'
 /// already holds a page of counts as resident (restoring into memory in use, e.g.
 /// preallocated, adds nothing there).
 pub(crate) fn bytes_to_fault(image: &Image, older: &[&Image], mem: &Memory) -> Result<u64> {
+    Ok(resident(image, older, mem, false)?.need)
+}
+
+/// Which blocks of the memory may hold data now, and the bytes a restore would fault in.
+pub(crate) struct Resident {
+    /// Per block: the kernel says the memory under it may hold data (for hole blocks
+    /// only when asked for; otherwise false).
+    pub(crate) held: Vec<bool>,
+    /// Bytes of the data blocks over memory that holds nothing yet.
+    pub(crate) need: u64,
+}
+
+/// [`bytes_to_fault`], keeping each block's answer so a restore asks the kernel once per
+/// block (the answer holds while it runs: nobody else uses the memory then); with
+/// `holes`, hole blocks are asked too (a copy restore clears those that hold data).
+pub(crate) fn resident(
+    image: &Image,
+    older: &[&Image],
+    mem: &Memory,
+    holes: bool,
+) -> Result<Resident> {
     let h = image.header();
-    let mut need = 0u64;
+    let mut r = Resident {
+        held: Vec::with_capacity(h.blocks as usize),
+        need: 0,
+    };
     for i in 0..h.blocks {
         let source = source_of(image, older, i);
-        if matches!(
+        let data = !matches!(
             source.blocks()[i as usize],
             BlockKind::Hole | BlockKind::Base
-        ) {
+        );
+        let Some(b) = h.block(i).filter(|_| data || holes) else {
+            r.held.push(false);
             continue;
-        }
-        let Some(b) = h.block(i) else { continue };
+        };
         let held =
             mem.may_hold_data(b.backend_offset, b.len)
                 .map_err(|e| SnapshotError::Block {
@@ -65,11 +90,12 @@ pub(crate) fn bytes_to_fault(image: &Image, older: &[&Image], mem: &Memory) -> R
                     page: b.backend_offset / h.page_size,
                     fault: BlockFault::Read(e),
                 })?;
-        if !held {
-            need += b.len;
+        if data && !held {
+            r.need += b.len;
         }
+        r.held.push(held);
     }
-    Ok(need)
+    Ok(r)
 }
 
 /// Refuses a restore that would make `need` more bytes of `backend`'s memory resident

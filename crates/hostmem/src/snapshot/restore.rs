@@ -1,9 +1,14 @@
-//! Copy-mode restore and verification: every data block is read into a buffer and its
-//! checksum checked before a byte of it is written to memory.
+//! Copy-mode restore and verification. A restore reads every data block straight into
+//! the memory (one kernel copy, as a plain `read(2)` into it makes) and checks it there;
+//! a block that fails is cleared again before the error. Nobody uses the memory while a
+//! copy restore runs (the VMM restores before its vCPUs run), so the bad bytes are never
+//! seen; docs/snapshot.md says what the memory holds after a failure.
 
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 use std::time::Instant;
+
+use xxhash_rust::xxh3::Xxh3;
 
 use super::format::{BlockAt, BlockKind};
 use super::image::Image;
@@ -49,6 +54,11 @@ pub struct VerifyReport {
     /// Blocks a diff leaves to its base (not read: verify the base for them).
     pub base_blocks: u64,
 }
+
+/// Bytes of a block read into memory between two looks at them: small enough that the
+/// piece just written is still in the core's cache (512 KiB of L2 here) when it is
+/// hashed, large enough that the `pread` per piece costs nothing measurable.
+const PIECE: usize = 128 << 10;
 
 enum Done {
     Untouched,
@@ -107,6 +117,43 @@ impl Image {
         Ok(buf)
     }
 
+    /// Reads block `b` straight into `mem` and checks it there, hashing each piece
+    /// as it lands (`buf`, a piece long, holds the copy hashed while it is in cache).
+    /// A block that does not arrive whole or does not hash to the table's checksum is
+    /// cleared again (it reads as zeros, its pages freed where the kernel can) before
+    /// the error naming it is returned: the memory never keeps a bad block's bytes.
+    fn read_into(&self, b: &BlockAt, mem: &Memory, buf: &mut [u8]) -> Result<()> {
+        let expected = match self.blocks()[b.index as usize] {
+            BlockKind::Data { checksum } => Some(checksum),
+            _ => None,
+        };
+        let scratch = if expected.is_some() { buf } else { &mut [][..] };
+        let mut hasher = Xxh3::new();
+        let read = mem.read_from(
+            b.backend_offset,
+            b.len,
+            self.file(),
+            b.file_offset,
+            scratch,
+            |piece| hasher.update(piece),
+        );
+        let fault = match read {
+            Err(e) => BlockFault::Read(e),
+            Ok(got) if got < b.len => BlockFault::ShortRead { want: b.len, got },
+            Ok(_) => match expected {
+                Some(expected) if hasher.digest() != expected => BlockFault::Checksum {
+                    expected,
+                    found: hasher.digest(),
+                },
+                _ => return Ok(()),
+            },
+        };
+        // A failed clear leaves the block as read; the error still names the block,
+        // and docs/snapshot.md says the memory is not to be used after a failure.
+        let _ = mem.clear(b.backend_offset, b.len);
+        Err(self.block_error(b, fault))
+    }
+
     /// Reads every data block and checks its checksum; the error names the first bad
     /// block (the lowest index among those read before the threads stopped).
     pub fn verify(&self, threads: usize, progress: &Progress) -> Result<VerifyReport> {
@@ -151,10 +198,11 @@ impl Image {
 }
 
 /// Copies `image` into `backend`'s memory, which must be as long as the memory the
-/// image was saved from. Data blocks are checked before they are written; hole blocks
-/// are left alone where the memory holds nothing (so they stay non-resident) and
-/// cleared where it does. On error, blocks other threads finished are already written:
-/// the memory is then part old, part image, and never holds a bad block's bytes.
+/// image was saved from. Data blocks are read into the memory and checked there, a bad
+/// one cleared again; hole blocks are left alone where the memory holds nothing (so they
+/// stay non-resident) and cleared where it does. On error, blocks other threads finished
+/// are already written: the memory is then part old, part image, the failed block
+/// zeros, and never holds a bad block's bytes. Nothing else may use the memory meanwhile.
 pub fn restore(
     image: &Image,
     backend: &Backend,
@@ -200,12 +248,12 @@ pub(crate) fn restore_from(
     // limits, as a preallocation is checked, and watched block by block while it runs;
     // then threads on its nodes' CPUs.
     let host = HostTopology::read();
-    let need = place::bytes_to_fault(image, older, &mem)?;
+    let resident = place::resident(image, older, &mem, true)?;
     let snap = match limits {
         Some(snap) => snap.clone(),
         None => Snapshot::read(host.has_memory.iter(), &host.huge_page_sizes),
     };
-    let guard = place::watch_room(backend, need, snap)?;
+    let guard = place::watch_room(backend, resident.need, snap)?;
     // The first refusal names the limit; blocks other threads were refused after it
     // only say the restore is stopping, so the error reported is this one.
     let stopped: Mutex<Option<SnapshotError>> = Mutex::new(None);
@@ -216,38 +264,28 @@ pub(crate) fn restore_from(
         h.blocks,
         par::threads_for(h.memory_len(), opts.threads),
         &cpus,
-        h.buffer_len(),
+        h.buffer_len().min(PIECE),
         progress,
         |i| h.block(i).map_or(0, |b| b.len),
         |i, buf| {
             // A block the diff leaves to its base comes from the base, checked there.
             let source = place::source_of(image, older, i);
             let b = source.at(i)?;
-            let write = |e| image.block_error(&b, BlockFault::Write(e));
+            let held = resident.held.get(i as usize).copied().unwrap_or(true);
             if matches!(
                 source.blocks()[i as usize],
                 BlockKind::Hole | BlockKind::Base
             ) {
-                let held = mem
-                    .may_hold_data(b.backend_offset, b.len)
-                    .map_err(|e| image.block_error(&b, BlockFault::Read(e)))?;
                 if !held {
                     return Ok(Done::Untouched);
                 }
-                mem.clear(b.backend_offset, b.len).map_err(write)?;
+                mem.clear(b.backend_offset, b.len)
+                    .map_err(|e| image.block_error(&b, BlockFault::Write(e)))?;
                 return Ok(Done::Cleared);
             }
-            let bytes = source.read_checked(&b, buf)?;
             // Only a block over memory that holds nothing yet takes room, as
-            // `bytes_to_fault` counted it.
-            let takes_room = !mem
-                .may_hold_data(b.backend_offset, b.len)
-                .map_err(|e| image.block_error(&b, BlockFault::Read(e)))?;
-            let granted = if takes_room {
-                guard.grant(b.len)
-            } else {
-                Ok(())
-            };
+            // `resident` counted it.
+            let granted = if held { Ok(()) } else { guard.grant(b.len) };
             if let Err(edge) = granted {
                 if let Some(e) = edge.and_then(|edge| guard.edge_error(backend, &edge)) {
                     *stopped.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -255,11 +293,11 @@ pub(crate) fn restore_from(
                 }
                 return Err(SnapshotError::Cancelled);
             }
-            let written = mem.write(b.backend_offset, bytes).map_err(write);
-            if takes_room {
+            let read = source.read_into(&b, &mem, buf);
+            if !held {
                 guard.finish(b.len);
             }
-            written?;
+            read?;
             Ok(Done::Data(b.len))
         },
     );

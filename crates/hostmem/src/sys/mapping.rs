@@ -2,7 +2,7 @@
 //! it was mapped with, reached only by volatile copies.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use super::{advice, last_err, page_size};
 
@@ -307,6 +307,76 @@ impl RawMapping {
         // writable; no Rust reference aliases it; the source is a distinct Rust buffer.
         unsafe { copy_volatile((self.addr + off) as *mut u8, data.as_ptr(), data.len()) };
         Ok(())
+    }
+
+    /// Reads `len` bytes of `file` from `file_off` straight into the mapping at `off`:
+    /// `pread` into the memory, so the kernel copies the page cache into it once (no
+    /// bounce buffer), a piece of `scratch.len()` bytes at a time. After each piece
+    /// lands, while it is still in the CPU's cache, it is copied into `scratch` and shown
+    /// to `seen` (a restore hashes it there); an empty `scratch` skips that. Returns the
+    /// bytes read: fewer than `len` where the file ends. Refused on a read-only mapping.
+    pub fn read_from_file(
+        &self,
+        off: usize,
+        len: usize,
+        file: BorrowedFd<'_>,
+        file_off: u64,
+        scratch: &mut [u8],
+        mut seen: impl FnMut(&[u8]),
+    ) -> io::Result<usize> {
+        if !self.writable {
+            return Err(read_only());
+        }
+        self.ready(off, len, true)?;
+        let step = if scratch.is_empty() {
+            len
+        } else {
+            scratch.len()
+        };
+        let mut got = 0usize;
+        while got < len {
+            let want = step.min(len - got);
+            let at = libc::off_t::try_from(file_off + got as u64)
+                .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+            // SAFETY: [off+got, off+got+want) lies in our writable mapping, faulted in
+            // writable above (range checked by `ready`); the kernel writes it as any
+            // other writer of the memory would, and no Rust reference aliases it.
+            let n = unsafe {
+                libc::pread(
+                    file.as_raw_fd(),
+                    (self.addr + off + got) as *mut libc::c_void,
+                    want,
+                    at,
+                )
+            };
+            if n < 0 {
+                let e = last_err();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let n = n as usize;
+            if n == 0 {
+                break;
+            }
+            if !scratch.is_empty() {
+                // SAFETY: the source lies in our mapping, faulted in and just written
+                // by the kernel; the destination is a distinct Rust buffer of at least
+                // n <= step bytes. A bulk copy, as vm-memory makes every copy over a
+                // word: the bytes are only copied, never kept as a reference.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        (self.addr + off + got) as *const u8,
+                        scratch.as_mut_ptr(),
+                        n,
+                    )
+                };
+                seen(&scratch[..n]);
+            }
+            got += n;
+        }
+        Ok(got)
     }
 
     /// Sets a sub-range to `byte`; refused on a read-only mapping.
