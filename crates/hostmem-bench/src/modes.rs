@@ -66,6 +66,9 @@ pub(crate) struct SnapArgs {
     /// Size of the backend the diff is measured on.
     #[arg(long, default_value = "1G")]
     pub(crate) diff_size: String,
+    /// Only the diff case of each kind (no save, copy, lazy or private restore).
+    #[arg(long)]
+    pub(crate) only_diff: bool,
     #[command(flatten)]
     pub(crate) common: Common,
 }

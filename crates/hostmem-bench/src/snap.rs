@@ -131,8 +131,12 @@ fn kind(s: &mut Snap, key: &str, mem: Mem) -> Result<(), String> {
         *s.pool.borrow_mut() = Some(HugePagesGuard::reserve(pages)?);
     }
     let img = s.path(&format!("snap-{key}.img"));
-    let r = save_case(s, key, mem, &img)
-        .and_then(|want| restore_case(s, key, mem, &img, want))
+    let r = if s.args.only_diff {
+        Ok(())
+    } else {
+        save_case(s, key, mem, &img).and_then(|want| restore_case(s, key, mem, &img, want))
+    };
+    let r = r
         .and_then(|()| s.check_stop())
         .and_then(|()| crate::diffcase::measure(s, key, mem, diff_size));
     remove(&img);
