@@ -114,6 +114,7 @@ fn diffs(
 
 /// The base restored alone into a fresh backend: what restoring base + diff costs more.
 fn base_alone(s: &Snap, c: &Case<'_>) -> Result<Vec<(&'static str, f64)>, String> {
+    s.prime(c.mem, c.base.data_bytes())?;
     let dst = s.backend(c.mem, "ddst", c.len)?;
     let r = snapshot::restore(c.base, &dst, &RestoreOptions::default(), &s.progress)
         .map_err(|e| format!("restore base: {e}"))?;
@@ -148,6 +149,8 @@ fn one_diff(s: &Snap, c: &Case<'_>, name: &str) -> Result<Vec<(&'static str, f64
     let result = saved.map_err(|e| format!("save_diff: {e}")).and_then(|r| {
         let diff = Image::open(&diff_path).map_err(|e| format!("open diff: {e}"))?;
         let disk = std::fs::metadata(&diff_path).map_or(0, |m| m.blocks() * 512);
+        // Fresh memory primed as for every timed restore (docs/bench.md, "Noise").
+        s.prime(c.mem, c.base.data_bytes())?;
         let dst = s.backend(c.mem, "ddst", c.len)?;
         let opts = RestoreOptions::default();
         let restored = snapshot::restore_diff(&diff, c.base, &dst, &opts, &s.progress)

@@ -206,7 +206,7 @@ pub(crate) fn restore_from(
         )));
     }
     // Before any page: the bytes this restore makes resident against the backend's
-    // limits, as a preallocation is checked, and watched piece by piece while it runs;
+    // limits, as a preallocation is checked, and watched unit by unit while it runs;
     // then threads on its nodes' CPUs.
     let host = HostTopology::read();
     let need = place::bytes_to_fault(&chain, &mem)?;
