@@ -54,7 +54,7 @@ pub(crate) fn measure(s: &mut Snap, key: &str, mem: Mem, len: u64) -> Result<(),
     snapshot::save(&src, &base_path, &SaveOptions::default(), &s.progress)
         .map_err(|e| format!("save base: {e}"))?;
     let r = diffs(s, key, mem, len, &src, &base_path, n);
-    let _ = std::fs::remove_file(&base_path);
+    crate::snap::remove(&base_path);
     r
 }
 

@@ -76,8 +76,10 @@ fn settle(dir: &Path) -> Result<(), String> {
     syncfs(&d).map_err(|e| format!("syncfs: {e}"))
 }
 
-fn remove(path: &Path) {
+/// Removes an image and the chunk sums `save` wrote beside it.
+pub(crate) fn remove(path: &Path) {
     let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(hostmem::snapshot::lazy::chunks_path(path));
 }
 
 pub(crate) fn run(args: &SnapArgs) -> Result<ModeRun, String> {
