@@ -70,6 +70,9 @@ pub(crate) struct SnapArgs {
     /// diffs or clones: for profiling the save.
     #[arg(long)]
     pub(crate) save_only: bool,
+    /// Only the diff case of each kind (no save, copy, lazy or private restore).
+    #[arg(long)]
+    pub(crate) only_diff: bool,
     #[command(flatten)]
     pub(crate) common: Common,
 }

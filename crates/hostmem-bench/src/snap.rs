@@ -76,8 +76,10 @@ fn settle(dir: &Path) -> Result<(), String> {
     syncfs(&d).map_err(|e| format!("syncfs: {e}"))
 }
 
-fn remove(path: &Path) {
+/// Removes an image and the chunk sums `save` wrote beside it.
+pub(crate) fn remove(path: &Path) {
     let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(hostmem::snapshot::lazy::chunks_path(path));
 }
 
 pub(crate) fn run(args: &SnapArgs) -> Result<ModeRun, String> {
@@ -131,11 +133,16 @@ fn kind(s: &mut Snap, key: &str, mem: Mem) -> Result<(), String> {
         *s.pool.borrow_mut() = Some(HugePagesGuard::reserve(pages)?);
     }
     let img = s.path(&format!("snap-{key}.img"));
-    let r = save_case(s, key, mem, &img)
-        .and_then(|want| match s.args.save_only {
+    let r = if s.args.only_diff {
+        Ok(())
+    } else {
+        save_case(s, key, mem, &img).and_then(|want| match s.args.save_only {
             true => Ok(()),
-            false => restore_case(s, key, mem, &img, want).and_then(|()| s.check_stop()),
+            false => restore_case(s, key, mem, &img, want),
         })
+    };
+    let r = r
+        .and_then(|()| s.check_stop())
         .and_then(|()| match s.args.save_only {
             true => Ok(()),
             false => crate::diffcase::measure(s, key, mem, diff_size),

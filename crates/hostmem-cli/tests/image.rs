@@ -348,3 +348,70 @@ fn run_restore_of_a_missing_backend_fails_naming_it() {
     assert!(err.contains("no -object with id 'm'"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn image_info_and_verify_read_a_diff_with_smaller_blocks_than_its_base() {
+    let (base_path, _) = image("diff-4k");
+    let dir = base_path.parent().unwrap().to_path_buf();
+    let b = Backend::builder(Kind::Memfd, "guest")
+        .size(16 * MIB)
+        .create()
+        .unwrap();
+    let base = Image::open(&base_path).unwrap();
+    let page = noise(9);
+    // Pages 3 and 2600 written (bits 3 and 2600 of a 4 KiB-page bitmap).
+    let hold = b.hold().unwrap();
+    hold.write_at(3 * 4096, &page[..4096]).unwrap();
+    hold.write_at(2600 * 4096, &page[4096..8192]).unwrap();
+    let mut bits = vec![0u64; 16 * MIB as usize / 4096 / 64];
+    bits[0] |= 1 << 3;
+    bits[2600 / 64] |= 1 << (2600 % 64);
+    let dirty = snapshot::Dirty {
+        page_size: 4096,
+        bits: &bits,
+    };
+    let diff_path = dir.join("diff.img");
+    snapshot::save_diff(&b, &base, &dirty, &diff_path, &Progress::new()).unwrap();
+    let p = diff_path.to_str().unwrap();
+
+    let out = hostmem(&["image", "info", p]);
+    let text = stdout_of_success(&out);
+    assert!(
+        text.contains("blocks: 4096 of 4 KiB: 2 data (8 KiB), 0 holes, 4094 in the base"),
+        "{text}"
+    );
+    let out = hostmem(&["image", "verify", p]);
+    let text = stdout_of_success(&out);
+    assert!(text.contains("2 data blocks (8 KiB) match"), "{text}");
+
+    // Page 2600's bytes flipped in the file: verify names its 4 KiB block.
+    let data = std::fs::read(&diff_path).unwrap();
+    let at = data
+        .windows(64)
+        .position(|w| w == &page[4096..4160])
+        .unwrap()
+        + 10;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&diff_path)
+        .unwrap();
+    f.write_all_at(&[data[at] ^ 1], at as u64).unwrap();
+    let out = hostmem(&["image", "verify", p]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("block 2600 (backend offset 0xa28000, page 2600): checksum mismatch"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What a command that must succeed printed (its stderr in the panic if it failed).
+fn stdout_of_success(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

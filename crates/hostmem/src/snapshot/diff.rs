@@ -46,12 +46,48 @@ impl Dirty<'_> {
 /// left to the base. The base is a full image or itself a diff (a chain: each diff
 /// holds what was written since the image before it, restored with
 /// [`restore_chain`]); it must be of memory as long as the backend's, and the diff has
-/// its regions and block size. Not a raw file: it has no checksum to be named by.
+/// its regions. Not a raw file: it has no checksum to be named by.
+///
+/// The diff's blocks are [`diff_block_size`]: as small as the dirty bitmap allows, so
+/// N written pages cost N pages of file, not N of the base's (2 MiB) blocks.
+/// [`save_diff_with`] chooses another size.
 pub fn save_diff(
     backend: &Backend,
     base: &Image,
     dirty: &Dirty<'_>,
     path: impl AsRef<Path>,
+    progress: &Progress,
+) -> Result<SaveReport> {
+    let opts = SaveOptions {
+        block_size: diff_block_size(dirty.page_size, base.header().block_size),
+        ..SaveOptions::default()
+    };
+    save_diff_with(backend, base, dirty, path, &opts, progress)
+}
+
+/// The block size [`save_diff`] gives a diff: the dirty bitmap's page (at least 4 KiB),
+/// the finest block that can be dirty alone — 4 KiB for KVM's dirty log, on 4 KiB and
+/// on huge page memory alike (a diff's blocks need not be whole pages of the memory: a
+/// diff is restored by copy only). The base's block size instead when the bitmap's page
+/// does not divide it (a diff's block lies inside one of its base's).
+pub fn diff_block_size(dirty_page: u64, base_block: u64) -> u64 {
+    let want = dirty_page.max(4096);
+    if want <= base_block && base_block.is_multiple_of(want) && want.is_multiple_of(4096) {
+        want
+    } else {
+        base_block
+    }
+}
+
+/// [`save_diff`] with `opts.block_size` as the diff's block size (a multiple of 4096
+/// dividing the base's), its threads and sync; chunk sums are never written for a diff.
+/// A diff with the base's block size is what hostmem wrote before diffs had their own.
+pub fn save_diff_with(
+    backend: &Backend,
+    base: &Image,
+    dirty: &Dirty<'_>,
+    path: impl AsRef<Path>,
+    opts: &SaveOptions,
     progress: &Progress,
 ) -> Result<SaveReport> {
     let h = base.header();
@@ -61,15 +97,19 @@ pub fn save_diff(
             base.path().display()
         )));
     }
+    let bs = opts.block_size;
+    if bs == 0 || !h.block_size.is_multiple_of(bs) {
+        return Err(SnapshotError::Mismatch(format!(
+            "{}: the base's block size {} is not a multiple of the diff's {bs}",
+            base.path().display(),
+            h.block_size
+        )));
+    }
     let ranges: Vec<(u64, u64)> = h
         .regions
         .iter()
         .map(|r| (r.backend_offset, r.len))
         .collect();
-    let opts = SaveOptions {
-        block_size: h.block_size,
-        ..SaveOptions::default()
-    };
     let len = backend.hold()?.len() as u64;
     if len != h.backend_len {
         return Err(SnapshotError::Mismatch(format!(
@@ -82,20 +122,14 @@ pub fn save_diff(
         base: base.checksum(),
         dirty,
     };
-    save_image(
-        backend,
-        &ranges,
-        path.as_ref(),
-        &opts,
-        progress,
-        Some(since),
-    )
+    save_image(backend, &ranges, path.as_ref(), opts, progress, Some(since))
 }
 
 /// Restores a diff image and its base into `backend`: the diff's blocks from the diff,
 /// the rest from the base, each checked against its own image's checksum. Refused
 /// before any write unless `base` is the image the diff was taken against (its header
-/// checksum) with the same layout. The two-image case of [`restore_chain`].
+/// checksum) with the same regions and a block size that divides the base's. The
+/// two-image case of [`restore_chain`].
 pub fn restore_diff(
     diff: &Image,
     base: &Image,
@@ -110,7 +144,9 @@ pub fn restore_diff(
 /// taken against the one before it (newest last). Each block comes from the newest
 /// image that holds it, checked against that image's checksum, so the memory is as it
 /// was when the last diff was saved. Refused before any write unless every link names
-/// the image before it (its header checksum) and all have one layout.
+/// the image before it (its header checksum) and all have the same regions; block
+/// sizes may differ (base 2 MiB, diffs 4 KiB) as long as each divides the one before:
+/// a base block is then read and checked once for all the diff blocks left to it.
 pub fn restore_chain(
     images: &[&Image],
     backend: &Backend,
@@ -157,10 +193,16 @@ fn check_link(base: &Image, diff: &Image) -> Result<()> {
         .iter()
         .map(|r| (r.backend_offset, r.len))
         .ne(b.regions.iter().map(|r| (r.backend_offset, r.len)))
-        || d.block_size != b.block_size
         || d.backend_len != b.backend_len
     {
         return refuse("their layouts differ");
+    }
+    // Each diff block must lie inside one base block (`chain::pieces`).
+    if !b.block_size.is_multiple_of(d.block_size) {
+        return refuse(&format!(
+            "the base's block size {} is not a multiple of the diff's {}",
+            b.block_size, d.block_size
+        ));
     }
     Ok(())
 }
@@ -182,5 +224,14 @@ mod tests {
         assert!(!d.any(64 * 4096, 64 * 4096));
         assert!(d.any(128 * 4096, 4096), "past the bitmap");
         assert!(!d.any(0, 0));
+    }
+
+    #[test]
+    fn a_diff_takes_the_bitmaps_page_when_it_divides_the_base_block() {
+        assert_eq!(diff_block_size(4096, 2 << 20), 4096);
+        assert_eq!(diff_block_size(2 << 20, 2 << 20), 2 << 20);
+        assert_eq!(diff_block_size(512, 2 << 20), 4096, "at least 4 KiB");
+        assert_eq!(diff_block_size(8192, 4096), 4096, "larger than the base's");
+        assert_eq!(diff_block_size(8192, 12288), 12288, "does not divide it");
     }
 }

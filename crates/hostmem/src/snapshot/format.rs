@@ -189,6 +189,17 @@ impl Header {
         })
     }
 
+    /// The block holding backend offset `offset`, or None outside the regions. How a
+    /// diff with smaller blocks than its base finds the base's block around one of its
+    /// own (regions are equal along a chain, so a small block lies inside one large).
+    pub fn block_of(&self, offset: u64) -> Option<BlockAt> {
+        let r = self
+            .regions
+            .iter()
+            .find(|r| offset >= r.backend_offset && offset - r.backend_offset < r.len)?;
+        self.block(r.first_block + (offset - r.backend_offset) / self.block_size)
+    }
+
     /// The header as JSON (what v1 stores after the preamble).
     pub fn to_json(&self) -> Value {
         let regions: Vec<Value> = self

@@ -151,6 +151,12 @@ impl Memory {
         Ok(n as u64)
     }
 
+    /// Copies `data` into the memory at `off`, through the mapping, so the pages are
+    /// allocated where the backend's policy places them.
+    pub(crate) fn write(&self, off: u64, data: &[u8]) -> io::Result<()> {
+        self.hold.write_at(off as usize, data)
+    }
+
     /// Makes `[off, off+len)` read as zeros, freeing its pages where the kernel can:
     /// MADV_REMOVE on shared memory (a hole punched in its file), MADV_DONTNEED on
     /// private anonymous memory; anything else (a private file mapping, whose dropped

@@ -26,6 +26,7 @@
 //! - [`firecracker`]: Firecracker's userfaultfd handshake (its uffd and region list over
 //!   a Unix socket) checked and served with [`lazy`]: `hostmem uffd-handler`.
 
+mod chain;
 mod diff;
 mod error;
 pub mod firecracker;
@@ -40,7 +41,7 @@ mod restore;
 mod save;
 mod stamp;
 
-pub use diff::{restore_chain, restore_diff, save_diff, Dirty};
+pub use diff::{diff_block_size, restore_chain, restore_diff, save_diff, save_diff_with, Dirty};
 pub use error::{BlockFault, SnapshotError};
 pub use format::{BlockAt, BlockKind, Header, RegionEntry, MAGIC, MAX_BLOCK_SIZE, VERSION};
 pub use image::{Image, RawRegion};

@@ -11,7 +11,7 @@
 //!   preallocation (`backend/room.rs`): a restore that does not fit is refused naming
 //!   the limit, instead of being OOM-killed halfway.
 
-use super::format::BlockKind;
+use super::chain;
 use super::image::Image;
 use super::memory::Memory;
 use super::{BlockFault, Result, SnapshotError};
@@ -30,68 +30,56 @@ pub(crate) fn cpus_for(backend: &Backend, host: &HostTopology) -> Vec<usize> {
     }
 }
 
-/// The image block `i` of `image` comes from: `image` itself, or for a block it leaves
-/// to its base the newest of `older` (oldest first) that holds the block. A chain's
-/// first image is a full one, so the search ends there.
-pub(crate) fn source_of<'a>(image: &'a Image, older: &[&'a Image], i: u64) -> &'a Image {
-    std::iter::once(image)
-        .chain(older.iter().rev().copied())
-        .find(|im| !matches!(im.blocks().get(i as usize), Some(BlockKind::Base)))
-        .unwrap_or(image)
-}
-
-/// Bytes a restore of `image` (with the `older` images of its chain for the blocks it
-/// leaves to its base) would fault in:
-/// the data blocks over memory the kernel says holds nothing yet. A block the memory
-/// already holds a page of counts as resident (restoring into memory in use, e.g.
-/// preallocated, adds nothing there).
-pub(crate) fn bytes_to_fault(image: &Image, older: &[&Image], mem: &Memory) -> Result<u64> {
-    Ok(resident(image, older, mem, false)?.need)
-}
-
-/// Which blocks of the memory may hold data now, and the bytes a restore would fault in.
+/// Which units of the memory may hold data now, and the bytes a restore would fault in.
 pub(crate) struct Resident {
-    /// Per block: the kernel says the memory under it may hold data (for hole blocks
-    /// only when asked for; otherwise false).
+    /// Per unit (a block of the chain's oldest image): the kernel says the memory under
+    /// it may hold data (for units without data only when asked for; otherwise false).
     pub(crate) held: Vec<bool>,
-    /// Bytes of the data blocks over memory that holds nothing yet.
+    /// Bytes of the pages the data pieces touch, in units over memory that holds nothing
+    /// yet.
     pub(crate) need: u64,
 }
 
-/// [`bytes_to_fault`], keeping each block's answer so a restore asks the kernel once per
-/// block (the answer holds while it runs: nobody else uses the memory then); with
-/// `holes`, hole blocks are asked too (a copy restore clears those that hold data).
-pub(crate) fn resident(
-    image: &Image,
-    older: &[&Image],
-    mem: &Memory,
-    holes: bool,
-) -> Result<Resident> {
-    let h = image.header();
+/// Bytes a restore of `chain` (a full image, then the diffs on it, newest last) would
+/// fault in: for each unit (a block of the oldest image) over memory the kernel says
+/// holds nothing yet, the pages its data pieces ([`chain::pieces`]) touch. A unit the
+/// memory already holds a page of counts as resident (restoring into memory in use,
+/// e.g. preallocated, adds nothing there).
+pub(crate) fn bytes_to_fault(chain: &[&Image], mem: &Memory) -> Result<u64> {
+    Ok(resident(chain, mem, false)?.need)
+}
+
+/// [`bytes_to_fault`], keeping each unit's answer so a copy restore asks the kernel once
+/// per unit (the answer holds while it runs: nobody else uses the memory then); with
+/// `holes`, units without data are asked too (a copy restore clears those that hold
+/// data).
+pub(crate) fn resident(chain: &[&Image], mem: &Memory, holes: bool) -> Result<Resident> {
+    let Some(oldest) = chain.first() else {
+        return Ok(Resident {
+            held: Vec::new(),
+            need: 0,
+        });
+    };
+    let h = oldest.header();
     let mut r = Resident {
         held: Vec::with_capacity(h.blocks as usize),
         need: 0,
     };
     for i in 0..h.blocks {
-        let source = source_of(image, older, i);
-        let data = !matches!(
-            source.blocks()[i as usize],
-            BlockKind::Hole | BlockKind::Base
-        );
-        let Some(b) = h.block(i).filter(|_| data || holes) else {
+        let Some(unit) = h.block(i) else {
             r.held.push(false);
             continue;
         };
-        let held =
-            mem.may_hold_data(b.backend_offset, b.len)
-                .map_err(|e| SnapshotError::Block {
-                    index: b.index,
-                    backend_offset: b.backend_offset,
-                    page: b.backend_offset / h.page_size,
-                    fault: BlockFault::Read(e),
-                })?;
-        if data && !held {
-            r.need += b.len;
+        let room = chain::data_pages(&chain::pieces(chain, &unit)?, mem.page_size());
+        if room == 0 && !holes {
+            r.held.push(false);
+            continue;
+        }
+        let held = mem
+            .may_hold_data(unit.backend_offset, unit.len)
+            .map_err(|e| chain::fault_at(chain, unit.backend_offset, BlockFault::Read(e)))?;
+        if !held {
+            r.need += room;
         }
         r.held.push(held);
     }

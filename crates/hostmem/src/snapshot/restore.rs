@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use xxhash_rust::xxh3::Xxh3;
 
+use super::chain::{self, Piece, Source};
 use super::format::{BlockAt, BlockKind};
 use super::image::Image;
 use super::memory::Memory;
@@ -60,10 +61,11 @@ pub struct VerifyReport {
 /// hashed, large enough that the `pread` per piece costs nothing measurable.
 const PIECE: usize = 128 << 10;
 
-enum Done {
-    Untouched,
-    Cleared,
-    Data(u64),
+/// Bytes of one unit written with data and cleared (holes over memory that held some).
+#[derive(Default)]
+struct Done {
+    data: u64,
+    cleared: u64,
 }
 
 impl Image {
@@ -216,6 +218,11 @@ pub fn restore(
 /// then the diffs before `image`) for the blocks `image` leaves to them (the caller has
 /// checked the chain's links), and the limits' figures to check against (None: read
 /// now; tests give chosen ones).
+///
+/// The work is shared out by the oldest image's blocks (the largest: block sizes never
+/// grow along a chain), each split into pieces by source ([`chain::pieces`]): a source
+/// block is read and checked once per unit, however many small blocks of a newer diff
+/// leave their bytes to it, and each piece is written from that buffer.
 pub(crate) fn restore_from(
     image: &Image,
     older: &[&Image],
@@ -231,6 +238,8 @@ pub(crate) fn restore_from(
             image.path().display()
         )));
     }
+    let chain: Vec<&Image> = older.iter().copied().chain([image]).collect();
+    let oldest = chain[0].header();
     let mem = Memory::new(backend.hold()?).map_err(|source| SnapshotError::Io {
         what: "opening the backend's memory for",
         path: image.path().to_path_buf(),
@@ -245,10 +254,10 @@ pub(crate) fn restore_from(
         )));
     }
     // Before any page: the bytes this restore makes resident against the backend's
-    // limits, as a preallocation is checked, and watched block by block while it runs;
+    // limits, as a preallocation is checked, and watched unit by unit while it runs;
     // then threads on its nodes' CPUs.
     let host = HostTopology::read();
-    let resident = place::resident(image, older, &mem, true)?;
+    let resident = place::resident(&chain, &mem, true)?;
     let snap = match limits {
         Some(snap) => snap.clone(),
         None => Snapshot::read(host.has_memory.iter(), &host.huge_page_sizes),
@@ -258,47 +267,64 @@ pub(crate) fn restore_from(
     // only say the restore is stopping, so the error reported is this one.
     let stopped: Mutex<Option<SnapshotError>> = Mutex::new(None);
     let cpus = place::cpus_for(backend, &host);
+    // One buffer per image of the chain, each its largest block, cut from the thread's.
+    let buf_lens: Vec<usize> = chain.iter().map(|im| im.header().buffer_len()).collect();
     progress.add_total(h.memory_len());
     let started = Instant::now();
     let done = par::run(
-        h.blocks,
+        oldest.blocks,
         par::threads_for(h.memory_len(), opts.threads),
         &cpus,
-        h.buffer_len().min(PIECE),
+        // A lone image's blocks are read straight into the memory through a piece-long
+        // buffer; a chain's mixed units need one buffer per image, each its largest block.
+        if chain.len() == 1 {
+            h.buffer_len().min(PIECE)
+        } else {
+            buf_lens.iter().sum::<usize>().max(PIECE)
+        },
         progress,
-        |i| h.block(i).map_or(0, |b| b.len),
+        |i| oldest.block(i).map_or(0, |b| b.len),
         |i, buf| {
-            // A block the diff leaves to its base comes from the base, checked there.
-            let source = place::source_of(image, older, i);
-            let b = source.at(i)?;
+            let unit = chain[0].at(i)?;
+            let pieces = chain::pieces(&chain, &unit)?;
             let held = resident.held.get(i as usize).copied().unwrap_or(true);
-            if matches!(
-                source.blocks()[i as usize],
-                BlockKind::Hole | BlockKind::Base
-            ) {
-                if !held {
-                    return Ok(Done::Untouched);
+            // Only a unit over memory that holds nothing yet takes room, the pages its
+            // data pieces touch, as `resident` counted it.
+            let room = match held {
+                true => 0,
+                false => chain::data_pages(&pieces, mem.page_size()),
+            };
+            if room > 0 {
+                if let Err(edge) = guard.grant(room) {
+                    if let Some(e) = edge.and_then(|edge| guard.edge_error(backend, &edge)) {
+                        *stopped.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(SnapshotError::Backend(e));
+                    }
+                    return Err(SnapshotError::Cancelled);
                 }
-                mem.clear(b.backend_offset, b.len)
-                    .map_err(|e| image.block_error(&b, BlockFault::Write(e)))?;
-                return Ok(Done::Cleared);
             }
-            // Only a block over memory that holds nothing yet takes room, as
-            // `resident` counted it.
-            let granted = if held { Ok(()) } else { guard.grant(b.len) };
-            if let Err(edge) = granted {
-                if let Some(e) = edge.and_then(|edge| guard.edge_error(backend, &edge)) {
-                    *stopped.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(SnapshotError::Backend(e));
+            let written = match pieces.as_slice() {
+                // The whole unit is one block of one image: read straight into the
+                // memory and checked there.
+                [Piece {
+                    from: Source::Data { image: k, block },
+                    len,
+                    ..
+                }] if *len == block.len => {
+                    let piece = PIECE.min(buf.len());
+                    chain[*k]
+                        .read_into(block, &mem, &mut buf[..piece])
+                        .map(|()| Done {
+                            data: *len,
+                            cleared: 0,
+                        })
                 }
-                return Err(SnapshotError::Cancelled);
+                _ => write_unit(&chain, &pieces, &mem, held, &mut split(buf, &buf_lens)),
+            };
+            if room > 0 {
+                guard.finish(room);
             }
-            let read = source.read_into(&b, &mem, buf);
-            if !held {
-                guard.finish(b.len);
-            }
-            read?;
-            Ok(Done::Data(b.len))
+            written
         },
     );
     let done = match done {
@@ -310,6 +336,8 @@ pub(crate) fn restore_from(
                 .unwrap_or(e))
         }
     };
+    // Counted in the newest image's blocks: a piece is whole blocks of it.
+    let bs = h.block_size;
     let mut r = RestoreReport {
         blocks: h.blocks,
         data_blocks: 0,
@@ -318,14 +346,66 @@ pub(crate) fn restore_from(
         secs: started.elapsed().as_secs_f64(),
     };
     for d in done {
-        match d {
-            Done::Untouched => {}
-            Done::Cleared => r.holes_cleared += 1,
-            Done::Data(n) => {
-                r.data_blocks += 1;
-                r.data_bytes += n;
-            }
-        }
+        r.data_blocks += d.data.div_ceil(bs);
+        r.data_bytes += d.data;
+        r.holes_cleared += d.cleared.div_ceil(bs);
     }
     Ok(r)
+}
+
+/// Writes one unit's pieces into the memory: data from the chain's images (each source
+/// block read into its image's buffer and checked once), holes cleared where the memory
+/// holds something.
+fn write_unit(
+    chain: &[&Image],
+    pieces: &[Piece],
+    mem: &Memory,
+    held: bool,
+    bufs: &mut [&mut [u8]],
+) -> Result<Done> {
+    let mut done = Done::default();
+    // Holes first, and only where the unit's memory may hold data: asked before a data
+    // piece of the unit faults its page in (a 4 KiB piece faults a whole huge page, and
+    // the hole beside it then needs no clearing).
+    for p in pieces.iter().filter(|p| held && p.from == Source::Hole) {
+        let fault = |f| chain::fault_at(chain, p.backend_offset, f);
+        if mem
+            .may_hold_data(p.backend_offset, p.len)
+            .map_err(|e| fault(BlockFault::Read(e)))?
+        {
+            mem.clear(p.backend_offset, p.len)
+                .map_err(|e| fault(BlockFault::Write(e)))?;
+            done.cleared += p.len;
+        }
+    }
+    // The block each image's buffer holds, read and checked.
+    let mut loaded: Vec<Option<u64>> = vec![None; chain.len()];
+    for p in pieces {
+        let fault = |f| chain::fault_at(chain, p.backend_offset, f);
+        let Source::Data { image: k, block: b } = p.from else {
+            continue;
+        };
+        if loaded[k] != Some(b.index) {
+            chain[k].read_checked(&b, &mut bufs[k][..])?;
+            loaded[k] = Some(b.index);
+        }
+        let within = (p.backend_offset - b.backend_offset) as usize;
+        let bytes = &bufs[k][within..within + p.len as usize];
+        mem.write(p.backend_offset, bytes)
+            .map_err(|e| fault(BlockFault::Write(e)))?;
+        done.data += p.len;
+    }
+    Ok(done)
+}
+
+/// `buf` cut into consecutive slices of `lens`.
+fn split<'a>(mut buf: &'a mut [u8], lens: &[usize]) -> Vec<&'a mut [u8]> {
+    let mut out = Vec::with_capacity(lens.len());
+    for &n in lens {
+        let n = n.min(buf.len());
+        let (head, rest) = std::mem::take(&mut buf).split_at_mut(n);
+        out.push(head);
+        buf = rest;
+    }
+    out
 }

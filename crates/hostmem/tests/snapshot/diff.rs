@@ -113,14 +113,7 @@ fn a_corrupt_base_block_fails_a_diff_restore_naming_the_block() {
     // Flip a byte of block 3 in the base (the diff leaves block 3 to it).
     let b3 = (3 * BLOCK) as usize;
     let at = find_in_file(&base_path, &want.bytes[b3..b3 + 64]) + 4096;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&base_path)
-        .unwrap();
-    let mut byte = [0u8];
-    std::os::unix::fs::FileExt::read_exact_at(&f, &mut byte, at).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, &[!byte[0]], at).unwrap();
+    flip_byte(&base_path, at);
 
     let (base, diff) = (
         Image::open(&base_path).unwrap(),

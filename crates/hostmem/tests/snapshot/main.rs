@@ -7,6 +7,7 @@
 mod common;
 
 mod diff;
+mod diff_blocks;
 mod faults;
 mod hugetlb_holes;
 mod lazy;
@@ -111,4 +112,16 @@ pub fn find_in_file(path: &std::path::Path, needle: &[u8]) -> u64 {
     data.windows(needle.len())
         .position(|w| w == needle)
         .expect("the test's bytes are in the image") as u64
+}
+
+/// Inverts the byte at `at` of the file (a corruption the test makes itself).
+pub fn flip_byte(path: &std::path::Path, at: u64) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, at).unwrap();
+    f.write_all_at(&[!byte[0]], at).unwrap();
 }

@@ -62,7 +62,7 @@ pub fn restore_lazy(
         mem.clear(0, mem.len()).map_err(missing)?;
     }
     let host = HostTopology::read();
-    let need = place::bytes_to_fault(&image, &[], &mem)?;
+    let need = place::bytes_to_fault(&[&*image], &mem)?;
     let snap = Snapshot::read(host.has_memory.iter(), &host.huge_page_sizes);
     place::check_room(backend, need, &snap)?;
     if opts.cpus.is_empty() {
