@@ -66,6 +66,17 @@ pub(crate) struct SnapArgs {
     /// Size of the backend the diff is measured on.
     #[arg(long, default_value = "1G")]
     pub(crate) diff_size: String,
+    /// Only the lazy restore's figures and the copy restore its fill is set beside
+    /// (the image saved once, untimed; no baselines, private restore or diff).
+    #[arg(long)]
+    pub(crate) lazy_only: bool,
+    /// The lazy restore's fill priority: idle (SCHED_IDLE, the library's default), low
+    /// (nice 19) or normal.
+    #[arg(long, value_parser = ["idle", "low", "normal"])]
+    pub(crate) lazy_fill: Option<String>,
+    /// The lazy restore's fill threads (default: the library's, 1).
+    #[arg(long)]
+    pub(crate) lazy_fill_threads: Option<usize>,
     #[command(flatten)]
     pub(crate) common: Common,
 }

@@ -42,7 +42,9 @@ pub use diff::{restore_chain, restore_diff, save_diff, Dirty};
 pub use error::{BlockFault, SnapshotError};
 pub use format::{BlockAt, BlockKind, Header, RegionEntry, MAGIC, MAX_BLOCK_SIZE, VERSION};
 pub use image::{Image, RawRegion};
-pub use lazy::{restore_lazy, LazyOptions, LazyProgress, LazyRegion, LazyReport, LazyServer};
+pub use lazy::{
+    restore_lazy, FillPriority, LazyOptions, LazyProgress, LazyRegion, LazyReport, LazyServer,
+};
 pub use place::check_room;
 pub use private::{private_builder, restore_private};
 pub use restore::{restore, RestoreOptions, RestoreReport, VerifyReport};

@@ -11,6 +11,7 @@ mod faults;
 mod lazy;
 mod lazy_chunks;
 mod lazy_faults;
+mod lazy_share;
 mod placed;
 mod private;
 mod round_trip;
