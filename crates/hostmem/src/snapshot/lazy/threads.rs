@@ -28,9 +28,10 @@ const POLL_MS: i32 = 5;
 /// off, first restore with the saved chunk sums): first touch p50 25–33 µs with it,
 /// 51–79 µs without. Costs CPU only while faults arrive.
 const SPIN: Duration = Duration::from_micros(100);
-/// How long the fill may take no unit, with no fault to serve, before a fault thread
-/// fills in its place: a fill thread that gets a CPU takes a unit in about a
-/// millisecond, so this long without one means it gets none.
+/// How long the fill may take no unit, and a fault thread read no message, before
+/// that fault thread fills in the fill's place: a fill thread that gets a CPU takes a
+/// unit in about a millisecond, so this long without one means it gets none; and a
+/// guest quiet this long is not in the middle of a burst of faults.
 const STARVED: Duration = Duration::from_millis(20);
 
 impl Shared {
@@ -75,13 +76,18 @@ impl Shared {
             // Filling in the fill's place: only a look for messages between units.
             match self.uffd.poll(if filling { 0 } else { POLL_MS }) {
                 Ok(true) => {}
-                Ok(false) => filling = self.fill_if_starved(&mut watch, buf),
+                // Only after STARVED without a message: a fault that comes while this
+                // thread fills waits for the block in hand.
+                Ok(false) if last.elapsed() >= STARVED => {
+                    filling = self.fill_if_starved(&mut watch, buf);
+                }
+                Ok(false) => {}
                 Err(e) => return fail("polling the userfaultfd of", e),
             }
         }
     }
 
-    /// After a poll with no message: when the fill has taken no unit for `STARVED`,
+    /// After `STARVED` without a message: when the fill has taken no unit for as long,
     /// fills one and returns true (the loop then only looks for messages before the
     /// next, so the fill goes on at this thread's share until a fault comes; that
     /// fault waits for the unit in hand, as for a fault on a unit being filled).
