@@ -86,9 +86,10 @@ pub struct LazyOptions {
 /// How the background fill's threads compete for the CPUs. A first touch waits for a
 /// fault thread to run; beside a fill thread at the same priority on a busy host, a
 /// waking fault thread may wait for a time slice: that was the tail of the first-touch
-/// latency (p99 1.8–7.9 ms at 2 GiB on 2 loaded CPUs, against 45–72 µs in 6 of 7
-/// runs with the fill at SCHED_IDLE; `docs/snapshot.md`). A fill that gets no CPU at its priority is not
-/// left to starve: a fault thread with no fault to serve for 20 ms fills in its place.
+/// latency (4 KiB first touch p99, median of 11–12 runs at 2 GiB on 2 loaded CPUs:
+/// 1.95 ms at normal priority, 68 µs at SCHED_IDLE; `docs/bench.md`). A fill that gets
+/// no CPU at its priority is not left to starve: a fault thread with no message and no
+/// fill progress for 20 ms fills in its place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum FillPriority {
