@@ -14,9 +14,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hostmem::snapshot::{restore_lazy, BlockKind, Image, LazyOptions};
+use hostmem::snapshot::{restore_lazy, BlockKind, FillPriority, Image, LazyOptions};
 use hostmem::Backend;
 
+use crate::modes::SnapArgs;
 use crate::pattern::Rng;
 
 /// Touches timed per restore, at most (the fill may end first).
@@ -51,11 +52,24 @@ fn data_pages(image: &Image, n: usize, seed: u64) -> Vec<u64> {
         .collect()
 }
 
-pub(crate) fn run(image: &Arc<Image>, dst: &Backend, seed: u64) -> Result<Lazy, String> {
+pub(crate) fn run(
+    image: &Arc<Image>,
+    dst: &Backend,
+    seed: u64,
+    args: &SnapArgs,
+) -> Result<Lazy, String> {
     let pages = data_pages(image, TOUCHES, seed);
     let t = Instant::now();
-    let server = restore_lazy(Arc::clone(image), dst, LazyOptions::default())
-        .map_err(|e| format!("restore_lazy: {e}"))?;
+    let mut opts = LazyOptions::default();
+    opts.fill_priority = match args.lazy_fill.as_deref() {
+        Some("normal") => FillPriority::Normal,
+        Some("low") => FillPriority::Low,
+        Some("idle") => FillPriority::Idle,
+        _ => opts.fill_priority,
+    };
+    opts.fill_threads = args.lazy_fill_threads.unwrap_or(opts.fill_threads);
+    let server =
+        restore_lazy(Arc::clone(image), dst, opts).map_err(|e| format!("restore_lazy: {e}"))?;
     let usable = t.elapsed().as_secs_f64();
     let hold = dst.hold().map_err(|e| e.to_string())?;
     let mut touches = Vec::with_capacity(pages.len());

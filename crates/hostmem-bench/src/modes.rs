@@ -73,6 +73,17 @@ pub(crate) struct SnapArgs {
     /// Only the diff case of each kind (no save, copy, lazy or private restore).
     #[arg(long)]
     pub(crate) only_diff: bool,
+    /// Only the lazy restore's figures and the copy restore its fill is set beside
+    /// (the image saved once, untimed; no baselines, private restore or diff).
+    #[arg(long)]
+    pub(crate) lazy_only: bool,
+    /// The lazy restore's fill priority: idle (SCHED_IDLE, the library's default), low
+    /// (nice 19) or normal.
+    #[arg(long, value_parser = ["idle", "low", "normal"])]
+    pub(crate) lazy_fill: Option<String>,
+    /// The lazy restore's fill threads (default: the library's, 1).
+    #[arg(long)]
+    pub(crate) lazy_fill_threads: Option<usize>,
     #[command(flatten)]
     pub(crate) common: Common,
 }

@@ -113,7 +113,7 @@ pub(crate) fn run(args: &SnapArgs) -> Result<ModeRun, String> {
             kind(&mut s, key, mem)?;
         }
     }
-    if args.common.wants("clones") && !args.save_only {
+    if args.common.wants("clones") && !args.save_only && !args.lazy_only && !args.only_diff {
         s.check_stop()?;
         crate::clones::measure(&mut s)?;
     }
@@ -143,7 +143,7 @@ fn kind(s: &mut Snap, key: &str, mem: Mem) -> Result<(), String> {
     };
     let r = r
         .and_then(|()| s.check_stop())
-        .and_then(|()| match s.args.save_only {
+        .and_then(|()| match s.args.save_only || s.args.lazy_only {
             true => Ok(()),
             false => crate::diffcase::measure(s, key, mem, diff_size),
         });
@@ -165,8 +165,14 @@ fn save_case(s: &mut Snap, key: &str, mem: Mem, img: &Path) -> Result<u64, Strin
     let written = runs.len() as u64 * RUN;
     let guest = kernel::guest(&src)?;
     let (warm, reps) = (s.args.common.warmup, s.args.common.reps.max(1));
+    // --lazy-only: one save, its time kept, no plain write beside it.
+    let (warm, reps, cases) = if s.args.lazy_only {
+        (0, 1, 1)
+    } else {
+        (warm, reps, 2)
+    };
     for rep in 0..warm + reps {
-        for i in order(2, rep) {
+        for i in order(cases, rep) {
             s.check_stop()?;
             let (k, secs) = if i == 0 {
                 remove(img);
@@ -240,8 +246,13 @@ fn restore_case(s: &mut Snap, key: &str, mem: Mem, img: &Path, want: u64) -> Res
     let (warm, reps) = (s.args.common.warmup, s.args.common.reps.max(1));
     // "lazy": the time to usable (its fill and touches are kept apart).
     let names = ["restore", "pread", "whole-copy", "lazy"];
+    let cases: Vec<usize> = if s.args.lazy_only {
+        vec![0, 3]
+    } else {
+        (0..names.len()).collect()
+    };
     for rep in 0..warm + reps {
-        for i in order(names.len(), rep) {
+        for i in order(cases.len(), rep).into_iter().map(|c| cases[c]) {
             s.check_stop()?;
             let touch = if i == 2 { s.size } else { image.data_bytes() };
             s.prime(mem, touch)?;
@@ -257,7 +268,7 @@ fn restore_case(s: &mut Snap, key: &str, mem: Mem, img: &Path, want: u64) -> Res
                 1 => kernel::parallel_read(&image, &kernel::guest(&dst)?, s.cpus)?,
                 2 => kernel::whole_copy(&image, &kernel::guest(&dst)?)?,
                 _ => {
-                    let l = crate::lazycase::run(&image, &dst, rep as u64)?;
+                    let l = crate::lazycase::run(&image, &dst, rep as u64, s.args)?;
                     if rep >= warm {
                         let sm = &mut s.run.samples;
                         sm.push(format!("snap/{key}/lazy-filled"), l.filled);
@@ -286,6 +297,9 @@ fn restore_case(s: &mut Snap, key: &str, mem: Mem, img: &Path, want: u64) -> Res
                 }
             }
         }
+    }
+    if s.args.lazy_only {
+        return Ok(());
     }
     private_case(s, key, &image, want)
 }

@@ -28,6 +28,17 @@ pub(crate) fn tables(r: &mut ModeRun, size: u64, args: &SnapArgs) {
             "{label}, {} backend (times are medians)",
             format_size(size)
         ));
+        if args.lazy_only {
+            r.value_row("copy restore (warm page cache)", &k("restore"), 1e3, "ms");
+            for (what, m) in [
+                ("bytes equal the source: copy restore", "restore-ok"),
+                ("bytes equal the source: lazy", "lazy-ok"),
+            ] {
+                r.value_row(what, &k(m), 1.0, "(1 = yes)");
+            }
+            lazy_rows(r, key, label, args);
+            continue;
+        }
         r.time_row(
             "save",
             &k("save"),
@@ -93,7 +104,7 @@ pub(crate) fn tables(r: &mut ModeRun, size: u64, args: &SnapArgs) {
             r.value_row(what, &k(m), 1.0, "(1 = yes)");
         }
         diff_rows(r, key);
-        lazy_rows(r, key, label);
+        lazy_rows(r, key, label, args);
         snap_targets(r, key, label);
     }
     clone_tables(r, args);
@@ -141,13 +152,19 @@ fn diff_rows(r: &mut ModeRun, key: &str) {
 /// The lazy restore's figures: usable, first touches during the fill, the fill's rate
 /// against the copy restore's (both over the image's data bytes, so the ratio of their
 /// times).
-fn lazy_rows(r: &mut ModeRun, key: &str, label: &str) {
+fn lazy_rows(r: &mut ModeRun, key: &str, label: &str, args: &SnapArgs) {
     let k = |m: &str| format!("snap/{key}/{m}");
     if r.samples.median(&k("lazy")).is_none() {
         r.lines.push("  lazy restore: not measured".into());
         return;
     }
     r.value_row("lazy restore: usable", &k("lazy"), 1e3, "ms");
+    r.lines.push(format!(
+        "  {:<38} {} priority, {} thread(s)",
+        "lazy: background fill runs at",
+        args.lazy_fill.as_deref().unwrap_or("idle (default)"),
+        args.lazy_fill_threads.unwrap_or(1)
+    ));
     let touches = r
         .samples
         .0

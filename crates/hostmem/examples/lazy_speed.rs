@@ -7,14 +7,15 @@
 //! A measurement, not a test:
 //! `cargo run --release -p hostmem --example lazy_speed` (`LAZY_GIB=N`, default 1;
 //! `LAZY_CHUNK=BYTES`: the saved chunk size, 0 for none, default `lazy::CHUNK`;
-//! `LAZY_FILL_THREADS=N`: the fill's threads, default 1;
+//! `LAZY_FILL_THREADS=N`: the fill's threads, default 1; `LAZY_FILL=idle|low|normal`:
+//! their priority, default the library's (idle);
 //! `LAZY_HUGE=1`: the restored memfds on 2 MiB huge pages — set the pool first).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hostmem::snapshot::lazy::{chunks_path, ChunkSums, CHUNK};
-use hostmem::snapshot::{self, Image, LazyOptions, RestoreOptions, SaveOptions};
+use hostmem::snapshot::{self, FillPriority, Image, LazyOptions, RestoreOptions, SaveOptions};
 use hostmem::{Backend, Kind, Progress};
 
 const MIB: u64 = 1 << 20;
@@ -87,6 +88,11 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
+    let fill_priority = match std::env::var("LAZY_FILL").as_deref() {
+        Ok("low") => FillPriority::Low,
+        Ok("normal") => FillPriority::Normal,
+        _ => FillPriority::Idle,
+    };
     let dir = std::env::temp_dir().join(format!("hostmem-lazy-speed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("mem.img");
@@ -138,6 +144,7 @@ fn main() {
         let opts = LazyOptions {
             chunk_sums: sums.clone(),
             fill_threads,
+            fill_priority,
             ..LazyOptions::default()
         };
         let server = snapshot::restore_lazy(Arc::clone(&image), &dst, opts).unwrap();

@@ -45,7 +45,9 @@ pub use diff::{diff_block_size, restore_chain, restore_diff, save_diff, save_dif
 pub use error::{BlockFault, SnapshotError};
 pub use format::{BlockAt, BlockKind, Header, RegionEntry, MAGIC, MAX_BLOCK_SIZE, VERSION};
 pub use image::{Image, RawRegion};
-pub use lazy::{restore_lazy, LazyOptions, LazyProgress, LazyRegion, LazyReport, LazyServer};
+pub use lazy::{
+    restore_lazy, FillPriority, LazyOptions, LazyProgress, LazyRegion, LazyReport, LazyServer,
+};
 pub use place::check_room;
 pub use private::{private_builder, restore_private, PrivateOptions, Verify};
 pub use restore::{restore, RestoreOptions, RestoreReport, VerifyReport};

@@ -36,7 +36,8 @@ pub(crate) use pagemap::{
 pub(crate) use probe::{probe_mempolicy, probe_populate_write};
 pub use promise::FileSizePromise;
 pub(crate) use thread::{
-    allowed_cpus, current_cpu, gettid, pin_current_thread, set_thread_affinity, thread_affinity,
+    allowed_cpus, current_cpu, gettid, pin_current_thread, set_current_thread_share,
+    set_thread_affinity, thread_affinity, CpuShare,
 };
 
 /// `madvise` advice values; spelled out because older libc releases lack the newer ones.

@@ -71,3 +71,32 @@ pub(crate) fn current_cpu() -> Option<usize> {
     let c = unsafe { libc::sched_getcpu() };
     (c >= 0).then_some(c as usize)
 }
+
+/// How the calling thread competes for a CPU with the process's other threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CpuShare {
+    /// SCHED_IDLE: runs only when no normal thread of its CPU wants to, and any
+    /// normal thread that wakes preempts it at once.
+    Idle,
+    /// SCHED_OTHER at this nice value (19: the least share; lower needs CAP_SYS_NICE).
+    Nice(i32),
+}
+
+/// Sets the calling thread's scheduling to `share` (Linux applies both calls to the
+/// calling thread alone when given id 0).
+pub(crate) fn set_current_thread_share(share: CpuShare) -> io::Result<()> {
+    match share {
+        CpuShare::Idle => {
+            let p = libc::sched_param { sched_priority: 0 };
+            // SAFETY: sched_setscheduler reads one sched_param, ours, for the call;
+            // pid 0 is the calling thread.
+            check(unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &p) })?;
+        }
+        CpuShare::Nice(n) => {
+            // SAFETY: setpriority takes its arguments by value; who 0 with
+            // PRIO_PROCESS is the calling thread on Linux.
+            check(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) })?;
+        }
+    }
+    Ok(())
+}

@@ -13,6 +13,7 @@ mod hugetlb_holes;
 mod lazy;
 mod lazy_chunks;
 mod lazy_faults;
+mod lazy_share;
 mod placed;
 mod private;
 mod round_trip;

@@ -7,26 +7,28 @@
 //!
 //! A sidecar and not the image itself: the image format stays version 1 for every
 //! reader and tool, and a sidecar that is lost, damaged or another image's is refused
-//! and the restore falls back to whole blocks. Format (`docs/snapshot.md`),
-//! little-endian: magic `HOSTMEMC`, version u32 = 1, reserved u32, the image's header
-//! checksum u64, its block count u64, the chunk size u64, the number of known blocks n
-//! u64, xxh3-64 of the entries u64, then n entries: the block index u64 followed by one
-//! u64 per chunk of that block.
+//! and the restore falls back to whole blocks. Format (`docs/snapshot.md`): the
+//! sidecar preamble (`sidecar.rs`, magic `HOSTMEMC`) with two fields, the chunk size
+//! u64 and the number of known blocks n u64, then n entries: the block index u64
+//! followed by one u64 per chunk of that block, little-endian.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::super::image::Image;
 use super::super::{Result, SnapshotError};
+use super::sidecar::Kind;
 
 /// Bytes per chunk checksum written by `save` and learned by a lazy restore; a sidecar
 /// records its own. One base page: a first touch then reads, hashes and copies just the
 /// page it faulted on (the measured choice, `docs/snapshot.md`); the cost is 8 bytes of
 /// sidecar per 4 KiB of data (0.2 %).
 pub const CHUNK: u64 = 4 << 10;
-const MAGIC: [u8; 8] = *b"HOSTMEMC";
-const VERSION: u32 = 1;
-const HEAD: usize = 56;
+const CHUNKS: Kind = Kind {
+    magic: *b"HOSTMEMC",
+    fields: 2,
+    what: "chunk checksums",
+};
 
 /// The chunk checksums known for an image's data blocks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,42 +66,32 @@ pub fn chunks_path(image: &Path) -> PathBuf {
 impl ChunkSums {
     /// Writes the sums for `image` to `path` (a temporary file renamed over it).
     pub fn save(&self, path: &Path, image: &Image) -> Result<()> {
-        let io = |source| SnapshotError::Io {
-            what: "writing the chunk checksums",
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        self.write(Path::new(&tmp), image.checksum(), image.header().blocks)
-            .map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        let (fields, entries) = self.encoded();
+        CHUNKS.save(
+            path,
+            image,
+            &fields,
+            &entries,
+            "writing the chunk checksums",
+        )
     }
 
     /// Writes the sums for the image of header checksum `checksum` and `blocks` blocks
     /// to `path` as it is (`save` writes an image's under a temporary name).
     pub(crate) fn write(&self, path: &Path, checksum: u64, blocks: u64) -> std::io::Result<()> {
+        let (fields, entries) = self.encoded();
+        std::fs::write(path, CHUNKS.encode(checksum, blocks, &fields, &entries))
+    }
+
+    /// The sidecar's fields and entries.
+    fn encoded(&self) -> ([u64; 2], Vec<u8>) {
         let mut entries = Vec::new();
         for (b, sums) in &self.blocks {
             entries.extend_from_slice(&b.to_le_bytes());
             sums.iter()
                 .for_each(|s| entries.extend_from_slice(&s.to_le_bytes()));
         }
-        let mut out = Vec::with_capacity(HEAD + entries.len());
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
-        for v in [
-            checksum,
-            blocks,
-            self.chunk,
-            self.blocks.len() as u64,
-            xxhash_rust::xxh3::xxh3_64(&entries),
-        ] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out.extend_from_slice(&entries);
-        std::fs::write(path, &out)
+        ([self.chunk, self.blocks.len() as u64], entries)
     }
 
     /// Checks every sum against the image's bytes (each block read and checked against
@@ -136,34 +128,14 @@ impl ChunkSums {
     /// Reads the sums saved for `image` at `path`: refused (with the reason) when the
     /// file is not one, is damaged, or was made for another image.
     pub fn load(path: &Path, image: &Image) -> Result<ChunkSums> {
-        let bytes = std::fs::read(path).map_err(|source| SnapshotError::Io {
-            what: "reading the chunk checksums",
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let bad = |reason: &str| SnapshotError::Format {
-            path: path.to_path_buf(),
-            reason: reason.to_string(),
-        };
-        let u64_at = |at: usize| -> Option<u64> {
-            Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
-        };
-        if bytes.len() < HEAD || bytes[..8] != MAGIC || bytes[8..12] != VERSION.to_le_bytes() {
-            return Err(bad("not a version 1 chunk checksum file"));
-        }
+        let (fields, entries) = CHUNKS.load(path, image, "reading the chunk checksums")?;
+        let bad = |reason: &str| CHUNKS.bad(path, reason);
         let h = image.header();
-        if u64_at(16) != Some(image.checksum()) || u64_at(24) != Some(h.blocks) {
-            return Err(bad("the chunk checksums were made for another image"));
-        }
-        let chunk = u64_at(32).unwrap_or(0);
+        let chunk = fields[0];
         if chunk == 0 || !chunk.is_multiple_of(4096) || chunk > h.block_size {
             return Err(bad(
                 "the chunk size is not a multiple of 4096 up to the image's block size",
             ));
-        }
-        let entries = &bytes[HEAD..];
-        if u64_at(48) != Some(xxhash_rust::xxh3::xxh3_64(entries)) {
-            return Err(bad("the chunk checksums' checksum does not match"));
         }
         let mut sums = ChunkSums {
             chunk,
@@ -173,7 +145,7 @@ impl ChunkSums {
         let word = |i: usize| -> Option<u64> {
             Some(u64::from_le_bytes(entries.get(i..i + 8)?.try_into().ok()?))
         };
-        for _ in 0..u64_at(40).unwrap_or(0) {
+        for _ in 0..fields[1] {
             let b = word(at).ok_or_else(|| bad("the chunk checksums end early"))?;
             let len = h.block(b).ok_or_else(|| bad("a block past the table"))?.len;
             let n = len.div_ceil(chunk) as usize;

@@ -34,22 +34,8 @@ use super::chunks::{sums_of, ChunkSums, CHUNK};
 use super::LazyRegion;
 use crate::sys::uffd::{Event, Fill, Uffd};
 
-/// How long a serving thread waits in poll(2) before it reads the userfaultfd again
-/// (and looks at the stop flag). Short because, on the 6.18 kernel measured, a fault
-/// raised while this thread was inside a UFFDIO_COPY sometimes became readable without
-/// waking poll: with 50 ms, first touches waited a whole timeout (p50 53 ms); with 5 ms
-/// the wait is bounded by it (`examples/lazy_speed.rs`). An idle thread wakes 200
-/// times a second for it.
-const POLL_MS: i32 = 5;
-/// How long a fault thread keeps reading the userfaultfd (yielding the CPU between
-/// reads) after its last message before it sleeps in poll(2): faults come in bursts (a
-/// guest walking its memory), and waking a thread asleep on an idle virtual CPU was
-/// measured to cost tens of µs here. On a quiet host (load ~1.5, `lazy_speed`, fill
-/// off, first restore with the saved chunk sums): first touch p50 25–33 µs with it,
-/// 51–79 µs without. Costs CPU only while faults arrive.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(100);
 /// Messages read at once.
-const BATCH: usize = 64;
+pub(super) const BATCH: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {
@@ -85,9 +71,13 @@ pub(super) struct Shared {
     /// Sorted by `host`.
     pub units: Vec<Unit>,
     /// Host ranges discarded (REMOVE events): zeros from then on.
-    removed: Mutex<Vec<(u64, u64)>>,
+    pub removed: Mutex<Vec<(u64, u64)>>,
     /// Faults read while a copy waited for events (EAGAIN), served next.
-    queued: Mutex<VecDeque<Event>>,
+    pub queued: Mutex<VecDeque<Event>>,
+    /// The background fill's order (unit indices; empty without a fill) and the next
+    /// place in it, shared by every thread that fills.
+    pub fill_order: Vec<usize>,
+    pub fill_next: AtomicU64,
     pub stop: AtomicBool,
     /// The uffd's address space has gone (ESRCH): nothing left to serve.
     pub gone: AtomicBool,
@@ -117,7 +107,7 @@ pub(super) struct Shared {
     pub changed_lock: Mutex<()>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -129,6 +119,7 @@ impl Shared {
         units: Vec<Unit>,
         record: bool,
         chunk_sums: Option<Arc<ChunkSums>>,
+        fill_order: Vec<usize>,
     ) -> Shared {
         let data: Vec<&Unit> = units.iter().filter(|u| u.is_data()).collect();
         let bytes_total = data.iter().map(|u| u.at.len).sum();
@@ -140,6 +131,8 @@ impl Shared {
             units,
             removed: Mutex::new(Vec::new()),
             queued: Mutex::new(VecDeque::new()),
+            fill_order,
+            fill_next: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             gone: AtomicBool::new(false),
             data_units,
@@ -167,18 +160,18 @@ impl Shared {
         self.units_settled.load(Ordering::Acquire) >= self.data_units
     }
 
-    fn notify(&self) {
+    pub(super) fn notify(&self) {
         let _g = lock(&self.changed_lock);
         self.changed.notify_all();
     }
 
-    fn fail(&self, e: SnapshotError) {
+    pub(super) fn fail(&self, e: SnapshotError) {
         lock(&self.errors).push(e);
         self.error_count.fetch_add(1, Ordering::Release);
         self.notify();
     }
 
-    fn settle(&self) {
+    pub(super) fn settle(&self) {
         let n = self.units_settled.fetch_add(1, Ordering::AcqRel) + 1;
         if n == self.data_units {
             *lock(&self.filled_secs) = Some(self.started.elapsed().as_secs_f64());
@@ -202,58 +195,7 @@ impl Shared {
             .map_or(4096, |r| r.page_size)
     }
 
-    /// The fault-serving loop: until stopped or the address space is gone. Messages are
-    /// read until none is left, and for `SPIN` after the last, before the thread polls
-    /// again: a fault that arrived while this thread was copying is read at once, not
-    /// after a poll.
-    pub(super) fn serve_faults(&self, buf: &mut Vec<u8>) {
-        let fail = |what, source| {
-            self.fail(SnapshotError::Io {
-                what,
-                path: self.image.path().to_path_buf(),
-                source,
-            })
-        };
-        let mut last = Instant::now();
-        while !self.stop.load(Ordering::Relaxed) && !self.gone.load(Ordering::Relaxed) {
-            let queued: Vec<Event> = lock(&self.queued).drain(..).collect();
-            for e in queued {
-                self.handle(e, buf);
-            }
-            match self.uffd.read_events(BATCH) {
-                Ok(events) if !events.is_empty() => {
-                    events.into_iter().for_each(|e| self.handle(e, buf));
-                    last = Instant::now();
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => return fail("reading the userfaultfd of", e),
-            }
-            if last.elapsed() < SPIN {
-                // Awake a little longer: the next fault of a burst is read at once.
-                std::thread::yield_now();
-                continue;
-            }
-            if let Err(e) = self.uffd.poll(POLL_MS) {
-                return fail("polling the userfaultfd of", e);
-            }
-        }
-    }
-
-    fn handle(&self, e: Event, buf: &mut Vec<u8>) {
-        match e {
-            Event::Fault { addr, minor, .. } => {
-                self.faults.fetch_add(1, Ordering::Relaxed);
-                self.fault(addr, minor, buf);
-            }
-            Event::Remove { start, end } | Event::Unmap { start, end } => {
-                lock(&self.removed).push((start, end));
-            }
-            Event::Other(_) => {}
-        }
-    }
-
-    fn fault(&self, addr: u64, minor: bool, buf: &mut Vec<u8>) {
+    pub(super) fn fault(&self, addr: u64, minor: bool, buf: &mut Vec<u8>) {
         let page = self.page_size_at(addr);
         let addr = addr / page * page;
         if minor {
@@ -301,23 +243,6 @@ impl Shared {
             State::Done => self.zero(addr, page),
             State::Failed => {
                 let _ = self.settled(self.uffd.poison(addr, page), addr, page);
-            }
-        }
-    }
-
-    /// Background fill: the units in `order`, taken from `next` by every fill thread.
-    pub(super) fn fill(&self, order: &[usize], next: &AtomicU64, buf: &mut Vec<u8>) {
-        loop {
-            if self.stop.load(Ordering::Relaxed) || self.gone.load(Ordering::Relaxed) {
-                return;
-            }
-            let k = next.fetch_add(1, Ordering::Relaxed) as usize;
-            let Some(&i) = order.get(k) else { return };
-            let u = &self.units[i];
-            let mut state = lock(&u.state);
-            if *state == State::Pending {
-                *state = self.serve(u, buf);
-                self.settle();
             }
         }
     }
@@ -418,7 +343,7 @@ impl Shared {
     /// Serves a pending data unit (its lock held): checked bytes copied over every page
     /// not present and not discarded, or, when the bytes cannot be had, every page not
     /// present poisoned and the error kept.
-    fn serve(&self, u: &Unit, buf: &mut Vec<u8>) -> State {
+    pub(super) fn serve(&self, u: &Unit, buf: &mut Vec<u8>) -> State {
         buf.resize(u.at.len as usize, 0);
         let bytes = match self.image.read_checked(&u.at, buf) {
             Ok(b) => b,
