@@ -141,12 +141,12 @@ fn kind(s: &mut Snap, key: &str, mem: Mem) -> Result<(), String> {
             false => restore_case(s, key, mem, &img, want),
         })
     };
-    let r = r
-        .and_then(|()| s.check_stop())
-        .and_then(|()| match s.args.save_only || s.args.lazy_only {
-            true => Ok(()),
-            false => crate::diffcase::measure(s, key, mem, diff_size),
-        });
+    let r =
+        r.and_then(|()| s.check_stop())
+            .and_then(|()| match s.args.save_only || s.args.lazy_only {
+                true => Ok(()),
+                false => crate::diffcase::measure(s, key, mem, diff_size),
+            });
     remove(&img);
     // The pool is put back here, also after an error.
     s.pool.borrow_mut().take();

@@ -378,7 +378,7 @@ pub(crate) fn preamble(json: &[u8], table: &[u8]) -> [u8; PREAMBLE as usize] {
 }
 
 pub(crate) fn header_checksum(json: &[u8], table: &[u8]) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut h = super::Checksum::new();
     h.update(json);
     h.update(table);
     h.digest()

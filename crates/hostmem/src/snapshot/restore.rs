@@ -8,8 +8,6 @@ use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use xxhash_rust::xxh3::Xxh3;
-
 use super::chain::{self, Piece, Source};
 use super::format::{BlockAt, BlockKind};
 use super::image::Image;
@@ -130,7 +128,7 @@ impl Image {
             _ => None,
         };
         let scratch = if expected.is_some() { buf } else { &mut [][..] };
-        let mut hasher = Xxh3::new();
+        let mut hasher = super::Checksum::new();
         let read = mem.read_from(
             b.backend_offset,
             b.len,

@@ -6,7 +6,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use serde_json::{Map, Value};
-use xxhash_rust::xxh3::Xxh3Default;
 
 use super::format::{
     encode_table, header_checksum, preamble, BlockKind, Header, MAX_BLOCK_SIZE, PREAMBLE,
@@ -332,7 +331,7 @@ fn save_block(
         0 => STEP,
         c => (c as usize) * (STEP / c as usize).max(1),
     };
-    let mut sum = Xxh3Default::new();
+    let mut sum = super::Checksum::new();
     let mut chunks = Vec::new();
     let mut data = false;
     let mut done = 0;

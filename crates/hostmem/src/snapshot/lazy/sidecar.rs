@@ -71,7 +71,7 @@ impl Kind {
         let words = [checksum, blocks]
             .into_iter()
             .chain(fields.iter().copied())
-            .chain([xxhash_rust::xxh3::xxh3_64(entries)]);
+            .chain([crate::snapshot::block_checksum(entries)]);
         words.for_each(|w| out.extend_from_slice(&w.to_le_bytes()));
         out.extend_from_slice(entries);
         out
@@ -125,7 +125,7 @@ impl Kind {
             .map(|i| word(FIXED + 8 * i).unwrap_or(0))
             .collect();
         let entries = &bytes[self.head()..];
-        if word(self.head() - 8) != Some(xxhash_rust::xxh3::xxh3_64(entries)) {
+        if word(self.head() - 8) != Some(crate::snapshot::block_checksum(entries)) {
             return Err(format!(
                 "{what}: the checksum of the entries does not match"
             ));
