@@ -106,7 +106,15 @@ impl Memory {
         let Some(pm) = &self.pagemap else {
             return Ok(true);
         };
-        let first = (self.hold.host_addr() as u64 + off) / self.base_page;
+        let start = self.hold.host_addr() as u64 + off;
+        // One PAGEMAP_SCAN (Linux 6.7) stops at the first page present or swapped out;
+        // a kernel without it gets the pagemap read below.
+        let anyof = crate::sys::PAGE_IS_PRESENT | crate::sys::PAGE_IS_SWAPPED;
+        let end = (start + len).div_ceil(self.base_page) * self.base_page;
+        if let Ok(any) = crate::sys::pagemap_any(pm, start, end, anyof) {
+            return Ok(any);
+        }
+        let first = start / self.base_page;
         let pages = len.div_ceil(self.base_page) as usize;
         let mut buf = vec![0u8; pages * 8];
         pm.read_exact_at(&mut buf, first * 8)?;
@@ -203,16 +211,47 @@ fn mapped_pages(
     let page = hold.page_size();
     let before = f.metadata()?.blocks();
     let addr = hold.host_addr() as u64;
-    let mut present = Vec::with_capacity((hold.len() as u64 / page) as usize);
-    let mut entry = [0u8; 8];
-    for p in 0..hold.len() as u64 / page {
-        pm.read_exact_at(&mut entry, (addr + p * page) / base_page * 8)?;
-        present.push(u64::from_le_bytes(entry) & PM_PRESENT != 0);
-    }
+    let pages = hold.len() as u64 / page;
+    let present = match present_runs(pm, addr, pages * page, page) {
+        Some(p) => p,
+        None => {
+            let mut present = Vec::with_capacity(pages as usize);
+            let mut entry = [0u8; 8];
+            for p in 0..pages {
+                pm.read_exact_at(&mut entry, (addr + p * page) / base_page * 8)?;
+                present.push(u64::from_le_bytes(entry) & PM_PRESENT != 0);
+            }
+            present
+        }
+    };
     let after = f.metadata()?.blocks();
     let in_file = before.saturating_mul(512) / page;
     let here = present.iter().filter(|&&p| p).count() as u64;
     Ok((before == after && here == in_file).then_some(present))
+}
+
+/// Which `page`-byte pages of [addr, addr+len) are present, from PAGEMAP_SCAN's runs of
+/// present pages (a few ioctls instead of a pagemap read per page: 4096 reads for 8 GiB
+/// of 2 MiB pages took 16 ms); None where the kernel has no PAGEMAP_SCAN.
+fn present_runs(pm: &File, addr: u64, len: u64, page: u64) -> Option<Vec<bool>> {
+    let mut present = vec![false; (len / page) as usize];
+    let mut runs = vec![crate::sys::PageRegion::default(); 512];
+    let (mut at, end) = (addr, addr + len);
+    while at < end {
+        let is = crate::sys::PAGE_IS_PRESENT;
+        let (n, walked) = crate::sys::pagemap_scan(pm, at, end, is, is, &mut runs).ok()?;
+        for r in &runs[..n] {
+            let (first, last) = ((r.start - addr) / page, (r.end - addr).div_ceil(page));
+            for p in present.get_mut(first as usize..last as usize)? {
+                *p = true;
+            }
+        }
+        if walked <= at {
+            return None;
+        }
+        at = walked;
+    }
+    Some(present)
 }
 
 /// The shmem file behind shared anonymous memory, through /proc/self/map_files (which

@@ -12,6 +12,7 @@
 //!   the limit, instead of being OOM-killed halfway.
 
 use super::chain;
+use super::format::BlockKind;
 use super::image::Image;
 use super::memory::Memory;
 use super::{BlockFault, Result, SnapshotError};
@@ -40,17 +41,29 @@ pub(crate) struct Resident {
     pub(crate) need: u64,
 }
 
-/// Bytes a restore of `chain` (a full image, then the diffs on it, newest last) would
-/// fault in: for each unit (a block of the oldest image) over memory the kernel says
-/// holds nothing yet, the pages its data pieces ([`chain::pieces`]) touch. A unit the
-/// memory already holds a page of counts as resident (restoring into memory in use,
-/// e.g. preallocated, adds nothing there).
-pub(crate) fn bytes_to_fault(chain: &[&Image], mem: &Memory) -> Result<u64> {
-    Ok(resident(chain, mem, false)?.need)
+/// Bytes a restore of the full `image` faults into memory that holds nothing: its data
+/// blocks, each in whole `page`-byte pages.
+pub(crate) fn data_bytes(image: &Image, page: u64) -> u64 {
+    let h = image.header();
+    let page = page.max(1);
+    (0..h.blocks)
+        .filter(|&i| {
+            matches!(
+                image.blocks().get(i as usize),
+                Some(BlockKind::Data { .. } | BlockKind::Unchecked)
+            )
+        })
+        .filter_map(|i| h.block(i))
+        .map(|b| b.len.div_ceil(page) * page)
+        .sum()
 }
 
-/// [`bytes_to_fault`], keeping each unit's answer so a copy restore asks the kernel once
-/// per unit (the answer holds while it runs: nobody else uses the memory then); with
+/// Bytes a restore of `chain` (a full image, then the diffs on it, newest last) would
+/// fault in — for each unit (a block of the oldest image) over memory the kernel says
+/// holds nothing yet, the pages its data pieces ([`chain::pieces`]) touch; a unit the
+/// memory already holds a page of counts as resident (restoring into memory in use,
+/// e.g. preallocated, adds nothing there) — keeping each unit's answer so a copy
+/// restore asks the kernel once per unit (the answer holds while it runs: nobody else uses the memory then); with
 /// `holes`, units without data are asked too (a copy restore clears those that hold
 /// data).
 pub(crate) fn resident(chain: &[&Image], mem: &Memory, holes: bool) -> Result<Resident> {

@@ -31,7 +31,8 @@ pub(crate) use fd::{add_seals, memfd_create, punch_hole, shm_create_unlinked, st
 pub(crate) use mapping::{MapOptions, RawMapping};
 pub(crate) use numa::{mempolicy_at, move_pages_of};
 pub(crate) use pagemap::{
-    pagemap_scan, procmap_query, PageRegion, VmaInfo, PAGE_IS_HUGE, PAGE_IS_PRESENT,
+    pagemap_any, pagemap_scan, procmap_query, PageRegion, VmaInfo, PAGE_IS_HUGE, PAGE_IS_PRESENT,
+    PAGE_IS_SWAPPED,
 };
 pub(crate) use probe::{probe_mempolicy, probe_populate_write};
 pub use promise::FileSizePromise;

@@ -14,7 +14,7 @@ use crate::common::*;
 use crate::lazy::{resident, saved_image, touch_all, within, DEADLINE};
 use crate::*;
 use hostmem::snapshot::lazy::{chunks_path, ChunkSums, CHUNK};
-use hostmem::snapshot::{self, Image, LazyOptions, SaveOptions};
+use hostmem::snapshot::{self, BlockKind, Image, LazyOptions, SaveOptions};
 use hostmem::{Backend, Kind, Progress};
 
 const SIZE: u64 = 32 * MIB;
@@ -212,4 +212,53 @@ fn learned_chunk_sums_serve_a_first_touch_by_one_chunk_and_still_catch_a_flipped
     let e = server.stop().unwrap_err();
     assert_eq!(e.block(), Some(4), "{e}");
     assert!(e.to_string().contains("checksum mismatch"), "{e}");
+}
+
+/// Without sums in its options, a lazy restore reads the ones `save` wrote beside the
+/// image by itself — after the memory is usable, so the first touches may still bring
+/// in whole blocks; within the deadline a touch of a new block brings in one chunk.
+#[test]
+fn a_lazy_restore_reads_the_sums_beside_the_image_by_itself() {
+    let dir = TempDir::new("lazy-own-chunks");
+    let src = memfd("src").create().unwrap();
+    let want = scatter(&src.hold().unwrap(), 37);
+    let path = dir.path().join("own.img");
+    snapshot::save(&src, &path, &SaveOptions::default(), &Progress::new()).unwrap();
+    assert!(chunks_path(&path).exists(), "save wrote no chunk sums");
+    let image = Arc::new(Image::open(&path).unwrap());
+    let opts = LazyOptions {
+        background: false,
+        ..LazyOptions::default()
+    };
+    let dst = memfd("dst").create().unwrap();
+    let data: Vec<u64> = (0..SIZE / BLOCK)
+        .filter(|&b| matches!(image.blocks()[b as usize], BlockKind::Data { .. }))
+        .collect();
+    assert!(data.len() >= 4, "the source has too few data blocks");
+    let server = snapshot::restore_lazy(image, &dst, opts).unwrap();
+    let hold = dst.hold().unwrap();
+    let started = std::time::Instant::now();
+    let mut by_chunk = None;
+    // Data blocks only: a hole's touch brings in one zero page whatever the sums.
+    for block in data {
+        let before = resident(&dst);
+        let off = block * BLOCK + 3 * 4096;
+        read_page(&hold, off).unwrap();
+        let grew = resident(&dst) - before;
+        if grew > 0 && grew <= CHUNK {
+            by_chunk = Some(block);
+            break;
+        }
+        if started.elapsed() > DEADLINE {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        by_chunk.is_some(),
+        "no touch brought in a single chunk within {DEADLINE:?}: the sums beside the image were not read"
+    );
+    within(DEADLINE, "own", move || touch_all(&hold));
+    assert_same_bytes(&read_memory(&dst), &want.bytes, "own");
+    server.stop().unwrap();
 }

@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Instant;
 
 use super::super::format::{BlockAt, BlockKind};
@@ -94,12 +94,13 @@ pub(super) struct Shared {
     pub touched: Mutex<Vec<u64>>,
     pub record: bool,
     /// Chunk checksums known before (the save's, or an earlier run's): faults then
-    /// serve a chunk.
-    pub chunk_sums: Option<Arc<ChunkSums>>,
-    /// Bytes per chunk: `chunk_sums`' size, else `CHUNK` (for the sums learned).
-    pub chunk: u64,
-    /// Chunk checksums of the blocks verified whole in this run (with `record`).
-    pub learned: Mutex<BTreeMap<u64, Vec<u64>>>,
+    /// serve a chunk. Set once, possibly after serving began (the sidecar of an 8 GiB
+    /// image is 16 MiB, read after the memory is usable); until then faults serve
+    /// whole blocks.
+    pub chunk_sums: OnceLock<Arc<ChunkSums>>,
+    /// Chunk checksums of the blocks verified whole in this run (with `record`), with
+    /// the chunk size they were taken at.
+    pub learned: Mutex<BTreeMap<u64, (u64, Vec<u64>)>>,
     pub started: Instant,
     pub filled_secs: Mutex<Option<f64>>,
     /// Signalled when the last data unit settles, an error arrives, or the space goes.
@@ -118,7 +119,6 @@ impl Shared {
         regions: Vec<LazyRegion>,
         units: Vec<Unit>,
         record: bool,
-        chunk_sums: Option<Arc<ChunkSums>>,
         fill_order: Vec<usize>,
     ) -> Shared {
         let data: Vec<&Unit> = units.iter().filter(|u| u.is_data()).collect();
@@ -146,8 +146,7 @@ impl Shared {
             error_count: AtomicU64::new(0),
             touched: Mutex::new(Vec::new()),
             record,
-            chunk: chunk_sums.as_ref().map_or(CHUNK, |c| c.chunk),
-            chunk_sums,
+            chunk_sums: OnceLock::new(),
             learned: Mutex::new(BTreeMap::new()),
             started: Instant::now(),
             filled_secs: Mutex::new(None),
@@ -225,7 +224,7 @@ impl Shared {
                     self.settle();
                     return;
                 };
-                let k = (addr - u.host) / self.chunk;
+                let k = (addr - u.host) / self.chunk();
                 served.resize(sums.len().div_ceil(64), 0);
                 let (word, bit) = ((k / 64) as usize, 1u64 << (k % 64));
                 if served[word] & bit != 0 {
@@ -250,10 +249,16 @@ impl Shared {
     /// The chunk checksums of a pending unit, when known and usable: chunks of whole
     /// pages (a hugetlb page larger than the chunk is served with its block).
     fn chunk_sums_of(&self, u: &Unit) -> Option<&[u64]> {
-        let sums = self.chunk_sums.as_ref()?.blocks.get(&u.at.index)?;
-        let fits =
-            self.chunk.is_multiple_of(u.page) && sums.len() as u64 == u.at.len.div_ceil(self.chunk);
+        let known = self.chunk_sums.get()?;
+        let sums = known.blocks.get(&u.at.index)?;
+        let fits = known.chunk.is_multiple_of(u.page)
+            && sums.len() as u64 == u.at.len.div_ceil(known.chunk);
         fits.then_some(sums.as_slice())
+    }
+
+    /// Bytes per chunk: the known sums' size, else `CHUNK` (for the sums learned).
+    pub(super) fn chunk(&self) -> u64 {
+        self.chunk_sums.get().map_or(CHUNK, |c| c.chunk)
     }
 
     /// Serves chunk `k` of a pending unit (its lock held): read, checked against its
@@ -265,8 +270,9 @@ impl Shared {
         sum: u64,
         buf: &mut Vec<u8>,
     ) -> Result<(), SnapshotError> {
-        let from = k * self.chunk;
-        let len = self.chunk.min(u.at.len - from);
+        let chunk = self.chunk();
+        let from = k * chunk;
+        let len = chunk.min(u.at.len - from);
         buf.resize(len as usize, 0);
         let fault = |f| self.image.block_error(&u.at, f);
         let mut got = 0usize;
@@ -358,8 +364,10 @@ impl Shared {
             Ok(n) => {
                 self.bytes_filled.fetch_add(n, Ordering::Relaxed);
                 let known = self.chunk_sums_of(u).is_some();
-                if self.record && !known && self.chunk.is_multiple_of(u.page) {
-                    lock(&self.learned).insert(u.at.index, sums_of(bytes, self.chunk));
+                let chunk = self.chunk();
+                if self.record && !known && chunk.is_multiple_of(u.page) {
+                    let sums = sums_of(bytes, chunk);
+                    lock(&self.learned).insert(u.at.index, (chunk, sums));
                 }
                 State::Done
             }
