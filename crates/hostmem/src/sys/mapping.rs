@@ -2,7 +2,7 @@
 //! it was mapped with, reached only by volatile copies.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::{advice, last_err, page_size};
 
@@ -315,11 +315,12 @@ impl RawMapping {
     /// lands, while it is still in the CPU's cache, it is copied into `scratch` and shown
     /// to `seen` (a restore hashes it there); an empty `scratch` skips that. Returns the
     /// bytes read: fewer than `len` where the file ends. Refused on a read-only mapping.
+    #[cfg(feature = "json")]
     pub fn read_from_file(
         &self,
         off: usize,
         len: usize,
-        file: BorrowedFd<'_>,
+        file: std::os::fd::BorrowedFd<'_>,
         file_off: u64,
         scratch: &mut [u8],
         mut seen: impl FnMut(&[u8]),

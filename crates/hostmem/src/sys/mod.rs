@@ -30,16 +30,18 @@ use std::io;
 pub(crate) use fd::{add_seals, memfd_create, punch_hole, shm_create_unlinked, statfs, FsInfo};
 pub(crate) use mapping::{MapOptions, RawMapping};
 pub(crate) use numa::{mempolicy_at, move_pages_of};
+#[cfg(feature = "json")]
+pub(crate) use pagemap::{pagemap_any, PAGE_IS_SWAPPED};
 pub(crate) use pagemap::{
-    pagemap_any, pagemap_scan, procmap_query, PageRegion, VmaInfo, PAGE_IS_HUGE, PAGE_IS_PRESENT,
-    PAGE_IS_SWAPPED,
+    pagemap_scan, procmap_query, PageRegion, VmaInfo, PAGE_IS_HUGE, PAGE_IS_PRESENT,
 };
 pub(crate) use probe::{probe_mempolicy, probe_populate_write};
 pub use promise::FileSizePromise;
 pub(crate) use thread::{
-    allowed_cpus, current_cpu, gettid, pin_current_thread, set_current_thread_share,
-    set_thread_affinity, thread_affinity, CpuShare,
+    allowed_cpus, current_cpu, gettid, pin_current_thread, set_thread_affinity, thread_affinity,
 };
+#[cfg(feature = "json")]
+pub(crate) use thread::{set_current_thread_share, CpuShare};
 
 /// `madvise` advice values; spelled out because older libc releases lack the newer ones.
 pub(crate) mod advice {

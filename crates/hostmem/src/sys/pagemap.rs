@@ -11,6 +11,7 @@ use super::check;
 /// `PAGE_IS_PRESENT` category of PAGEMAP_SCAN.
 pub(crate) const PAGE_IS_PRESENT: u64 = 1 << 3;
 /// `PAGE_IS_SWAPPED`: the page is in swap.
+#[cfg(feature = "json")]
 pub(crate) const PAGE_IS_SWAPPED: u64 = 1 << 4;
 /// `PAGE_IS_HUGE`: a PMD-mapped THP or a hugetlb page.
 pub(crate) const PAGE_IS_HUGE: u64 = 1 << 6;
@@ -72,6 +73,7 @@ pub(crate) fn pagemap_scan(
 /// or swapped): one `PAGEMAP_SCAN` that stops at the first such page, so an empty
 /// range costs a walk of its page tables and no per-page copy (a pagemap read copies 8
 /// bytes for every page: 16 MiB for 8 GiB of 4 KiB pages).
+#[cfg(feature = "json")]
 pub(crate) fn pagemap_any(fd: impl AsFd, start: u64, end: u64, anyof: u64) -> io::Result<bool> {
     let mut out = [PageRegion::default(); 1];
     let (n, _) = scan(fd, start, end, 0, anyof, anyof, &mut out)?;

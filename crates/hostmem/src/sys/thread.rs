@@ -73,6 +73,7 @@ pub(crate) fn current_cpu() -> Option<usize> {
 }
 
 /// How the calling thread competes for a CPU with the process's other threads.
+#[cfg(feature = "json")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CpuShare {
     /// SCHED_IDLE: runs only when no normal thread of its CPU wants to, and any
@@ -84,6 +85,7 @@ pub(crate) enum CpuShare {
 
 /// Sets the calling thread's scheduling to `share` (Linux applies both calls to the
 /// calling thread alone when given id 0).
+#[cfg(feature = "json")]
 pub(crate) fn set_current_thread_share(share: CpuShare) -> io::Result<()> {
     match share {
         CpuShare::Idle => {
