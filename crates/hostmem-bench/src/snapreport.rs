@@ -194,20 +194,24 @@ fn lazy_rows(r: &mut ModeRun, key: &str, label: &str, args: &SnapArgs) {
         false,
         "ms",
     );
-    r.bound(
-        format!("{label}: lazy first touch p50"),
-        us(p50),
-        20.0,
-        false,
-        "µs",
-    );
-    r.bound(
-        format!("{label}: lazy first touch p99"),
-        us(p99),
-        200.0,
-        false,
-        "µs",
-    );
+    // Issue 21's latency limits are for 4 KiB pages; on huge pages (a whole page copied
+    // per fault) it asks only for the figures, which the line above prints.
+    if key == "4k" {
+        r.bound(
+            format!("{label}: lazy first touch p50"),
+            us(p50),
+            20.0,
+            false,
+            "µs",
+        );
+        r.bound(
+            format!("{label}: lazy first touch p99"),
+            us(p99),
+            200.0,
+            false,
+            "µs",
+        );
+    }
     r.speed_target(
         format!("{label}: lazy fill / copy restore (rate)"),
         &k("lazy-filled"),
