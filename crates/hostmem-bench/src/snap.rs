@@ -80,6 +80,7 @@ fn settle(dir: &Path) -> Result<(), String> {
 pub(crate) fn remove(path: &Path) {
     let _ = std::fs::remove_file(path);
     let _ = std::fs::remove_file(hostmem::snapshot::lazy::chunks_path(path));
+    let _ = std::fs::remove_file(hostmem::snapshot::stamp_path(path));
 }
 
 pub(crate) fn run(args: &SnapArgs) -> Result<ModeRun, String> {
