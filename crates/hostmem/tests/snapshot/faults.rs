@@ -37,14 +37,7 @@ fn block_bytes(b: &Backend, block: u64) -> Vec<u8> {
 fn flip_block_4(path: &std::path::Path, want: &Expected) {
     let b4 = (4 * BLOCK) as usize;
     let at = find_in_file(path, &want.bytes[b4..b4 + 64]) + BLOCK / 2;
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut byte = [0u8];
-    f.read_exact_at(&mut byte, at).unwrap();
-    f.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
+    flip_byte(path, at);
 }
 
 #[test]
