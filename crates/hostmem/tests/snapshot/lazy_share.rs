@@ -71,14 +71,17 @@ fn a_starved_idle_fill_is_done_by_the_fault_thread_with_the_saved_bytes() {
         ..LazyOptions::default()
     };
     let server = snapshot::restore_lazy(Arc::clone(&image), &dst, opts).unwrap();
-    // Each thread sets its own share as it starts: look until it has.
+    // Each thread names itself and sets its own share as it starts, and with every
+    // CPU busy a new thread may wait for its first slice: look until both are seen.
     let started = std::time::Instant::now();
-    let mut fill = policy_of("hostmem-fill0");
-    while fill != Some(SCHED_IDLE) && started.elapsed() < std::time::Duration::from_secs(1) {
+    let (mut fill, mut fault) = (None, None);
+    while (fill != Some(SCHED_IDLE) || fault.is_none())
+        && started.elapsed() < std::time::Duration::from_secs(5)
+    {
+        fill = policy_of("hostmem-fill0").or(fill);
+        fault = fault.or_else(|| policy_of("hostmem-uffd0"));
         std::thread::sleep(std::time::Duration::from_millis(1));
-        fill = policy_of("hostmem-fill0");
     }
-    let fault = policy_of("hostmem-uffd0");
     let filled = server.wait_timeout(DEADLINE);
     busy.store(false, Ordering::Relaxed);
     hogs.into_iter().for_each(|h| h.join().unwrap());
