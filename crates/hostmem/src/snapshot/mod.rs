@@ -40,6 +40,7 @@ mod private;
 mod restore;
 mod save;
 mod stamp;
+mod writer;
 
 pub use diff::{diff_block_size, restore_chain, restore_diff, save_diff, save_diff_with, Dirty};
 pub use error::{BlockFault, SnapshotError};

@@ -12,7 +12,7 @@ use super::format::{
 };
 use super::lazy::{chunks_path, ChunkSums, CHUNK};
 use super::memory::Memory;
-use super::{is_zero, par, BlockFault, Dirty, Result, SnapshotError};
+use super::{is_zero, par, writer, BlockFault, Dirty, Result, SnapshotError};
 use crate::{Backend, Progress, PropValue};
 
 /// How to save.
@@ -67,6 +67,10 @@ pub struct SaveReport {
 /// cache on current x86 and arm64 cores, so the bounce buffer stays in it from the copy
 /// to the write.
 const STEP: usize = 256 << 10;
+
+/// Steps in flight per copying thread: enough that the writer always has the next one
+/// queued while the copying threads fill more.
+const BUFFERS_PER_THREAD: usize = 4;
 
 /// How one block was saved.
 enum Saved {
@@ -269,17 +273,34 @@ fn write_image(
     progress.add_total(header.memory_len());
 
     let chunk = if since.is_some() { 0 } else { opts.chunk_size };
+    let step = step_len(chunk).min(header.buffer_len().max(1));
     let started = Instant::now();
     let block = |i: u64| header.block(i);
-    let saved = par::run(
-        header.blocks,
-        par::threads_for(header.memory_len(), opts.threads),
-        &[],
-        header.buffer_len(),
-        progress,
-        |i| block(i).map_or(0, |b| b.len),
-        |i, buf| save_block(mem, &file, header, since, chunk, i, buf),
-    )?;
+    let threads = par::threads_for(header.memory_len(), opts.threads);
+    let (saved, failed) = writer::write_with(&file, BUFFERS_PER_THREAD * threads, step, |q| {
+        par::run(
+            header.blocks,
+            threads,
+            &[],
+            0,
+            progress,
+            |i| block(i).map_or(0, |b| b.len),
+            |i, _| save_block(mem, q, header, since, chunk, step, i),
+        )
+    })
+    .map_err(io("starting the writer thread for"))?;
+    // A failed write is the cause; the copying threads' errors after it only say
+    // that the writer stopped.
+    if let Some((i, e)) = failed {
+        let at = block(i).map_or(0, |b| b.backend_offset);
+        return Err(SnapshotError::Block {
+            index: i,
+            backend_offset: at,
+            page: at / header.page_size,
+            fault: BlockFault::Write(e),
+        });
+    }
+    let saved = saved?;
     let secs = started.elapsed().as_secs_f64();
 
     let table: Vec<BlockKind> = saved
@@ -295,14 +316,23 @@ fn write_image(
     Ok((saved, secs, checksum))
 }
 
+/// Bytes copied, hashed and written at a time for chunk sums of `chunk` bytes (0:
+/// none): [`STEP`], or the nearest whole number of chunks to it.
+fn step_len(chunk: u64) -> usize {
+    match chunk {
+        0 => STEP,
+        c => (c as usize) * (STEP / c as usize).max(1),
+    }
+}
+
 fn save_block(
     mem: &Memory,
-    file: &File,
+    queue: &writer::Queue<'_>,
     header: &Header,
     since: Option<&Since<'_>>,
     chunk: u64,
+    step: usize,
     i: u64,
-    buf: &mut [u8],
 ) -> Result<Saved> {
     let b = header
         .block(i)
@@ -322,33 +352,41 @@ fn save_block(
     {
         return Ok(Saved::Unread);
     }
-    // Copied, checked, hashed and written a step at a time, so the bounce buffer is
-    // still in the core's cache when it is hashed and written: the memory is read from
-    // RAM once, as a plain write of it would. A step that is all zeros is not written:
-    // it stays a hole of the file (which reads as zeros); a block with no other step is
-    // a hole in the table.
-    let step = match chunk {
-        0 => STEP,
-        c => (c as usize) * (STEP / c as usize).max(1),
+    let stopped = || {
+        fault(BlockFault::Write(std::io::Error::other(
+            "the image's writer thread has stopped",
+        )))
     };
+    // Copied, checked and hashed a step at a time, while the step is in the core's
+    // cache, then handed to the writer: the memory is read from RAM once, as a plain
+    // write of it would. A step that is all zeros is not written: it stays a hole of
+    // the file (which reads as zeros); a block with no other step is a hole in the
+    // table.
     let mut sum = super::Checksum::new();
     let mut chunks = Vec::new();
     let mut data = false;
     let mut done = 0;
     while done < b.len as usize {
-        let part = &mut buf[..step.min(b.len as usize - done)];
-        mem.read(b.backend_offset + done as u64, part)
-            .map_err(|e| fault(BlockFault::Read(e)))?;
+        let mut buf = queue.buffer().ok_or_else(stopped)?;
+        let len = step.min(b.len as usize - done).min(buf.len());
+        let part = &mut buf[..len];
+        if let Err(e) = mem.read(b.backend_offset + done as u64, part) {
+            queue.give_back(buf);
+            return Err(fault(BlockFault::Read(e)));
+        }
         sum.update(part);
         if chunk != 0 {
             chunks.extend(super::lazy::sums_of(part, chunk));
         }
-        if !is_zero(part) {
-            file.write_all_at(part, b.file_offset + done as u64)
-                .map_err(|e| fault(BlockFault::Write(e)))?;
+        if is_zero(part) {
+            queue.give_back(buf);
+        } else {
+            if !queue.write(i, b.file_offset + done as u64, buf, len) {
+                return Err(stopped());
+            }
             data = true;
         }
-        done += part.len();
+        done += len;
     }
     if !data {
         return Ok(Saved::Zero);

@@ -353,3 +353,56 @@ fn hostile_header_numbers_are_refused_or_read_never_a_panic() {
     let e = Image::open(&path).unwrap_err();
     assert!(e.to_string().contains("past the backend's end"), "{e}");
 }
+
+/// A save onto a file system that fills up: the writer's ENOSPC comes back as the
+/// error, naming a block, within the deadline (the copying threads wait for the
+/// writer's buffers; none may be left waiting once it has failed), and the earlier
+/// image of that name stays as it was, with no partial file beside it.
+#[test]
+fn a_save_onto_a_full_file_system_fails_with_enospc_and_keeps_the_earlier_image() {
+    let fs = mount_tmpfs("12m");
+    let path = fs.path().join("mem.img");
+    let small = Backend::builder(Kind::Memfd, "small")
+        .size(4 * MIB)
+        .create()
+        .unwrap();
+    small
+        .hold()
+        .unwrap()
+        .write_at(0, &random_bytes(8, 4 * MIB as usize))
+        .unwrap();
+    snapshot::save(&small, &path, &SaveOptions::default(), &Progress::new()).unwrap();
+    let before = std::fs::read(&path).unwrap();
+
+    // 32 MiB of random bytes cannot fit in what is left of 12 MiB.
+    let src = memfd("src");
+    src.hold()
+        .unwrap()
+        .write_at(0, &random_bytes(9, SIZE as usize))
+        .unwrap();
+    let p = path.clone();
+    let err = crate::lazy::within(
+        crate::lazy::DEADLINE,
+        "a save onto a full tmpfs",
+        move || snapshot::save(&src, &p, &SaveOptions::default(), &Progress::new()).unwrap_err(),
+    );
+    match &err {
+        SnapshotError::Block {
+            index,
+            fault: snapshot::BlockFault::Write(e),
+            ..
+        } => {
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{err}");
+            assert!(*index < SIZE / BLOCK, "{err}");
+        }
+        other => panic!("not a write failure of a block: {other}"),
+    }
+    assert!(err.to_string().contains("write failed"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the earlier image");
+    let mut names: Vec<String> = std::fs::read_dir(fs.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["mem.img", "mem.img.chunks"], "files left");
+}
