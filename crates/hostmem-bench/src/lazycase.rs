@@ -10,6 +10,11 @@
 //! served by a fault unless the fill got there first, as for a guest's touches. Its
 //! time includes the call's own cost (an madvise(MADV_POPULATE_READ) and a copy), a
 //! few microseconds. How many of the touches faulted is counted by the engine.
+//!
+//! Each touch of a data page is followed by one of a page in a hole block (the fill
+//! never fills holes, so each is a fault, answered with the zero page: no read, no
+//! checksum, no page allocated): the userfaultfd round trip alone on this host, under
+//! the same fill, the floor the first-touch figure is set beside.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,21 +34,26 @@ pub(crate) struct Lazy {
     pub filled: Option<f64>,
     /// First-touch latencies (seconds) taken while the fill was still running.
     pub touches: Vec<f64>,
-    /// Faults the engine read while the touches ran (the rest found their block filled).
+    /// Data faults (not answered with zeros) while the touches ran: the rest of the data
+    /// touches found their block filled.
     pub faults: u64,
+    /// Latencies of first touches of hole pages, one after each data touch: the floor.
+    pub floor: Vec<f64>,
 }
 
-/// One random 4 KiB page in each of up to `n` data blocks, the blocks in random order.
-fn data_pages(image: &Image, n: usize, seed: u64) -> Vec<u64> {
+/// One random 4 KiB page in each of up to `n` data blocks (`data`) or hole blocks, the
+/// blocks in random order.
+fn pages(image: &Image, n: usize, seed: u64, data: bool) -> Vec<u64> {
     let h = image.header();
-    let mut data: Vec<u64> = (0..h.blocks)
-        .filter(|&i| matches!(image.blocks()[i as usize], BlockKind::Data { .. }))
+    let mut blocks: Vec<u64> = (0..h.blocks)
+        .filter(|&i| matches!(image.blocks()[i as usize], BlockKind::Data { .. }) == data)
         .collect();
     let mut rng = Rng(seed);
-    for i in (1..data.len()).rev() {
-        data.swap(i, rng.below(i as u64 + 1) as usize);
+    for i in (1..blocks.len()).rev() {
+        blocks.swap(i, rng.below(i as u64 + 1) as usize);
     }
-    data.iter()
+    blocks
+        .iter()
         .take(n)
         .filter_map(|&i| {
             let b = h.block(i)?;
@@ -58,7 +68,8 @@ pub(crate) fn run(
     seed: u64,
     args: &SnapArgs,
 ) -> Result<Lazy, String> {
-    let pages = data_pages(image, TOUCHES, seed);
+    let data = pages(image, TOUCHES, seed, true);
+    let holes = pages(image, TOUCHES, seed ^ 0x401e, false);
     let t = Instant::now();
     let mut opts = LazyOptions::default();
     opts.fill_priority = match args.lazy_fill.as_deref() {
@@ -72,19 +83,27 @@ pub(crate) fn run(
         restore_lazy(Arc::clone(image), dst, opts).map_err(|e| format!("restore_lazy: {e}"))?;
     let usable = t.elapsed().as_secs_f64();
     let hold = dst.hold().map_err(|e| e.to_string())?;
-    let mut touches = Vec::with_capacity(pages.len());
+    let mut touches = Vec::with_capacity(data.len());
+    let mut floor = Vec::with_capacity(holes.len());
     let mut byte = [0u8; 1];
-    let faults0 = server.progress().faults;
-    for off in pages {
-        if server.progress().filled {
-            break;
-        }
+    let mut touch = |off: u64| -> Result<f64, String> {
         let t = Instant::now();
         hold.read_at(off as usize, &mut byte)
             .map_err(|e| format!("touch at {off:#x}: {e}"))?;
-        touches.push(t.elapsed().as_secs_f64());
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let data_faults = |p: hostmem::snapshot::LazyProgress| p.faults - p.zero_faults;
+    let faults0 = data_faults(server.progress());
+    for (i, &off) in data.iter().enumerate() {
+        if server.progress().filled {
+            break;
+        }
+        touches.push(touch(off)?);
+        if let Some(&hole) = holes.get(i) {
+            floor.push(touch(hole)?);
+        }
     }
-    let faults = server.progress().faults - faults0;
+    let faults = data_faults(server.progress()) - faults0;
     // The fill ends by itself; a deadline so a stuck restore is an error, not a hang.
     if !server.wait_timeout(Duration::from_secs(600)) {
         return Err("the lazy fill did not end within 600 s".into());
@@ -95,6 +114,7 @@ pub(crate) fn run(
         filled: report.filled_secs,
         touches,
         faults,
+        floor,
     })
 }
 

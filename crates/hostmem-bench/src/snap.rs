@@ -286,6 +286,9 @@ fn restore_case(s: &mut Snap, key: &str, mem: Mem, img: &Path, want: u64) -> Res
                         for t in l.touches {
                             sm.push(format!("snap/{key}/lazy-touch"), Some(t));
                         }
+                        for t in l.floor {
+                            sm.push(format!("snap/{key}/lazy-touch-hole"), Some(t));
+                        }
                     }
                     l.usable
                 }

@@ -181,6 +181,19 @@ fn lazy_rows(r: &mut ModeRun, key: &str, label: &str, args: &SnapArgs) {
         touches.len(),
         fmt_num(r.samples.median(&k("lazy-faults")), 0)
     ));
+    let holes = r
+        .samples
+        .0
+        .get(&k("lazy-touch-hole"))
+        .cloned()
+        .unwrap_or_default();
+    r.lines.push(format!(
+        "  {:<38} p50 {} µs, p99 {} µs ({} touches of hole pages, one after each above: the zero page, nothing read)",
+        "lazy: the round trip alone (floor)",
+        fmt_num(us(quantile(&holes, 0.5)), 1),
+        fmt_num(us(quantile(&holes, 0.99)), 1),
+        holes.len(),
+    ));
     r.time_row(
         "lazy: background fill",
         &k("lazy-filled"),

@@ -59,6 +59,12 @@ pub struct VerifyReport {
 /// hashed, large enough that the `pread` per piece costs nothing measurable.
 const PIECE: usize = 128 << 10;
 
+/// Bytes of a block read into a buffer by one `pread`: the kernel copies them without
+/// a point where it gives up its CPU, and this kernel does not preempt (PREEMPT_NONE),
+/// so a lazy restore's fill thread inside a whole 2 MiB read held up the wake of a
+/// faulting thread on its CPU for the copy's length.
+const READ_PIECE: usize = 64 << 10;
+
 /// Bytes of one unit written with data and cleared (holes over memory that held some).
 #[derive(Default)]
 struct Done {
@@ -88,9 +94,10 @@ impl Image {
         let buf = &mut buf[..b.len as usize];
         let mut got = 0usize;
         while got < buf.len() {
+            let end = buf.len().min(got + READ_PIECE);
             match self
                 .file()
-                .read_at(&mut buf[got..], b.file_offset + got as u64)
+                .read_at(&mut buf[got..end], b.file_offset + got as u64)
             {
                 Ok(0) => {
                     let fault = BlockFault::ShortRead {

@@ -21,8 +21,9 @@ use crate::sys::uffd::Event;
 /// the wait is bounded by it (`examples/lazy_speed.rs`). An idle thread wakes 200
 /// times a second for it.
 const POLL_MS: i32 = 5;
-/// How long a fault thread keeps reading the userfaultfd (yielding the CPU between
-/// reads) after its last message before it sleeps in poll(2): faults come in bursts (a
+/// How long a fault thread keeps reading the userfaultfd (spinning, not yielding: a
+/// yield can hand the CPU to a SCHED_IDLE fill thread for its whole slice) after its
+/// last message before it sleeps in poll(2): faults come in bursts (a
 /// guest walking its memory), and waking a thread asleep on an idle virtual CPU was
 /// measured to cost tens of µs here. On a quiet host (load ~1.5, `lazy_speed`, fill
 /// off, first restore with the saved chunk sums): first touch p50 25–33 µs with it,
@@ -70,7 +71,7 @@ impl Shared {
             }
             if last.elapsed() < SPIN {
                 // Awake a little longer: the next fault of a burst is read at once.
-                std::thread::yield_now();
+                std::hint::spin_loop();
                 continue;
             }
             // Filling in the fill's place: only a look for messages between units.
