@@ -59,12 +59,6 @@ pub struct VerifyReport {
 /// hashed, large enough that the `pread` per piece costs nothing measurable.
 const PIECE: usize = 128 << 10;
 
-/// Bytes of a block read into a buffer by one `pread`: the kernel copies them without
-/// a point where it gives up its CPU, and this kernel does not preempt (PREEMPT_NONE),
-/// so a lazy restore's fill thread inside a whole 2 MiB read held up the wake of a
-/// faulting thread on its CPU for the copy's length.
-const READ_PIECE: usize = 64 << 10;
-
 /// Bytes of one unit written with data and cleared (holes over memory that held some).
 #[derive(Default)]
 struct Done {
@@ -91,10 +85,22 @@ impl Image {
     /// Reads block `b` into `buf` and checks it against the table: the bytes come back
     /// only if they are the bytes that were saved.
     pub(crate) fn read_checked<'a>(&self, b: &BlockAt, buf: &'a mut [u8]) -> Result<&'a [u8]> {
+        self.read_checked_by(b, buf, usize::MAX)
+    }
+
+    /// [`Self::read_checked`] with at most `piece` bytes per `pread`: a lazy restore's
+    /// fill reads in pieces so that its thread, which the kernel does not preempt inside
+    /// a read, gives its CPU up often to a faulting thread woken there.
+    pub(crate) fn read_checked_by<'a>(
+        &self,
+        b: &BlockAt,
+        buf: &'a mut [u8],
+        piece: usize,
+    ) -> Result<&'a [u8]> {
         let buf = &mut buf[..b.len as usize];
         let mut got = 0usize;
         while got < buf.len() {
-            let end = buf.len().min(got + READ_PIECE);
+            let end = buf.len().min(got.saturating_add(piece.max(4096)));
             match self
                 .file()
                 .read_at(&mut buf[got..end], b.file_offset + got as u64)

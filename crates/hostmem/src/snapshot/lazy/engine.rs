@@ -37,6 +37,12 @@ use crate::sys::uffd::{Event, Fill, Uffd};
 /// Messages read at once.
 pub(super) const BATCH: usize = 64;
 
+/// Bytes per `pread` when a unit is read to be served. This kernel does not preempt a
+/// thread inside a read (PREEMPT_NONE), so a fill thread reading a whole 2 MiB block
+/// held up a faulting thread woken on its CPU for the whole copy: at 8 GiB, 4 KiB first
+/// touches during the fill went from p99 256–314 µs to 59–164 µs with 64 KiB reads.
+const READ_PIECE: usize = 64 << 10;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {
     Pending,
@@ -351,7 +357,7 @@ impl Shared {
     /// present poisoned and the error kept.
     pub(super) fn serve(&self, u: &Unit, buf: &mut Vec<u8>) -> State {
         buf.resize(u.at.len as usize, 0);
-        let bytes = match self.image.read_checked(&u.at, buf) {
+        let bytes = match self.image.read_checked_by(&u.at, buf, READ_PIECE) {
             Ok(b) => b,
             Err(e) => {
                 // The error first: by the time the toucher sees SIGBUS, progress() has it.
