@@ -285,11 +285,13 @@ pub enum RestoreMode {
     Lazy,
 }
 
-/// `--restore ID=FILE[,mode=copy|private|lazy][,verify=always|once|never]`.
+/// `--restore ID=FILE[,diff=FILE]...[,mode=copy|private|lazy][,verify=always|once|never]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RestoreSpec {
     pub id: String,
     pub file: PathBuf,
+    /// Diff images over `file`, oldest first: the chain restored as one.
+    pub diffs: Vec<PathBuf>,
     pub mode: RestoreMode,
     /// When a private restore checks the image (default once per file version).
     pub verify: Verify,
@@ -309,9 +311,9 @@ fn id_and_file(text: &str) -> Result<(String, &str), String> {
     }
 }
 
-/// Parses `ID=FILE[,mode=copy|private|lazy][,verify=always|once|never]` (clap's value
-/// parser for `--restore`). A file name with a comma is taken whole unless what follows
-/// its last commas is `mode=...` or `verify=...`.
+/// Parses `ID=FILE[,diff=FILE]...[,mode=copy|private|lazy][,verify=always|once|never]`
+/// (clap's value parser for `--restore`). A file name with a comma is taken whole unless
+/// what follows its last commas is `diff=...`, `mode=...` or `verify=...`.
 pub fn parse_restore(text: &str) -> Result<RestoreSpec, String> {
     const MODES: &[(&str, RestoreMode)] = &[
         ("copy", RestoreMode::Copy),
@@ -325,8 +327,14 @@ pub fn parse_restore(text: &str) -> Result<RestoreSpec, String> {
     ];
     let (id, mut rest) = id_and_file(text)?;
     let (mut mode, mut verify) = (None, None);
+    let mut diffs = Vec::new();
     while let Some((head, tail)) = rest.rsplit_once(',') {
-        if let Some(m) = tail.strip_prefix("mode=").filter(|_| mode.is_none()) {
+        if let Some(d) = tail.strip_prefix("diff=") {
+            if d.is_empty() {
+                return Err("diff=: expected diff=FILE".into());
+            }
+            diffs.push(PathBuf::from(d));
+        } else if let Some(m) = tail.strip_prefix("mode=").filter(|_| mode.is_none()) {
             mode = Some(choice("mode", m, MODES)?);
         } else if let Some(v) = tail.strip_prefix("verify=").filter(|_| verify.is_none()) {
             verify = Some(choice("verify", v, VERIFY)?);
@@ -342,9 +350,19 @@ pub fn parse_restore(text: &str) -> Result<RestoreSpec, String> {
                 .into(),
         );
     }
+    if !diffs.is_empty() && mode == RestoreMode::Private {
+        return Err(
+            "diff= with mode=private: a chain of images cannot be mapped as one file; \
+             restore it by copy or lazily"
+                .into(),
+        );
+    }
+    // Read from the right: put back in the order given.
+    diffs.reverse();
     Ok(RestoreSpec {
         id,
         file: rest.into(),
+        diffs,
         mode,
         verify: verify.unwrap_or_default(),
     })
@@ -388,14 +406,25 @@ pub fn restore_all(
         let what = format!("--restore {}={}", s.id, s.file.display());
         let started = Instant::now();
         let image = Image::open(&s.file).map_err(|e| format!("{what}: {e}"))?;
-        let bytes = image.data_bytes();
+        let diffs = s
+            .diffs
+            .iter()
+            .map(|d| Image::open(d).map_err(|e| format!("{what}: diff {}: {e}", d.display())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bytes = image.data_bytes() + diffs.iter().map(Image::data_bytes).sum::<u64>();
         match s.mode {
             RestoreMode::Copy => {
                 let b = objects
                     .backend(&s.id)
                     .ok_or_else(|| format!("{what}: no -object with id '{}'", s.id))?;
-                snapshot::restore(&image, b, &RestoreOptions::default(), progress)
-                    .map_err(|e| format!("{what}: {e}"))?;
+                let opts = RestoreOptions::default();
+                let done = if diffs.is_empty() {
+                    snapshot::restore(&image, b, &opts, progress)
+                } else {
+                    let chain: Vec<&Image> = std::iter::once(&image).chain(&diffs).collect();
+                    snapshot::restore_chain(&chain, b, &opts, progress)
+                };
+                done.map_err(|e| format!("{what}: {e}"))?;
             }
             RestoreMode::Private => {
                 let opts = PrivateOptions { verify: s.verify };
@@ -407,15 +436,24 @@ pub fn restore_all(
                 let b = objects
                     .backend(&s.id)
                     .ok_or_else(|| format!("{what}: no -object with id '{}'", s.id))?;
+                if !diffs.is_empty() {
+                    return Err(format!(
+                        "{what}: a chain (diff=) is restored by copy only (mode=copy)"
+                    ));
+                }
                 let l = crate::lazy::start(&s.id, &s.file, image, b)
                     .map_err(|e| format!("{what}: {e}"))?;
                 lazy.push(l);
             }
         }
         eprintln!(
-            "hostmem: restored '{}' from {} ({}, {} of data): usable after {:.1} ms",
+            "hostmem: restored '{}' from {}{} ({}, {} of data): usable after {:.1} ms",
             s.id,
             s.file.display(),
+            match diffs.len() {
+                0 => String::new(),
+                n => format!(" and {n} diff(s)"),
+            },
             match s.mode {
                 RestoreMode::Copy => "copy",
                 RestoreMode::Private => "private",
@@ -477,6 +515,24 @@ mod tests {
             (r.file.to_str(), r.mode, r.verify),
             (Some("a,b.img"), RestoreMode::Private, Verify::Never)
         );
+        // What follows the last comma is no key: the whole value is one file name.
+        let r = parse_restore("m0=base.img,diff=d1.img,2").unwrap();
+        assert_eq!(
+            (r.file.to_str(), r.diffs.len()),
+            (Some("base.img,diff=d1.img,2"), 0)
+        );
+        let r = parse_restore("m0=base.img,diff=d1.img,diff=d2.img,mode=copy").unwrap();
+        let diffs: Vec<_> = r.diffs.iter().filter_map(|d| d.to_str()).collect();
+        assert_eq!(
+            (r.file.to_str(), diffs),
+            (Some("base.img"), vec!["d1.img", "d2.img"])
+        );
+        assert!(parse_restore("m0=b.img,diff=d.img,mode=private")
+            .unwrap_err()
+            .contains("cannot be mapped"));
+        assert!(parse_restore("m0=b.img,diff=")
+            .unwrap_err()
+            .contains("diff=FILE"));
         let r = parse_restore("m0=a.img,mode=private,verify=always").unwrap();
         assert_eq!(r.verify, Verify::Always);
         assert_eq!(
