@@ -11,7 +11,7 @@ use std::sync::mpsc::{channel, Receiver};
 use std::time::Duration;
 
 use hostmem::plug::Blocks;
-use hostmem::snapshot::firecracker::userfaultfd_for;
+use hostmem::snapshot::firecracker::{userfaultfd_for, userfaultfd_minor_for};
 use hostmem::{Backend, InUse, Kind};
 use hostmem_testkit::pool::{Pool, PoolGuard};
 use serde_json::json;
@@ -366,5 +366,53 @@ fn a_hostmem_image_with_its_chunk_sums_serves_a_touch_by_the_page_not_the_block(
     drop(s);
     let st = hostmem_testkit::spawn::wait_bounded(&mut h.child, STEP).unwrap();
     assert_eq!(st.code(), Some(0), "{:#?}", h.seen);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A memfd guest registered MISSING and MINOR (`userfaultfd_minor_for`, as Firecracker
+/// registers memory it maps from a file): the pages its page cache already holds —
+/// written by the test through the memfd, never mapped here — are mapped as they are by
+/// UFFDIO_CONTINUE, so the touch reads the test's bytes, not the memory file's; every
+/// other page comes from the memory file; the background fill leaves the cached pages
+/// alone. Anonymous memory is refused for minor faults with a message.
+#[test]
+fn pages_already_in_the_page_cache_are_mapped_by_minor_faults_not_read_from_the_file() {
+    let dir = scratch("minor");
+    let guest = Backend::builder(Kind::Memfd, "fc")
+        .size(16 * MIB)
+        .create()
+        .unwrap();
+    let mem = guest.hold().unwrap();
+    let len = mem.len() as u64;
+    let mut want = memory_file(&dir.join("mem"), len);
+    let cached = noise(3 * 4096, 77);
+    let (fd, base) = mem.fd().unwrap();
+    let f = File::from(fd.try_clone_to_owned().unwrap());
+    f.write_all_at(&cached[..2 * 4096], base + 3 * 4096)
+        .unwrap();
+    f.write_all_at(&cached[2 * 4096..], base + 1000 * 4096)
+        .unwrap();
+    want[3 * 4096..5 * 4096].copy_from_slice(&cached[..2 * 4096]);
+    want[1000 * 4096..1001 * 4096].copy_from_slice(&cached[2 * 4096..]);
+
+    let mut h = Handler::start(&dir, &dir.join("mem"), &[]);
+    let uffd = userfaultfd_minor_for(&[&mem]).unwrap();
+    let s = h.connect();
+    let body = regions(mem.host_addr() as u64, len, 5 * MIB, mem.page_size());
+    send(&s, body.as_bytes(), &[uffd.as_fd()]);
+    h.line(|l| l.contains("VM 1") && l.contains("serving"));
+    let got = touched(&touch(&mem, 0, len), "every page");
+    same_bytes(&got, &want, 4096).unwrap();
+    h.line(|l| l.contains("VM 1") && l.contains("filled"));
+    drop(s);
+    h.line(|l| l.contains("VM 1") && l.contains("done"));
+    drop(uffd);
+
+    let anon = Backend::builder(Kind::Ram, "anon")
+        .size(4 * MIB)
+        .create()
+        .unwrap();
+    let err = userfaultfd_minor_for(&[&anon.hold().unwrap()]).unwrap_err();
+    assert!(err.to_string().contains("not shared memory"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

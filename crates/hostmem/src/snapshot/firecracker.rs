@@ -420,7 +420,7 @@ fn check_within(mappings: &[Mapping], len: u64, what: &str) -> Result<()> {
 }
 
 mod vmm;
-pub use vmm::{send_handshake, userfaultfd_for};
+pub use vmm::{send_handshake, userfaultfd_for, userfaultfd_minor_for};
 
 /// The field names of Firecracker's `GuestRegionUffdMapping`, the handshake's JSON,
 /// spelled once for the reader and the sender ([`send_handshake`]). Two of them are

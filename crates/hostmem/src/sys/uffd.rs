@@ -101,12 +101,15 @@ pub(crate) mod feature {
     pub const EVENT_REMOVE: u64 = 1 << 3;
     pub const MISSING_HUGETLBFS: u64 = 1 << 4;
     pub const MISSING_SHMEM: u64 = 1 << 5;
+    pub const MINOR_HUGETLBFS: u64 = 1 << 9;
+    pub const MINOR_SHMEM: u64 = 1 << 10;
     pub const POISON: u64 = 1 << 14;
 }
 
 /// UFFDIO_REGISTER modes.
 pub(crate) mod mode {
     pub const MISSING: u64 = 1;
+    pub const MINOR: u64 = 1 << 2;
 }
 
 const EVENT_PAGEFAULT: u8 = 0x12;

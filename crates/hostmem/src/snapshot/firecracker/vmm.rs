@@ -33,6 +33,49 @@ pub fn userfaultfd_for(memory: &[&InUse]) -> io::Result<OwnedFd> {
     uffd.as_fd().try_clone_to_owned()
 }
 
+/// As [`userfaultfd_for`], with each of `memory` registered in MINOR mode as well (as
+/// Firecracker registers guest memory on hugetlbfs): a touch of a page the memory's
+/// page cache already holds (the VMM, or an earlier run, put it there) is a minor fault
+/// the handler answers with UFFDIO_CONTINUE — the page mapped as it is, nothing read
+/// from the image — while a page the page cache lacks is a missing fault served from
+/// the image as before. For shared shmem (memfd, shm) and hugetlbfs memory only: the
+/// kernel refuses MINOR mode on anything else, and this says so.
+pub fn userfaultfd_minor_for(memory: &[&InUse]) -> io::Result<OwnedFd> {
+    let wanted = feature::EVENT_REMOVE | feature::MINOR_SHMEM | feature::MINOR_HUGETLBFS;
+    let (uffd, features) = Uffd::new(wanted)?;
+    if features & feature::EVENT_REMOVE == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this kernel's userfaultfd has no UFFD_FEATURE_EVENT_REMOVE, which Firecracker requires",
+        ));
+    }
+    for m in memory {
+        let needed = if m.page_size() > 4096 {
+            feature::MINOR_HUGETLBFS
+        } else {
+            feature::MINOR_SHMEM
+        };
+        if !m.is_shared() || m.fd().is_none() || features & needed == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "minor faults serve shared shmem or hugetlbfs memory whose page cache \
+                     this kernel's userfaultfd maps (UFFD_FEATURE_MINOR_*); the memory at \
+                     {:#x} is {}",
+                    m.host_addr(),
+                    if !m.is_shared() || m.fd().is_none() {
+                        "not shared memory with a file behind it"
+                    } else {
+                        "of a kind this kernel cannot serve by minor faults"
+                    }
+                ),
+            ));
+        }
+        uffd.register(&m.0.mapped.map, 0, m.len(), mode::MISSING | mode::MINOR)?;
+    }
+    uffd.as_fd().try_clone_to_owned()
+}
+
 /// The VMM's side, as Firecracker's `send_uffd_handshake` does it: the regions as its
 /// JSON body (`page_size` and `page_size_kib`, both bytes) and `uffd` as SCM_RIGHTS in
 /// one `sendmsg` (the rest of a long body follows as plain bytes). For a Rust VMM on
