@@ -257,6 +257,16 @@ fn info_text(image: &Image) -> String {
         Some(base) => format!(", {base_blocks} in the base (a diff on image {base:#018x})\n"),
         None => format!(" ({})\n", format_size(h.memory_len() - data)),
     };
+    // A diff's table (v2) lists only the blocks it holds; a full image's, every block.
+    let (how, listed) = match h.version {
+        snapshot::VERSION_SPARSE => ("sparse", ", the blocks not in the base"),
+        _ => ("dense", ""),
+    };
+    s += &format!(
+        "table: {} {how} entries ({}){listed}\n",
+        h.entries,
+        format_size(h.table_len())
+    );
     s += "regions:\n";
     for (i, r) in h.regions.iter().enumerate() {
         s += &format!(

@@ -66,6 +66,8 @@ fn image_info_shows_the_backend_the_data_blocks_and_the_holes() {
         "{text}"
     );
     assert!(text.contains("  .#...#..\n"), "{text}");
+    assert!(text.contains("hostmem image v1,"), "{text}");
+    assert!(text.contains("table: 8 dense entries (128 B)\n"), "{text}");
 
     let out = hostmem(&["image", "info", "--json", path.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -380,6 +382,20 @@ fn image_info_and_verify_read_a_diff_with_smaller_blocks_than_its_base() {
         text.contains("blocks: 4096 of 4 KiB: 2 data (8 KiB), 0 holes, 4094 in the base"),
         "{text}"
     );
+    // Format v2: the table lists the 2 blocks the diff holds, 24 bytes each.
+    assert!(text.contains("hostmem image v2,"), "{text}");
+    assert!(
+        text.contains("table: 2 sparse entries (48 B), the blocks not in the base\n"),
+        "{text}"
+    );
+    let out = hostmem(&["image", "info", "--json", p]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&v["header"]["version"], &v["header"]["table"]),
+        (&serde_json::json!(2), &serde_json::json!("sparse"))
+    );
+    assert_eq!(v["header"]["entries"], 2);
+    assert_eq!(v["base-blocks"], 4094);
     let out = hostmem(&["image", "verify", p]);
     let text = stdout_of_success(&out);
     assert!(text.contains("2 data blocks (8 KiB) match"), "{text}");

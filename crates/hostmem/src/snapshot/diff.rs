@@ -1,5 +1,8 @@
 //! Diff images: only the blocks with a page written since a base image was saved, the
 //! rest left to the base (block kind `Base`), named by the base's header checksum.
+//! Written as format v2: the table lists only the blocks the diff holds (24 bytes each),
+//! so a diff of N pages costs N pages and a few bytes each, not 16 bytes for every
+//! block of the memory.
 //!
 //! The dirty pages come from the caller — KVM's dirty log, a vm-memory `AtomicBitmap`
 //! — because only the VMM knows what its guest wrote; the kernel's soft-dirty bits are

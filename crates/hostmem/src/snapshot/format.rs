@@ -1,5 +1,6 @@
-//! Image format v1 (`docs/snapshot.md`): a 32-byte preamble, a JSON header, a block
-//! table, then each region's bytes as they are in memory, aligned, holes as file holes.
+//! Image format (`docs/snapshot.md`): a 32-byte preamble, a JSON header, a block table
+//! (dense in v1, sparse in v2: `table.rs`), then each region's bytes as they are in
+//! memory, aligned, holes as file holes.
 //!
 //! Everything read from a file is checked before it is used (never a panic on input):
 //! the magic and version, the header and table checksum, and every offset and length,
@@ -7,16 +8,19 @@
 
 use serde_json::{json, Map, Value};
 
+use super::table::{entry_len, VERSION_DENSE, VERSION_SPARSE};
 use crate::Kind;
 
 /// The first 8 bytes of every image.
 pub const MAGIC: [u8; 8] = *b"HOSTMEMI";
-/// The format version this hostmem writes and reads.
-pub const VERSION: u32 = 1;
+/// The newest format version this hostmem reads and writes: 2, a sparse block table,
+/// written for diffs; full images are still written as version 1 (a dense table), which
+/// every hostmem reads.
+pub const VERSION: u32 = VERSION_SPARSE;
 /// Bytes before the JSON header: magic, version, header length, checksum, reserved.
 pub(crate) const PREAMBLE: u64 = 32;
-/// Bytes of one block table entry: checksum (u64 LE), kind (u32 LE), reserved (u32).
-pub(crate) const ENTRY: u64 = 16;
+/// Where a table may start: the first multiple of this past the JSON header.
+const TABLE_ALIGN: u64 = 16;
 /// Largest JSON header accepted (a damaged length must not make us allocate gigabytes).
 pub(crate) const MAX_HEADER: u64 = 16 << 20;
 /// Largest block accepted: a thread's buffer is one block.
@@ -73,7 +77,7 @@ pub struct BlockAt {
 /// The self-describing part of an image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Header {
-    /// Format version ([`VERSION`]; 0 for a raw file).
+    /// Format version: 1 (a dense table), 2 (a sparse table: a diff), 0 for a raw file.
     pub version: u32,
     /// Bytes per block table entry's block.
     pub block_size: u64,
@@ -94,8 +98,11 @@ pub struct Header {
     pub base: Option<u64>,
     /// Offset of the block table in the file.
     pub table_offset: u64,
-    /// Entries in the block table.
+    /// Blocks of the regions (what [`Image::blocks`](super::Image::blocks) lists).
     pub blocks: u64,
+    /// Entries stored in the file's table: `blocks` in v1, the blocks not left to the
+    /// base in v2, 0 for a raw file.
+    pub entries: u64,
 }
 
 fn align_up(v: u64, a: u64) -> Option<u64> {
@@ -113,7 +120,7 @@ impl Header {
         properties: Map<String, Value>,
     ) -> Header {
         Header {
-            version: VERSION,
+            version: VERSION_DENSE,
             block_size,
             page_size,
             backend_len,
@@ -124,15 +131,39 @@ impl Header {
             base: None,
             table_offset: 0,
             blocks: 0,
+            entries: 0,
         }
     }
 
-    /// Lays out the image of `ranges` (backend offset, length) of the backend: the
-    /// table after the JSON, each region at the next multiple of the block size (and
-    /// page size), so a region can later be mapped from the file as it is.
+    /// Lays out a v1 image (a dense table) of `ranges` (backend offset, length) of the
+    /// backend: the table after the JSON, each region at the next multiple of the block
+    /// size (and page size), so a region can later be mapped from the file as it is.
     pub(crate) fn plan(self, ranges: &[(u64, u64)]) -> Option<Header> {
+        let mut h = self.with_regions(ranges)?;
+        h.version = VERSION_DENSE;
+        h.entries = h.blocks;
+        h.lay_out()
+    }
+
+    /// Lays out a v2 image (a sparse table, a diff's) of `ranges` whose table lists the
+    /// blocks `listed` says are not left to the base: known before any block is read (a
+    /// diff's from the dirty bitmap), so the regions start right after the short table.
+    pub(crate) fn plan_sparse(
+        self,
+        ranges: &[(u64, u64)],
+        listed: impl Fn(&BlockAt) -> bool,
+    ) -> Option<Header> {
+        let mut h = self.with_regions(ranges)?;
+        h.version = VERSION_SPARSE;
+        h.entries = (0..h.blocks)
+            .filter(|&i| h.block(i).is_some_and(|b| listed(&b)))
+            .count() as u64;
+        h.lay_out()
+    }
+
+    /// The regions of `ranges`, their blocks numbered, not yet placed in the file.
+    fn with_regions(self, ranges: &[(u64, u64)]) -> Option<Header> {
         let mut h = self;
-        let (block_size, page_size) = (h.block_size, h.page_size);
         for &(backend_offset, len) in ranges {
             h.regions.push(RegionEntry {
                 backend_offset,
@@ -140,14 +171,21 @@ impl Header {
                 file_offset: 0,
                 first_block: h.blocks,
             });
-            h.blocks = h.blocks.checked_add(len.div_ceil(block_size))?;
+            h.blocks = h.blocks.checked_add(len.div_ceil(h.block_size))?;
         }
+        Some(h)
+    }
+
+    /// Places the table after the JSON and each region after the table.
+    fn lay_out(self) -> Option<Header> {
+        let mut h = self;
+        let (block_size, page_size) = (h.block_size, h.page_size);
         // The JSON's length depends on the offsets' digits: lay out with a generous
         // guess, then once more with the length the first layout printed.
         let mut json_len = 0;
         for _ in 0..3 {
-            h.table_offset = align_up(PREAMBLE + json_len, ENTRY)?;
-            let mut at = h.table_offset.checked_add(h.blocks.checked_mul(ENTRY)?)?;
+            h.table_offset = align_up(PREAMBLE + json_len, TABLE_ALIGN)?;
+            let mut at = h.table_offset.checked_add(h.table_len_checked()?)?;
             let align = block_size.max(page_size);
             for r in &mut h.regions {
                 r.file_offset = align_up(at, align)?;
@@ -160,6 +198,15 @@ impl Header {
             json_len = printed + 64;
         }
         None
+    }
+
+    /// Bytes of the block table as stored: entries times the version's entry size.
+    pub fn table_len(&self) -> u64 {
+        self.table_len_checked().unwrap_or(u64::MAX)
+    }
+
+    fn table_len_checked(&self) -> Option<u64> {
+        self.entries.checked_mul(entry_len(self.version))
     }
 
     /// The backend kind, if this hostmem knows its QOM type.
@@ -200,7 +247,8 @@ impl Header {
         self.block(r.first_block + (offset - r.backend_offset) / self.block_size)
     }
 
-    /// The header as JSON (what v1 stores after the preamble).
+    /// The header as JSON (what an image stores after the preamble). A v2 header also
+    /// says `"table": "sparse"` and its `"entries"`; a v1 header is as it always was.
     pub fn to_json(&self) -> Value {
         let regions: Vec<Value> = self
             .regions
@@ -214,7 +262,7 @@ impl Header {
                 })
             })
             .collect();
-        json!({
+        let mut v = json!({
             "format": "hostmem-image",
             "version": self.version,
             "checksum": "xxh3-64",
@@ -228,7 +276,14 @@ impl Header {
             "base": self.base,
             "table_offset": self.table_offset,
             "blocks": self.blocks,
-        })
+        });
+        if self.version == VERSION_SPARSE {
+            if let Some(o) = v.as_object_mut() {
+                o.insert("table".into(), "sparse".into());
+                o.insert("entries".into(), self.entries.into());
+            }
+        }
+        v
     }
 
     pub(crate) fn to_json_bytes(&self) -> Vec<u8> {
@@ -236,7 +291,7 @@ impl Header {
         serde_json::to_vec(&self.to_json()).unwrap_or_default()
     }
 
-    /// Reads and checks a v1 header's JSON.
+    /// Reads and checks a header's JSON (v1 or v2).
     pub(crate) fn from_json(v: &Value) -> std::result::Result<Header, String> {
         let num = |key: &str| -> std::result::Result<u64, String> {
             v.get(key)
@@ -269,8 +324,21 @@ impl Header {
                 first_block: n("first_block")?,
             });
         }
+        let version = u32::try_from(num("version")?).map_err(|_| "bad version")?;
+        let table = v.get("table");
+        let entries = match version {
+            VERSION_DENSE if table.is_none() => num("blocks")?,
+            VERSION_SPARSE if table.and_then(Value::as_str) == Some("sparse") => num("entries")?,
+            VERSION_DENSE | VERSION_SPARSE => {
+                return Err(format!(
+                    "a version {version} header with table {}",
+                    table.unwrap_or(&Value::Null)
+                ))
+            }
+            _ => return Err(format!("a header of format version {version}")),
+        };
         let h = Header {
-            version: u32::try_from(num("version")?).map_err(|_| "bad version")?,
+            version,
             block_size: num("block_size")?,
             page_size: num("page_size")?,
             backend_len: num("backend_len")?,
@@ -285,6 +353,7 @@ impl Header {
             base: v.get("base").and_then(Value::as_u64),
             table_offset: num("table_offset")?,
             blocks: num("blocks")?,
+            entries,
         };
         h.check()?;
         Ok(h)
@@ -309,9 +378,19 @@ impl Header {
                 self.blocks
             ));
         }
+        let listed = match self.version {
+            VERSION_SPARSE => self.entries <= self.blocks,
+            VERSION_DENSE => self.entries == self.blocks,
+            _ => self.entries == 0,
+        };
+        if !listed {
+            return Err(format!(
+                "a version {} table of {} entries for {} blocks",
+                self.version, self.entries, self.blocks
+            ));
+        }
         let table_end = self
-            .blocks
-            .checked_mul(ENTRY)
+            .table_len_checked()
             .and_then(|t| t.checked_add(self.table_offset))
             .ok_or("the block table's end overflows")?;
         // A raw file (version 0) has no table in it: its regions start at 0.
@@ -363,15 +442,15 @@ impl Header {
             .iter()
             .map(|r| r.file_offset + r.len)
             .max()
-            .unwrap_or(self.table_offset + self.blocks * ENTRY)
+            .unwrap_or(self.table_offset.saturating_add(self.table_len()))
     }
 }
 
-/// The 32-byte preamble for a header and table.
-pub(crate) fn preamble(json: &[u8], table: &[u8]) -> [u8; PREAMBLE as usize] {
+/// The 32-byte preamble for a header of `version` and its table.
+pub(crate) fn preamble(version: u32, json: &[u8], table: &[u8]) -> [u8; PREAMBLE as usize] {
     let mut p = [0u8; PREAMBLE as usize];
     p[..8].copy_from_slice(&MAGIC);
-    p[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    p[8..12].copy_from_slice(&version.to_le_bytes());
     p[12..16].copy_from_slice(&(json.len() as u32).to_le_bytes());
     p[16..24].copy_from_slice(&header_checksum(json, table).to_le_bytes());
     p
@@ -382,38 +461,4 @@ pub(crate) fn header_checksum(json: &[u8], table: &[u8]) -> u64 {
     h.update(json);
     h.update(table);
     h.digest()
-}
-
-/// The block table as stored.
-pub(crate) fn encode_table(blocks: &[BlockKind]) -> Vec<u8> {
-    let mut t = Vec::with_capacity(blocks.len() * ENTRY as usize);
-    for b in blocks {
-        let (sum, kind) = match *b {
-            BlockKind::Hole => (0, 0u32),
-            BlockKind::Data { checksum } => (checksum, 1),
-            BlockKind::Base => (0, 2),
-            // Only raw files have unchecked blocks, and they have no table: a kind
-            // readers refuse.
-            BlockKind::Unchecked => (0, u32::MAX),
-        };
-        t.extend_from_slice(&sum.to_le_bytes());
-        t.extend_from_slice(&kind.to_le_bytes());
-        t.extend_from_slice(&0u32.to_le_bytes());
-    }
-    t
-}
-
-pub(crate) fn decode_table(t: &[u8]) -> std::result::Result<Vec<BlockKind>, String> {
-    t.chunks_exact(ENTRY as usize)
-        .enumerate()
-        .map(|(i, e)| {
-            let sum = u64::from_le_bytes(e[..8].try_into().unwrap_or_default());
-            match u32::from_le_bytes(e[8..12].try_into().unwrap_or_default()) {
-                0 => Ok(BlockKind::Hole),
-                1 => Ok(BlockKind::Data { checksum: sum }),
-                2 => Ok(BlockKind::Base),
-                k => Err(format!("block {i} has unknown kind {k}")),
-            }
-        })
-        .collect()
 }

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use super::format::{decode_table, header_checksum, BlockKind, Header, RegionEntry, ENTRY};
-use super::format::{MAGIC, MAX_HEADER, PREAMBLE, VERSION};
+use super::format::{header_checksum, BlockKind, Header, RegionEntry};
+use super::format::{MAGIC, MAX_HEADER, PREAMBLE};
+use super::table::{self, VERSION_DENSE, VERSION_SPARSE};
 use super::{Result, SnapshotError};
 
 /// A layout region of a raw memory file (Firecracker's): regions back to back in the
@@ -33,8 +34,9 @@ pub struct Image {
 }
 
 impl Image {
-    /// Opens a v1 image: magic, version, header and table checksum, layout checks.
-    /// Block checksums are checked by [`Image::verify`] and as a restore reads them.
+    /// Opens an image of format v1 (a dense table) or v2 (a sparse one, a diff's): magic,
+    /// version, header and table checksum, layout checks, every table entry. Block
+    /// checksums are checked by [`Image::verify`] and as a restore reads them.
     pub fn open(path: impl AsRef<Path>) -> Result<Image> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|source| SnapshotError::Io {
@@ -57,9 +59,9 @@ impl Image {
             return Err(bad("not a hostmem image (no HOSTMEMI magic)".into()));
         }
         let version = u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]]);
-        if version != VERSION {
+        if version != VERSION_DENSE && version != VERSION_SPARSE {
             return Err(bad(format!(
-                "image format version {version}; this hostmem reads version {VERSION}"
+                "image format version {version}; this hostmem reads versions {VERSION_DENSE} and {VERSION_SPARSE}"
             )));
         }
         let json_len = u64::from(u32::from_le_bytes([pre[12], pre[13], pre[14], pre[15]]));
@@ -70,14 +72,17 @@ impl Image {
         let v: Value = serde_json::from_slice(&json)
             .map_err(|e| bad(format!("the header is not JSON ({e})")))?;
         let header = Header::from_json(&v).map_err(bad)?;
+        if header.version != version {
+            return Err(bad(format!(
+                "the preamble says format version {version}, the header {}",
+                header.version
+            )));
+        }
         if header.table_offset < PREAMBLE + json_len {
             return Err(bad("the block table overlaps the header".into()));
         }
-        let table = read(
-            header.table_offset,
-            header.blocks * ENTRY,
-            "the block table",
-        )?;
+        // The header's checks bound the table: at most MAX_BLOCKS entries.
+        let table = read(header.table_offset, header.table_len(), "the block table")?;
         let stored = u64::from_le_bytes(pre[16..24].try_into().unwrap_or_default());
         let found = header_checksum(&json, &table);
         if stored != found {
@@ -85,7 +90,7 @@ impl Image {
                 "header checksum mismatch (stored {stored:#018x}, header and table hash to {found:#018x})"
             )));
         }
-        let table = decode_table(&table).map_err(bad)?;
+        let table = table::decode(version, &table, header.blocks).map_err(bad)?;
         if header.base.is_none() && table.contains(&BlockKind::Base) {
             return Err(bad(
                 "blocks refer to a base, but the header names none".into()
@@ -129,6 +134,7 @@ impl Image {
             base: None,
             table_offset: 0,
             blocks: 0,
+            entries: 0,
         };
         let mut at = 0u64;
         for r in regions {

@@ -40,6 +40,7 @@ mod private;
 mod restore;
 mod save;
 mod stamp;
+mod table;
 mod writer;
 
 pub use diff::{diff_block_size, restore_chain, restore_diff, save_diff, save_diff_with, Dirty};
@@ -54,6 +55,7 @@ pub use private::{private_builder, restore_private, PrivateOptions, Verify};
 pub use restore::{restore, RestoreOptions, RestoreReport, VerifyReport};
 pub use save::{save, save_ranges, SaveOptions, SaveReport};
 pub use stamp::{is_stamped, stamp_path, verify_and_stamp, Stamped};
+pub use table::{VERSION_DENSE, VERSION_SPARSE};
 
 /// Result of snapshot operations.
 pub type Result<T> = std::result::Result<T, SnapshotError>;

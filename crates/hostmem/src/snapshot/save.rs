@@ -1,4 +1,5 @@
-//! Save: a backend's memory (or ranges of it) to a v1 image, sparse and in parallel.
+//! Save: a backend's memory (or ranges of it) to an image, sparse and in parallel: a v1
+//! image (a dense table) for a full save, a v2 image (a sparse table) for a diff.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -8,7 +9,7 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 use super::format::{
-    encode_table, header_checksum, preamble, BlockKind, Header, MAX_BLOCK_SIZE, PREAMBLE,
+    header_checksum, preamble, BlockAt, BlockKind, Header, MAX_BLOCK_SIZE, PREAMBLE,
 };
 use super::lazy::{chunks_path, ChunkSums, CHUNK};
 use super::memory::Memory;
@@ -111,6 +112,14 @@ pub(crate) struct Since<'a> {
     pub dirty: &'a Dirty<'a>,
 }
 
+impl Since<'_> {
+    /// Whether the diff holds block `b` (a page of it is dirty): the one test for what
+    /// the sparse table lists and what [`save_block`] saves, so the two agree.
+    fn holds(&self, b: &BlockAt) -> bool {
+        self.dirty.any(b.backend_offset, b.len)
+    }
+}
+
 /// Saves `ranges`, or for a diff (`since`) only the blocks with a dirty page.
 pub(crate) fn save_image(
     backend: &Backend,
@@ -158,9 +167,15 @@ pub(crate) fn save_image(
         properties(backend),
     );
     header.base = since.as_ref().map(|s| s.base);
-    let header = header
-        .plan(ranges)
-        .ok_or_else(|| SnapshotError::Mismatch("the image layout overflows".into()))?;
+    // A diff lists only the blocks with a dirty page (the others are left to the base):
+    // counted here, before any block is read, so the regions are placed right after
+    // the short table.
+    let header = match &since {
+        Some(s) => header.plan_sparse(ranges, |b| s.holds(b)),
+        None => header.plan(ranges),
+    };
+    let header =
+        header.ok_or_else(|| SnapshotError::Mismatch("the image layout overflows".into()))?;
 
     // Written under a temporary name beside the image and renamed into place only
     // when whole: a save that fails (a full disk, an unreadable page) leaves an earlier
@@ -337,7 +352,7 @@ fn save_block(
     let b = header
         .block(i)
         .ok_or_else(|| SnapshotError::Mismatch(format!("block {i} is outside the layout")))?;
-    if since.is_some_and(|s| !s.dirty.any(b.backend_offset, b.len)) {
+    if since.is_some_and(|s| !s.holds(&b)) {
         return Ok(Saved::Base);
     }
     let fault = |fault| SnapshotError::Block {
@@ -398,13 +413,22 @@ fn save_block(
 /// interrupted save leaves a file `Image::open` refuses. Returns the header checksum.
 fn write_header(file: &File, h: &Header, table: &[BlockKind], sync: bool) -> std::io::Result<u64> {
     let json = h.to_json_bytes();
-    let table = encode_table(table);
+    let table = super::table::encode(h.version, table);
+    // The layout made room for `h.entries`: a table of another length would overlap
+    // the data or hash differently from what the header says.
+    if table.len() as u64 != h.table_len() {
+        return Err(std::io::Error::other(format!(
+            "the block table is {} bytes; the header planned {}",
+            table.len(),
+            h.table_len()
+        )));
+    }
     file.write_all_at(&json, PREAMBLE)?;
     file.write_all_at(&table, h.table_offset)?;
     if sync {
         file.sync_all()?;
     }
-    file.write_all_at(&preamble(&json, &table), 0)?;
+    file.write_all_at(&preamble(h.version, &json, &table), 0)?;
     if sync {
         file.sync_all()?;
     }

@@ -126,11 +126,27 @@ fn a_diff_of_n_random_pages_holds_n_pages_and_restores_with_its_2m_base() {
         N as u64 * PAGE,
         "SEEK_DATA: the diff's data past its table"
     );
+    // On disk: the N pages (+10 %) and the header and a sparse table of N entries of
+    // 24 bytes, rounded up to pages — not 16 bytes for each of the memory's 16384
+    // blocks, which a dense table would add (256 KiB, more than the 10 %).
+    let mut len = [0u8; 4];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut len, 12).unwrap();
+    let table_at = (32 + u64::from(u32::from_le_bytes(len))).next_multiple_of(16);
+    let head = (table_at + N as u64 * 24).next_multiple_of(PAGE);
     let on_disk = file.metadata().unwrap().blocks() * 512;
-    let limit = (N as u64 * PAGE) * 11 / 10 + data_from;
+    let limit = (N as u64 * PAGE) * 11 / 10 + head;
     assert!(
         on_disk <= limit,
         "st_blocks: the diff takes {on_disk} bytes for {N} pages (limit {limit})"
+    );
+    assert!(
+        data_from <= head,
+        "the data starts at {data_from}, past {head}"
+    );
+    assert_eq!(
+        (h.version, h.entries),
+        (2, N as u64),
+        "a sparse table of N entries"
     );
     // Each page written is in the file, where its memory offset says.
     let mut page = vec![0u8; PAGE as usize];

@@ -269,34 +269,6 @@ fn cancel_stops_a_save_with_an_error() {
     );
 }
 
-/// Rewrites an image's header JSON through `edit` and seals it again with a valid
-/// preamble checksum (xxh3 of JSON then table), so the reader's own checks are reached.
-fn reseal(path: &std::path::Path, edit: impl Fn(&mut serde_json::Value)) {
-    let data = std::fs::read(path).unwrap();
-    let json_len = u32::from_le_bytes(data[12..16].try_into().unwrap()) as usize;
-    let mut v: serde_json::Value = serde_json::from_slice(&data[32..32 + json_len]).unwrap();
-    let table_at = v["table_offset"].as_u64().unwrap() as usize;
-    let table = data[table_at..table_at + 16 * v["blocks"].as_u64().unwrap() as usize].to_vec();
-    edit(&mut v);
-    let json = serde_json::to_vec(&v).unwrap();
-    let mut out = data[..32].to_vec();
-    out[12..16].copy_from_slice(&(json.len() as u32).to_le_bytes());
-    // The table as the edited header reads it: `blocks` entries (as far as there are).
-    let entries = v["blocks"]
-        .as_u64()
-        .unwrap_or(0)
-        .min(table.len() as u64 / 16);
-    let mut sealed = json.clone();
-    sealed.extend_from_slice(&table[..16 * entries as usize]);
-    out[16..24].copy_from_slice(&snapshot::block_checksum(&sealed).to_le_bytes());
-    out.extend_from_slice(&json);
-    out.resize(table_at.max(out.len()), 0);
-    out.truncate(table_at.max(32 + json.len()));
-    out.extend_from_slice(&table);
-    out.extend_from_slice(&data[table_at + table.len()..]);
-    std::fs::write(path, out).unwrap();
-}
-
 #[test]
 fn hostile_header_numbers_are_refused_or_read_never_a_panic() {
     let dir = TempDir::new("hostile");

@@ -17,6 +17,7 @@ mod lazy_share;
 mod placed;
 mod private;
 mod round_trip;
+mod sparse_table;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -125,4 +126,54 @@ pub fn flip_byte(path: &std::path::Path, at: u64) {
     let mut byte = [0u8];
     f.read_exact_at(&mut byte, at).unwrap();
     f.write_all_at(&[!byte[0]], at).unwrap();
+}
+
+/// Bytes of the table an image's JSON header says it stores: 24 × `entries` for a v2
+/// (sparse) table, 16 × `blocks` for v1 (saturating: hostile numbers are fed in here).
+pub fn table_bytes(v: &serde_json::Value) -> usize {
+    let (entry, n) = if v["version"] == 2 {
+        (24, &v["entries"])
+    } else {
+        (16, &v["blocks"])
+    };
+    usize::try_from(n.as_u64().unwrap_or(0).saturating_mul(entry)).unwrap_or(usize::MAX)
+}
+
+/// Rewrites an image's header JSON through `edit` and seals it again with a valid
+/// preamble checksum (xxh3 of JSON then table), so the reader's own checks are reached.
+pub fn reseal(path: &std::path::Path, edit: impl Fn(&mut serde_json::Value)) {
+    reseal_with(path, edit, |_| {});
+}
+
+/// [`reseal`], the stored table's bytes also rewritten through `edit_table` (in place:
+/// the same length). The checksum covers the bytes the edited header makes a reader
+/// read as its table, as far as the file goes, whatever they are.
+pub fn reseal_with(
+    path: &std::path::Path,
+    edit: impl Fn(&mut serde_json::Value),
+    edit_table: impl Fn(&mut Vec<u8>),
+) {
+    let data = std::fs::read(path).unwrap();
+    let json_len = u32::from_le_bytes(data[12..16].try_into().unwrap()) as usize;
+    let mut v: serde_json::Value = serde_json::from_slice(&data[32..32 + json_len]).unwrap();
+    let table_at = v["table_offset"].as_u64().unwrap() as usize;
+    let table_end = table_at.saturating_add(table_bytes(&v)).min(data.len());
+    let mut table = data[table_at..table_end].to_vec();
+    edit(&mut v);
+    edit_table(&mut table);
+    let json = serde_json::to_vec(&v).unwrap();
+    let mut out = data[..32].to_vec();
+    out[12..16].copy_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.resize(table_at.max(out.len()), 0);
+    out.truncate(table_at.max(32 + json.len()));
+    let at = out.len();
+    out.extend_from_slice(&table);
+    out.extend_from_slice(&data[table_end..]);
+    let read = table_bytes(&v).min(out.len() - at);
+    let mut sealed = json.clone();
+    sealed.extend_from_slice(&out[at..at + read]);
+    let sum = hostmem::snapshot::block_checksum(&sealed);
+    out[16..24].copy_from_slice(&sum.to_le_bytes());
+    std::fs::write(path, out).unwrap();
 }
