@@ -56,28 +56,6 @@ fn left_to_base(image: &Image, at: &BlockAt) -> bool {
         .is_some_and(|kinds| kinds.iter().all(|k| *k == BlockKind::Base))
 }
 
-/// Bytes a lazy restore of `chain` into memory that holds nothing faults in: every data
-/// unit whole, in `page`-byte pages (a unit a diff touches is copied whole, its holes as
-/// zeros).
-pub(super) fn served_bytes(chain: &[&Image], page: u64) -> Result<u64, SnapshotError> {
-    let Some(first) = chain.first() else {
-        return Ok(0);
-    };
-    let h = first.header();
-    let page = page.max(1);
-    let mut total = 0;
-    for i in 0..h.blocks {
-        let (Some(at), Some(&kind)) = (h.block(i), first.blocks().get(i as usize)) else {
-            continue;
-        };
-        let (kind, pieces) = unit_source(chain, &at, kind)?;
-        if !pieces.is_empty() || matches!(kind, BlockKind::Data { .. } | BlockKind::Unchecked) {
-            total += at.len.div_ceil(page) * page;
-        }
-    }
-    Ok(total)
-}
-
 impl Shared {
     /// `e`, a block error of the chain's image `k`, naming that image's file when the
     /// chain has more than one (a lone image's errors stay as they were).

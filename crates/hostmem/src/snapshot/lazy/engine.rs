@@ -70,6 +70,12 @@ impl Unit {
     }
 }
 
+/// Bytes of the data units: what serving them copies into memory (whole pages: the
+/// units are), a unit a diff touches whole, its holes included.
+pub(super) fn data_bytes(units: &[Unit]) -> u64 {
+    units.iter().filter(|u| u.is_data()).map(|u| u.at.len).sum()
+}
+
 /// What every serving thread shares.
 pub(super) struct Shared {
     /// The full image (`chain[0]`): the units are its blocks.
@@ -132,9 +138,8 @@ impl Shared {
         record: bool,
         fill_order: Vec<usize>,
     ) -> Shared {
-        let data: Vec<&Unit> = units.iter().filter(|u| u.is_data()).collect();
-        let bytes_total = data.iter().map(|u| u.at.len).sum();
-        let data_units = data.len() as u64;
+        let bytes_total = data_bytes(&units);
+        let data_units = units.iter().filter(|u| u.is_data()).count() as u64;
         Shared {
             image,
             chain,

@@ -8,8 +8,8 @@ use super::super::diff::check_chain;
 use super::super::image::Image;
 use super::super::memory::Memory;
 use super::super::{place, Result, SnapshotError};
-use super::chainread::served_bytes;
-use super::{start, LazyOptions, LazyRegion, LazyServer};
+use super::engine::data_bytes;
+use super::{plan, start_units, LazyOptions, LazyRegion, LazyServer};
 use crate::limits::Snapshot;
 use crate::sys::uffd::{feature, mode, Uffd};
 use crate::{Backend, HostTopology};
@@ -77,14 +77,23 @@ pub fn restore_lazy_chain(
             backend.id()
         )));
     }
+    // Planned before the memory is touched: a layout the memory cannot be served in is
+    // refused first, and the units are split by the chain's diffs once.
+    let regions = vec![LazyRegion {
+        host_addr: hold.host_addr() as u64,
+        len: hold.len() as u64,
+        backend_offset: 0,
+        page_size: hold.page_size(),
+    }];
+    let units = plan::units(&refs, &regions)?;
     let missing = |e| io("discarding the backend's memory before restoring", e);
     if mem.may_hold_data(0, mem.len()).map_err(missing)? {
         mem.clear(0, mem.len()).map_err(missing)?;
     }
     let host = HostTopology::read();
-    // The memory holds nothing now: every data page of the image will be faulted in,
-    // without asking the kernel block by block (4096 questions for 8 GiB).
-    let need = served_bytes(&refs, mem.page_size())?;
+    // The memory holds nothing now: every data unit will be faulted in, without asking
+    // the kernel block by block (4096 questions for 8 GiB).
+    let need = data_bytes(&units);
     let snap = Snapshot::read(host.has_memory.iter(), &host.huge_page_sizes);
     place::check_room(backend, need, &snap)?;
     if opts.cpus.is_empty() {
@@ -117,11 +126,5 @@ pub fn restore_lazy_chain(
                 e,
             ),
         })?;
-    let regions = vec![LazyRegion {
-        host_addr: hold.host_addr() as u64,
-        len: hold.len() as u64,
-        backend_offset: 0,
-        page_size: hold.page_size(),
-    }];
-    start(chain, uffd, regions, opts, Some(hold))
+    start_units(chain, units, uffd, regions, opts, Some(hold))
 }

@@ -195,8 +195,22 @@ type Job = Box<dyn FnOnce(&Shared, &mut Vec<u8>) + Send>;
 
 /// Serves `chain` (a full image, then the diffs on it, newest last; checked by the
 /// caller as a chain): `chain[0]` alone is a lone image's restore.
-pub(super) fn start(
+fn start(
     chain: Vec<Arc<Image>>,
+    uffd: Uffd,
+    regions: Vec<LazyRegion>,
+    opts: LazyOptions,
+    hold: Option<crate::InUse>,
+) -> Result<LazyServer> {
+    let refs: Vec<&Image> = chain.iter().map(|im| &**im).collect();
+    let units = plan::units(&refs, &regions)?;
+    start_units(chain, units, uffd, regions, opts, hold)
+}
+
+/// [`start`] with the units planned (`plan::units` of the chain over the regions).
+fn start_units(
+    chain: Vec<Arc<Image>>,
+    units: Vec<engine::Unit>,
     uffd: Uffd,
     regions: Vec<LazyRegion>,
     opts: LazyOptions,
@@ -205,15 +219,13 @@ pub(super) fn start(
     let Some(image) = chain.first().cloned() else {
         return Err(SnapshotError::Mismatch("an empty chain of images".into()));
     };
-    let refs: Vec<&Image> = chain.iter().map(|im| &**im).collect();
-    let units = plan::units(&refs, &regions)?;
     // The touch order and the chunk sums learned are kept for a lone image only: the
     // caller saves them beside the one image restored (`save_order`, `ChunkSums::save`),
     // and a chain's are neither the full image's (a guest restored from the chain
     // touches what its diffs left, and a unit a diff touches has no sums of the full
     // image) nor any one diff's.
     let record = opts.record_order && chain.len() == 1;
-    let extra: usize = refs[1..].iter().map(|im| im.header().buffer_len()).sum();
+    let extra: usize = chain[1..].iter().map(|im| im.header().buffer_len()).sum();
     let order = if opts.background {
         plan::fill_order(&units, &opts.fill_order)
     } else {
