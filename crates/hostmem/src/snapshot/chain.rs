@@ -89,11 +89,27 @@ pub(crate) fn fault_at(chain: &[&Image], at: u64, fault: BlockFault) -> Snapshot
     let newest = chain.last().map(|im| im.header());
     let index = newest.and_then(|h| h.block_of(at)).map_or(0, |b| b.index);
     let page = newest.map_or(4096, |h| h.page_size).max(1);
-    SnapshotError::Block {
+    let e = SnapshotError::Block {
+        image: None,
         index,
         backend_offset: at,
         page: at / page,
         fault,
+    };
+    match chain.last() {
+        Some(newest) => named(chain.len(), newest, e),
+        None => e,
+    }
+}
+
+/// `e`, an error about a block of `image`, one of a chain of `len` images: named by
+/// the image's file when there is more than one (which of them failed is then not
+/// obvious); a lone image's errors stay as they are (its caller named the file).
+pub(crate) fn named(len: usize, image: &Image, e: SnapshotError) -> SnapshotError {
+    if len > 1 {
+        e.in_image(image.path())
+    } else {
+        e
     }
 }
 

@@ -156,10 +156,21 @@ pub fn restore_chain(
     opts: &RestoreOptions,
     progress: &Progress,
 ) -> Result<RestoreReport> {
+    check_chain(images)?;
     let Some((&newest, older)) = images.split_last() else {
         return Err(SnapshotError::Mismatch("an empty chain of images".into()));
     };
-    let first = older.first().copied().unwrap_or(newest);
+    restore_from(newest, older, backend, opts, progress, None)
+}
+
+/// Refuses a chain (oldest first) that is empty, does not start with a full image, or
+/// has a link that does not name the image before it, with the same regions and a
+/// block size dividing its base's: what every restore of a chain checks before it
+/// touches the memory (copy, [`restore_lazy_chain`](super::restore_lazy_chain)).
+pub(crate) fn check_chain(images: &[&Image]) -> Result<()> {
+    let Some(&first) = images.first() else {
+        return Err(SnapshotError::Mismatch("an empty chain of images".into()));
+    };
     if first.header().base.is_some() || first.blocks().contains(&BlockKind::Base) {
         return Err(SnapshotError::Mismatch(format!(
             "{} starts the chain but is a diff: a chain starts with a full image",
@@ -169,7 +180,7 @@ pub fn restore_chain(
     for pair in images.windows(2) {
         check_link(pair[0], pair[1])?;
     }
-    restore_from(newest, older, backend, opts, progress, None)
+    Ok(())
 }
 
 /// Whether `base` is the image `diff` was taken against, with the same layout.

@@ -70,8 +70,15 @@ pub enum SnapshotError {
         reason: String,
     },
     /// One block failed; blocks other threads had finished may already be written.
-    #[error("block {index} (backend offset {backend_offset:#x}, page {page}): {fault}")]
+    #[error(
+        "{}block {index} (backend offset {backend_offset:#x}, page {page}): {fault}",
+        in_file(.image)
+    )]
     Block {
+        /// The image file the block is in, when the restore reads more than one (a
+        /// chain of a full image and its diffs: the block may be any one's); None when
+        /// there is one image, which the caller named.
+        image: Option<PathBuf>,
         /// Index in the block table.
         index: u64,
         /// Offset of the block's first byte in the backend.
@@ -92,7 +99,35 @@ pub enum SnapshotError {
     Cancelled,
 }
 
+/// "FILE: " before a block error that names its image.
+fn in_file(image: &Option<PathBuf>) -> String {
+    image
+        .as_ref()
+        .map_or_else(String::new, |p| format!("{}: ", p.display()))
+}
+
 impl SnapshotError {
+    /// A [`SnapshotError::Block`] error named as a block of the image at `path` (a
+    /// chain's errors say which image failed); any other error as it is.
+    pub(crate) fn in_image(self, path: &std::path::Path) -> SnapshotError {
+        match self {
+            SnapshotError::Block {
+                index,
+                backend_offset,
+                page,
+                fault,
+                ..
+            } => SnapshotError::Block {
+                image: Some(path.to_path_buf()),
+                index,
+                backend_offset,
+                page,
+                fault,
+            },
+            other => other,
+        }
+    }
+
     /// The block index of a [`SnapshotError::Block`] error.
     pub fn block(&self) -> Option<u64> {
         match self {

@@ -22,7 +22,8 @@
 //!
 //! - [`lazy`]: userfaultfd: usable at once, pages served from the image on first touch
 //!   (checked first; SIGBUS for a page that cannot be served), the rest filled in the
-//!   background in the last run's touch order.
+//!   background in the last run's touch order; a base and its diffs with
+//!   [`restore_lazy_chain`].
 //! - [`firecracker`]: Firecracker's userfaultfd handshake (its uffd and region list over
 //!   a Unix socket) checked and served with [`lazy`]: `hostmem uffd-handler`.
 
@@ -48,7 +49,8 @@ pub use error::{BlockFault, SnapshotError};
 pub use format::{BlockAt, BlockKind, Header, RegionEntry, MAGIC, MAX_BLOCK_SIZE, VERSION};
 pub use image::{Image, RawRegion};
 pub use lazy::{
-    restore_lazy, FillPriority, LazyOptions, LazyProgress, LazyRegion, LazyReport, LazyServer,
+    restore_lazy, restore_lazy_chain, FillPriority, LazyOptions, LazyProgress, LazyRegion,
+    LazyReport, LazyServer,
 };
 pub use place::check_room;
 pub use private::{private_builder, restore_private, PrivateOptions, Verify};

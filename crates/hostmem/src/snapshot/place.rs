@@ -12,7 +12,6 @@
 //!   the limit, instead of being OOM-killed halfway.
 
 use super::chain;
-use super::format::BlockKind;
 use super::image::Image;
 use super::memory::Memory;
 use super::{BlockFault, Result, SnapshotError};
@@ -39,23 +38,6 @@ pub(crate) struct Resident {
     /// Bytes of the pages the data pieces touch, in units over memory that holds nothing
     /// yet.
     pub(crate) need: u64,
-}
-
-/// Bytes a restore of the full `image` faults into memory that holds nothing: its data
-/// blocks, each in whole `page`-byte pages.
-pub(crate) fn data_bytes(image: &Image, page: u64) -> u64 {
-    let h = image.header();
-    let page = page.max(1);
-    (0..h.blocks)
-        .filter(|&i| {
-            matches!(
-                image.blocks().get(i as usize),
-                Some(BlockKind::Data { .. } | BlockKind::Unchecked)
-            )
-        })
-        .filter_map(|i| h.block(i))
-        .map(|b| b.len.div_ceil(page) * page)
-        .sum()
 }
 
 /// Bytes a restore of `chain` (a full image, then the diffs on it, newest last) would

@@ -75,6 +75,7 @@ impl Image {
 
     pub(crate) fn block_error(&self, b: &BlockAt, fault: BlockFault) -> SnapshotError {
         SnapshotError::Block {
+            image: None,
             index: b.index,
             backend_offset: b.backend_offset,
             page: b.backend_offset / self.header().page_size,
@@ -329,6 +330,7 @@ pub(crate) fn restore_from(
                             data: *len,
                             cleared: 0,
                         })
+                        .map_err(|e| chain::named(chain.len(), chain[*k], e))
                 }
                 _ => write_unit(&chain, &pieces, &mem, held, &mut split(buf, &buf_lens)),
             };
@@ -397,7 +399,9 @@ fn write_unit(
             continue;
         };
         if loaded[k] != Some(b.index) {
-            chain[k].read_checked(&b, &mut bufs[k][..])?;
+            chain[k]
+                .read_checked(&b, &mut bufs[k][..])
+                .map_err(|e| chain::named(chain.len(), chain[k], e))?;
             loaded[k] = Some(b.index);
         }
         let within = (p.backend_offset - b.backend_offset) as usize;
@@ -410,7 +414,7 @@ fn write_unit(
 }
 
 /// `buf` cut into consecutive slices of `lens`.
-fn split<'a>(mut buf: &'a mut [u8], lens: &[usize]) -> Vec<&'a mut [u8]> {
+pub(crate) fn split<'a>(mut buf: &'a mut [u8], lens: &[usize]) -> Vec<&'a mut [u8]> {
     let mut out = Vec::with_capacity(lens.len());
     for &n in lens {
         let n = n.min(buf.len());

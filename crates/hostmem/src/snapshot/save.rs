@@ -30,7 +30,7 @@ pub struct SaveOptions {
     /// Bytes per chunk checksum written beside the image (`FILE.chunks`, a multiple of
     /// 4096 up to the block size; [`CHUNK`]), so a lazy restore serves a first touch by
     /// reading and checking one chunk instead of the whole block; 0: none. Not for a
-    /// diff (it cannot be restored lazily).
+    /// diff (a lazy restore of a chain serves a block a diff touches whole).
     pub chunk_size: u64,
 }
 
@@ -309,6 +309,7 @@ fn write_image(
     if let Some((i, e)) = failed {
         let at = block(i).map_or(0, |b| b.backend_offset);
         return Err(SnapshotError::Block {
+            image: None,
             index: i,
             backend_offset: at,
             page: at / header.page_size,
@@ -356,6 +357,7 @@ fn save_block(
         return Ok(Saved::Base);
     }
     let fault = |fault| SnapshotError::Block {
+        image: None,
         index: i,
         backend_offset: b.backend_offset,
         page: b.backend_offset / header.page_size,

@@ -132,6 +132,11 @@ fn a_corrupt_base_block_fails_a_diff_restore_naming_the_block() {
     )
     .unwrap_err();
     assert_eq!(e.block(), Some(3), "{e}");
+    let named = format!("{}: block 3 ", base_path.display());
+    assert!(
+        e.to_string().starts_with(&named),
+        "not the base's file: {e}"
+    );
     let mem = read_memory(&dst);
     assert!(
         mem[b3..b3 + BLOCK as usize].iter().all(|&b| b == 0),

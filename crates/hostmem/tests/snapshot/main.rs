@@ -11,6 +11,7 @@ mod diff_blocks;
 mod faults;
 mod hugetlb_holes;
 mod lazy;
+mod lazy_chain;
 mod lazy_chunks;
 mod lazy_faults;
 mod lazy_share;

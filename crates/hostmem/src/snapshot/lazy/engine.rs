@@ -11,6 +11,8 @@
 //! or learned by an earlier run), a fault serves just its chunk (one 4 KiB page as
 //! `save` writes them), checked against its own sum; the fill still takes the block
 //! whole, checked against the block table.
+//! A unit of a chain that a diff touches is served whole, never by chunk
+//! (`chainread.rs`).
 //! A hole is served a page at a time (the zero page, or a huge page of zeros on
 //! hugetlb), only where touched: shmem and hugetlb allocate a page for it, so the
 //! background fill leaves holes alone and they stay non-resident.
@@ -27,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Instant;
 
+use super::super::chain::Piece;
 use super::super::format::{BlockAt, BlockKind};
 use super::super::image::Image;
 use super::super::{BlockFault, SnapshotError};
@@ -41,7 +44,7 @@ pub(super) const BATCH: usize = 64;
 /// thread inside a read (PREEMPT_NONE), so a fill thread reading a whole 2 MiB block
 /// held up a faulting thread woken on its CPU for the whole copy: at 8 GiB, 4 KiB first
 /// touches during the fill went from p99 256–314 µs to 59–164 µs with 64 KiB reads.
-const READ_PIECE: usize = 64 << 10;
+pub(super) const READ_PIECE: usize = 64 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {
@@ -57,6 +60,9 @@ pub(super) struct Unit {
     pub host: u64,
     pub page: u64,
     pub kind: BlockKind,
+    /// Empty: the unit is the full image's block as it is. Else the pieces a chain's
+    /// diffs make of it (`chainread.rs`): a data unit served whole, assembled.
+    pub pieces: Vec<Piece>,
     pub state: Mutex<State>,
     /// Chunks (bit k of word k/64: bytes `[k·chunk, (k+1)·chunk)`) served by faults
     /// while the block is pending; empty until the first; used under `state`'s lock.
@@ -66,12 +72,22 @@ pub(super) struct Unit {
 impl Unit {
     pub(super) fn is_data(&self) -> bool {
         matches!(self.kind, BlockKind::Data { .. } | BlockKind::Unchecked)
+            || !self.pieces.is_empty()
     }
+}
+
+/// Bytes of the data units: what serving them copies into memory (whole pages: the
+/// units are), a unit a diff touches whole, its holes included.
+pub(super) fn data_bytes(units: &[Unit]) -> u64 {
+    units.iter().filter(|u| u.is_data()).map(|u| u.at.len).sum()
 }
 
 /// What every serving thread shares.
 pub(super) struct Shared {
+    /// The full image (`chain[0]`): the units are its blocks.
     pub image: Arc<Image>,
+    /// The images served from, oldest first: the full image, then the diffs on it.
+    pub chain: Vec<Arc<Image>>,
     pub uffd: Uffd,
     pub regions: Vec<LazyRegion>,
     /// Sorted by `host`.
@@ -120,6 +136,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Shared {
     pub(super) fn new(
+        chain: Vec<Arc<Image>>,
         image: Arc<Image>,
         uffd: Uffd,
         regions: Vec<LazyRegion>,
@@ -127,11 +144,11 @@ impl Shared {
         record: bool,
         fill_order: Vec<usize>,
     ) -> Shared {
-        let data: Vec<&Unit> = units.iter().filter(|u| u.is_data()).collect();
-        let bytes_total = data.iter().map(|u| u.at.len).sum();
-        let data_units = data.len() as u64;
+        let bytes_total = data_bytes(&units);
+        let data_units = units.iter().filter(|u| u.is_data()).count() as u64;
         Shared {
             image,
+            chain,
             uffd,
             regions,
             units,
@@ -255,6 +272,10 @@ impl Shared {
     /// The chunk checksums of a pending unit, when known and usable: chunks of whole
     /// pages (a hugetlb page larger than the chunk is served with its block).
     fn chunk_sums_of(&self, u: &Unit) -> Option<&[u64]> {
+        if !u.pieces.is_empty() {
+            // The sums are the full image's; a diff changed this unit's bytes.
+            return None;
+        }
         let known = self.chunk_sums.get()?;
         let sums = known.blocks.get(&u.at.index)?;
         let fits = known.chunk.is_multiple_of(u.page)
@@ -280,7 +301,7 @@ impl Shared {
         let from = k * chunk;
         let len = chunk.min(u.at.len - from);
         buf.resize(len as usize, 0);
-        let fault = |f| self.image.block_error(&u.at, f);
+        let fault = |f| self.block_error(0, &u.at, f);
         let mut got = 0usize;
         while got < buf.len() {
             let at = u.at.file_offset + from + got as u64;
@@ -356,8 +377,7 @@ impl Shared {
     /// not present and not discarded, or, when the bytes cannot be had, every page not
     /// present poisoned and the error kept.
     pub(super) fn serve(&self, u: &Unit, buf: &mut Vec<u8>) -> State {
-        buf.resize(u.at.len as usize, 0);
-        let bytes = match self.image.read_checked_by(&u.at, buf, READ_PIECE) {
+        let bytes = match self.unit_bytes(u, buf) {
             Ok(b) => b,
             Err(e) => {
                 // The error first: by the time the toucher sees SIGBUS, progress() has it.
@@ -379,7 +399,7 @@ impl Shared {
             }
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => State::Failed,
             Err(e) => {
-                self.fail(self.image.block_error(&u.at, BlockFault::Write(e)));
+                self.fail(self.block_error(0, &u.at, BlockFault::Write(e)));
                 self.poison_unit(u);
                 State::Failed
             }

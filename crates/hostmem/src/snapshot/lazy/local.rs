@@ -4,10 +4,12 @@
 
 use std::sync::Arc;
 
+use super::super::diff::check_chain;
 use super::super::image::Image;
 use super::super::memory::Memory;
 use super::super::{place, Result, SnapshotError};
-use super::{start, LazyOptions, LazyRegion, LazyServer};
+use super::engine::data_bytes;
+use super::{plan, start_units, LazyOptions, LazyRegion, LazyServer};
 use crate::limits::Snapshot;
 use crate::sys::uffd::{feature, mode, Uffd};
 use crate::{Backend, HostTopology};
@@ -24,18 +26,36 @@ use crate::{Backend, HostTopology};
 /// the pages UFFDIO_COPY allocates follow the backend's memory policy (the kernel
 /// allocates them under the policy of the memory they go to), and the serving threads
 /// run on the CPUs of its nodes unless `opts.cpus` names others.
-pub fn restore_lazy(
-    image: Arc<Image>,
+///
+/// A diff image is refused: [`restore_lazy_chain`] restores it with its base.
+pub fn restore_lazy(image: Arc<Image>, backend: &Backend, opts: LazyOptions) -> Result<LazyServer> {
+    restore_lazy_chain(vec![image], backend, opts)
+}
+
+/// [`restore_lazy`] of a chain: `chain[0]` a full image, every later one a diff taken
+/// against the one before it (newest last), so the memory reads as it was when the
+/// last diff was saved. Refused before the memory is touched unless the chain is one
+/// (each link names the image before it, same regions, block sizes dividing), as
+/// [`restore_chain`](super::super::restore_chain) refuses it.
+///
+/// The units served are the full image's blocks. One that no diff touches is served
+/// as a lone image's (by 4 KiB chunk on a fault, when the full image's chunk sums are
+/// known); one that a diff touches is served whole: every source block of it (the full
+/// image's, each diff's) read and checked once against its own image's table, the unit
+/// assembled (holes as zeros) and copied — the chunk sums are the full image's and do
+/// not describe its bytes. A block that cannot be served names its image's file and
+/// block. The touch order and learned chunk sums are not kept for a chain
+/// ([`LazyReport::touched`](super::LazyReport) stays empty): the caller saves them
+/// beside one image, and a chain's belong to none of its images.
+pub fn restore_lazy_chain(
+    chain: Vec<Arc<Image>>,
     backend: &Backend,
     mut opts: LazyOptions,
 ) -> Result<LazyServer> {
+    let refs: Vec<&Image> = chain.iter().map(|im| &**im).collect();
+    check_chain(&refs)?;
+    let image = &chain[0];
     let h = image.header();
-    if h.base.is_some() {
-        return Err(SnapshotError::Mismatch(format!(
-            "{} is a diff image: it cannot be restored lazily (restore_diff copies it)",
-            image.path().display()
-        )));
-    }
     let hold = backend.hold()?;
     let io = |what, source| SnapshotError::Io {
         what,
@@ -57,14 +77,23 @@ pub fn restore_lazy(
             backend.id()
         )));
     }
+    // Planned before the memory is touched: a layout the memory cannot be served in is
+    // refused first, and the units are split by the chain's diffs once.
+    let regions = vec![LazyRegion {
+        host_addr: hold.host_addr() as u64,
+        len: hold.len() as u64,
+        backend_offset: 0,
+        page_size: hold.page_size(),
+    }];
+    let units = plan::units(&refs, &regions)?;
     let missing = |e| io("discarding the backend's memory before restoring", e);
     if mem.may_hold_data(0, mem.len()).map_err(missing)? {
         mem.clear(0, mem.len()).map_err(missing)?;
     }
     let host = HostTopology::read();
-    // The memory holds nothing now: every data page of the image will be faulted in,
-    // without asking the kernel block by block (4096 questions for 8 GiB).
-    let need = place::data_bytes(&image, mem.page_size());
+    // The memory holds nothing now: every data unit will be faulted in, without asking
+    // the kernel block by block (4096 questions for 8 GiB).
+    let need = data_bytes(&units);
     let snap = Snapshot::read(host.has_memory.iter(), &host.huge_page_sizes);
     place::check_room(backend, need, &snap)?;
     if opts.cpus.is_empty() {
@@ -97,11 +126,5 @@ pub fn restore_lazy(
                 e,
             ),
         })?;
-    let regions = vec![LazyRegion {
-        host_addr: hold.host_addr() as u64,
-        len: hold.len() as u64,
-        backend_offset: 0,
-        page_size: hold.page_size(),
-    }];
-    start(image, uffd, regions, opts, Some(hold))
+    start_units(chain, units, uffd, regions, opts, Some(hold))
 }

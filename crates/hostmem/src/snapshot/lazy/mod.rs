@@ -5,7 +5,9 @@
 //! - [`serve`]: the engine, on a userfaultfd whose ranges are registered already (ours,
 //!   or another process's: Firecracker sends its uffd and regions, `crate::fc`).
 //! - [`restore_lazy`]: a hostmem [`Backend`](crate::Backend) restored in this process:
-//!   checked against its limits like a copy restore, registered, served.
+//!   checked against its limits like a copy restore, registered, served;
+//!   [`restore_lazy_chain`]: the same from a full image and the diffs on it
+//!   (`chainread.rs`).
 //!
 //! What a toucher sees (`docs/snapshot.md`): the image's bytes, checked against the
 //! block's checksum before any of them reach memory; zeros for a hole; for a page that
@@ -14,6 +16,7 @@
 //! naming the block, its backend offset and page, and the cause — in
 //! [`LazyServer::progress`] and [`LazyServer::wait`] at once.
 
+mod chainread;
 mod chunks;
 mod engine;
 mod local;
@@ -36,7 +39,7 @@ use engine::Shared;
 
 pub(crate) use chunks::sums_of;
 pub use chunks::{chunks_path, ChunkSums, CHUNK};
-pub use local::restore_lazy;
+pub use local::{restore_lazy, restore_lazy_chain};
 pub use order::{load_order, order_path, save_order};
 
 /// A range of an address space registered with a userfaultfd (ours or another
@@ -184,20 +187,45 @@ pub fn serve(
         path: image.path().to_path_buf(),
         source,
     })?;
-    start(image, uffd, regions, opts, None)
+    start(vec![image], uffd, regions, opts, None)
 }
 
 /// What one serving thread does, with its own block buffer.
 type Job = Box<dyn FnOnce(&Shared, &mut Vec<u8>) + Send>;
 
-pub(super) fn start(
-    image: Arc<Image>,
+/// Serves `chain` (a full image, then the diffs on it, newest last; checked by the
+/// caller as a chain): `chain[0]` alone is a lone image's restore.
+fn start(
+    chain: Vec<Arc<Image>>,
     uffd: Uffd,
     regions: Vec<LazyRegion>,
     opts: LazyOptions,
     hold: Option<crate::InUse>,
 ) -> Result<LazyServer> {
-    let units = plan::units(&image, &regions)?;
+    let refs: Vec<&Image> = chain.iter().map(|im| &**im).collect();
+    let units = plan::units(&refs, &regions)?;
+    start_units(chain, units, uffd, regions, opts, hold)
+}
+
+/// [`start`] with the units planned (`plan::units` of the chain over the regions).
+fn start_units(
+    chain: Vec<Arc<Image>>,
+    units: Vec<engine::Unit>,
+    uffd: Uffd,
+    regions: Vec<LazyRegion>,
+    opts: LazyOptions,
+    hold: Option<crate::InUse>,
+) -> Result<LazyServer> {
+    let Some(image) = chain.first().cloned() else {
+        return Err(SnapshotError::Mismatch("an empty chain of images".into()));
+    };
+    // The touch order and the chunk sums learned are kept for a lone image only: the
+    // caller saves them beside the one image restored (`save_order`, `ChunkSums::save`),
+    // and a chain's are neither the full image's (a guest restored from the chain
+    // touches what its diffs left, and a unit a diff touches has no sums of the full
+    // image) nor any one diff's.
+    let record = opts.record_order && chain.len() == 1;
+    let extra: usize = chain[1..].iter().map(|im| im.header().buffer_len()).sum();
     let order = if opts.background {
         plan::fill_order(&units, &opts.fill_order)
     } else {
@@ -209,17 +237,12 @@ pub(super) fn start(
     let beside = chunks_path(image.path());
     let load_sums = opts.chunk_sums.is_none() && beside.exists();
     let shared = Arc::new(Shared::new(
-        image,
-        uffd,
-        regions,
-        units,
-        opts.record_order,
-        order,
+        chain, image, uffd, regions, units, record, order,
     ));
     if let Some(sums) = opts.chunk_sums.clone() {
         let _ = shared.chunk_sums.set(sums);
     }
-    let buf_len = shared.image.header().buffer_len();
+    let buf_len = shared.image.header().buffer_len() + extra;
     let mut threads = Vec::new();
     let spawn = |name: String, share: Option<CpuShare>, f: Job| {
         let s = Arc::clone(&shared);

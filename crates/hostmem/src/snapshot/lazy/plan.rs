@@ -1,18 +1,24 @@
-//! Where the image's blocks go: the units a lazy restore serves (each block where it
-//! lies in the uffd's address space) and the order the background fill takes them in.
+//! Where the image's blocks go: the units a lazy restore serves (each block of the full
+//! image where it lies in the uffd's address space, with the pieces a chain's diffs
+//! make of it) and the order the background fill takes them in.
 
 use std::sync::Mutex;
 
 use super::super::format::BlockKind;
 use super::super::image::Image;
 use super::super::SnapshotError;
+use super::chainread::unit_source;
 use super::engine::{State, Unit};
 use super::LazyRegion;
 
-/// The units of `image` over `regions`: every block whose memory a region holds, with
-/// its host address. A block partly inside a region, or not on the region's pages, is
-/// refused; blocks outside every region are not served (no fault can come for them).
-pub(super) fn units(image: &Image, regions: &[LazyRegion]) -> Result<Vec<Unit>, SnapshotError> {
+/// The units of `chain` (a full image, then the diffs on it; checked as a chain) over
+/// `regions`: every block of the full image whose memory a region holds, with its host
+/// address. A block partly inside a region, or not on the region's pages, is refused;
+/// blocks outside every region are not served (no fault can come for them).
+pub(super) fn units(chain: &[&Image], regions: &[LazyRegion]) -> Result<Vec<Unit>, SnapshotError> {
+    let Some(&image) = chain.first() else {
+        return Ok(Vec::new());
+    };
     let h = image.header();
     let mut units = Vec::new();
     for i in 0..h.blocks {
@@ -43,14 +49,18 @@ pub(super) fn units(image: &Image, regions: &[LazyRegion]) -> Result<Vec<Unit>, 
         let kind = image.blocks()[i as usize];
         if kind == BlockKind::Base {
             return Err(SnapshotError::Mismatch(
-                "a diff image cannot be restored lazily: restore it by copy (restore_diff)".into(),
+                "a diff image cannot be served alone: restore it with its base \
+                 (restore_lazy_chain, restore_chain)"
+                    .into(),
             ));
         }
+        let (kind, pieces) = unit_source(chain, &at, kind)?;
         units.push(Unit {
             at,
             host,
             page: r.page_size,
             kind,
+            pieces,
             state: Mutex::new(State::Pending),
             served: Mutex::new(Vec::new()),
         });
@@ -112,6 +122,7 @@ mod tests {
             host: at.backend_offset,
             page: 4096,
             kind,
+            pieces: Vec::new(),
             state: Mutex::new(State::Pending),
             served: Mutex::new(Vec::new()),
         }
