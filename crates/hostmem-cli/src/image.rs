@@ -446,12 +446,7 @@ pub fn restore_all(
                 let b = objects
                     .backend(&s.id)
                     .ok_or_else(|| format!("{what}: no -object with id '{}'", s.id))?;
-                if !diffs.is_empty() {
-                    return Err(format!(
-                        "{what}: a chain (diff=) is restored by copy only (mode=copy)"
-                    ));
-                }
-                let l = crate::lazy::start(&s.id, &s.file, image, b)
+                let l = crate::lazy::start(&s.id, &s.file, image, diffs, b)
                     .map_err(|e| format!("{what}: {e}"))?;
                 lazy.push(l);
             }
@@ -460,7 +455,7 @@ pub fn restore_all(
             "hostmem: restored '{}' from {}{} ({}, {} of data): usable after {:.1} ms",
             s.id,
             s.file.display(),
-            match diffs.len() {
+            match s.diffs.len() {
                 0 => String::new(),
                 n => format!(" and {n} diff(s)"),
             },

@@ -20,13 +20,23 @@ pub struct Lazy {
     id: String,
     image: Arc<Image>,
     file: PathBuf,
+    /// Restored with diffs: the touch order and chunk sums are the chain's, not the
+    /// image's, and are not written beside it.
+    chain: bool,
     server: Arc<LazyServer>,
     watcher: Option<JoinHandle<()>>,
 }
 
-/// Starts a lazy restore of `file` into `backend`, filling first the blocks the last
-/// run touched first (`FILE.order`, when it is there and fits the image).
-pub fn start(id: &str, file: &Path, image: Image, backend: &Backend) -> Result<Lazy, String> {
+/// Starts a lazy restore of `file` (with `diffs` over it, oldest first: a chain) into
+/// `backend`, filling first the blocks the last run touched first (`FILE.order`, when it
+/// is there and fits the image).
+pub fn start(
+    id: &str,
+    file: &Path,
+    image: Image,
+    diffs: Vec<Image>,
+    backend: &Backend,
+) -> Result<Lazy, String> {
     let image = Arc::new(image);
     let mut opts = LazyOptions::default();
     let order = order_path(file);
@@ -43,14 +53,18 @@ pub fn start(id: &str, file: &Path, image: Image, backend: &Backend) -> Result<L
             Err(e) => eprintln!("hostmem: ignoring the chunk checksums: {e}"),
         }
     }
-    let server =
-        snapshot::restore_lazy(Arc::clone(&image), backend, opts).map_err(|e| e.to_string())?;
+    let chain = !diffs.is_empty();
+    let images: Vec<Arc<Image>> = std::iter::once(Arc::clone(&image))
+        .chain(diffs.into_iter().map(Arc::new))
+        .collect();
+    let server = snapshot::restore_lazy_chain(images, backend, opts).map_err(|e| e.to_string())?;
     let server = Arc::new(server);
     let watcher = Some(watch(id.to_string(), Arc::clone(&server)));
     Ok(Lazy {
         id: id.to_string(),
         image,
         file: file.to_path_buf(),
+        chain,
         server,
         watcher,
     })
@@ -105,8 +119,8 @@ fn watch(id: String, server: Arc<LazyServer>) -> JoinHandle<()> {
 
 impl Lazy {
     /// On exit: waits for the fill, keeps the touch order and the chunk checksums beside
-    /// the image (a failure to write them is a warning), and gives the first error, if
-    /// a block failed.
+    /// the image (a failure to write them is a warning; not for a chain), and gives the
+    /// first error, if a block failed.
     pub fn finish(mut self) -> Result<(), String> {
         let what = format!("--restore {}={}", self.id, self.file.display());
         if let Some(w) = self.watcher.take() {
@@ -115,6 +129,9 @@ impl Lazy {
         let server = Arc::try_unwrap(self.server)
             .map_err(|_| format!("{what}: the fill is still watched"))?;
         let report = server.wait().map_err(|e| format!("{what}: {e}"))?;
+        if self.chain {
+            return Ok(());
+        }
         let order = order_path(&self.file);
         if let Err(e) = save_order(&order, &self.image, &report.touched) {
             eprintln!("hostmem: warning: {what}: {e}");

@@ -124,7 +124,7 @@ pub struct RunArgs {
     /// Restore a backend from a snapshot image once the backends exist, before the
     /// report: ID=FILE[,diff=FILE]...[,mode=copy|private|lazy][,verify=always|once|never]
     /// (repeatable). diff=: diff images over FILE, oldest first, restored with it as one
-    /// chain (copy). copy: into the -object of that id; private: a new backend ID mapping the image
+    /// chain (copy or lazy). copy: into the -object of that id; private: a new backend ID mapping the image
     /// copy-on-write, its checksums checked once per file version by default (the stamp
     /// FILE.verified; verify=always checks every time, never not at all); lazy: into the
     /// -object by userfaultfd, usable at once, filled in the background (the fill waited

@@ -496,5 +496,36 @@ fn run_restore_of_a_base_and_its_diff_brings_the_newest_bytes_back() {
     );
     let written = std::fs::read(&other).unwrap_or_default();
     assert!(written.iter().all(|&x| x == 0), "bytes reached the memory");
+
+    // The same chain lazily into a memfd, saved on exit (after the fill), then that
+    // image restored by copy into a file: the same bytes. A chain's touch order is no
+    // base's: none is written beside the base.
+    let out = dir.join("out.img");
+    let err = run_ok(&[
+        "--object",
+        "memory-backend-memfd,id=m,size=16M",
+        "--restore",
+        &format!("m={base_s},diff={diff_s},mode=lazy"),
+        "--save",
+        &format!("m={}", out.display()),
+    ]);
+    assert!(err.contains("and 1 diff(s) (lazy"), "{err}");
+    let order = snapshot::lazy::order_path(&base_path);
+    assert!(
+        !order.exists(),
+        "{} was written for a chain",
+        order.display()
+    );
+    let again = dir.join("again.mem");
+    run_ok(&[
+        "--object",
+        &file_object("m", &again),
+        "--restore",
+        &format!("m={}", out.display()),
+    ]);
+    assert!(
+        std::fs::read(&again).unwrap() == want,
+        "the lazily restored chain differs from base + diff"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
