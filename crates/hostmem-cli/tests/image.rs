@@ -351,17 +351,19 @@ fn run_restore_of_a_missing_backend_fails_naming_it() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn image_info_and_verify_read_a_diff_with_smaller_blocks_than_its_base() {
-    let (base_path, _) = image("diff-4k");
-    let dir = base_path.parent().unwrap().to_path_buf();
+/// A diff over the image at `base_path` (saved by [`image`]) with 4 KiB blocks holding
+/// pages 3 and 2600 (bits 3 and 2600 of a 4 KiB-page bitmap), written with the first
+/// and second 4 KiB of the returned noise, saved as `dir/diff.img`.
+fn diff_of_two_pages(
+    base_path: &std::path::Path,
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, Vec<u8>) {
+    let base = Image::open(base_path).unwrap();
     let b = Backend::builder(Kind::Memfd, "guest")
         .size(16 * MIB)
         .create()
         .unwrap();
-    let base = Image::open(&base_path).unwrap();
     let page = noise(9);
-    // Pages 3 and 2600 written (bits 3 and 2600 of a 4 KiB-page bitmap).
     let hold = b.hold().unwrap();
     hold.write_at(3 * 4096, &page[..4096]).unwrap();
     hold.write_at(2600 * 4096, &page[4096..8192]).unwrap();
@@ -374,6 +376,14 @@ fn image_info_and_verify_read_a_diff_with_smaller_blocks_than_its_base() {
     };
     let diff_path = dir.join("diff.img");
     snapshot::save_diff(&b, &base, &dirty, &diff_path, &Progress::new()).unwrap();
+    (diff_path, page)
+}
+
+#[test]
+fn image_info_and_verify_read_a_diff_with_smaller_blocks_than_its_base() {
+    let (base_path, _) = image("diff-4k");
+    let dir = base_path.parent().unwrap().to_path_buf();
+    let (diff_path, page) = diff_of_two_pages(&base_path, &dir);
     let p = diff_path.to_str().unwrap();
 
     let out = hostmem(&["image", "info", p]);
@@ -439,24 +449,7 @@ fn stdout_of_success(out: &Output) -> String {
 fn run_restore_of_a_base_and_its_diff_brings_the_newest_bytes_back() {
     let (base_path, block5) = image("chain");
     let dir = base_path.parent().unwrap().to_path_buf();
-    let base = Image::open(&base_path).unwrap();
-    let b = Backend::builder(Kind::Memfd, "guest")
-        .size(16 * MIB)
-        .create()
-        .unwrap();
-    let page = noise(9);
-    let hold = b.hold().unwrap();
-    hold.write_at(3 * 4096, &page[..4096]).unwrap();
-    hold.write_at(2600 * 4096, &page[4096..8192]).unwrap();
-    let mut bits = vec![0u64; 16 * MIB as usize / 4096 / 64];
-    bits[0] |= 1 << 3;
-    bits[2600 / 64] |= 1 << (2600 % 64);
-    let dirty = snapshot::Dirty {
-        page_size: 4096,
-        bits: &bits,
-    };
-    let diff_path = dir.join("diff.img");
-    snapshot::save_diff(&b, &base, &dirty, &diff_path, &Progress::new()).unwrap();
+    let (diff_path, page) = diff_of_two_pages(&base_path, &dir);
 
     let mut want = vec![0u8; (16 * MIB) as usize];
     want[(2 * MIB) as usize..(4 * MIB) as usize].copy_from_slice(&noise(1));

@@ -20,17 +20,7 @@ use crate::InUse;
 /// registration to memory hostmem owns (never memory Rust objects live in); keep them
 /// for as long as the VM runs.
 pub fn userfaultfd_for(memory: &[&InUse]) -> io::Result<OwnedFd> {
-    let (uffd, features) = Uffd::new(feature::EVENT_REMOVE)?;
-    if features & feature::EVENT_REMOVE == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "this kernel's userfaultfd has no UFFD_FEATURE_EVENT_REMOVE, which Firecracker requires",
-        ));
-    }
-    for m in memory {
-        uffd.register(&m.0.mapped.map, 0, m.len(), mode::MISSING)?;
-    }
-    uffd.as_fd().try_clone_to_owned()
+    firecracker_uffd(memory, false)
 }
 
 /// As [`userfaultfd_for`], with each of `memory` registered in MINOR mode as well (as
@@ -41,7 +31,14 @@ pub fn userfaultfd_for(memory: &[&InUse]) -> io::Result<OwnedFd> {
 /// the image as before. For shared shmem (memfd, shm) and hugetlbfs memory only: the
 /// kernel refuses MINOR mode on anything else, and this says so.
 pub fn userfaultfd_minor_for(memory: &[&InUse]) -> io::Result<OwnedFd> {
-    let wanted = feature::EVENT_REMOVE | feature::MINOR_SHMEM | feature::MINOR_HUGETLBFS;
+    firecracker_uffd(memory, true)
+}
+
+/// The userfaultfd of [`userfaultfd_for`], each of `memory` registered MISSING, and
+/// MINOR as well with `minor`.
+fn firecracker_uffd(memory: &[&InUse], minor: bool) -> io::Result<OwnedFd> {
+    let minor_features = feature::MINOR_SHMEM | feature::MINOR_HUGETLBFS;
+    let wanted = feature::EVENT_REMOVE | if minor { minor_features } else { 0 };
     let (uffd, features) = Uffd::new(wanted)?;
     if features & feature::EVENT_REMOVE == 0 {
         return Err(io::Error::new(
@@ -50,30 +47,40 @@ pub fn userfaultfd_minor_for(memory: &[&InUse]) -> io::Result<OwnedFd> {
         ));
     }
     for m in memory {
-        let needed = if m.page_size() > 4096 {
-            feature::MINOR_HUGETLBFS
+        let modes = if minor {
+            servable_by_minor_faults(m, features)?;
+            mode::MISSING | mode::MINOR
         } else {
-            feature::MINOR_SHMEM
+            mode::MISSING
         };
-        if !m.is_shared() || m.fd().is_none() || features & needed == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!(
-                    "minor faults serve shared shmem or hugetlbfs memory whose page cache \
-                     this kernel's userfaultfd maps (UFFD_FEATURE_MINOR_*); the memory at \
-                     {:#x} is {}",
-                    m.host_addr(),
-                    if !m.is_shared() || m.fd().is_none() {
-                        "not shared memory with a file behind it"
-                    } else {
-                        "of a kind this kernel cannot serve by minor faults"
-                    }
-                ),
-            ));
-        }
-        uffd.register(&m.0.mapped.map, 0, m.len(), mode::MISSING | mode::MINOR)?;
+        uffd.register(&m.0.mapped.map, 0, m.len(), modes)?;
     }
     uffd.as_fd().try_clone_to_owned()
+}
+
+/// Refuses, with a message, memory whose page cache this kernel's userfaultfd (with
+/// `features`) cannot map on a minor fault.
+fn servable_by_minor_faults(m: &InUse, features: u64) -> io::Result<()> {
+    let needed = if m.page_size() > 4096 {
+        feature::MINOR_HUGETLBFS
+    } else {
+        feature::MINOR_SHMEM
+    };
+    let why = if !m.is_shared() || m.fd().is_none() {
+        "not shared memory with a file behind it"
+    } else if features & needed == 0 {
+        "of a kind this kernel cannot serve by minor faults"
+    } else {
+        return Ok(());
+    };
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!(
+            "minor faults serve shared shmem or hugetlbfs memory whose page cache this \
+             kernel's userfaultfd maps (UFFD_FEATURE_MINOR_*); the memory at {:#x} is {why}",
+            m.host_addr()
+        ),
+    ))
 }
 
 /// The VMM's side, as Firecracker's `send_uffd_handshake` does it: the regions as its
