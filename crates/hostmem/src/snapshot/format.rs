@@ -74,8 +74,10 @@ pub struct BlockAt {
     pub len: u64,
 }
 
-/// The self-describing part of an image.
+/// The self-describing part of an image. Non-exhaustive: it grows with the format (the
+/// sparse table's `entries` came with version 2); images make it, callers read it.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Header {
     /// Format version: 1 (a dense table), 2 (a sparse table: a diff), 0 for a raw file.
     pub version: u32,
